@@ -1,0 +1,134 @@
+"""Database engine and schema migrations, shared by the ledger and the analytics store.
+
+SQLite (WAL, one file) by default, PostgreSQL by URL. Migrations are numbered per
+component (``ledger``, ``analytics`` ...) and recorded in ``schema_migrations``; each is a
+function over a connection, run once, in order, inside a transaction. A tiny runner is
+used instead of Alembic because the schema ships inside the package and must migrate
+itself at start-up without a separate tool or script directory.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import Session, create_engine
+
+DEFAULT_URL = "sqlite:///warmer.db"
+
+Migration = Callable[[Connection], None]
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    migrations: tuple[Migration, ...]
+
+
+_COMPONENTS: dict[str, Component] = {}
+_ENGINES: dict[str, Engine] = {}
+_LOCK = threading.Lock()
+
+
+def register(name: str, migrations: list[Migration]) -> None:
+    """Declare a component's migrations, oldest first. Append; never edit a shipped one."""
+    _COMPONENTS[name] = Component(name, tuple(migrations))
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def normalise_url(url: str) -> str:
+    """Accept ``postgresql://`` and pick the psycopg 3 driver for it."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def engine_for(url: str = DEFAULT_URL) -> Engine:
+    """One engine per URL per process, migrated to the newest schema on first use."""
+    url = normalise_url(url)
+    with _LOCK:
+        engine = _ENGINES.get(url)
+        if engine is not None:
+            return engine
+        if url.startswith("sqlite"):
+            path = url.split(":///", 1)[1] if ":///" in url else ""
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+        migrate(engine)
+        _ENGINES[url] = engine
+        return engine
+
+
+def dispose_all() -> None:
+    with _LOCK:
+        for engine in _ENGINES.values():
+            engine.dispose()
+        _ENGINES.clear()
+
+
+def migrate(engine: Engine) -> dict[str, int]:
+    """Bring every registered component to its newest schema; returns the versions."""
+    # Import the modules that register components, so any entry point migrates everything.
+    import analytics.store  # noqa: F401
+    import warmer.ledger  # noqa: F401
+
+    versions: dict[str, int] = {}
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Several replicas may start at once: serialise migrations.
+            conn.execute(text("SELECT pg_advisory_xact_lock(74657201)"))
+        conn.execute(
+            text(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " component VARCHAR(64) NOT NULL, version INTEGER NOT NULL,"
+                " PRIMARY KEY (component, version))"
+            )
+        )
+        for comp in _COMPONENTS.values():
+            done = {
+                row[0]
+                for row in conn.execute(
+                    text("SELECT version FROM schema_migrations WHERE component = :c"),
+                    {"c": comp.name},
+                )
+            }
+            for number, step in enumerate(comp.migrations, start=1):
+                if number in done:
+                    continue
+                step(conn)
+                conn.execute(
+                    text("INSERT INTO schema_migrations (component, version) VALUES (:c, :v)"),
+                    {"c": comp.name, "v": number},
+                )
+            versions[comp.name] = len(comp.migrations)
+    return versions
+
+
+@contextmanager
+def session(url: str = DEFAULT_URL) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    with Session(engine_for(url), expire_on_commit=False) as s:
+        try:
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise

@@ -1,0 +1,1 @@
+"""A sandbox of real registries on loopback: upstream, a WAN-like front, central and regional mirrors."""
