@@ -1,7 +1,473 @@
-"""The ledger: what each mirror holds, image resolutions, runs and run items (filled in by the warm engine)."""
+"""The ledger: what each mirror holds, tag resolutions, runs, run items and incidents.
+
+Tables are SQLModel classes; the schema is created by numbered migrations (``warmer.db``)
+that use frozen SQLAlchemy table definitions, so a later change to a model never alters
+what an old migration does. Times are stored as UTC.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlmodel import Field, Session, SQLModel, col, select
+
 from warmer import db
 
-db.register("ledger", [])
+RUN_STATES = ("running", "done", "failed", "aborted")
+ITEM_STATES = ("pending", "running", "done", "failed", "skipped")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(dt: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes: they were written as UTC."""
+    if dt is None:
+        return None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+class Resolution(SQLModel, table=True):
+    """A tag's digest as seen at one place (an upstream or a mirror tier) at one time."""
+
+    __tablename__ = "resolution"
+    id: int | None = Field(default=None, primary_key=True)
+    image: str = Field(index=True)  # canonical name without tag: docker.io/library/python
+    tag: str
+    digest: str
+    media_type: str = ""
+    where: str  # upstream or mirror name
+    tier: int  # -1 for the upstream, then 0, 1 ... down the chain
+    observed_at: datetime
+    superseded_at: datetime | None = None
+
+
+class Holding(SQLModel, table=True):
+    """Content a mirror (instance) is known to hold, warmed and verified by the warmer."""
+
+    __tablename__ = "holding"
+    __table_args__ = (sa.UniqueConstraint("mirror", "instance", "repository", "digest"),)
+    id: int | None = Field(default=None, primary_key=True)
+    mirror: str = Field(index=True)
+    instance: str = ""
+    repository: str  # as named at the upstream (the mirror's prefix is config)
+    kind: str  # manifest | blob
+    digest: str = Field(index=True)
+    size: int
+    warmed_at: datetime
+    verified: bool
+    expires_at: datetime | None = None
+    state: str = "warm"  # warm | incident | superseded
+    run_id: int | None = None
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "run"
+    id: int | None = Field(default=None, primary_key=True)
+    region: str = Field(index=True)
+    state: str = "running"
+    started_at: datetime
+    finished_at: datetime | None = None
+    deadline: datetime | None = None
+    images: str = "[]"  # JSON list of planned images
+    skipped: str = "[]"  # JSON list of {image, reason}
+    summary: str = "{}"  # JSON summary written at the end
+    owner: str = ""  # which process runs it (host:pid), for takeover
+
+
+class RunItem(SQLModel, table=True):
+    __tablename__ = "run_item"
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(index=True, foreign_key="run.id")
+    seq: int  # the plan's order
+    mirror: str
+    instance: str = ""
+    tier: int
+    repository: str  # path at the mirror
+    upstream_repository: str
+    kind: str
+    digest: str
+    size: int
+    media_type: str = ""
+    image: str
+    reference: str
+    depends_on: str = "[]"  # JSON list of seq
+    parent_cost: int = 0
+    state: str = "pending"
+    reason: str = ""
+    attempts: int = 0
+    bytes: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Incident(SQLModel, table=True):
+    """Content that did not match its digest, or a tier serving what the upstream never had."""
+
+    __tablename__ = "incident"
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime
+    run_id: int | None = None
+    mirror: str
+    repository: str
+    digest: str
+    kind: str  # digest-mismatch | foreign-digest | ...
+    detail: str
+
+
+# -- migrations (frozen definitions: never edit a shipped one, append a new one) ------------
+
+
+def _v1(conn: Connection) -> None:
+    md = sa.MetaData()
+    ts = sa.DateTime(timezone=True)
+    sa.Table(
+        "resolution",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("image", sa.String, nullable=False, index=True),
+        sa.Column("tag", sa.String, nullable=False),
+        sa.Column("digest", sa.String, nullable=False),
+        sa.Column("media_type", sa.String, nullable=False),
+        sa.Column("where", sa.String, nullable=False),
+        sa.Column("tier", sa.Integer, nullable=False),
+        sa.Column("observed_at", ts, nullable=False),
+        sa.Column("superseded_at", ts),
+    )
+    sa.Table(
+        "holding",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("mirror", sa.String, nullable=False, index=True),
+        sa.Column("instance", sa.String, nullable=False),
+        sa.Column("repository", sa.String, nullable=False),
+        sa.Column("kind", sa.String, nullable=False),
+        sa.Column("digest", sa.String, nullable=False, index=True),
+        sa.Column("size", sa.BigInteger, nullable=False),
+        sa.Column("warmed_at", ts, nullable=False),
+        sa.Column("verified", sa.Boolean, nullable=False),
+        sa.Column("expires_at", ts),
+        sa.Column("state", sa.String, nullable=False),
+        sa.Column("run_id", sa.Integer),
+        sa.UniqueConstraint("mirror", "instance", "repository", "digest"),
+    )
+    sa.Table(
+        "run",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("region", sa.String, nullable=False, index=True),
+        sa.Column("state", sa.String, nullable=False),
+        sa.Column("started_at", ts, nullable=False),
+        sa.Column("finished_at", ts),
+        sa.Column("deadline", ts),
+        sa.Column("images", sa.Text, nullable=False),
+        sa.Column("skipped", sa.Text, nullable=False),
+        sa.Column("summary", sa.Text, nullable=False),
+        sa.Column("owner", sa.String, nullable=False),
+    )
+    sa.Table(
+        "run_item",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("run_id", sa.Integer, sa.ForeignKey("run.id"), nullable=False, index=True),
+        sa.Column("seq", sa.Integer, nullable=False),
+        sa.Column("mirror", sa.String, nullable=False),
+        sa.Column("instance", sa.String, nullable=False),
+        sa.Column("tier", sa.Integer, nullable=False),
+        sa.Column("repository", sa.String, nullable=False),
+        sa.Column("upstream_repository", sa.String, nullable=False),
+        sa.Column("kind", sa.String, nullable=False),
+        sa.Column("digest", sa.String, nullable=False),
+        sa.Column("size", sa.BigInteger, nullable=False),
+        sa.Column("media_type", sa.String, nullable=False),
+        sa.Column("image", sa.String, nullable=False),
+        sa.Column("reference", sa.String, nullable=False),
+        sa.Column("depends_on", sa.Text, nullable=False),
+        sa.Column("parent_cost", sa.BigInteger, nullable=False),
+        sa.Column("state", sa.String, nullable=False),
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("bytes", sa.BigInteger, nullable=False),
+        sa.Column("started_at", ts),
+        sa.Column("finished_at", ts),
+    )
+    sa.Table(
+        "incident",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("at", ts, nullable=False),
+        sa.Column("run_id", sa.Integer),
+        sa.Column("mirror", sa.String, nullable=False),
+        sa.Column("repository", sa.String, nullable=False),
+        sa.Column("digest", sa.String, nullable=False),
+        sa.Column("kind", sa.String, nullable=False),
+        sa.Column("detail", sa.Text, nullable=False),
+    )
+    md.create_all(conn)
+
+
+db.register("ledger", [_v1])
+
+
+# -- access ---------------------------------------------------------------------------------
+
+
+class Ledger:
+    """Reads and writes of the ledger tables over one database URL."""
+
+    def __init__(self, url: str = db.DEFAULT_URL) -> None:
+        self.url = url
+        self.engine = db.engine_for(url)
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    # holdings -------------------------------------------------------------------------------
+
+    def holdings(self, mirrors: Iterable[str], now: datetime) -> list[Holding]:
+        """Warm, verified, unexpired content of the given mirrors (expired rows never count)."""
+        names = list(mirrors)
+        with self.session() as s:
+            rows = s.exec(
+                select(Holding).where(
+                    col(Holding.mirror).in_(names),
+                    Holding.state == "warm",
+                    Holding.verified == True,  # noqa: E712
+                )
+            ).all()
+        return [h for h in rows if (as_utc(h.expires_at) or now + timedelta(1)) > now]
+
+    def record_holding(
+        self,
+        *,
+        mirror: str,
+        instance: str,
+        repository: str,
+        kind: str,
+        digest: str,
+        size: int,
+        now: datetime,
+        ttl: timedelta | None,
+        run_id: int | None,
+    ) -> None:
+        with self.session() as s:
+            row = s.exec(
+                select(Holding).where(
+                    Holding.mirror == mirror,
+                    Holding.instance == instance,
+                    Holding.repository == repository,
+                    Holding.digest == digest,
+                )
+            ).first()
+            if row is None:
+                row = Holding(
+                    mirror=mirror,
+                    instance=instance,
+                    repository=repository,
+                    kind=kind,
+                    digest=digest,
+                    size=size,
+                    warmed_at=now,
+                    verified=True,
+                )
+            row.warmed_at = now
+            row.verified = True
+            row.state = "warm"
+            row.size = size
+            row.expires_at = now + ttl if ttl else None
+            row.run_id = run_id
+            s.add(row)
+            s.commit()
+
+    def mark_holdings(self, mirror: str, digest: str, state: str) -> int:
+        """Stop counting a digest as warm at a mirror (incident, superseded)."""
+        with self.session() as s:
+            result = s.execute(
+                sa.update(Holding)
+                .where(col(Holding.mirror) == mirror, col(Holding.digest) == digest)
+                .values(state=state)
+            )
+            s.commit()
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    # resolutions ----------------------------------------------------------------------------
+
+    def record_resolution(
+        self,
+        *,
+        image: str,
+        tag: str,
+        digest: str,
+        media_type: str,
+        where: str,
+        tier: int,
+        now: datetime,
+    ) -> None:
+        with self.session() as s:
+            s.add(
+                Resolution(
+                    image=image,
+                    tag=tag,
+                    digest=digest,
+                    media_type=media_type,
+                    where=where,
+                    tier=tier,
+                    observed_at=now,
+                )
+            )
+            s.commit()
+
+    def last_resolution(self, image: str, tag: str, where: str) -> Resolution | None:
+        with self.session() as s:
+            return s.exec(
+                select(Resolution)
+                .where(Resolution.image == image, Resolution.tag == tag, Resolution.where == where)
+                .order_by(col(Resolution.observed_at).desc(), col(Resolution.id).desc())
+            ).first()
+
+    # runs -----------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        *,
+        region: str,
+        items: Sequence[dict[str, Any]],
+        images: Sequence[str],
+        skipped: Sequence[dict[str, str]],
+        now: datetime,
+        deadline: datetime | None,
+        owner: str,
+    ) -> int:
+        with self.session() as s:
+            run = Run(
+                region=region,
+                started_at=now,
+                deadline=deadline,
+                images=json.dumps(list(images)),
+                skipped=json.dumps(list(skipped)),
+                owner=owner,
+            )
+            s.add(run)
+            s.flush()
+            assert run.id is not None
+            for item in items:
+                s.add(RunItem(run_id=run.id, **item))
+            s.commit()
+            return run.id
+
+    def run(self, run_id: int) -> Run | None:
+        with self.session() as s:
+            return s.get(Run, run_id)
+
+    def items(self, run_id: int) -> list[RunItem]:
+        with self.session() as s:
+            return list(
+                s.exec(
+                    select(RunItem).where(RunItem.run_id == run_id).order_by(col(RunItem.seq))
+                ).all()
+            )
+
+    def unfinished_run(self, region: str) -> Run | None:
+        """The newest run of ``region`` that did not finish (killed, or cut by a deadline)."""
+        with self.session() as s:
+            return s.exec(
+                select(Run)
+                .where(Run.region == region, col(Run.state).in_(["running", "aborted"]))
+                .order_by(col(Run.id).desc())
+            ).first()
+
+    def update_item(self, item_id: int, **values: Any) -> None:
+        with self.session() as s:
+            s.execute(sa.update(RunItem).where(col(RunItem.id) == item_id).values(**values))
+            s.commit()
+
+    def reset_inflight(self, run_id: int) -> int:
+        """Items left 'running' by a killed process go back to pending."""
+        with self.session() as s:
+            result = s.execute(
+                sa.update(RunItem)
+                .where(col(RunItem.run_id) == run_id, col(RunItem.state) == "running")
+                .values(state="pending")
+            )
+            s.commit()
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    def finish_run(self, run_id: int, state: str, summary: dict[str, Any], now: datetime) -> None:
+        with self.session() as s:
+            s.execute(
+                sa.update(Run)
+                .where(col(Run.id) == run_id)
+                .values(state=state, finished_at=now, summary=json.dumps(summary))
+            )
+            s.commit()
+
+    def set_run_state(self, run_id: int, state: str, owner: str | None = None) -> None:
+        values: dict[str, Any] = {"state": state}
+        if owner is not None:
+            values["owner"] = owner
+        with self.session() as s:
+            s.execute(sa.update(Run).where(col(Run.id) == run_id).values(**values))
+            s.commit()
+
+    def recent_runs(self, limit: int = 10, region: str | None = None) -> list[Run]:
+        with self.session() as s:
+            q = select(Run).order_by(col(Run.id).desc()).limit(limit)
+            if region:
+                q = q.where(Run.region == region)
+            return list(s.exec(q).all())
+
+    # incidents ------------------------------------------------------------------------------
+
+    def record_incident(
+        self,
+        *,
+        mirror: str,
+        repository: str,
+        digest: str,
+        kind: str,
+        detail: str,
+        now: datetime,
+        run_id: int | None,
+    ) -> None:
+        with self.session() as s:
+            s.add(
+                Incident(
+                    at=now,
+                    run_id=run_id,
+                    mirror=mirror,
+                    repository=repository,
+                    digest=digest,
+                    kind=kind,
+                    detail=detail,
+                )
+            )
+            s.commit()
+        self.mark_holdings(mirror, digest, "incident")
+
+    def incidents(self, since: datetime | None = None) -> list[Incident]:
+        with self.session() as s:
+            q = select(Incident).order_by(col(Incident.at).desc())
+            if since is not None:
+                q = q.where(Incident.at >= since)
+            return list(s.exec(q).all())
+
+    def holdings_summary(self) -> list[dict[str, Any]]:
+        """Per mirror: warm items, bytes, and how many are expired or in incident."""
+        with self.session() as s:
+            rows = s.execute(
+                sa.select(
+                    col(Holding.mirror),
+                    col(Holding.state),
+                    sa.func.count(),
+                    sa.func.coalesce(sa.func.sum(col(Holding.size)), 0),
+                ).group_by(col(Holding.mirror), col(Holding.state))
+            ).all()
+        return [
+            {"mirror": m, "state": st, "items": int(n), "bytes": int(b)} for m, st, n, b in rows
+        ]

@@ -102,13 +102,13 @@ class Reference:
 
 
 def _check_digest(text: str, digest: str) -> None:
+    algorithm, colon, hexpart = digest.partition(":")
+    if colon and algorithm == "sha256" and not _SHA256_HEX.match(hexpart):
+        raise InvalidReference(text, "a sha256 digest must be 64 lower-case hex characters")
+    if colon and algorithm == "sha512" and not _SHA512_HEX.match(hexpart):
+        raise InvalidReference(text, "a sha512 digest must be 128 lower-case hex characters")
     if not _DIGEST_RE.match(digest):
         raise InvalidReference(text, f"invalid digest {digest!r} (expected algorithm:hex)")
-    algorithm, _, hexpart = digest.partition(":")
-    if algorithm == "sha256" and not _SHA256_HEX.match(hexpart):
-        raise InvalidReference(text, "a sha256 digest must be 64 lower-case hex characters")
-    if algorithm == "sha512" and not _SHA512_HEX.match(hexpart):
-        raise InvalidReference(text, "a sha512 digest must be 128 lower-case hex characters")
 
 
 def _split_domain(remote: str) -> tuple[str, str]:

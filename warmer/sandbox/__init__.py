@@ -1,1 +1,1 @@
-"""A sandbox of real registries on loopback: upstream, a WAN-like front, central and regional mirrors."""
+"""A sandbox of real registries on loopback: upstream, WAN front, central and regional mirrors."""

@@ -6,6 +6,7 @@ only (SIGTERM, then SIGKILL after a grace period). Nothing is ever killed by nam
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -84,10 +85,8 @@ class Proc:
             if not self.alive():
                 return
             time.sleep(0.05)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self._reap(block=True)
 
     def _reap(self, block: bool = False) -> None:
@@ -174,7 +173,8 @@ def start_registry(
     port = port or free_port()
     config = root / "config.yml"
     config.write_text(registry_config(root, port, parent_url))
-    proc = spawn(name, [registry_binary(), "serve", str(config)], root / "registry.log", detach=detach)
+    argv = [registry_binary(), "serve", str(config)]
+    proc = spawn(name, argv, root / "registry.log", detach=detach)
     proc.url = f"http://127.0.0.1:{port}"
     wait_ready(proc.url, proc)
     return proc

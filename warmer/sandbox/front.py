@@ -1,0 +1,541 @@
+"""A Docker-Hub-like front on 127.0.0.1 in front of the sandbox's upstream registry.
+
+It forwards every request to the upstream (aiohttp server + aiohttp client, bodies
+streamed) and on the way it:
+
+- counts requests by kind (``manifest`` / ``blob`` / ``other``) and method, per repository
+  and per blob digest, the bytes it served, and bytes served per 100 ms (a time series);
+- sends Docker Hub's rate-limit headers on manifest responses and answers ``429
+  TOOMANYREQUESTS`` with ``Retry-After`` once ``ratelimit_limit`` manifest GETs were served
+  in the sliding window of ``ratelimit_window`` seconds (HEAD is never counted);
+- emulates a WAN link: ``latency_ms`` added to every request, and one aggregate
+  ``bandwidth`` cap (bytes/s) shared by all response bodies;
+- injects faults on demand.
+
+Run it as a process::
+
+    python -m warmer.sandbox.front --listen PORT --upstream URL [--state-dir DIR]
+        [--latency-ms MS] [--bandwidth RATE] [--ratelimit N] [--ratelimit-window S]
+
+or in-process with :func:`start_front`. :class:`FrontControl` is a small sync client for
+the control endpoints below (all JSON):
+
+``GET /_front/stats``
+    counters since start or the last reset: ``requests`` {kind: {method: n}},
+    ``bytes_served``, ``status`` {code: n}, ``repositories`` {repo: {requests, bytes_served}},
+    ``blobs`` {digest: {GET, HEAD, bytes_served}}, ``manifest_gets_counted``,
+    ``throttled``, ``faults_applied`` {kind: n}, ``series`` {interval_s, bytes: [...]}.
+``POST /_front/stats/reset``
+    zero the counters and the time series (the rate-limit window is kept).
+``GET /_front/config`` / ``POST /_front/config``
+    read / change any of ``latency_ms``, ``bandwidth`` (bytes/s, ``"40MB/s"``, or null for
+    none), ``ratelimit_limit`` (int, or null for no limit and no headers),
+    ``ratelimit_window`` (seconds); ``{"ratelimit_reset": true}`` empties the window.
+``GET /_front/faults`` / ``POST /_front/faults`` / ``DELETE /_front/faults``
+    list / add / clear faults. A fault is ``{"kind": K, "match": "substring of the path
+    (a digest, /manifests/ ...)", "count": 1, "method": null}`` with K one of ``status``
+    (``"status": 503``), ``reset`` (close the connection after ``after_bytes`` of a body,
+    default half), ``corrupt`` (flip the byte at ``offset`` of a body, default the middle)
+    and ``slow`` (wait ``delay`` seconds, default 1, before answering). ``reset`` and
+    ``corrupt`` only match GETs. Each match spends one of ``count``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import signal
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+from aiohttp import web
+
+from warmer.units import parse_rate
+
+INTERVAL = 0.1  # seconds per time-series bucket
+MAX_BUCKETS = 36_000  # one hour of series; later bytes still count in totals
+CHUNK = 64 * 1024
+HOP_BY_HOP = {
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+    "trailers", "transfer-encoding", "upgrade", "host", "content-length",
+}  # fmt: skip
+_PATH = re.compile(r"^/v2/(?P<repo>.+?)/(?P<kind>manifests|blobs|tags)/(?P<ref>.*)$")
+
+
+def classify(path: str) -> tuple[str, str | None, str | None]:
+    """``/v2/<repo>/manifests/<ref>`` -> ("manifest", repo, ref); blobs alike; else "other"."""
+    m = _PATH.match(path)
+    if m is None:
+        return "other", None, None
+    repo, kind, ref = m["repo"], m["kind"], m["ref"]
+    if kind == "manifests" and ref and "/" not in ref:
+        return "manifest", repo, ref
+    if kind == "blobs" and ref and "/" not in ref and ref != "uploads":
+        return "blob", repo, ref
+    return "other", repo, None
+
+
+def window_rates(
+    series: list[int], interval: float = INTERVAL, window: float = 1.0
+) -> dict[str, float]:
+    """Peak and mean bytes/s over sliding ``window``-second windows of a bytes-per-bucket series."""
+    n = max(1, round(window / interval))
+    if not series:
+        return {"peak": 0.0, "mean": 0.0}
+    sums = [sum(series[i : i + n]) / window for i in range(max(1, len(series) - n + 1))]
+    return {"peak": max(sums), "mean": sum(series) / (len(series) * interval)}
+
+
+@dataclass
+class FrontConfig:
+    latency_ms: float = 0.0
+    bandwidth: int | None = None  # bytes per second, shared by all responses
+    ratelimit_limit: int | None = 10_000
+    ratelimit_window: int = 21_600
+
+    def update(self, body: dict[str, Any]) -> None:
+        """Apply a partial update; ValueError naming the bad key."""
+        for key, value in body.items():
+            if key == "latency_ms":
+                if not isinstance(value, int | float) or value < 0:
+                    raise ValueError("latency_ms: a number >= 0")
+                self.latency_ms = float(value)
+            elif key == "bandwidth":
+                self.bandwidth = None if value in (None, 0, "") else parse_rate(value)
+            elif key == "ratelimit_limit":
+                if value is not None and (not isinstance(value, int) or value < 0):
+                    raise ValueError("ratelimit_limit: an integer >= 0 or null")
+                self.ratelimit_limit = value
+            elif key == "ratelimit_window":
+                if not isinstance(value, int) or value <= 0:
+                    raise ValueError("ratelimit_window: an integer number of seconds > 0")
+                self.ratelimit_window = value
+            elif key != "ratelimit_reset":
+                raise ValueError(f"unknown config key {key!r}")
+
+
+@dataclass
+class Fault:
+    kind: str
+    match: str = ""
+    count: int = 1
+    method: str | None = None
+    status: int = 503
+    delay: float = 1.0
+    after_bytes: int | None = None
+    offset: int | None = None
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Fault:
+        if body.get("kind") not in ("status", "reset", "corrupt", "slow"):
+            raise ValueError("kind: one of status, reset, corrupt, slow")
+        unknown = set(body) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown fault key(s): {', '.join(sorted(unknown))}")
+        fault = cls(**body)
+        if fault.count < 1:
+            raise ValueError("count: an integer >= 1")
+        return fault
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.kind in ("reset", "corrupt") and method != "GET":
+            return False
+        return (self.method is None or self.method == method) and self.match in path
+
+
+class Pacer:
+    """One byte budget shared by every response: a token bucket in its GCRA form.
+
+    Hand-written (20 lines) because the cap must be shared by all streams, changeable at run
+    time, and accept chunks bigger than the bucket; aiolimiter, the usual choice, refuses
+    acquisitions larger than its capacity and is not otherwise a dependency.
+    """
+
+    def __init__(self, burst_s: float = 0.05) -> None:
+        self.burst_s = burst_s
+        self.tat = 0.0  # theoretical arrival time of the next byte
+
+    async def consume(self, n: int, rate: int | None) -> None:
+        if not rate:
+            return
+        now = time.monotonic()
+        self.tat = max(self.tat, now) + n / rate
+        wait = self.tat - now - self.burst_s
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+@dataclass
+class Stats:
+    started: float = field(default_factory=time.time)
+    t0: float = field(default_factory=time.monotonic)
+    requests: Counter[tuple[str, str]] = field(default_factory=Counter)
+    status: Counter[int] = field(default_factory=Counter)
+    bytes_served: int = 0
+    repos: dict[str, dict[str, Any]] = field(default_factory=dict)
+    blobs: dict[str, Counter[str]] = field(default_factory=dict)
+    manifest_gets_counted: int = 0
+    throttled: int = 0
+    faults_applied: Counter[str] = field(default_factory=Counter)
+    series: list[int] = field(default_factory=list)
+
+    def request(self, kind: str, method: str, repo: str | None, ref: str | None) -> None:
+        self.requests[(kind, method)] += 1
+        if repo is not None:
+            self._repo(repo)["requests"][(kind, method)] += 1
+        if kind == "blob" and ref is not None:
+            self.blobs.setdefault(ref, Counter())[method] += 1
+
+    def _repo(self, repo: str) -> dict[str, Any]:
+        return self.repos.setdefault(repo, {"requests": Counter(), "bytes_served": 0})
+
+    def served(self, n: int, kind: str, repo: str | None, ref: str | None) -> None:
+        self.bytes_served += n
+        if repo is not None:
+            self._repo(repo)["bytes_served"] += n
+        if kind == "blob" and ref is not None:
+            self.blobs.setdefault(ref, Counter())["bytes_served"] += n
+        i = int((time.monotonic() - self.t0) / INTERVAL)
+        if i < MAX_BUCKETS:
+            if i >= len(self.series):
+                self.series.extend([0] * (i + 1 - len(self.series)))
+            self.series[i] += n
+
+    def to_json(self) -> dict[str, Any]:
+        def nest(c: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {}
+            for (kind, method), n in sorted(c.items()):
+                out.setdefault(kind, {})[method] = n
+            return out
+
+        return {
+            "since": self.started,
+            "elapsed_s": time.monotonic() - self.t0,
+            "requests": nest(self.requests),
+            "total_requests": sum(self.requests.values()),
+            "bytes_served": self.bytes_served,
+            "status": {str(k): v for k, v in sorted(self.status.items())},
+            "repositories": {
+                k: {"requests": nest(v["requests"]), "bytes_served": v["bytes_served"]}
+                for k, v in sorted(self.repos.items())
+            },
+            "blobs": {k: dict(v) for k, v in sorted(self.blobs.items())},
+            "manifest_gets_counted": self.manifest_gets_counted,
+            "throttled": self.throttled,
+            "faults_applied": dict(self.faults_applied),
+            "series": {"interval_s": INTERVAL, "bytes": self.series},
+        }
+
+
+@dataclass
+class FrontState:
+    upstream: str
+    config: FrontConfig
+    stats: Stats = field(default_factory=Stats)
+    faults: list[Fault] = field(default_factory=list)
+    window: deque[float] = field(default_factory=deque)
+    pacer: Pacer = field(default_factory=Pacer)
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.matches(method, path):
+                fault.count -= 1
+                if fault.count <= 0:
+                    self.faults.remove(fault)
+                self.stats.faults_applied[fault.kind] += 1
+                return fault
+        return None
+
+    def ratelimit(self, counted: bool) -> tuple[dict[str, str], float | None]:
+        """Rate-limit headers for a manifest response; a Retry-After when the window is spent."""
+        limit, w = self.config.ratelimit_limit, self.config.ratelimit_window
+        if limit is None:
+            return {}, None
+        now = time.monotonic()
+        while self.window and self.window[0] <= now - w:
+            self.window.popleft()
+        retry = None
+        if counted:
+            if len(self.window) >= limit:
+                retry = (self.window[0] + w - now) if self.window else float(w)
+            else:
+                self.window.append(now)
+                self.stats.manifest_gets_counted += 1
+        headers = {
+            "ratelimit-limit": f"{limit};w={w}",
+            "ratelimit-remaining": f"{max(0, limit - len(self.window))};w={w}",
+            "docker-ratelimit-source": "127.0.0.1",
+        }
+        return headers, retry
+
+
+STATE = web.AppKey("state", FrontState)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = {"errors": [{"code": code, "message": message, "detail": None}]}
+    return web.json_response(body, status=status, headers=headers)
+
+
+async def _proxy(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    method, path = request.method, request.path
+    kind, repo, ref = classify(path)
+    state.stats.request(kind, method, repo, ref)
+    fault = state.take_fault(method, path)
+    resp = await _answer(request, state, fault, kind, repo, ref)
+    state.stats.status[resp.status] += 1
+    return resp
+
+
+async def _answer(
+    request: web.Request, state: FrontState, fault: Fault | None, kind: str,
+    repo: str | None, ref: str | None,
+) -> web.StreamResponse:  # fmt: skip
+    method = request.method
+    if state.config.latency_ms:
+        await asyncio.sleep(state.config.latency_ms / 1000)
+    if fault is not None and fault.kind == "slow":
+        await asyncio.sleep(fault.delay)
+    if fault is not None and fault.kind == "status":
+        return _error(fault.status, "UNAVAILABLE", f"injected fault: HTTP {fault.status}")
+    extra: dict[str, str] = {}
+    if kind == "manifest":
+        extra, retry = state.ratelimit(counted=method == "GET")
+        if retry is not None:
+            state.stats.throttled += 1
+            extra["Retry-After"] = str(max(1, int(retry + 0.999)))
+            return _error(
+                429, "TOOMANYREQUESTS",
+                "You have reached your pull rate limit. You may increase the limit by "
+                "authenticating and upgrading: https://www.docker.com/increase-rate-limit",
+                extra,
+            )  # fmt: skip
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+    body = await request.read() if request.can_read_body else None
+    try:
+        upstream = await request.app[SESSION].request(
+            method, state.upstream + str(request.rel_url), headers=headers, data=body,
+            allow_redirects=False,
+        )  # fmt: skip
+    except aiohttp.ClientError as exc:
+        return _error(502, "UNAVAILABLE", f"upstream unreachable: {type(exc).__name__}")
+    async with upstream:
+        return await _relay(request, state, upstream, fault, extra, kind, repo, ref)
+
+
+async def _relay(
+    request: web.Request, state: FrontState, upstream: aiohttp.ClientResponse,
+    fault: Fault | None, extra: dict[str, str], kind: str, repo: str | None, ref: str | None,
+) -> web.StreamResponse:  # fmt: skip
+    out = web.StreamResponse(status=upstream.status)
+    for k, v in upstream.headers.items():
+        if k.lower() not in HOP_BY_HOP:
+            if k.lower() == "location" and v.startswith(state.upstream):
+                v = str(request.url.origin()) + v[len(state.upstream) :]
+            out.headers.add(k, v)
+    out.headers.update(extra)
+    length = upstream.headers.get("Content-Length")
+    if length is not None:
+        out.content_length = int(length)
+    await out.prepare(request)
+    if request.method == "HEAD":
+        return out
+    size = int(length) if length is not None else 0
+    cut = fault.after_bytes if fault and fault.after_bytes is not None else size // 2
+    flip = fault.offset if fault and fault.offset is not None else size // 2
+    sent = 0
+    paced = CHUNK // 4 if state.config.bandwidth else CHUNK
+    async for chunk in upstream.content.iter_chunked(paced):
+        if fault is not None and fault.kind == "corrupt" and sent <= flip < sent + len(chunk):
+            b = bytearray(chunk)
+            b[flip - sent] ^= 0xFF
+            chunk = bytes(b)
+        if fault is not None and fault.kind == "reset" and sent + len(chunk) >= cut:
+            chunk = chunk[: max(0, cut - sent)]
+            await state.pacer.consume(len(chunk), state.config.bandwidth)
+            await out.write(chunk)
+            state.stats.served(len(chunk), kind, repo, ref)
+            if request.transport is not None:
+                request.transport.abort()  # an RST mid-body, as a broken WAN link does
+            raise asyncio.CancelledError
+        await state.pacer.consume(len(chunk), state.config.bandwidth)
+        await out.write(chunk)
+        state.stats.served(len(chunk), kind, repo, ref)
+        sent += len(chunk)
+    await out.write_eof()
+    return out
+
+
+async def _stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE].stats.to_json())
+
+
+async def _stats_reset(request: web.Request) -> web.Response:
+    request.app[STATE].stats = Stats()
+    return web.json_response({"reset": True})
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=f"body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="body must be a JSON object")
+    return body
+
+
+async def _config(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if request.method == "POST":
+        body = await _json_body(request)
+        try:
+            state.config.update(body)
+        except (ValueError, TypeError) as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from exc
+        if body.get("ratelimit_reset"):
+            state.window.clear()
+    return web.json_response(asdict(state.config))
+
+
+async def _faults(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if request.method == "POST":
+        try:
+            state.faults.append(Fault.from_json(await _json_body(request)))
+        except (ValueError, TypeError) as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from exc
+    elif request.method == "DELETE":
+        state.faults.clear()
+    return web.json_response([asdict(f) for f in state.faults])
+
+
+def make_app(upstream: str, config: FrontConfig | None = None) -> web.Application:
+    app = web.Application(client_max_size=1 << 30)
+    app[STATE] = FrontState(upstream.rstrip("/"), config or FrontConfig())
+
+    async def session_ctx(app: web.Application) -> Any:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)
+        connector = aiohttp.TCPConnector(limit=64)
+        async with aiohttp.ClientSession(
+            timeout=timeout, connector=connector, auto_decompress=False
+        ) as session:
+            app[SESSION] = session
+            yield
+
+    app.cleanup_ctx.append(session_ctx)
+    app.router.add_get("/_front/stats", _stats)
+    app.router.add_post("/_front/stats/reset", _stats_reset)
+    app.router.add_route("*", "/_front/config", _config)
+    app.router.add_route("*", "/_front/faults", _faults)
+    app.router.add_route("*", "/{tail:.*}", _proxy)
+    return app
+
+
+@dataclass
+class FrontServer:
+    """A front running in this event loop (for unit tests)."""
+
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+
+    @property
+    def state(self) -> FrontState:
+        return self.app[STATE]
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_front(
+    upstream: str, port: int = 0, config: FrontConfig | None = None
+) -> FrontServer:
+    app = make_app(upstream, config)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    return FrontServer(f"http://127.0.0.1:{bound}", app, runner)
+
+
+class FrontControl:
+    """Sync client for a front's control endpoints."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        r = httpx.request(method, f"{self.url}/_front/{path}", json=body, timeout=10)
+        if r.status_code == 400:
+            raise ValueError(r.text)
+        r.raise_for_status()
+        return r.json()
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "stats")
+        return result
+
+    def reset(self) -> None:
+        self._call("POST", "stats/reset")
+
+    def configure(self, **changes: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "config", changes)
+        return result
+
+    def add_fault(self, kind: str, match: str = "", **options: Any) -> None:
+        self._call("POST", "faults", {"kind": kind, "match": match, **options})
+
+    def clear_faults(self) -> None:
+        self._call("DELETE", "faults")
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    config = FrontConfig(latency_ms=args.latency_ms, ratelimit_window=args.ratelimit_window)
+    config.bandwidth = parse_rate(args.bandwidth) if args.bandwidth else None
+    config.ratelimit_limit = args.ratelimit if args.ratelimit >= 0 else None
+    front = await start_front(args.upstream, args.listen, config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"front listening on {front.url}, upstream {args.upstream}", flush=True)
+    await stop.wait()
+    if args.state_dir:
+        stats = Path(args.state_dir) / "front-stats.json"
+        stats.write_text(json.dumps(front.state.stats.to_json()))
+    await front.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m warmer.sandbox.front", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--listen", type=int, required=True, help="port on 127.0.0.1")
+    p.add_argument("--upstream", required=True, help="upstream registry URL")
+    p.add_argument("--state-dir", help="directory for front-stats.json, written at exit")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="added per request")
+    p.add_argument("--bandwidth", default=None, help="aggregate cap, e.g. 40MB/s (default none)")
+    p.add_argument(
+        "--ratelimit", type=int, default=10_000, help="manifest GETs per window; -1 none"
+    )
+    p.add_argument("--ratelimit-window", type=int, default=21_600, help="seconds")
+    asyncio.run(_serve(p.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
