@@ -1,0 +1,568 @@
+"""The planner on plain values: dedupe, tier order, value per new byte, limits, replanning."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import pytest
+
+from warmer.plan import (
+    Blob,
+    Budget,
+    Holding,
+    MirrorNode,
+    Plan,
+    PlanError,
+    PlanItem,
+    WantedImage,
+    plan,
+)
+
+NOW = datetime(2024, 5, 1, 2, 0, tzinfo=UTC)
+NO_LIMIT = Budget(bytes=None, window=None)
+
+
+def blob(name: str, size: int) -> Blob:
+    return Blob(f"sha256:{name}", size, "blob", "application/vnd.oci.image.layer.v1.tar")
+
+
+def image(
+    name: str,
+    layers: dict[str, int],
+    score: float = 1.0,
+    repository: str | None = None,
+    tag: str | None = "latest",
+    upstream: str = "docker.io",
+    manifest_size: int = 10,
+    platforms: int = 0,
+) -> WantedImage:
+    """An image whose top manifest is ``sha256:m-<name>`` (an index when ``platforms``)."""
+    repo = repository or f"library/{name}"
+    top = Blob(f"sha256:m-{name}", manifest_size, "manifest", "application/vnd.oci.image.index")
+    subs = tuple(Blob(f"sha256:m-{name}-p{i}", manifest_size, "manifest") for i in range(platforms))
+    return WantedImage(
+        image=f"{upstream}/{repo}:{tag}" if tag else f"{upstream}/{repo}@{top.digest}",
+        upstream=upstream,
+        repository=repo,
+        tag=tag,
+        digest=top.digest,
+        score=score,
+        manifests=(top, *subs),
+        blobs=tuple(blob(d, s) for d, s in layers.items()),
+    )
+
+
+def mirror(
+    name: str,
+    parent: str | None = None,
+    scope: Literal["repository", "global"] = "repository",
+    mult: int = 1,
+    rate: int | None = None,
+    prefix: str = "",
+    instances: tuple[str, ...] = (),
+    upstreams: tuple[str, ...] = (),
+) -> MirrorNode:
+    return MirrorNode(name, parent, prefix, scope, mult, rate, instances, upstreams)
+
+
+CHAIN = (mirror("central", mult=2), mirror("regional", "central", mult=2))
+
+
+def holdings_after(result: Plan) -> list[Holding]:
+    """What the ledger holds after the executor carried ``result`` out successfully."""
+    return [Holding(i.mirror, i.upstream_repository, i.digest, i.instance) for i in result.items]
+
+
+def at(result: Plan, mirror_name: str) -> list[PlanItem]:
+    return [i for i in result.items if i.mirror == mirror_name]
+
+
+def reasons(result: Plan) -> dict[str, str]:
+    return {s.image: s.reason for s in result.skipped}
+
+
+@pytest.mark.parametrize(
+    ("scope", "base_fetches"),
+    [("repository", 2), ("global", 1)],
+)
+def test_dedupe_per_repository_or_global(scope: Literal["repository", "global"], base_fetches: int):
+    wanted = [
+        image("python", {"base": 100, "py": 50}),
+        image("node", {"base": 100, "nd": 50}),
+        image("python2", {"base": 100, "py": 50}, repository="library/python", tag="3.12"),
+    ]
+    result = plan(wanted, [mirror("m", scope=scope)], ["m"], [], NO_LIMIT, NOW)
+    counts = Counter(i.digest for i in result.items)
+    assert counts["sha256:base"] == base_fetches
+    assert counts["sha256:py"] == 1  # same repository: once in either scope
+    keys = [(i.mirror, i.instance, i.upstream_repository, i.digest) for i in result.items]
+    assert len(keys) == len(set(keys))
+    assert result.created_at == NOW
+
+
+def test_top_down_order_and_depends_on():
+    wanted = [image("python", {"base": 100, "py": 50}, platforms=2)]
+    result = plan(wanted, CHAIN, ["regional"], [], NO_LIMIT, NOW)
+    central, regional = at(result, "central"), at(result, "regional")
+    assert [i.digest for i in central] == [i.digest for i in regional]
+    assert {i.tier for i in central} == {0} and {i.tier for i in regional} == {1}
+    by_order = {i.order: i for i in result.items}
+    assert [i.order for i in result.items] == list(range(len(result.items)))
+    for item in central:
+        assert item.depends_on == ()
+    for item in regional:
+        (dep,) = item.depends_on
+        assert dep < item.order
+        assert by_order[dep].mirror == "central" and by_order[dep].digest == item.digest
+
+
+def test_top_manifest_by_tag_the_rest_by_digest():
+    wanted = [
+        image("python", {"l": 5}, platforms=2, tag="3.12"),
+        image("node", {"n": 5}, tag=None),
+    ]
+    result = plan(wanted, [mirror("m")], ["m"], [], NO_LIMIT, NOW)
+    refs = {(i.image, i.digest): i.reference for i in result.items}
+    assert refs[("docker.io/library/python:3.12", "sha256:m-python")] == "3.12"
+    assert refs[("docker.io/library/python:3.12", "sha256:m-python-p0")] == "sha256:m-python-p0"
+    assert refs[("docker.io/library/python:3.12", "sha256:l")] == "sha256:l"
+    node = "docker.io/library/node@sha256:m-node"
+    assert refs[(node, "sha256:m-node")] == "sha256:m-node"
+    first = [i.digest for i in result.items if i.image.endswith("python:3.12")]
+    assert first[:3] == ["sha256:m-python", "sha256:m-python-p0", "sha256:m-python-p1"]
+
+
+def short(name: str) -> str:
+    """``docker.io/library/a:latest`` -> ``a``."""
+    return name.rsplit("/", 1)[-1].split(":")[0].split("@")[0]
+
+
+def test_shared_base_layers_make_the_next_image_cheap():
+    # Alone: a=10/1020, c=5/520 and b=6/1020, so a, c, b would be the static order. Once a
+    # is planned, b (same repository) costs only its manifest and its own layer: a, b, c.
+    wanted = [
+        image("c", {"c": 510}, score=5),
+        image("b", {"base": 1000, "b": 10}, score=6, repository="library/a", tag="b"),
+        image("a", {"base": 1000, "a": 10}, score=10),
+    ]
+    result = plan(wanted, [mirror("m")], ["m"], [], NO_LIMIT, NOW)
+    assert [i.rsplit(":", 1)[-1] for i in result.images] == ["latest", "b", "latest"]
+    assert result.images[0] == "docker.io/library/a:latest"
+    assert result.images[2] == "docker.io/library/c:latest"
+    b_digests = [i.digest for i in result.items if i.image.endswith(":b")]
+    assert b_digests == ["sha256:m-b", "sha256:b"]  # the base layer is not fetched again
+
+
+def test_shared_layers_in_another_repository_are_not_free_under_repository_scope():
+    wanted = [
+        image("c", {"c": 510}, score=5),
+        image("b", {"base": 1000, "b": 10}, score=6),
+        image("a", {"base": 1000, "a": 10}, score=10),
+    ]
+    per_repo = plan(wanted, [mirror("m")], ["m"], [], NO_LIMIT, NOW)
+    assert [short(i) for i in per_repo.images] == ["a", "c", "b"]
+    shared = plan(wanted, [mirror("m", scope="global")], ["m"], [], NO_LIMIT, NOW)
+    assert [short(i) for i in shared.images] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("budget", "planned", "skipped"),
+    [
+        (None, ["a", "b", "c"], {}),
+        (3280, ["a", "b", "c"], {}),
+        (2260, ["a", "b"], {"c": "over budget: needs 1020 B, 0 B left"}),
+        (
+            1200,
+            ["c"],
+            {
+                "a": "over budget: needs 2.0 KiB, 180 B left",
+                "b": "over budget: needs 2.2 KiB, 180 B left",
+            },
+        ),
+        (100, [], {"c": "over budget: needs 1020 B, 100 B left"}),
+    ],
+)
+def test_budget_cut_with_reasons(budget: int | None, planned: list[str], skipped: dict[str, str]):
+    # Multiplicity 2. a: 10+1000+10 -> 2040. b shares a's repository and base layer:
+    # 2220 alone, 220 after a. c: 10+500 -> 1020. Value order: a, then b (cheap now), then c.
+    wanted = [
+        image("a", {"base": 1000, "a": 10}, score=100),
+        image("b", {"base": 1000, "b": 100}, score=1, repository="library/a", tag="b"),
+        image("c", {"c": 500}, score=2),
+    ]
+    result = plan(wanted, [mirror("m", mult=2)], ["m"], [], Budget(budget, None), NOW)
+    names = {"docker.io/library/a:latest": "a", "docker.io/library/a:b": "b"}
+    names["docker.io/library/c:latest"] = "c"
+    assert [names[i] for i in result.images] == planned
+    got = {names[s.image]: s.reason for s in result.skipped}
+    for name, reason in skipped.items():
+        assert got[name] == reason
+    assert set(got) | set(planned) == {"a", "b", "c"} and not set(got) & set(planned)
+    spent = sum(i.parent_cost for i in result.items)
+    assert spent == sum(result.parent_bytes_by_mirror.values())
+    if budget is not None:
+        assert spent <= budget
+
+
+@pytest.mark.parametrize(
+    ("window", "planned", "reason_start"),
+    [
+        (None, {"a", "b"}, None),
+        (timedelta(seconds=100), {"a", "b"}, None),
+        (timedelta(seconds=60), {"a"}, "window too short: 1020 B more on central's parent link"),
+        (timedelta(seconds=5), set(), "window too short: "),
+    ],
+)
+def test_window_cut(window: timedelta | None, planned: set[str], reason_start: str | None):
+    # central pulls at 40 B/s with multiplicity 2: a costs 2040 B (51 s), b 1020 B (25.5 s).
+    # The regional link is uncapped, so only central's link limits the window.
+    mirrors = [mirror("central", mult=2, rate=40), mirror("regional", "central")]
+    wanted = [image("a", {"a": 1010}, score=10), image("b", {"b": 500}, score=1)]
+    result = plan(wanted, mirrors, ["regional"], [], Budget(None, window), NOW)
+    assert {short(i) for i in result.images} == planned
+    for s in result.skipped:
+        assert reason_start is not None and s.reason.startswith(reason_start), s.reason
+    assert result.estimated_seconds == result.parent_bytes_by_mirror["central"] / 40
+    if window is not None:
+        assert result.estimated_seconds <= window.total_seconds()
+
+
+def test_window_limits_each_link_by_its_own_rate():
+    # central fast, regional slow: the regional link decides.
+    mirrors = [mirror("central", rate=1000), mirror("regional", "central", rate=10)]
+    wanted = [image("a", {"a": 90}, score=2), image("b", {"b": 90}, score=1)]
+    result = plan(wanted, mirrors, ["regional"], [], Budget(None, timedelta(seconds=15)), NOW)
+    assert [short(i) for i in result.images] == ["a"]
+    assert reasons(result)["docker.io/library/b:latest"].startswith(
+        "window too short: 100 B more on regional's parent link at 10 B/s needs 10s, 5s of 15s"
+    )
+    assert result.estimated_seconds == 10.0
+
+
+@pytest.mark.parametrize(
+    "mirrors",
+    [
+        [mirror("m")],
+        [mirror("m", scope="global")],
+        list(CHAIN),
+        [mirror("central", instances=("c1", "c2")), mirror("regional", "central", mult=2)],
+        [mirror("central", prefix="hub"), mirror("regional", "central", instances=("r1", "r2"))],
+    ],
+)
+def test_replanning_after_a_successful_run_yields_nothing(mirrors: list[MirrorNode]):
+    wanted = [
+        image("python", {"base": 100, "py": 50}, score=3, platforms=2),
+        image("node", {"base": 100, "nd": 50}, score=2),
+        image("py2", {"base": 100, "py": 50, "x": 5}, repository="library/python", tag="3"),
+    ]
+    target = mirrors[-1].name
+    first = plan(wanted, mirrors, [target], [], NO_LIMIT, NOW)
+    assert len(first.images) == 3 and first.items
+    again = plan(wanted, mirrors, [target], holdings_after(first), NO_LIMIT, NOW)
+    assert again.items == () and again.images == ()
+    assert reasons(again) == dict.fromkeys((w.image for w in wanted), "already warm")
+    assert sum(again.parent_bytes_by_mirror.values()) == 0
+
+
+def test_holdings_make_held_objects_free():
+    wanted = [image("python", {"base": 100, "py": 50})]
+    held = [
+        Holding("central", "library/python", "sha256:base"),
+        Holding("central", "library/node", "sha256:py"),  # other repository: not held here
+        Holding("regional", "library/python", "sha256:py"),
+    ]
+    result = plan(wanted, CHAIN, ["regional"], held, NO_LIMIT, NOW)
+    got = {(i.mirror, i.digest): i for i in result.items}
+    assert set(got) == {
+        ("central", "sha256:m-python"),
+        ("central", "sha256:py"),
+        ("regional", "sha256:m-python"),
+        ("regional", "sha256:base"),
+    }
+    # The parent holds base already, so the regional fetch of it waits for nothing.
+    assert got[("regional", "sha256:base")].depends_on == ()
+    assert got[("regional", "sha256:m-python")].depends_on == (
+        got[("central", "sha256:m-python")].order,
+    )
+
+
+def test_instances_are_warmed_one_by_one():
+    mirrors = [
+        mirror("central", instances=("c1", "c2")),
+        mirror("regional", "central", instances=("r1", "r2", "r3")),
+    ]
+    wanted = [image("python", {"base": 100})]
+    held = [Holding("regional", "library/python", "sha256:base", "r2")]
+    result = plan(wanted, mirrors, ["regional"], held, NO_LIMIT, NOW)
+    per = Counter((i.mirror, i.instance, i.digest) for i in result.items)
+    assert per == Counter(
+        [("central", c, d) for c in ("c1", "c2") for d in ("sha256:m-python", "sha256:base")]
+        + [("regional", r, "sha256:m-python") for r in ("r1", "r2", "r3")]
+        + [("regional", r, "sha256:base") for r in ("r1", "r3")]
+    )
+    # A child reaches its parent through the balancer: it waits for every parent instance.
+    central = {(i.instance, i.digest): i.order for i in result.items if i.mirror == "central"}
+    for item in at(result, "regional"):
+        assert item.depends_on == (central[("c1", item.digest)], central[("c2", item.digest)])
+    # Instances pull over the mirror's one link: their parent bytes add up.
+    assert result.parent_bytes_by_mirror["central"] == 2 * 110
+    # A holding without an instance covers every instance.
+    all_held = [
+        Holding("regional", "library/python", d) for d in ("sha256:m-python", "sha256:base")
+    ]
+    again = plan(wanted, mirrors, ["regional"], all_held, NO_LIMIT, NOW)
+    assert {i.mirror for i in again.items} == {"central"}
+
+
+def test_harbor_style_prefix_applies_to_repository_only():
+    mirrors = [
+        mirror("central", prefix="dockerhub-proxy"),
+        mirror("regional", "central"),
+        mirror("edge", "regional", prefix="/cache/"),
+    ]
+    result = plan([image("python", {"l": 1})], mirrors, ["edge"], [], NO_LIMIT, NOW)
+    paths = {i.mirror: i.repository for i in result.items}
+    assert paths == {
+        "central": "dockerhub-proxy/library/python",
+        "regional": "dockerhub-proxy/library/python",
+        "edge": "cache/dockerhub-proxy/library/python",
+    }
+    assert {i.upstream_repository for i in result.items} == {"library/python"}
+    assert {i.mirror: i.tier for i in result.items} == {"central": 0, "regional": 1, "edge": 2}
+
+
+def test_multiplicity_in_parent_cost():
+    mirrors = [mirror("central", mult=2), mirror("regional", "central", mult=1)]
+    result = plan([image("python", {"l": 1000})], mirrors, ["regional"], [], NO_LIMIT, NOW)
+    costs = {(i.mirror, i.digest): i.parent_cost for i in result.items}
+    assert costs == {
+        ("central", "sha256:m-python"): 20,
+        ("central", "sha256:l"): 2000,
+        ("regional", "sha256:m-python"): 10,
+        ("regional", "sha256:l"): 1000,
+    }
+    assert result.parent_bytes_by_mirror == {"central": 2020, "regional": 1010}
+    assert result.bytes_by_mirror == {"central": 1010, "regional": 1010}
+    # The budget counts the bytes on both links: 3030 fits, 3029 does not.
+    assert plan(
+        [image("python", {"l": 1000})], mirrors, ["regional"], [], Budget(3030, None), NOW
+    ).items
+    cut = plan([image("python", {"l": 1000})], mirrors, ["regional"], [], Budget(3029, None), NOW)
+    assert cut.items == () and cut.skipped[0].reason.startswith("over budget: needs 3.0 KiB")
+
+
+def test_two_regions_share_the_central_fetch():
+    mirrors = [*CHAIN, mirror("regional-b", "central")]
+    result = plan(
+        [image("python", {"l": 100})], mirrors, ["regional", "regional-b"], [], NO_LIMIT, NOW
+    )
+    assert Counter(i.mirror for i in result.items) == {"central": 2, "regional": 2, "regional-b": 2}
+
+
+def test_upstreams_a_chain_does_not_proxy_are_skipped():
+    mirrors = [mirror("hub", upstreams=("docker.io",)), mirror("gh", upstreams=("ghcr.io",))]
+    wanted = [
+        image("python", {"l": 1}),
+        image("tool", {"t": 1}, upstream="ghcr.io", repository="org/tool"),
+        image("x", {"x": 1}, upstream="quay.io", repository="org/x"),
+    ]
+    result = plan(wanted, mirrors, ["hub", "gh"], [], NO_LIMIT, NOW)
+    assert {(i.mirror, i.upstream_repository) for i in result.items} == {
+        ("hub", "library/python"),
+        ("gh", "org/tool"),
+    }
+    assert reasons(result) == {
+        "quay.io/org/x:latest": "no target mirror proxies upstream 'quay.io'"
+    }
+
+
+def test_nothing_resolved_is_skipped_with_a_reason():
+    empty = WantedImage("docker.io/library/gone:1", "docker.io", "library/gone", "1", "", 5, (), ())
+    result = plan([empty], [mirror("m")], ["m"], [], NO_LIMIT, NOW)
+    assert result.items == ()
+    assert reasons(result) == {"docker.io/library/gone:1": "nothing to fetch: no manifest resolved"}
+
+
+def test_same_content_under_two_tags_is_fetched_once():
+    a = image("python", {"l": 100}, tag="3.12", score=1)
+    b = WantedImage(
+        "docker.io/library/python:3",
+        a.upstream,
+        a.repository,
+        "3",
+        a.digest,
+        2,
+        a.manifests,
+        a.blobs,
+    )
+    result = plan([a, b], [mirror("m")], ["m"], [], NO_LIMIT, NOW)
+    assert len(result.items) == 2
+    assert result.images == ("docker.io/library/python:3", "docker.io/library/python:3.12")
+    assert result.items[0].reference == "3"
+
+
+@pytest.mark.parametrize(
+    ("mirrors", "targets", "message"),
+    [
+        ([mirror("m")], ["nope"], "target 'nope' is not a configured mirror"),
+        ([mirror("m", "ghost")], ["m"], "mirror 'm': parent 'ghost' is not a configured mirror"),
+        ([mirror("a", "b"), mirror("b", "a")], ["a"], "its parents form a cycle"),
+        ([mirror("m"), mirror("m")], ["m"], "mirror 'm' is listed twice"),
+        ([mirror("m", mult=0)], ["m"], "fetch_multiplicity must be at least 1"),
+        ([mirror("m", rate=0)], ["m"], "link_rate must be positive"),
+    ],
+)
+def test_bad_topology_is_a_clear_error(mirrors: list[MirrorNode], targets: list[str], message: str):
+    with pytest.raises(PlanError, match=message):
+        plan([image("python", {"l": 1})], mirrors, targets, [], NO_LIMIT, NOW)
+
+
+def test_ties_are_broken_by_image_name_whatever_the_input_order():
+    wanted = [image(n, {n: 100}, score=1) for n in ("delta", "alpha", "charlie", "bravo")]
+    results = [
+        plan(order, CHAIN, ["regional"], [], NO_LIMIT, NOW) for order in (wanted, wanted[::-1])
+    ]
+    assert len({r.items for r in results}) == 1
+    (first,) = {r.images for r in results}
+    assert [short(i) for i in first] == ["alpha", "bravo", "charlie", "delta"]
+
+
+# Property-style check on seeded random inputs: the invariants every plan must keep.
+
+SIZES = {f"l{i}": (i * 37) % 500 + 1 for i in range(12)}
+
+
+def random_case(
+    rng: random.Random,
+) -> tuple[list[WantedImage], list[MirrorNode], list[str], list[Holding], Budget]:
+    mirrors: list[MirrorNode] = []
+    for n in range(rng.randint(1, 5)):
+        parent = rng.choice([None, *[m.name for m in mirrors]])
+        inst = tuple(f"i{k}" for k in range(rng.choice([0, 0, 2, 3])))
+        ups = rng.choice([(), ("docker.io",), ("docker.io", "ghcr.io")])
+        scope: Literal["repository", "global"] = rng.choice(["repository", "global"])
+        rate = rng.choice([None, 50, 500])
+        prefix = rng.choice(["", "", "hub"])
+        mirrors.append(mirror(f"m{n}", parent, scope, rng.randint(1, 3), rate, prefix, inst, ups))
+    targets = rng.sample([m.name for m in mirrors], rng.randint(1, len(mirrors)))
+    wanted: list[WantedImage] = []
+    for k in range(rng.randint(1, 10)):
+        layers = {d: SIZES[d] for d in rng.sample(sorted(SIZES), rng.randint(0, 4))}
+        wanted.append(
+            image(
+                f"img{k}",
+                layers,
+                score=rng.choice([0.0, 1.0, 2.5, 10.0]),
+                repository=rng.choice(["library/a", "library/b", "org/c"]),
+                tag=rng.choice([None, f"t{k}"]),
+                upstream=rng.choice(["docker.io", "docker.io", "ghcr.io"]),
+                platforms=rng.randint(0, 2),
+            )
+        )
+    holdings = [
+        Holding(
+            rng.choice(mirrors).name,
+            rng.choice(["library/a", "library/b", "org/c"]),
+            "sha256:" + rng.choice([*SIZES, "m-img0", "m-img1"]),
+            rng.choice([None, "i0", "i1"]),
+        )
+        for _ in range(rng.randint(0, 8))
+    ]
+    budget = Budget(
+        rng.choice([None, 500, 3000, 20000]),
+        rng.choice([None, timedelta(seconds=5), timedelta(seconds=60)]),
+    )
+    return wanted, mirrors, targets, holdings, budget
+
+
+def check_invariants(
+    result: Plan,
+    wanted: list[WantedImage],
+    mirrors: list[MirrorNode],
+    targets: list[str],
+    holdings: list[Holding],
+    budget: Budget,
+) -> None:
+    nodes = {m.name: m for m in mirrors}
+
+    def chain(name: str) -> list[str]:
+        out = [name]
+        while (parent := nodes[out[-1]].parent) is not None:
+            out.append(parent)
+        return out
+
+    def key(m: str, inst: str | None, repo: str, digest: str) -> tuple[str, str | None, str, str]:
+        return (m, inst, repo if nodes[m].cache_scope == "repository" else "", digest)
+
+    held = {key(h.mirror, h.instance, h.repository, h.digest) for h in holdings}
+
+    def is_held(k: tuple[str, str | None, str, str]) -> bool:
+        return k in held or (k[0], None, k[2], k[3]) in held
+
+    warm = {n for t in targets for n in chain(t)}
+    by_image = {w.image: w for w in wanted}
+    assert [i.order for i in result.items] == list(range(len(result.items)))
+    seen: dict[tuple[str, str | None, str, str], int] = {}
+    for item in result.items:
+        w = by_image[item.image]
+        node = nodes[item.mirror]
+        k = key(item.mirror, item.instance, item.upstream_repository, item.digest)
+        assert k not in seen, f"{k} planned twice"
+        assert not is_held(k), f"{k} is held already"
+        seen[k] = item.order
+        assert item.mirror in warm and item.image in result.images
+        assert item.instance in (node.instances or (None,))
+        assert item.tier == len(chain(item.mirror)) - 1
+        assert item.upstream_repository == w.repository
+        assert item.repository.endswith(w.repository)
+        assert item.parent_cost == item.size * node.fetch_multiplicity
+        top = item.kind == "manifest" and item.digest == w.digest
+        assert item.reference == (w.tag if top and w.tag else item.digest)
+        assert all(dep < item.order for dep in item.depends_on)
+        if node.parent is None:
+            assert item.depends_on == ()
+            continue
+        expected = []
+        for inst in nodes[node.parent].instances or (None,):
+            pk = key(node.parent, inst, item.upstream_repository, item.digest)
+            assert pk in seen or is_held(pk), f"child asks {pk} its parent will not hold"
+            if pk in seen:
+                expected.append(seen[pk])
+        assert item.depends_on == tuple(expected)
+    skipped = [s.image for s in result.skipped]
+    assert len(skipped) == len(set(skipped)) and len(result.images) == len(set(result.images))
+    assert set(skipped) | set(result.images) == set(by_image)
+    assert not set(skipped) & set(result.images)
+    spent = sum(i.parent_cost for i in result.items)
+    assert spent == sum(result.parent_bytes_by_mirror.values())
+    if budget.bytes is not None:
+        assert spent <= budget.bytes
+    for name, sent in result.parent_bytes_by_mirror.items():
+        rate = nodes[name].link_rate
+        if budget.window is not None and rate is not None:
+            assert sent / rate <= budget.window.total_seconds()
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_random_plans_keep_the_invariants(seed: int):
+    rng = random.Random(seed)
+    wanted, mirrors, targets, holdings, budget = random_case(rng)
+    result = plan(wanted, mirrors, targets, holdings, budget, NOW)
+    check_invariants(result, wanted, mirrors, targets, holdings, budget)
+
+    shuffled = plan(
+        rng.sample(wanted, len(wanted)), mirrors, targets[::-1], holdings[::-1], budget, NOW
+    )
+    assert shuffled == result
+
+    # Carry out an unlimited plan, record it as held, plan again: nothing left to do.
+    full = plan(wanted, mirrors, targets, holdings, NO_LIMIT, NOW)
+    check_invariants(full, wanted, mirrors, targets, holdings, NO_LIMIT)
+    after = [*holdings, *holdings_after(full)]
+    again = plan(wanted, mirrors, targets, after, budget, NOW)
+    assert again.items == () and again.images == ()
+    for s in again.skipped:
+        assert s.reason == "already warm" or s.reason.startswith("no target mirror proxies")

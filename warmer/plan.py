@@ -1,0 +1,357 @@
+"""The planner: wanted images + topology + ledger + budget -> an ordered list of fetches.
+
+Pure: no network, clock or database; ``now`` is passed in. The executor carries the plan out.
+
+Cost model
+    Every item is one object (manifest or blob) made warm in one cache: a mirror, or one
+    instance of a mirror whose instances keep separate caches. Caches are keyed per
+    (mirror, instance, repository, digest) under ``cache_scope="repository"`` (CNCF
+    distribution: the same blob under two repositories is fetched twice) and per
+    (mirror, instance, digest) under ``"global"``. A cold item costs
+    ``size * fetch_multiplicity`` on the mirror's parent link (``parent_cost``; CNCF
+    distribution 2.8 fetches a cold blob twice). An image's cost is the sum of
+    ``parent_cost`` over the items it would add across every mirror of the target chains;
+    what the ledger holds or the plan already has costs nothing.
+
+Order
+    Greedy by value per new byte: at each step the image with the highest
+    ``score / marginal cost`` that still fits is taken, then the marginal cost of every image
+    sharing its objects is lowered (shared base layers make the next image cheap). Ties are
+    broken by image name. Within an image, items go top tier first, so a parent's fetch of an
+    object always precedes (and is in ``depends_on`` of) its child's request for it.
+
+Limits
+    ``Budget.bytes`` counts the bytes crossing the links of the target chains: the sum of
+    ``parent_cost`` over all planned items (central's upstream link and the regional links).
+    ``Budget.window`` limits each capped link: the time estimate is, per link, parent bytes /
+    ``link_rate`` (links run in parallel, a child waiting on its parent is ignored), and the
+    plan's estimate is the maximum over links. Instances of one mirror share its link.
+    An image that does not fit is left out with its reason and smaller ones may still fit.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from warmer.plantopo import Key, PlanError, Slot, Topology, is_held
+from warmer.units import format_duration, format_size
+
+__all__ = [
+    "Blob",
+    "Budget",
+    "Holding",
+    "MirrorNode",
+    "Plan",
+    "PlanError",
+    "PlanItem",
+    "Skipped",
+    "WantedImage",
+    "plan",
+]
+
+ALREADY_WARM = "already warm"
+
+
+@dataclass(frozen=True)
+class Blob:
+    digest: str
+    size: int
+    kind: Literal["manifest", "blob"]
+    media_type: str = ""
+
+
+@dataclass(frozen=True)
+class WantedImage:
+    image: str  # canonical reference, e.g. "docker.io/library/python:3.12"
+    upstream: str  # upstream name in config
+    repository: str  # repository path at the upstream, e.g. "library/python"
+    tag: str | None
+    digest: str  # resolved top digest
+    score: float  # predicted pulls (value)
+    manifests: tuple[Blob, ...]  # index first (if any), then platform manifests, fetch order
+    blobs: tuple[Blob, ...]  # configs + layers of the selected platforms, de-duplicated
+
+
+@dataclass(frozen=True)
+class MirrorNode:
+    name: str
+    parent: str | None  # parent mirror name; None when its parent is the upstream
+    path_prefix: str  # "" plain; "dockerhub-proxy" for Harbor-style "<prefix>/<repository>"
+    cache_scope: Literal["repository", "global"]
+    fetch_multiplicity: int  # bytes pulled over its parent link per cold byte
+    link_rate: int | None  # bytes/s cap on its parent link (None = uncapped)
+    instances: tuple[str, ...] = ()  # replicas with their own caches (each is warmed)
+    upstreams: tuple[str, ...] = ()  # upstream names it proxies (empty = any)
+
+
+@dataclass(frozen=True)
+class Holding:
+    """Warm and unexpired per the ledger. ``repository`` is as seen at the upstream and is
+    ignored under global scope; ``instance`` None means every instance of the mirror."""
+
+    mirror: str
+    repository: str
+    digest: str
+    instance: str | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    bytes: int | None
+    window: timedelta | None
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    order: int
+    mirror: str
+    instance: str | None
+    tier: int  # 0 = top (central)
+    repository: str  # path to request at this mirror, prefixes applied
+    upstream_repository: str
+    kind: Literal["manifest", "blob"]
+    digest: str
+    size: int
+    media_type: str
+    image: str
+    reference: str  # tag for the top manifest (the mirror records the tag), else the digest
+    parent_cost: int  # bytes on the mirror's parent link
+    depends_on: tuple[int, ...]  # orders of the parent tier's items for the same object
+
+
+@dataclass(frozen=True)
+class Skipped:
+    image: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    items: tuple[PlanItem, ...]
+    skipped: tuple[Skipped, ...]
+    images: tuple[str, ...]  # planned images, in pick order
+    bytes_by_mirror: Mapping[str, int]  # bytes read through each mirror
+    parent_bytes_by_mirror: Mapping[str, int]  # bytes each mirror pulls over its parent link
+    created_at: datetime
+    estimated_seconds: float = 0.0  # max over capped links of parent bytes / link_rate
+
+
+@dataclass
+class _Candidate:
+    """Mutable greedy state for one wanted image."""
+
+    want: WantedImage
+    needed: dict[Key, tuple[Slot, Blob]]  # not held and not yet planned, in emit order
+    cost: int = 0
+    link: dict[str, int] = field(default_factory=dict)  # marginal parent bytes per link
+    version: int = 0
+
+    def value(self) -> float:
+        return math.inf if self.cost == 0 else self.want.score / self.cost
+
+
+def _contents(want: WantedImage) -> list[Blob]:
+    seen: set[str] = set()
+    out: list[Blob] = []
+    for item in (*want.manifests, *want.blobs):
+        if item.size < 0:
+            raise PlanError(f"{want.image}: {item.digest} has a negative size")
+        if item.digest not in seen:
+            seen.add(item.digest)
+            out.append(item)
+    return out
+
+
+def _unique(wanted: Sequence[WantedImage]) -> list[WantedImage]:
+    """One entry per image; a repeated image keeps its highest score."""
+    best: dict[str, WantedImage] = {}
+    for want in wanted:
+        if want.image not in best or want.score > best[want.image].score:
+            best[want.image] = want
+    return sorted(best.values(), key=lambda w: w.image)
+
+
+class _Planner:
+    def __init__(
+        self, topo: Topology, held: set[Key], budget: Budget, wanted: list[WantedImage]
+    ) -> None:
+        self.topo = topo
+        self.held = held
+        self.budget = budget
+        self.planned: dict[Key, int] = {}
+        self.items: list[PlanItem] = []
+        self.spent = 0
+        self.link_bytes: dict[str, int] = dict.fromkeys(topo.warm, 0)
+        self.images: list[str] = []
+        self.skipped: dict[str, str] = {}
+        self.cands: list[_Candidate] = []
+        self.by_key: dict[Key, list[int]] = {}
+        for want in wanted:
+            self._add(want)
+
+    def _add(self, want: WantedImage) -> None:
+        if not want.manifests:
+            self.skipped[want.image] = "nothing to fetch: no manifest resolved"
+            return
+        mirrors = self.topo.mirrors_for(want.upstream)
+        if not mirrors:
+            self.skipped[want.image] = f"no target mirror proxies upstream {want.upstream!r}"
+            return
+        cand = _Candidate(want, {})
+        contents = _contents(want)
+        for name in mirrors:
+            repo = self.topo.scope_repo(name, want.repository)
+            mult = self.topo.by_name[name].fetch_multiplicity
+            for slot in self.topo.slots(name):
+                for blob in contents:
+                    key = (name, slot.instance, repo, blob.digest)
+                    if not is_held(self.held, key):
+                        cand.needed[key] = (slot, blob)
+                        cand.cost += blob.size * mult
+                        cand.link[name] = cand.link.get(name, 0) + blob.size * mult
+        if not cand.needed:
+            self.skipped[want.image] = ALREADY_WARM
+            return
+        cid = len(self.cands)
+        self.cands.append(cand)
+        for key in cand.needed:
+            self.by_key.setdefault(key, []).append(cid)
+
+    def misfit(self, cand: _Candidate) -> str | None:
+        """Why ``cand`` does not fit what is left, or None when it does."""
+        if self.budget.bytes is not None:
+            left = max(self.budget.bytes - self.spent, 0)
+            if cand.cost > left:
+                return f"over budget: needs {format_size(cand.cost)}, {format_size(left)} left"
+        window = self.budget.window
+        if window is None:
+            return None
+        for name in sorted(cand.link):
+            rate = self.topo.by_name[name].link_rate
+            if rate is None:
+                continue
+            needed = (self.link_bytes[name] + cand.link[name]) / rate
+            if needed > window.total_seconds():
+                used = timedelta(seconds=self.link_bytes[name] / rate)
+                return (
+                    f"window too short: {format_size(cand.link[name])} more on {name}'s "
+                    f"parent link at {format_size(rate)}/s needs "
+                    f"{format_duration(timedelta(seconds=cand.link[name] / rate))}, "
+                    f"{format_duration(window - used)} of {format_duration(window)} left"
+                )
+        return None
+
+    def run(self) -> None:
+        heap = [(-c.value(), c.want.image, c.version, cid) for cid, c in enumerate(self.cands)]
+        heapq.heapify(heap)
+        picked: set[int] = set()
+        while heap:
+            _, _, version, cid = heapq.heappop(heap)
+            cand = self.cands[cid]
+            if cid in picked or version != cand.version or self.misfit(cand) is not None:
+                # Stale, or too big now: it is pushed again if its marginal cost drops.
+                continue
+            picked.add(cid)
+            self.images.append(cand.want.image)
+            for cid2 in self._take(cand):
+                other = self.cands[cid2]
+                heapq.heappush(heap, (-other.value(), other.want.image, other.version, cid2))
+        for cid, cand in enumerate(self.cands):
+            if cid not in picked:
+                reason = self.misfit(cand)
+                assert reason is not None, "a fitting image is always picked"
+                self.skipped[cand.want.image] = reason
+
+    def _take(self, cand: _Candidate) -> set[int]:
+        """Plan all of ``cand``'s new items; return the candidates whose cost dropped."""
+        want = cand.want
+        touched: set[int] = set()
+        for key, (slot, blob) in list(cand.needed.items()):
+            name = slot.node.name
+            cost = blob.size * slot.node.fetch_multiplicity
+            top = blob.kind == "manifest" and blob.digest == want.digest
+            order = len(self.items)
+            self.items.append(
+                PlanItem(
+                    order=order,
+                    mirror=name,
+                    instance=slot.instance,
+                    tier=slot.tier,
+                    repository=self.topo.path(name, want.repository),
+                    upstream_repository=want.repository,
+                    kind=blob.kind,
+                    digest=blob.digest,
+                    size=blob.size,
+                    media_type=blob.media_type,
+                    image=want.image,
+                    reference=want.tag if top and want.tag else blob.digest,
+                    parent_cost=cost,
+                    depends_on=self._parents(name, want.repository, blob.digest),
+                )
+            )
+            self.planned[key] = order
+            self.spent += cost
+            self.link_bytes[name] += cost
+            for cid in self.by_key[key]:
+                other = self.cands[cid]
+                if key in other.needed:
+                    del other.needed[key]
+                    other.cost -= cost
+                    other.link[name] -= cost
+                    other.version += 1
+                    touched.add(cid)
+        return touched
+
+    def _parents(self, name: str, repository: str, digest: str) -> tuple[int, ...]:
+        """Orders of the parent's items for this object (every parent instance, since the
+        child reaches its parent through the balancer)."""
+        parent = self.topo.by_name[name].parent
+        if parent is None:
+            return ()
+        deps: list[int] = []
+        for slot in self.topo.slots(parent):
+            key = (parent, slot.instance, self.topo.scope_repo(parent, repository), digest)
+            if key in self.planned:
+                deps.append(self.planned[key])
+            else:
+                assert is_held(self.held, key), f"{parent} would not hold {digest}"
+        return tuple(deps)
+
+
+def plan(
+    wanted: Sequence[WantedImage],
+    mirrors: Sequence[MirrorNode],
+    targets: Sequence[str],
+    holdings: Iterable[Holding],
+    budget: Budget,
+    now: datetime,
+) -> Plan:
+    """Plan warming ``targets`` and their chains up to the upstream; see the module doc.
+
+    Raises :class:`PlanError` when the topology is inconsistent.
+    """
+    topo = Topology(mirrors, targets)
+    planner = _Planner(topo, topo.held_keys(holdings), budget, _unique(wanted))
+    planner.run()
+    bytes_by_mirror = dict.fromkeys(topo.warm, 0)
+    for item in planner.items:
+        bytes_by_mirror[item.mirror] += item.size
+    estimate = 0.0
+    for name, sent in planner.link_bytes.items():
+        rate = topo.by_name[name].link_rate
+        if rate is not None:
+            estimate = max(estimate, sent / rate)
+    return Plan(
+        items=tuple(planner.items),
+        skipped=tuple(Skipped(image, planner.skipped[image]) for image in sorted(planner.skipped)),
+        images=tuple(planner.images),
+        bytes_by_mirror=bytes_by_mirror,
+        parent_bytes_by_mirror=dict(planner.link_bytes),
+        created_at=now,
+        estimated_seconds=estimate,
+    )
