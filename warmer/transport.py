@@ -1,0 +1,367 @@
+"""The transport under :class:`warmer.registry.RegistryClient`, and the registry errors.
+
+:class:`RegistryTransport` talks to one registry base URL (an upstream or a mirror). It
+authenticates by challenge (anonymous, Basic, Bearer tokens cached per scope), retries
+transient failures with jittered exponential backoff (tenacity), reads Docker Hub's
+rate-limit headers on every response, and never sends the Authorization header to another
+host (redirects are followed by hand for that).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Self, TypeVar
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from warmer import auth
+from warmer.auth import Credentials, CredentialsError, TokenCache
+from warmer.ratelimit import RateLimit, parse_ratelimit
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+USER_AGENT = "registry-warmer/0.1"
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 5
+
+
+class RegistryError(Exception):
+    """Base of every registry failure; ``str()`` is one line and never holds a secret."""
+
+
+class NotFound(RegistryError):
+    pass
+
+
+class NoMatchingPlatform(NotFound):
+    """An index has no manifest for any of the platforms asked for."""
+
+
+class Unauthorized(RegistryError):
+    pass
+
+
+class RateLimited(RegistryError):
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DigestMismatch(RegistryError):
+    def __init__(self, what: str, expected: str, actual: str) -> None:
+        super().__init__(f"digest mismatch for {what}: expected {expected}, got {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+class UnsupportedManifest(RegistryError):
+    pass
+
+
+class TransientError(RegistryError):
+    """A transient failure that persisted through every retry."""
+
+
+class Unreachable(TransientError):
+    """The registry (or its token server) could not be connected to."""
+
+
+class _Retry(Exception):
+    """Internal: a failure worth another attempt."""
+
+    def __init__(self, reason: str, url: str, unreachable: bool = False) -> None:
+        super().__init__(reason)
+        self.reason, self.url, self.unreachable = reason, url, unreachable
+
+
+def safe_url(url: str | httpx.URL) -> str:
+    """A URL fit for messages: no user info, no query (pre-signed URLs carry signatures)."""
+    u = httpx.URL(str(url))
+    return str(u.copy_with(userinfo=b"", query=None, fragment=None))
+
+
+def _is_digest(reference: str) -> bool:
+    return ":" in reference
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def _detail(resp: httpx.Response) -> str:
+    """The registry's error code and message, one line, bounded."""
+    try:
+        errors = json.loads(resp.content).get("errors") or []
+        text = "; ".join(f"{e.get('code', '?')}: {e.get('message', '')}" for e in errors[:3])
+    except (ValueError, AttributeError, httpx.ResponseNotRead):
+        text = ""
+    text = " ".join(text.split())[:200]
+    return f"HTTP {resp.status_code}" + (f" {text}" if text else "")
+
+
+class RegistryTransport:
+    """Authenticated, retried, redirect-safe requests to one registry at ``base_url``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        credentials: Credentials | None = None,
+        http: httpx.AsyncClient | None = None,
+        retries: int = 4,
+        timeout: float = 60.0,
+        verify: bool | str = True,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+    ) -> None:
+        url = httpx.URL(base_url.rstrip("/"))
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"registry URL must be http(s)://host[:port], not {safe_url(url)!r}")
+        if url.userinfo:
+            raise ValueError("registry URL must not carry credentials; configure them by reference")
+        self.url = str(url).rstrip("/")
+        self._origin = (url.scheme, url.host, url.port)
+        self.credentials = credentials
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.last_ratelimit: RateLimit | None = None
+        self._challenge: auth.Challenge | None = None
+        self._tokens = TokenCache()
+        self._own_http = http is None
+        if http is None:
+            ssl_verify: bool | ssl.SSLContext = (
+                verify if isinstance(verify, bool) else (ssl.create_default_context(cafile=verify))
+            )
+            http = httpx.AsyncClient(
+                timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+                verify=ssl_verify,
+                headers={"User-Agent": USER_AGENT},
+            )
+        self._http = http
+
+    def __repr__(self) -> str:
+        source = self.credentials.source if self.credentials else "anonymous"
+        return f"{type(self).__name__}({self.url!r}, credentials={source})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._own_http:
+            await self._http.aclose()
+
+    # --- transport: auth, redirects, retries ------------------------------------------
+
+    def _same_origin(self, url: httpx.URL) -> bool:
+        return (url.scheme, url.host, url.port) == self._origin
+
+    async def _authorization(self, scopes: Sequence[str]) -> str | None:
+        challenge = self._challenge
+        if challenge is None:
+            return None
+        if challenge.scheme == "basic":
+            return self.credentials.basic_header() if self.credentials else None
+        if self.credentials is not None and self.credentials.token is not None:
+            return f"Bearer {self.credentials.token.reveal()}"
+        key = TokenCache.key(challenge, scopes)
+        token = self._tokens.get(key)
+        if token is None:
+            token, lifetime = await self._fetch_token(challenge, scopes)
+            self._tokens.put(key, token, lifetime)
+        return f"Bearer {token}"
+
+    async def _fetch_token(
+        self, challenge: auth.Challenge, scopes: Sequence[str]
+    ) -> tuple[str, float]:
+        try:
+            request = auth.token_request(challenge, scopes, self.credentials)
+        except CredentialsError as exc:
+            raise Unauthorized(f"{self.url}: {exc}") from None
+        where = safe_url(request.url)
+        try:
+            resp = await self._http.send(request, follow_redirects=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise _Retry(f"token server: {type(exc).__name__}", where, unreachable=True) from None
+        except httpx.TransportError as exc:
+            raise _Retry(f"token server: {type(exc).__name__}", where) from None
+        if resp.status_code >= 500:
+            raise _Retry(f"token server HTTP {resp.status_code}", where)
+        if resp.status_code != 200:
+            who = f"credentials from {self.credentials.source}" if self.credentials else "anonymous"
+            raise Unauthorized(
+                f"token server {where} refused {who} for {' '.join(scopes) or 'registry access'}"
+                f" ({_detail(resp)})"
+            )
+        try:
+            return auth.parse_token_response(resp.content)
+        except CredentialsError as exc:
+            raise Unauthorized(f"{where}: {exc}") from None
+
+    async def _send(
+        self,
+        method: str,
+        url: httpx.URL,
+        headers: dict[str, str],
+        content: bytes | None,
+        stream: bool,
+        authorization: str | None,
+    ) -> httpx.Response:
+        """Send, following redirects by hand; Authorization only to the registry's origin."""
+        for _ in range(MAX_REDIRECTS + 1):
+            hdrs = dict(headers)
+            if authorization and self._same_origin(url):
+                hdrs["Authorization"] = authorization
+            request = self._http.build_request(method, url, headers=hdrs, content=content)
+            try:
+                resp = await self._http.send(request, stream=stream, follow_redirects=False)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                raise _Retry(type(exc).__name__, safe_url(url), unreachable=True) from None
+            except httpx.TransportError as exc:
+                raise _Retry(type(exc).__name__, safe_url(url)) from None
+            if self._same_origin(url):
+                seen = parse_ratelimit(resp.headers)
+                if seen is not None:
+                    self.last_ratelimit = seen
+            location = resp.headers.get("location")
+            if resp.status_code not in REDIRECTS or not location:
+                return resp
+            await resp.aclose()
+            url = resp.url.join(location)
+            if resp.status_code == 303:
+                method, content = "GET", None
+        raise RegistryError(f"too many redirects from {safe_url(url)}")
+
+    async def _attempt(
+        self,
+        method: str,
+        url: httpx.URL,
+        scopes: Sequence[str],
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """One attempt with authentication: anonymous first, then what the challenge asks."""
+        authorization = await self._authorization(scopes)
+        for round_ in range(2):
+            resp = await self._send(method, url, headers or {}, content, stream, authorization)
+            if resp.status_code == 401 and self._same_origin(resp.url):
+                header = resp.headers.get("www-authenticate", "")
+                await resp.aclose()
+                challenge = auth.pick_challenge(auth.parse_www_authenticate(header))
+                if challenge is None or round_ == 1:
+                    raise self._unauthorized(url, resp)
+                if authorization is not None and challenge == self._challenge:
+                    if challenge.scheme == "basic" or (self.credentials and self.credentials.token):
+                        raise self._unauthorized(url, resp)
+                    self._tokens.drop(TokenCache.key(challenge, scopes))  # stale or revoked
+                self._challenge = challenge
+                authorization = await self._authorization(scopes)
+                if authorization is None:
+                    raise self._unauthorized(url, resp)
+                continue
+            if resp.status_code >= 500 and resp.status_code != 501:
+                await resp.aclose()
+                raise _Retry(f"HTTP {resp.status_code}", safe_url(url))
+            if resp.status_code == 429:
+                await resp.aread()
+                raise RateLimited(
+                    f"rate limited by {self.url} on {safe_url(url)} ({_detail(resp)})"
+                    + (f"; {self.last_ratelimit}" if self.last_ratelimit else ""),
+                    _retry_after(resp.headers.get("retry-after")),
+                )
+            return resp
+        raise AssertionError("unreachable")
+
+    def _unauthorized(self, url: httpx.URL, resp: httpx.Response) -> Unauthorized:
+        who = (
+            f"credentials from {self.credentials.source}" if self.credentials else "no credentials"
+        )
+        return Unauthorized(f"unauthorized: {safe_url(url)} refused access ({who}, HTTP 401)")
+
+    async def _retrying(self, fn: Callable[[], Awaitable[T]]) -> T:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.retries + 1),
+            wait=wait_random_exponential(multiplier=self.backoff, max=self.max_backoff),
+            retry=retry_if_exception_type(_Retry),
+            reraise=True,
+            before_sleep=lambda rs: log.info(
+                "retrying after %s (attempt %d)",
+                rs.outcome.exception() if rs.outcome else "?",
+                rs.attempt_number,
+            ),
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await fn()
+        except _Retry as exc:
+            tries = self.retries + 1
+            if exc.unreachable:
+                raise Unreachable(
+                    f"cannot reach {exc.url} ({exc.reason}, {tries} attempts)"
+                ) from None
+            raise TransientError(f"{exc.url}: {exc.reason} after {tries} attempts") from None
+        raise AssertionError("unreachable")
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        scopes: Sequence[str],
+        what: str,
+        *,
+        ok: Sequence[int] = (200,),
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+        params: dict[str, str] | None = None,
+        retry: bool = True,
+    ) -> httpx.Response:
+        """A whole request: retries, then status checked (404 -> NotFound, ...)."""
+        url = httpx.URL(path if "://" in path else self.url + path)
+        if params:
+            url = url.copy_merge_params(params)
+
+        async def once() -> httpx.Response:
+            resp = await self._attempt(method, url, scopes, headers, content)
+            if resp.status_code in ok:
+                return resp
+            if resp.status_code == 404:
+                raise NotFound(f"{what} not found at {self.url} ({_detail(resp)})")
+            if resp.status_code in (401, 403):
+                raise Unauthorized(f"{what}: access denied by {self.url} ({_detail(resp)})")
+            raise RegistryError(f"{what}: unexpected answer from {self.url} ({_detail(resp)})")
+
+        if not retry:
+            try:
+                return await once()
+            except _Retry as exc:
+                raise TransientError(f"{exc.url}: {exc.reason}") from None
+        return await self._retrying(once)
