@@ -310,6 +310,17 @@ def test_instances_are_warmed_one_by_one():
     # Instances pull over the mirror's one link: their parent bytes add up.
     assert result.parent_bytes_by_mirror["central"] == 2 * 110
     # A holding without an instance covers every instance.
+    assert (
+        plan(
+            wanted,
+            mirrors,
+            ["regional"],
+            [Holding("regional", "library/python", "sha256:base", "")],
+            NO_LIMIT,
+            NOW,
+        ).parent_bytes_by_mirror["regional"]
+        == 30
+    )
     all_held = [
         Holding("regional", "library/python", d) for d in ("sha256:m-python", "sha256:base")
     ]

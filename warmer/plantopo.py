@@ -107,12 +107,14 @@ class Topology:
 
     def held_keys(self, holdings: Iterable[Holding]) -> set[Key]:
         """Ledger holdings as cache keys. A holding without an instance counts for every
-        instance of the mirror (a ledger that does not track instances)."""
+        instance of the mirror (a ledger that does not track instances); so does ``""``."""
         keys: set[Key] = set()
         for h in holdings:
             if h.mirror not in self.tier:
                 continue
-            keys.add((h.mirror, h.instance, self.scope_repo(h.mirror, h.repository), h.digest))
+            keys.add(
+                (h.mirror, h.instance or None, self.scope_repo(h.mirror, h.repository), h.digest)
+            )
         return keys
 
 
