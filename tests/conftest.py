@@ -17,9 +17,11 @@ def registry_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regis
     """Start ``docker-registry`` processes: ``registry_factory("name", parent_url=None)``."""
     started: list[Proc] = []
 
-    def start(name: str = "registry", parent_url: str | None = None) -> Proc:
+    def start(
+        name: str = "registry", parent_url: str | None = None, extra_config: str = ""
+    ) -> Proc:
         root: Path = tmp_path_factory.mktemp(name)
-        proc = start_registry(name, root, parent_url=parent_url)
+        proc = start_registry(name, root, parent_url=parent_url, extra_config=extra_config)
         started.append(proc)
         return proc
 

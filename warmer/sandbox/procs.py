@@ -97,8 +97,11 @@ class Proc:
                 self.popen.poll()
 
 
-def registry_config(root: Path, port: int, parent_url: str | None) -> str:
-    """distribution 2.8 YAML config: filesystem storage, delete enabled, optional proxy."""
+def registry_config(root: Path, port: int, parent_url: str | None, extra_config: str = "") -> str:
+    """distribution 2.8 YAML config: filesystem storage, delete enabled, optional proxy.
+
+    ``extra_config`` is appended as is (top-level YAML keys, e.g. an ``auth:`` section).
+    """
     lines = [
         "version: 0.1",
         "log:",
@@ -121,7 +124,10 @@ def registry_config(root: Path, port: int, parent_url: str | None) -> str:
     ]
     if parent_url:
         lines += ["proxy:", f"  remoteurl: {parent_url}"]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if extra_config:
+        text += extra_config.rstrip("\n") + "\n"
+    return text
 
 
 def wait_ready(url: str, proc: Proc, timeout: float = 20.0) -> None:
@@ -167,12 +173,13 @@ def start_registry(
     parent_url: str | None = None,
     port: int | None = None,
     detach: bool = False,
+    extra_config: str = "",
 ) -> Proc:
     """Start a distribution registry (a proxy of ``parent_url`` when given) and wait for it."""
     root.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     config = root / "config.yml"
-    config.write_text(registry_config(root, port, parent_url))
+    config.write_text(registry_config(root, port, parent_url, extra_config))
     argv = [registry_binary(), "serve", str(config)]
     proc = spawn(name, argv, root / "registry.log", detach=detach)
     proc.url = f"http://127.0.0.1:{port}"
