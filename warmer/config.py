@@ -75,7 +75,6 @@ class CredentialsRef(_Strict):
     password_env: str | None = None
     password_file: str | None = None
     token_env: str | None = None
-    token_file: str | None = None
     docker_config: str | bool | None = None
 
 

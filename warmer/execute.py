@@ -1,0 +1,384 @@
+"""Carry out a plan: parallel, capped, tier-ordered, verified fetches through the mirrors.
+
+The executor decides nothing about *what* to fetch (that is ``warmer.plan``); it only
+carries run items out, in plan order, under these rules:
+
+* a bounded number of requests per mirror instance (the link's ``concurrency``);
+* a token bucket per link, charged with what a request will cost the mirror's parent link
+  (``parent_cost``: a cold blob through CNCF distribution 2.8 is pulled twice, at full
+  speed, whatever our read rate) before it starts;
+* never two requests for the same digest through the same mirror instance at once
+  (distribution answers the second one by fetching the blob again without storing it);
+* a child tier's request waits for the parent tier's item for the same object, plus a
+  short settle delay (the parent stores a cold blob in a background fetch that may end a
+  moment after our read);
+* every byte hashed against its digest while streaming, nothing written to disk; a
+  mismatch is an incident, never warm;
+* the deadline: no item starts after it; in-flight ones get a grace period, then are
+  aborted and left pending for ``--resume``;
+* the upstream rate-limit reserve: cold manifest fetches at the top tier count upstream;
+  when the remaining count reaches the reserve they wait (one log line) until it recovers
+  or the deadline passes;
+* every state change goes to the ledger, so a killed run loses at most what was in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from warmer.config import Config
+from warmer.ledger import Ledger, RunItem, utcnow
+from warmer.pacing import TokenBucket
+from warmer.registry import (
+    DigestMismatch,
+    RateLimited,
+    RegistryClient,
+    RegistryError,
+    TransientError,
+)
+
+log = logging.getLogger("warmer.execute")
+
+ProgressHook = Callable[[str, RunItem, int], None]
+
+
+@dataclass
+class RunStats:
+    """What a run did; printed as the summary and stored with the run."""
+
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    pending: int = 0
+    incidents: int = 0
+    bytes_by_mirror: Counter[str] = field(default_factory=Counter)
+    bytes_by_tier: Counter[int] = field(default_factory=Counter)
+    parent_bytes_by_mirror: Counter[str] = field(default_factory=Counter)
+    upstream_manifest_gets: int = 0
+    seconds: float = 0.0
+    deadline_hit: bool = False
+    reserve_waits: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "done": self.done,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "pending": self.pending,
+            "incidents": self.incidents,
+            "bytes_by_mirror": dict(self.bytes_by_mirror),
+            "bytes_by_tier": {str(k): v for k, v in sorted(self.bytes_by_tier.items())},
+            "parent_bytes_by_mirror": dict(self.parent_bytes_by_mirror),
+            "upstream_manifest_gets": self.upstream_manifest_gets,
+            "seconds": round(self.seconds, 3),
+            "deadline_hit": self.deadline_hit,
+            "reserve_waits": self.reserve_waits,
+        }
+
+
+class RateReserve:
+    """Tracks the upstream's remaining manifest GETs and holds back when at the reserve.
+
+    Mirrors do not pass the upstream's rate-limit headers on, so the remaining count is read
+    with a HEAD to the upstream (HEAD is not counted by Docker Hub) and decremented locally
+    for each cold manifest GET the top tier will make.
+    """
+
+    def __init__(
+        self,
+        client: RegistryClient | None,
+        probe: tuple[str, str] | None,
+        reserve: int,
+        poll: float = 5.0,
+    ) -> None:
+        self.client = client
+        self.probe = probe
+        self.reserve = reserve
+        self.poll = poll
+        self.remaining: int | None = None
+        self.spent = 0
+        self._lock = asyncio.Lock()
+        self._told = False
+
+    async def refresh(self) -> None:
+        if self.client is None or self.probe is None:
+            return
+        try:
+            await self.client.head_manifest(*self.probe)
+        except RegistryError as exc:
+            log.debug("rate-limit probe failed: %s", exc)
+            return
+        rl = self.client.last_ratelimit
+        if rl is not None and rl.remaining is not None:
+            self.remaining = rl.remaining
+
+    async def spend(self, deadline: float | None) -> bool:
+        """Reserve one counted request; False if the deadline passed while waiting."""
+        async with self._lock:
+            while self.remaining is not None and self.remaining <= self.reserve:
+                if not self._told:
+                    log.warning(
+                        "upstream rate limit: %s manifest requests left, keeping %s for CI; "
+                        "waiting for the limit window to reset",
+                        self.remaining,
+                        self.reserve,
+                    )
+                    self._told = True
+                if deadline is not None and time.monotonic() + self.poll > deadline:
+                    return False
+                await asyncio.sleep(self.poll)
+                await self.refresh()
+            self._told = False
+            if self.remaining is not None:
+                self.remaining -= 1
+            self.spent += 1
+            return True
+
+
+@dataclass
+class Link:
+    """One mirror instance's side of a run: its client, its concurrency and its parent link."""
+
+    mirror: str
+    instance: str
+    client: RegistryClient
+    slots: asyncio.Semaphore
+    bucket: TokenBucket | None
+    ttl: timedelta | None
+    inflight: dict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+
+
+class Executor:
+    """Runs the pending items of one run (new or resumed)."""
+
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        run_id: int,
+        *,
+        deadline: datetime | None = None,
+        grace: timedelta | None = None,
+        settle: float = 0.3,
+        on_progress: ProgressHook | None = None,
+        reserve: RateReserve | None = None,
+        client_factory: Callable[[str, str], RegistryClient],
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.run_id = run_id
+        self.deadline = deadline
+        self.grace = grace if grace is not None else config.run.deadline_grace
+        self.settle = settle
+        self.on_progress = on_progress
+        self.reserve = reserve
+        self.stats = RunStats()
+        self._client_factory = client_factory
+        self._links: dict[str, Link] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def _link(self, mirror: str, instance: str) -> Link:
+        key = f"{mirror}\0{instance}"
+        link = self._links.get(key)
+        if link is None:
+            m = self.config.mirrors[mirror]
+            # All instances of a mirror pull over the same parent link: one bucket for them.
+            bucket = self._buckets.get(mirror)
+            if bucket is None and m.link.bandwidth:
+                bucket = self._buckets[mirror] = TokenBucket(m.link.bandwidth)
+            link = Link(
+                mirror=mirror,
+                instance=instance,
+                client=self._client_factory(mirror, instance or m.url),
+                slots=asyncio.Semaphore(m.link.concurrency),
+                bucket=bucket,
+                ttl=m.ttl,
+            )
+            self._links[key] = link
+        return link
+
+    def _deadline_mono(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return time.monotonic() + (self.deadline - utcnow()).total_seconds()
+
+    async def run(self) -> RunStats:
+        started = time.monotonic()
+        self.ledger.reset_inflight(self.run_id)
+        items = self.ledger.items(self.run_id)
+        done_events: dict[int, asyncio.Event] = {}
+        outcome: dict[int, str] = {}
+        for item in items:
+            done_events[item.seq] = asyncio.Event()
+            if item.state in ("done", "failed", "skipped"):
+                outcome[item.seq] = item.state
+                done_events[item.seq].set()
+        todo = [i for i in items if i.state == "pending"]
+        if self.reserve is not None:
+            await self.reserve.refresh()
+        deadline_mono = self._deadline_mono()
+        tasks = [
+            asyncio.create_task(self._item(item, done_events, outcome, deadline_mono))
+            for item in todo
+        ]
+        try:
+            if deadline_mono is None:
+                await asyncio.gather(*tasks)
+            else:
+                hard = deadline_mono + self.grace.total_seconds() - time.monotonic()
+                finished, pending = await asyncio.wait(tasks, timeout=max(0.0, hard))
+                if pending:
+                    self.stats.deadline_hit = True
+                    for task in pending:
+                        task.cancel()
+                    await asyncio.gather(*pending, return_exceptions=True)
+                for task in finished:
+                    task.result()
+        finally:
+            await self._close()
+        self.stats.seconds = time.monotonic() - started
+        final = Counter(i.state for i in self.ledger.items(self.run_id))
+        self.stats.done, self.stats.failed = final["done"], final["failed"]
+        self.stats.skipped, self.stats.pending = final["skipped"], final["pending"]
+        if self.reserve is not None:
+            self.stats.upstream_manifest_gets = self.reserve.spent
+        return self.stats
+
+    async def _close(self) -> None:
+        for link in self._links.values():
+            await link.client.aclose()
+
+    def _progress(self, what: str, item: RunItem, n: int = 0) -> None:
+        if self.on_progress is not None:
+            self.on_progress(what, item, n)
+
+    async def _item(
+        self,
+        item: RunItem,
+        events: dict[int, asyncio.Event],
+        outcome: dict[int, str],
+        deadline: float | None,
+    ) -> None:
+        assert item.id is not None
+        try:
+            deps = json.loads(item.depends_on)
+            for dep in deps:
+                if dep in events:
+                    await events[dep].wait()
+            waiting = [d for d in deps if outcome.get(d) == "pending"]
+            if waiting:
+                # The parent tier's item was cut by the deadline: stay pending for --resume.
+                self.ledger.update_item(item.id, reason=f"waits for item {waiting[0]}")
+                return
+            bad = [d for d in deps if outcome.get(d, "done") != "done"]
+            if bad:
+                self._finish(item, "skipped", f"parent item {bad[0]} did not complete")
+                outcome[item.seq] = "skipped"
+                return
+            if deps and self.settle:
+                await asyncio.sleep(self.settle)
+            link = self._link(item.mirror, item.instance)
+            async with link.slots, link.inflight[item.digest]:
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.stats.deadline_hit = True
+                    self.ledger.update_item(item.id, reason="window ended before it started")
+                    self._progress("deadline", item)
+                    return
+                counted = item.tier == 0 and item.kind == "manifest" and item.parent_cost > 0
+                if counted and self.reserve is not None and not await self.reserve.spend(deadline):
+                    self.ledger.update_item(item.id, reason="waited for rate limit")
+                    self.stats.reserve_waits += 1
+                    return
+                if link.bucket is not None and item.parent_cost > 0:
+                    await link.bucket.take(item.parent_cost)
+                state = await self._fetch(item, link)
+            outcome[item.seq] = state
+        except asyncio.CancelledError:
+            # Aborted past the deadline's grace: back to pending for --resume.
+            self.ledger.update_item(item.id, state="pending", reason="aborted at the deadline")
+            raise
+        finally:
+            if item.seq in events and item.seq in outcome:
+                events[item.seq].set()
+            elif item.seq in events:
+                outcome.setdefault(item.seq, "pending")
+                events[item.seq].set()
+
+    async def _fetch(self, item: RunItem, link: Link) -> str:
+        assert item.id is not None
+        attempts = item.attempts + 1
+        self.ledger.update_item(
+            item.id, state="running", attempts=attempts, started_at=utcnow(), reason=""
+        )
+        self._progress("start", item)
+        try:
+            if item.kind == "manifest":
+                manifest = await link.client.get_manifest(item.repository, item.reference)
+                got, n = manifest.digest, len(manifest.body)
+                if got != item.digest:
+                    # A tag that moved since planning: warm, but say so; the planner sees
+                    # the new digest next time.
+                    log.warning(
+                        "%s: %s at %s now resolves to %s (planned %s)",
+                        item.mirror,
+                        item.reference,
+                        item.repository,
+                        got,
+                        item.digest,
+                    )
+            else:
+
+                async def counted(k: int) -> None:
+                    self._progress("bytes", item, k)
+
+                n = await link.client.fetch_blob(item.repository, item.digest, on_bytes=counted)
+        except DigestMismatch as exc:
+            now = utcnow()
+            self.ledger.record_incident(
+                mirror=item.mirror,
+                repository=item.upstream_repository,
+                digest=item.digest,
+                kind="digest-mismatch",
+                detail=str(exc),
+                now=now,
+                run_id=self.run_id,
+            )
+            self.stats.incidents += 1
+            log.error("INCIDENT %s %s@%s: %s", item.mirror, item.repository, item.digest, exc)
+            self._finish(item, "failed", f"incident: {exc}")
+            return "failed"
+        except (RateLimited, TransientError, RegistryError) as exc:
+            self._finish(item, "failed", str(exc))
+            log.warning("%s %s@%s failed: %s", item.mirror, item.repository, item.digest, exc)
+            return "failed"
+        now = utcnow()
+        self.ledger.record_holding(
+            mirror=item.mirror,
+            instance=item.instance,
+            repository=item.upstream_repository,
+            kind=item.kind,
+            digest=item.digest,
+            size=n,
+            now=now,
+            ttl=link.ttl,
+            run_id=self.run_id,
+        )
+        self.ledger.update_item(item.id, state="done", bytes=n, finished_at=now)
+        self.stats.bytes_by_mirror[item.mirror] += n
+        self.stats.bytes_by_tier[item.tier] += n
+        self.stats.parent_bytes_by_mirror[item.mirror] += item.parent_cost
+        self._progress("done", item, n)
+        return "done"
+
+    def _finish(self, item: RunItem, state: str, reason: str) -> None:
+        assert item.id is not None
+        self.ledger.update_item(item.id, state=state, reason=reason[:500], finished_at=utcnow())
+        self._progress(state, item)

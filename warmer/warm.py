@@ -1,0 +1,364 @@
+"""The warm job's shell: resolve what is wanted, plan it, record the run, execute it.
+
+This is the imperative shell around the pure planner: every piece of I/O of a warm run
+(reading the ranking, resolving manifests through the top tier, the ledger, the clock)
+happens here, and ``warmer.plan.plan`` gets plain values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from warmer import plan as planner
+from warmer.auth import CredentialRef, Credentials, credentials_from_ref
+from warmer.config import Config, ConfigError, CredentialsRef, MirrorConfig
+from warmer.execute import Executor, ProgressHook, RateReserve, RunStats
+from warmer.ledger import Ledger, utcnow
+from warmer.manifest import Platform
+from warmer.reference import InvalidReference, Reference, parse
+from warmer.registry import RegistryClient, RegistryError
+
+log = logging.getLogger("warmer.warm")
+
+
+class WarmError(RuntimeError):
+    """A warm run that could not start (bad region, nothing reachable ...)."""
+
+
+@dataclass(frozen=True)
+class Want:
+    """An image someone wants warm, with its predicted value."""
+
+    ref: Reference
+    score: float = 1.0
+
+
+@dataclass
+class Prepared:
+    """A plan ready to run, with what could not be resolved."""
+
+    region: str
+    plan: planner.Plan
+    unresolved: list[planner.Skipped] = field(default_factory=list)
+    window: timedelta | None = None
+    budget: int | None = None
+
+
+def credentials(ref: CredentialsRef | None, url: str) -> Credentials | None:
+    if ref is None:
+        return None
+    host = url.split("://", 1)[-1].split("/", 1)[0]
+    return credentials_from_ref(
+        CredentialRef(
+            username=ref.username,
+            username_env=ref.username_env,
+            password_env=ref.password_env,
+            password_file=ref.password_file,
+            token_env=ref.token_env,
+            docker_config=ref.docker_config or False,
+        ),
+        host,
+    )
+
+
+def mirror_client(config: Config, name: str, url: str | None = None) -> RegistryClient:
+    m: MirrorConfig = config.mirrors[name]
+    target = url or m.url
+    return RegistryClient(
+        target,
+        credentials=credentials(m.credentials, target),
+        retries=config.run.retries,
+        timeout=config.run.timeout.total_seconds(),
+        verify=m.tls.ca_file or m.tls.verify,
+    )
+
+
+def upstream_client(config: Config, name: str) -> RegistryClient:
+    up = config.upstreams[name]
+    return RegistryClient(
+        up.url,
+        credentials=credentials(up.credentials, up.url),
+        retries=config.run.retries,
+        timeout=config.run.timeout.total_seconds(),
+        verify=up.tls.ca_file or up.tls.verify,
+    )
+
+
+def mirror_nodes(config: Config) -> list[planner.MirrorNode]:
+    nodes = []
+    for name, m in config.mirrors.items():
+        instances = tuple(m.instances()) if (m.replicas and not m.shared_storage) else ()
+        nodes.append(
+            planner.MirrorNode(
+                name=name,
+                parent=m.parent if m.parent in config.mirrors else None,
+                path_prefix=m.path_prefix.strip("/") if m.naming == "prefix" else "",
+                cache_scope=m.cache_scope,
+                fetch_multiplicity=m.fetch_multiplicity,
+                link_rate=m.link.bandwidth,
+                instances=instances,
+                upstreams=(config.upstream_of(name),),
+            )
+        )
+    return nodes
+
+
+def region_targets(config: Config, region: str) -> list[str]:
+    return list(config.region(region).mirrors)
+
+
+def wants_from_args(images: Sequence[str]) -> list[Want]:
+    out = []
+    for text in images:
+        try:
+            out.append(Want(parse(text)))
+        except InvalidReference as exc:
+            raise ConfigError(str(exc)) from None
+    return out
+
+
+def wants_from_ranking(config: Config, region: str, top: int | None) -> list[Want]:
+    """The stored ranking of ``region`` (from ``warmer rank``), best first."""
+    try:
+        from analytics.rank import latest_ranking
+    except ImportError:  # pragma: no cover - analytics is part of the distribution
+        return []
+    frame = latest_ranking(config.database.url, region)
+    if frame is None or len(frame) == 0:
+        return []
+    if top:
+        frame = frame.head(top)
+    out = []
+    for row in frame.itertuples():
+        text = f"{row.image}:{row.tag}" if getattr(row, "tag", "") else str(row.image)
+        try:
+            out.append(Want(parse(text), float(row.score)))
+        except InvalidReference:
+            log.warning("ranking row %r is not a valid reference; skipped", text)
+    return out
+
+
+async def resolve(
+    config: Config,
+    ledger: Ledger,
+    region: str,
+    wants: Sequence[Want],
+    now: datetime,
+    concurrency: int = 8,
+) -> tuple[list[planner.WantedImage], list[planner.Skipped]]:
+    """Resolve each wanted tag through the top tier of the region's chain.
+
+    Through the top mirror rather than the upstream: the mirror fetches each manifest from
+    the upstream once and keeps it, so planning and warming together spend one upstream
+    manifest GET per manifest.
+    """
+    reg = config.region(region)
+    platforms = [Platform.parse(p) for p in reg.platforms]
+    tops = {config.chain(m)[0] for m in reg.mirrors}
+    clients: dict[str, RegistryClient] = {}
+    wanted: list[planner.WantedImage] = []
+    skipped: list[planner.Skipped] = []
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(want: Want) -> None:
+        ref = want.ref
+        upstream = config.upstream_for_registry(ref.registry)
+        if upstream is None:
+            skipped.append(planner.Skipped(str(ref), f"no upstream configured for {ref.registry}"))
+            return
+        top = next((t for t in sorted(tops) if config.upstream_of(t) == upstream), None)
+        if top is None:
+            skipped.append(planner.Skipped(str(ref), f"no mirror of {region} proxies {upstream}"))
+            return
+        client = clients.setdefault(top, mirror_client(config, top))
+        repo = config.mirrors[top].repository_for(ref.repository)
+        async with sem:
+            try:
+                tree = await client.resolve(repo, ref.reference, platforms)
+            except RegistryError as exc:
+                skipped.append(planner.Skipped(str(ref), f"cannot resolve: {exc}"))
+                return
+        if ref.tag:
+            ledger.record_resolution(
+                image=ref.name,
+                tag=ref.tag,
+                digest=tree.digest,
+                media_type=tree.media_type,
+                where=top,
+                tier=0,
+                now=now,
+            )
+        manifests = tuple(
+            planner.Blob(d, size, "manifest", "") for d, size in tree.manifest_digests()
+        )
+        blobs = tuple(planner.Blob(d.digest, d.size, "blob", d.media_type) for d in tree.blobs())
+        wanted.append(
+            planner.WantedImage(
+                image=str(ref),
+                upstream=upstream,
+                repository=ref.repository,
+                tag=ref.tag,
+                digest=tree.digest,
+                score=want.score,
+                manifests=manifests,
+                blobs=blobs,
+            )
+        )
+
+    try:
+        await asyncio.gather(*(one(w) for w in wants))
+    finally:
+        for c in clients.values():
+            await c.aclose()
+    wanted.sort(key=lambda w: w.image)
+    return wanted, skipped
+
+
+def holdings(config: Config, ledger: Ledger, now: datetime) -> list[planner.Holding]:
+    rows = ledger.holdings(config.mirrors.keys(), now)
+    return [
+        planner.Holding(
+            mirror=h.mirror, repository=h.repository, digest=h.digest, instance=h.instance or None
+        )
+        for h in rows
+    ]
+
+
+async def prepare(
+    config: Config,
+    ledger: Ledger,
+    region: str,
+    wants: Sequence[Want],
+    *,
+    now: datetime,
+    budget: int | None = None,
+    window: timedelta | None = None,
+) -> Prepared:
+    reg = config.region(region)
+    wanted, unresolved = await resolve(config, ledger, region, wants, now)
+    the_budget = budget if budget is not None else reg.budget
+    result = planner.plan(
+        wanted,
+        mirror_nodes(config),
+        region_targets(config, region),
+        holdings(config, ledger, now),
+        planner.Budget(bytes=the_budget, window=window),
+        now,
+    )
+    return Prepared(region, result, unresolved, window, the_budget)
+
+
+def item_rows(p: planner.Plan) -> list[dict[str, Any]]:
+    return [
+        {
+            "seq": i.order,
+            "mirror": i.mirror,
+            "instance": i.instance or "",
+            "tier": i.tier,
+            "repository": i.repository,
+            "upstream_repository": i.upstream_repository,
+            "kind": i.kind,
+            "digest": i.digest,
+            "size": i.size,
+            "media_type": i.media_type,
+            "image": i.image,
+            "reference": i.reference,
+            "depends_on": "[" + ",".join(str(d) for d in i.depends_on) + "]",
+            "parent_cost": i.parent_cost,
+        }
+        for i in p.items
+    ]
+
+
+def owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def start_run(ledger: Ledger, prepared: Prepared, now: datetime, deadline: datetime | None) -> int:
+    skipped = [{"image": s.image, "reason": s.reason} for s in prepared.plan.skipped]
+    skipped += [{"image": s.image, "reason": s.reason} for s in prepared.unresolved]
+    return ledger.create_run(
+        region=prepared.region,
+        items=item_rows(prepared.plan),
+        images=prepared.plan.images,
+        skipped=skipped,
+        now=now,
+        deadline=deadline,
+        owner=owner(),
+    )
+
+
+def rate_reserve(config: Config, region: str, probe: Want | None) -> RateReserve | None:
+    """A reserve keeper for the upstream of the region's top tier, probed by HEAD."""
+    reg = config.region(region)
+    upstreams = {config.upstream_of(m) for m in reg.mirrors}
+    if len(upstreams) != 1 or probe is None:
+        return None
+    name = upstreams.pop()
+    client = upstream_client(config, name)
+    return RateReserve(
+        client,
+        (probe.ref.repository, probe.ref.reference),
+        config.upstreams[name].ratelimit_reserve,
+    )
+
+
+async def execute(
+    config: Config,
+    ledger: Ledger,
+    run_id: int,
+    *,
+    deadline: datetime | None,
+    reserve: RateReserve | None = None,
+    on_progress: ProgressHook | None = None,
+    settle: float = 0.3,
+) -> RunStats:
+    """Run (or resume) ``run_id`` and close it in the ledger with its summary."""
+    ledger.set_run_state(run_id, "running", owner=owner())
+    executor = Executor(
+        config,
+        ledger,
+        run_id,
+        deadline=deadline,
+        reserve=reserve,
+        on_progress=on_progress,
+        settle=settle,
+        client_factory=lambda m, url: mirror_client(config, m, url),
+    )
+    try:
+        stats = await executor.run()
+    finally:
+        if reserve is not None and reserve.client is not None:
+            await reserve.client.aclose()
+    state = "done"
+    if stats.pending:
+        state = "aborted"
+    elif stats.failed:
+        state = "failed"
+    ledger.finish_run(run_id, state, stats.as_dict(), utcnow())
+    return stats
+
+
+def default_deadline(window: timedelta | None, now: datetime) -> datetime | None:
+    return now + window if window else None
+
+
+def current_window_deadline(config: Config, region: str, now: datetime) -> datetime | None:
+    """The end of the region's window in progress at ``now`` (None when it has none)."""
+    reg = config.region(region)
+    if not reg.windows:
+        return None
+    from warmer.windows import WindowSpec, current_window
+
+    specs = [WindowSpec.from_mapping(w.model_dump()) for w in reg.windows]
+    win = current_window(specs, now)
+    if win is None:
+        raise WarmError(f"region {region!r} is outside its maintenance windows at {now:%F %T}Z")
+    return win.end
