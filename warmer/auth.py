@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -84,6 +84,23 @@ class Credentials:
         return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
+class CredentialSource(Protocol):
+    """What :func:`credentials_from_ref` reads (``warmer.config.CredentialsRef`` fits)."""
+
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def username_env(self) -> str | None: ...
+    @property
+    def password_env(self) -> str | None: ...
+    @property
+    def password_file(self) -> str | None: ...
+    @property
+    def token_env(self) -> str | None: ...
+    @property
+    def docker_config(self) -> bool | str | None: ...
+
+
 @dataclass(frozen=True)
 class CredentialRef:
     """Where to find credentials, as written in the config (never the secret itself)."""
@@ -94,7 +111,7 @@ class CredentialRef:
     password_file: str | None = None
     token_env: str | None = None
     #: ``True`` reads the default Docker config.json; a string is its path.
-    docker_config: bool | str = False
+    docker_config: bool | str | None = None
 
 
 def _env(environ: Mapping[str, str], name: str, what: str) -> str:
@@ -105,9 +122,13 @@ def _env(environ: Mapping[str, str], name: str, what: str) -> str:
 
 
 def credentials_from_ref(
-    ref: CredentialRef, host: str, environ: Mapping[str, str] | None = None
+    ref: CredentialSource, host: str, environ: Mapping[str, str] | None = None
 ) -> Credentials | None:
-    """Resolve a :class:`CredentialRef` for ``host``; ``None`` means anonymous."""
+    """Resolve a credentials reference for ``host``; ``None`` means anonymous.
+
+    ``host`` is the registry host (``ghcr.io``, ``127.0.0.1:5000``), used in messages and to
+    look the host up in a Docker config.json.
+    """
     env = os.environ if environ is None else environ
     what = f"credentials for {host}"
     if ref.token_env:

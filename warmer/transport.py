@@ -92,6 +92,19 @@ def safe_url(url: str | httpx.URL) -> str:
     return str(u.copy_with(userinfo=b"", query=None, fragment=None))
 
 
+def check_base_url(base_url: str) -> str:
+    """``base_url`` without a trailing slash; ValueError unless it is ``http(s)://host[:port]``."""
+    try:
+        url = httpx.URL(base_url.rstrip("/"))
+    except httpx.InvalidURL:
+        raise ValueError("registry URL is not a valid URL") from None
+    if url.userinfo:
+        raise ValueError("registry URL must not carry credentials; configure them by reference")
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"registry URL must be http(s)://host[:port], not {base_url!r}")
+    return str(url).rstrip("/")
+
+
 def _is_digest(reference: str) -> bool:
     return ":" in reference
 
@@ -136,12 +149,8 @@ class RegistryTransport:
         backoff: float = 0.5,
         max_backoff: float = 30.0,
     ) -> None:
-        url = httpx.URL(base_url.rstrip("/"))
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"registry URL must be http(s)://host[:port], not {safe_url(url)!r}")
-        if url.userinfo:
-            raise ValueError("registry URL must not carry credentials; configure them by reference")
-        self.url = str(url).rstrip("/")
+        self.url = check_base_url(base_url)
+        url = httpx.URL(self.url)
         self._origin = (url.scheme, url.host, url.port)
         self.credentials = credentials
         self.retries = retries

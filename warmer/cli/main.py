@@ -13,6 +13,7 @@ from warmer.cli.common import CONTEXT_SETTINGS, Usage, configure_logging
 # Each entry is a module that defines ``commands: list[click.Command]``.
 COMMAND_MODULES = [
     "warmer.cli.ref",
+    "warmer.cli.inspect",
 ]
 
 
