@@ -12,6 +12,7 @@ from warmer.cli.common import CONTEXT_SETTINGS, Usage, configure_logging
 
 # Each entry is a module that defines ``commands: list[click.Command]``.
 COMMAND_MODULES = [
+    "warmer.cli.windows",
     "warmer.cli.ref",
     "warmer.cli.inspect",
 ]
