@@ -14,6 +14,8 @@ from warmer.cli.common import CONTEXT_SETTINGS, Usage, configure_logging
 COMMAND_MODULES = [
     "warmer.cli.windows",
     "warmer.cli.ref",
+    "warmer.cli.bundle",
+    "warmer.cli.nodes",
     "warmer.cli.inspect",
 ]
 

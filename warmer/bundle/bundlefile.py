@@ -1,0 +1,144 @@
+"""``bundle.json``: what an air-gap bundle holds and the checksum of every file in it.
+
+It sits next to the OCI layout (``oci-layout``, ``index.json``, ``blobs/``) and lists each
+image (name, tag, digest, platforms, the manifests and blobs it needs) and the sha256 of
+every file written. A delta bundle (``since``) omits blobs its base bundle already carried;
+:meth:`Bundle.omitted_blobs` says which, so an import can check the target has them.
+Everything here is pure: reading and writing the file happen at the edges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from warmer.bundle.ocilayout import blob_relpath, digest_for_relpath
+
+BUNDLE_FILE = "bundle.json"
+FORMAT: Final = "warmer-bundle/1"
+
+
+class BundleFormatError(ValueError):
+    """``bundle.json`` is missing, not JSON, or not a bundle this version understands."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BlobRecord(_Strict):
+    digest: str
+    size: int = Field(ge=0)
+    media_type: str = ""
+
+
+class ManifestRecord(_Strict):
+    """A manifest the image needs, in push order (platform manifests before their index)."""
+
+    digest: str
+    size: int = Field(ge=0)
+    media_type: str
+    platform: str | None = None
+
+
+class ImageRecord(_Strict):
+    name: str = Field(
+        description="canonical reference as asked, e.g. docker.io/library/python:3.12"
+    )
+    registry: str
+    repository: str
+    tag: str | None
+    digest: str = Field(description="what the tag points to in this bundle")
+    source_digest: str = Field(
+        description="what it pointed to at the source (differs when filtered)"
+    )
+    media_type: str
+    platforms: list[str]
+    manifests: list[ManifestRecord]
+    blobs: list[BlobRecord]
+
+
+class SinceRecord(_Strict):
+    created: datetime
+    sha256: str = Field(description="sha256 of the base bundle.json")
+    source: str
+
+
+class Bundle(_Strict):
+    format: Literal["warmer-bundle/1"] = FORMAT
+    created: datetime
+    source: str
+    since: SinceRecord | None = None
+    images: list[ImageRecord] = Field(default_factory=list)
+    files: dict[str, str] = Field(default_factory=dict, description="relative path -> sha256 hex")
+
+    def blob_files(self) -> set[str]:
+        """Digests of the blobs (manifests included) this bundle carries."""
+        return {d for d in (digest_for_relpath(p) for p in self.files) if d is not None}
+
+    def omitted_blobs(self) -> list[BlobRecord]:
+        """Blobs the images need that a delta left out (its base bundle carried them)."""
+        have = self.blob_files()
+        seen: set[str] = set()
+        out: list[BlobRecord] = []
+        for image in self.images:
+            for blob in image.blobs:
+                if blob.digest not in have and blob.digest not in seen:
+                    seen.add(blob.digest)
+                    out.append(blob)
+        return out
+
+    def missing_manifests(self) -> list[str]:
+        """Manifests images need but the bundle lacks: always an error (deltas keep them)."""
+        have = self.blob_files()
+        return sorted({m.digest for i in self.images for m in i.manifests if m.digest not in have})
+
+    def dumps(self) -> bytes:
+        return (self.model_dump_json(indent=2) + "\n").encode()
+
+
+def loads(data: bytes, where: str = BUNDLE_FILE) -> Bundle:
+    try:
+        raw = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleFormatError(f"{where}: not JSON ({exc})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        found = raw.get("format") if isinstance(raw, dict) else None
+        raise BundleFormatError(f"{where}: not a {FORMAT} bundle (format={found!r})")
+    try:
+        return Bundle.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise BundleFormatError(f"{where}: {loc}: {first['msg']}") from None
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_problems(bundle: Bundle, actual: dict[str, str | None]) -> list[str]:
+    """Compare listed checksums with ``actual`` (path -> sha256 hex, None when absent).
+
+    A blob's file name is its digest, so a blob is also checked against its own name: a
+    tampered blob cannot be hidden by editing ``bundle.json`` too.
+    """
+    problems: list[str] = []
+    for path, want in sorted(bundle.files.items()):
+        got = actual.get(path)
+        if got is None:
+            problems.append(f"{path}: missing")
+            continue
+        if got != want:
+            problems.append(f"{path}: checksum mismatch (sha256 {got}, bundle.json says {want})")
+            continue
+        digest = digest_for_relpath(path)
+        if digest is not None and digest.startswith("sha256:") and digest[7:] != got:
+            problems.append(f"{path}: content does not match its digest name")
+    for digest in bundle.missing_manifests():
+        problems.append(f"{blob_relpath(digest)}: manifest needed by an image but not in bundle")
+    return problems
