@@ -1,0 +1,1 @@
+"""Air-gap bundles: OCI image layouts with a checksummed bundle.json (export, import)."""
