@@ -233,3 +233,13 @@ async def test_bandwidth_cap_spreads_bytes(client: httpx.AsyncClient, pushed: Pu
     series = (await client.get("/_front/stats")).json()["series"]["bytes"]
     assert sum(series) == 2 * len(pushed.blob)
     assert max(series) <= 1_000_000 * 0.1 + 50_000 + 16_384  # per-100ms ceiling from the cap
+
+
+async def test_every_accept_header_reaches_upstream(
+    client: httpx.AsyncClient, pushed: Pushed
+) -> None:
+    # distribution sends one Accept header per media type; a front that keeps only the last
+    # one makes OCI manifests look missing.
+    headers = [("Accept", OCI_MANIFEST), ("Accept", "application/vnd.docker.distribution.manifest.v2+json")]  # fmt: skip
+    r = await client.get(f"/v2/{pushed.repo}/manifests/v1", headers=headers)
+    assert r.status_code == 200 and r.content == pushed.manifest

@@ -98,6 +98,10 @@ class Image:
         return _dumps(body)
 
     @property
+    def config_digest(self) -> str:
+        return sha256(self.config)
+
+    @property
     def media_type(self) -> str:
         return DOCKER_MANIFEST if self.docker_format else OCI_MANIFEST
 
@@ -106,7 +110,7 @@ class Image:
         layer_type = DOCKER_LAYER if self.docker_format else OCI_LAYER
         config = {
             "mediaType": DOCKER_CONFIG if self.docker_format else OCI_CONFIG,
-            "digest": sha256(self.config),
+            "digest": self.config_digest,
             "size": len(self.config),
         }
         layers = [
@@ -198,7 +202,7 @@ class Catalogue:
             for image in t.images:
                 for layer in image.layers:
                     out[layer.digest] = layer
-                out[sha256(image.config)] = image.config
+                out[image.config_digest] = image.config
         return out
 
     def layers(self) -> dict[str, Layer]:

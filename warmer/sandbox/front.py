@@ -56,6 +56,7 @@ from typing import Any
 import aiohttp
 import httpx
 from aiohttp import web
+from multidict import CIMultiDict
 
 from warmer.units import parse_rate
 
@@ -321,7 +322,8 @@ async def _answer(
                 "authenticating and upgrading: https://www.docker.com/increase-rate-limit",
                 extra,
             )  # fmt: skip
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+    # A multidict: clients send several Accept headers, and all of them must reach upstream.
+    headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP)
     body = await request.read() if request.can_read_body else None
     try:
         upstream = await request.app[SESSION].request(

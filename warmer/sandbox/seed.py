@@ -1,0 +1,145 @@
+"""Push a :mod:`warmer.sandbox.catalogue` into a registry with the project's own client.
+
+A blob shared by several repositories is uploaded once, into the first repository that needs
+it, and cross-repository mounted into the others (an upload is the fallback when the
+registry declines the mount). Pushing is idempotent: blobs already present are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from warmer.registry import DigestMismatch, RegistryClient
+from warmer.sandbox.catalogue import Catalogue, Image, Layer, Tag, moved
+
+T = TypeVar("T")
+
+
+@dataclass
+class SeedReport:
+    repositories: int = 0
+    blobs_present: int = 0
+    blobs_pushed: int = 0
+    blobs_mounted: int = 0
+    bytes_pushed: int = 0
+    manifests: int = 0
+    tags: int = 0
+
+
+Blobs = dict[str, dict[str, Layer | bytes]]  # repository -> digest -> blob
+
+
+async def _push_blobs(
+    client: RegistryClient, wanted: Blobs, report: SeedReport, concurrency: int
+) -> None:
+    """Upload each distinct blob once (into its first repository), then mount it elsewhere."""
+    gate = asyncio.Semaphore(concurrency)
+    home: dict[str, str] = {}
+    for repository, blobs in wanted.items():
+        for digest in blobs:
+            home.setdefault(digest, repository)
+
+    async def one(repository: str, digest: str, blob: Layer | bytes) -> None:
+        async with gate:
+            if await client.blob_size(repository, digest) is not None:
+                report.blobs_present += 1
+                return
+            source = home[digest]
+            if source != repository and await client.mount_blob(repository, digest, source):
+                report.blobs_mounted += 1
+                return
+            data = blob.data() if isinstance(blob, Layer) else blob
+            await client.push_blob(repository, data)
+            report.blobs_pushed += 1
+            report.bytes_pushed += len(data)
+
+    first = [(home[d], d, b) for r, bs in wanted.items() for d, b in bs.items() if home[d] == r]
+    await asyncio.gather(*(one(*job) for job in first))
+    rest = [(r, d, b) for r, bs in wanted.items() for d, b in bs.items() if home[d] != r]
+    await asyncio.gather(*(one(*job) for job in rest))
+
+
+async def _put_tags(
+    client: RegistryClient, tags: list[Tag], report: SeedReport, concurrency: int
+) -> None:
+    """Platform manifests first (each once), then each distinct tag target with its aliases.
+
+    distribution 2.8 can fail a PUT racing another PUT of the same content, so each distinct
+    manifest is written by one task only.
+    """
+    gate = asyncio.Semaphore(concurrency)
+    children = {(t.repository, i.digest): i for t in tags if t.index for i in t.images}
+    groups: dict[tuple[str, str], list[Tag]] = {}
+    for t in tags:
+        groups.setdefault((t.repository, t.digest), []).append(t)
+
+    async def child(repository: str, image: Image) -> None:
+        async with gate:
+            await client.put_manifest(repository, image.digest, image.manifest, image.media_type)
+            report.manifests += 1
+
+    async def group(aliases: list[Tag]) -> None:
+        async with gate:
+            for tag in aliases:
+                got = await client.put_manifest(
+                    tag.repository, tag.tag, tag.manifest, tag.media_type
+                )
+                if got != tag.digest:
+                    raise DigestMismatch(f"manifest push {tag.reference}", tag.digest, got)
+                report.tags += 1
+            report.manifests += 1
+
+    await asyncio.gather(*(child(r, i) for (r, _), i in children.items()))
+    await asyncio.gather(*(group(g) for g in groups.values()))
+
+
+async def seed(url: str, catalogue: Catalogue, concurrency: int = 8) -> SeedReport:
+    """Push every repository, blob, manifest and tag of ``catalogue`` to the registry at ``url``."""
+    report = SeedReport(repositories=len(catalogue.repositories))
+    wanted = {r: catalogue.blobs(r) for r in catalogue.repositories}
+    async with RegistryClient(url, retries=2) as client:
+        await _push_blobs(client, wanted, report, concurrency)
+        await _put_tags(client, list(catalogue.tags), report, concurrency)
+    return report
+
+
+async def move_tag(
+    url: str, catalogue: Catalogue, repository: str, tag: str, generation: int = 1
+) -> Tag:
+    """Push new content (one new top layer) under ``repository:tag``; returns the new Tag."""
+    new = moved(catalogue, repository, tag, generation)
+    blobs: dict[str, Layer | bytes] = {}
+    for image in new.images:
+        blobs.update({x.digest: x for x in image.layers})
+        blobs[image.config_digest] = image.config
+    async with RegistryClient(url, retries=2) as client:
+        await _push_blobs(client, {repository: blobs}, SeedReport(), 4)
+        await _put_tags(client, [new], SeedReport(), 4)
+    return new
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion from sync code, even when this thread has a running loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(asyncio.run(coro))
+        except BaseException as exc:
+            error.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
