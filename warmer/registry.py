@@ -263,10 +263,11 @@ class RegistryClient(RegistryTransport):
             raise DigestMismatch(what, digest, actual)
         return received
 
-    async def list_tags(self, repository: str) -> list[str]:
-        """All tags, following ``Link: <...>; rel="next"`` pagination."""
+    async def list_tags(self, repository: str, *, page_size: int | None = None) -> list[str]:
+        """All tags, following ``Link: <...>; rel="next"`` pagination (``n=page_size``)."""
         tags: list[str] = []
-        path: str | None = self._path(repository, "tags", "list")
+        first = self._path(repository, "tags", "list")
+        path: str | None = f"{first}?n={page_size}" if page_size else first
         for _ in range(MAX_TAG_PAGES):
             if path is None:
                 return tags
