@@ -14,6 +14,7 @@ from warmer.cli.common import CONTEXT_SETTINGS, Usage, configure_logging
 COMMAND_MODULES = [
     "warmer.cli.windows",
     "warmer.cli.ref",
+    "warmer.cli.sandbox",
     "warmer.cli.bundle",
     "warmer.cli.nodes",
     "warmer.cli.inspect",
