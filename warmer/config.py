@@ -168,14 +168,10 @@ class WindowConfig(_Strict):
 
     @model_validator(mode="after")
     def _cron(self) -> WindowConfig:
-        from apscheduler.triggers.cron import CronTrigger
+        # The same check the scheduler applies (crontab weekday numbering, DST rules).
+        from warmer.windows import WindowSpec
 
-        try:
-            CronTrigger.from_crontab(self.cron, timezone=ZoneInfo(self.timezone))
-        except ValueError as exc:
-            raise ValueError(f"invalid cron {self.cron!r}: {exc}") from None
-        if self.duration <= timedelta(0):
-            raise ValueError("duration must be positive")
+        WindowSpec.coerce(self)
         return self
 
 

@@ -357,7 +357,7 @@ def current_window_deadline(config: Config, region: str, now: datetime) -> datet
         return None
     from warmer.windows import WindowSpec, current_window
 
-    specs = [WindowSpec.from_mapping(w.model_dump()) for w in reg.windows]
+    specs = [WindowSpec.coerce(w) for w in reg.windows]
     win = current_window(specs, now)
     if win is None:
         raise WarmError(f"region {region!r} is outside its maintenance windows at {now:%F %T}Z")
