@@ -360,3 +360,44 @@ async def test_expired_token_is_renewed(bearer: tuple[Proc, TokenServer]) -> Non
         c._tokens._clock = lambda: time.monotonic() + 10_000  # every cached token now stale
         await c.ping()
     assert len(server.requests) == 1
+
+
+def test_inspect_cli_401_then_docker_config_credentials(
+    basic_registry: Proc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from warmer.cli.inspect import inspect_command
+
+    async def seed() -> str:
+        creds = Credentials.basic("alice", PASSWORD)
+        async with RegistryClient(basic_registry.url, credentials=creds) as c:
+            cfg = await c.push_blob("t/cli-auth", b'{"os":"linux","architecture":"amd64"}')
+            body = json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "config": {"mediaType": "c", "digest": cfg.digest, "size": cfg.size},
+                    "layers": [],
+                }
+            ).encode()
+            return await c.put_manifest(
+                "t/cli-auth", "v1", body, "application/vnd.oci.image.manifest.v1+json"
+            )
+
+    digest = asyncio.run(seed())
+    host = basic_registry.url.removeprefix("http://")
+    config_dir = tmp_path / "docker"
+    config_dir.mkdir()
+    monkeypatch.setenv("DOCKER_CONFIG", str(config_dir))
+    args = [f"{host}/t/cli-auth:v1", "--via", basic_registry.url]
+    out = CliRunner().invoke(inspect_command, args)
+    assert out.exit_code == 1 and out.output.count("\n") == 1
+    assert "unauthorized" in out.output and "Traceback" not in out.output
+
+    token = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
+    (config_dir / "config.json").write_text(json.dumps({"auths": {host: {"auth": token}}}))
+    out = CliRunner().invoke(inspect_command, [*args, "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["digest"] == digest
+    assert PASSWORD not in out.output and token not in out.output

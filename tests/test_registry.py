@@ -434,3 +434,89 @@ def _app(
     app = web.Application()
     app.router.add_get(path, handler)
     return app
+
+
+# --- the CLI ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_env(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))  # no host credentials
+
+
+def test_inspect_cli_text_and_json(plain_registry: Proc, cli_env: None) -> None:
+    import asyncio
+
+    from click.testing import CliRunner
+
+    from warmer.cli.inspect import inspect_command
+
+    async def seed() -> tuple[str, list[tuple[str, int, Platform]], int]:
+        async with RegistryClient(plain_registry.url) as c:
+            entries = []
+            for p in (Platform.parse("linux/amd64"), Platform.parse("linux/arm64/v8")):
+                dg, s = await push_image(
+                    c,
+                    "t/cli",
+                    [blob("cli-base", 3000), blob(f"cli-{p}", 2048)],
+                    arch=p.architecture,
+                    variant=p.variant,
+                )
+                entries.append((dg, s, p))
+            digest, _ = await push_index(c, "t/cli", "1.0", entries)
+            tree = await c.resolve("t/cli", "1.0", [e[2] for e in entries])
+            return digest, entries, tree.total_size()
+
+    digest, entries, total = asyncio.run(seed())
+    host = plain_registry.url.removeprefix("http://")
+    runner = CliRunner()
+    out = runner.invoke(
+        inspect_command,
+        [f"{host}/t/cli:1.0", "--via", plain_registry.url, "--platform", "linux/arm64"],
+    )
+    assert out.exit_code == 0, out.output
+    assert digest in out.output and entries[1][0] in out.output and entries[0][0] not in out.output
+    assert "linux/amd64, linux/arm64/v8" in out.output and "layer" in out.output
+    assert sha256_digest(blob("cli-base", 3000)) in out.output
+
+    out = runner.invoke(
+        inspect_command,
+        [
+            f"{host}/t/cli:1.0",
+            "--via",
+            plain_registry.url,
+            "--json",
+            "--platform",
+            "linux/amd64",
+            "--platform",
+            "linux/arm64/v8",
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert data["digest"] == digest and data["total_size"] == total
+    assert [i["digest"] for i in data["images"]] == [e[0] for e in entries]
+    assert data["images"][0]["layers"][1]["size"] == 2048 and data["ratelimit"] is None
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["UPPER/Case:tag:bad"], 2, "invalid reference"),
+        (["ubuntu", "--platform", "linux"], 2, "--platform"),
+        (["ubuntu", "--via", "ftp://x"], 2, "--via"),
+        (["ubuntu", "--via", "http://127.0.0.1:{port}", "--retries", "0"], 1, "cannot reach"),
+    ],
+)
+def test_inspect_cli_errors_are_one_line(
+    args: list[str], code: int, message: str, cli_env: None
+) -> None:
+    from click.testing import CliRunner
+
+    from warmer.cli.inspect import inspect_command
+
+    args = [a.replace("{port}", str(free_port())) for a in args]
+    out = CliRunner().invoke(inspect_command, args)
+    assert out.exit_code == code, out.output
+    lines = out.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in out.output
