@@ -401,3 +401,15 @@ def test_inspect_cli_401_then_docker_config_credentials(
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["digest"] == digest
     assert PASSWORD not in out.output and token not in out.output
+
+
+async def test_parallel_requests_share_one_token(bearer: tuple[Proc, TokenServer]) -> None:
+    proc, server = bearer
+    creds = Credentials.basic("alice", PASSWORD)
+    async with RegistryClient(proc.url, credentials=creds, backoff=0.01) as c:
+        descs = [await c.push_blob("t/par", f"blob {i}".encode()) for i in range(6)]
+    server.requests.clear()
+    async with RegistryClient(proc.url, credentials=creds, backoff=0.01) as fresh:
+        sizes = await asyncio.gather(*(fresh.blob_size("t/par", d.digest) for d in descs))
+    assert sizes == [d.size for d in descs]
+    assert [r["scopes"] for r in server.requests] == [["repository:t/par:pull"]]

@@ -9,6 +9,7 @@ host (redirects are followed by hand for that).
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import logging
@@ -159,6 +160,7 @@ class RegistryTransport:
         self.last_ratelimit: RateLimit | None = None
         self._challenge: auth.Challenge | None = None
         self._tokens = TokenCache()
+        self._token_locks: dict[auth.TokenKey, asyncio.Lock] = {}
         self._own_http = http is None
         if http is None:
             ssl_verify: bool | ssl.SSLContext = (
@@ -203,8 +205,13 @@ class RegistryTransport:
         key = TokenCache.key(challenge, scopes)
         token = self._tokens.get(key)
         if token is None:
-            token, lifetime = await self._fetch_token(challenge, scopes)
-            self._tokens.put(key, token, lifetime)
+            # One fetch per scope even when many requests start at once (a fresh client
+            # fetching blobs in parallel): the others wait and find it cached.
+            async with self._token_locks.setdefault(key, asyncio.Lock()):
+                token = self._tokens.get(key)
+                if token is None:
+                    token, lifetime = await self._fetch_token(challenge, scopes)
+                    self._tokens.put(key, token, lifetime)
         return f"Bearer {token}"
 
     async def _fetch_token(
