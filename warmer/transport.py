@@ -340,11 +340,10 @@ class RegistryTransport:
                     return await fn()
         except _Retry as exc:
             tries = self.retries + 1
+            attempts = f"{tries} attempt" + ("s" if tries > 1 else "")
             if exc.unreachable:
-                raise Unreachable(
-                    f"cannot reach {exc.url} ({exc.reason}, {tries} attempts)"
-                ) from None
-            raise TransientError(f"{exc.url}: {exc.reason} after {tries} attempts") from None
+                raise Unreachable(f"cannot reach {exc.url} ({exc.reason}, {attempts})") from None
+            raise TransientError(f"{exc.url}: {exc.reason} after {attempts}") from None
         raise AssertionError("unreachable")
 
     async def _call(
