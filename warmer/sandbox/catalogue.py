@@ -192,6 +192,10 @@ class Catalogue:
                 return t
         raise KeyError(f"{repository}:{tag} is not in the catalogue")
 
+    def only(self, *repositories: str) -> Catalogue:
+        """The same catalogue restricted to ``repositories`` (to seed less)."""
+        return replace(self, tags=tuple(t for t in self.tags if t.repository in repositories))
+
     def tags_of(self, repository: str) -> list[Tag]:
         return [t for t in self.tags if t.repository == repository]
 

@@ -34,9 +34,13 @@ Blobs = dict[str, dict[str, Layer | bytes]]  # repository -> digest -> blob
 
 
 async def _push_blobs(
-    client: RegistryClient, wanted: Blobs, report: SeedReport, concurrency: int
+    client: RegistryClient, wanted: Blobs, report: SeedReport, concurrency: int, fresh: bool
 ) -> None:
-    """Upload each distinct blob once (into its first repository), then mount it elsewhere."""
+    """Upload each distinct blob once (into its first repository), then mount it elsewhere.
+
+    Unless ``fresh`` (an empty registry), each blob is looked for first so that a re-seed
+    moves no bytes and reports what was already there.
+    """
     gate = asyncio.Semaphore(concurrency)
     home: dict[str, str] = {}
     for repository, blobs in wanted.items():
@@ -45,7 +49,7 @@ async def _push_blobs(
 
     async def one(repository: str, digest: str, blob: Layer | bytes) -> None:
         async with gate:
-            if await client.blob_size(repository, digest) is not None:
+            if not fresh and await client.blob_size(repository, digest) is not None:
                 report.blobs_present += 1
                 return
             source = home[digest]
@@ -97,12 +101,17 @@ async def _put_tags(
     await asyncio.gather(*(group(g) for g in groups.values()))
 
 
-async def seed(url: str, catalogue: Catalogue, concurrency: int = 8) -> SeedReport:
-    """Push every repository, blob, manifest and tag of ``catalogue`` to the registry at ``url``."""
+async def seed(
+    url: str, catalogue: Catalogue, concurrency: int = 4, fresh: bool = False
+) -> SeedReport:
+    """Push every repository, blob, manifest and tag of ``catalogue`` to the registry at ``url``.
+
+    ``fresh``: the registry is known to be empty (skips a HEAD per blob).
+    """
     report = SeedReport(repositories=len(catalogue.repositories))
     wanted = {r: catalogue.blobs(r) for r in catalogue.repositories}
     async with RegistryClient(url, retries=2) as client:
-        await _push_blobs(client, wanted, report, concurrency)
+        await _push_blobs(client, wanted, report, concurrency, fresh)
         await _put_tags(client, list(catalogue.tags), report, concurrency)
     return report
 
@@ -117,7 +126,7 @@ async def move_tag(
         blobs.update({x.digest: x for x in image.layers})
         blobs[image.config_digest] = image.config
     async with RegistryClient(url, retries=2) as client:
-        await _push_blobs(client, {repository: blobs}, SeedReport(), 4)
+        await _push_blobs(client, {repository: blobs}, SeedReport(), 4, fresh=False)
         await _put_tags(client, [new], SeedReport(), 4)
     return new
 

@@ -17,13 +17,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import warmer
 from warmer.sandbox.catalogue import Catalogue, Tag, build
-from warmer.sandbox.front import FrontControl
 from warmer.sandbox.procs import Proc, SandboxError, free_port, spawn, start_registry, wait_ready
 from warmer.sandbox.seed import SeedReport, move_tag, run_sync, seed
+
+if TYPE_CHECKING:
+    from warmer.sandbox.front import FrontControl
 
 ORDER = ("upstream", "front", "central", "eu", "us")
 REGIONS = ("eu", "us")
@@ -121,6 +123,8 @@ class Sandbox:
 
     @property
     def front(self) -> FrontControl:
+        from warmer.sandbox.front import FrontControl  # aiohttp: imported only when used
+
         return FrontControl(self.front_url)
 
     @property
@@ -184,9 +188,12 @@ class Sandbox:
         self.markers["front"] = f"--state-dir {self.directory}"
         wait_ready(proc.url, proc)
 
-    def seed_catalogue(self, concurrency: int = 4) -> SeedReport:
-        """Push the catalogue into the upstream (directly, not through the front)."""
-        return run_sync(seed(self.upstream_url, self.catalogue, concurrency))
+    def seed_catalogue(self, concurrency: int = 4, fresh: bool = True) -> SeedReport:
+        """Push the catalogue into the upstream (directly, not through the front).
+
+        ``fresh`` (the default) trusts that the upstream is empty, as :meth:`start` leaves it.
+        """
+        return run_sync(seed(self.upstream_url, self.catalogue, concurrency, fresh))
 
     def move_tag(self, repository: str, tag: str, generation: int = 1) -> Tag:
         """Push new content under ``repository:tag`` in the upstream; returns the new Tag."""
