@@ -239,3 +239,5 @@ def test_cli_up_status_down_stops_exact_pids(tmp_path: Path) -> None:
     for pid in pids.values():
         assert not Proc("x", pid, "", Path()).alive()
     assert warmer("status").returncode == 1
+    # the front wrote its counters on the way out (SIGTERM)
+    assert json.loads((d / "front-stats.json").read_text())["requests"]["manifest"]["HEAD"] >= 1
