@@ -1,0 +1,114 @@
+"""What every log parser shares: the hit it emits, the base class, small text helpers.
+
+A parser declares ``keywords`` (bytes). The driver finds lines containing one of them
+with ``bytes.find`` (memchr speed) and feeds only those lines, decoded, to ``feed``; a
+parser never sees the bulk of a CI log. Regexes run only on those lines.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from analytics.ingest.reader import ReadStats
+
+
+@dataclass(slots=True)
+class Hit:
+    """An image use as the parser saw it, before normalisation and region rules."""
+
+    reference: str
+    timestamp: datetime | None = None  # None: the file's default time
+    digest: str | None = None
+    pulled: bool | None = None
+    pipeline: str | None = None
+    runner: str | None = None
+    mirror: str | None = None
+    source: str | None = None  # None: the parser's own name
+
+
+Emit = Callable[[Hit], None]
+
+
+class LineParser:
+    """Base class: ``feed`` one selected line (text, no newline); ``finish`` at end of file."""
+
+    name = ""
+    keywords: tuple[bytes, ...] = ()
+
+    def __init__(self, emit: Emit, stats: ReadStats, default_time: datetime) -> None:
+        self.emit = emit
+        self.stats = stats
+        self.default_time = default_time
+
+    def feed(self, line: str) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Flush state held across lines (a pull whose outcome was never printed)."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+
+
+def strip_ansi(line: str) -> str:
+    return _ANSI.sub("", line) if "\x1b" in line else line
+
+
+def parse_iso(text: str) -> datetime | None:
+    """An ISO 8601 timestamp as aware UTC; naive means UTC; None when it is not one."""
+    try:
+        ts = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if ts.tzinfo is None:
+        return ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC)
+
+
+def from_unix(seconds: str) -> datetime | None:
+    try:
+        return datetime.fromtimestamp(int(seconds), tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+# Options of `docker|podman|nerdctl pull` that take a separate value (the rest are flags).
+_PULL_VALUE_OPTS = frozenset(
+    {
+        "--platform",
+        "--creds",
+        "--authfile",
+        "--cert-dir",
+        "--arch",
+        "--os",
+        "--variant",
+        "--retry",
+        "--retry-delay",
+        "--decryption-key",
+        "--policy",
+        "--signature-policy",
+        "--namespace",
+        "-n",
+    }
+)
+
+
+def pull_target(args: str) -> str | None:
+    """The image operand of a pull command line, or None (an unexpanded variable, none)."""
+    tokens = args.split()
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i].strip("'\"")
+        if tok in _PULL_VALUE_OPTS:
+            i += 2
+            continue
+        if tok.startswith("-"):
+            i += 1
+            continue
+        if "$" in tok or not tok or tok in {"&&", "||", ";", "|"}:
+            return None
+        return tok.rstrip(";")
+    return None

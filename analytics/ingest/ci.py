@@ -1,0 +1,237 @@
+"""CI job logs: GitHub Actions, GitLab Runner, Jenkins console.
+
+Each strips its own line prefix (timestamp, section markers, timestamper) and hands the
+content to ``ClientOutput`` for the docker/podman/BuildKit lines inside, adding what only
+the CI system prints: runner name, pipeline identity, job and service containers.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from analytics.ingest.base import Emit, Hit, LineParser, from_unix, parse_iso, strip_ansi
+from analytics.ingest.clients import KEYWORDS as CLIENT_KEYWORDS
+from analytics.ingest.clients import ClientOutput
+from analytics.ingest.reader import ReadStats
+
+_GH_LINE = re.compile(r"^\ufeff?(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) ?(.*)$")
+_GH_RUNNER = re.compile(
+    r"^(?:Runner name: '([^']+)'|Job is about to start running on the runner: (.+?) \()"
+)
+_GH_DEFINED = re.compile(r"^Job defined at: (\S+?)(?:@\S*)?$")
+
+
+class GitHubParser(LineParser):
+    """GitHub Actions job log: every line starts with an RFC 3339 UTC timestamp."""
+
+    name = "github"
+    keywords = (*CLIENT_KEYWORDS, b"Runner name:", b"Job defined at:", b"about to start running")
+
+    def __init__(self, emit: Emit, stats: ReadStats, default_time: datetime) -> None:
+        super().__init__(emit, stats, default_time)
+        self.client = ClientOutput(emit, source=self.name)
+
+    def feed(self, line: str) -> None:
+        m = _GH_LINE.match(line)
+        if m:
+            ts = parse_iso(m.group(1))
+            content = m.group(2)
+        else:
+            ts, content = None, line
+        content = strip_ansi(content).strip()
+        for marker in ("##[command]", "##[group]"):
+            if content.startswith(marker):
+                content = content[len(marker) :]
+        if content.startswith(("Runner name:", "Job is about")):
+            r = _GH_RUNNER.match(content)
+            if r:
+                self.client.runner = r.group(1) or r.group(2)
+            return
+        if content.startswith("Job defined at:"):
+            d = _GH_DEFINED.match(content)
+            if d:
+                self.client.pipeline = d.group(1)
+            return
+        self.client.feed(content, ts)
+
+    def finish(self) -> None:
+        self.client.finish()
+
+
+# GitLab: optional "2024-05-01T10:00:00.123456Z 00O+ " prefix (runner 17 timestamps) and
+# "section_start:1714557600:name[collapsed=true]\r\x1b[0K" markers that carry unix time.
+_GL_TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) [0-9a-f]{2}[OE]\+? ?")
+_GL_SECTION = re.compile(r"section_(?:start|end):(\d+):[^\r\x1b\s]*")
+_GL_PULLING = re.compile(r"Pulling docker image (\S+) \.\.\.")
+_GL_USING = re.compile(r"Using docker image (sha256:[0-9a-f]{64}) for (\S+) with digest (\S+)")
+_GL_RUNNER = re.compile(r"^on (\S+) [0-9A-Za-z_-]{8}\b")
+_GL_GIT = re.compile(
+    r"(?:Initialized empty|Reinitialized existing) Git repository in /builds/(.+?)/\.git/"
+)
+_GL_BUILDS_PREFIX = re.compile(r"^[0-9A-Za-z_-]{8}/\d+/")
+
+
+class GitLabParser(LineParser):
+    """GitLab Runner job log (docker executor): job image, services, pull policy."""
+
+    name = "gitlab"
+    keywords = (
+        *CLIENT_KEYWORDS,
+        b"section_start:",
+        b"Pulling docker image",
+        b"Using docker image",
+        b"Git repository in",
+        b" on ",
+    )
+
+    def __init__(self, emit: Emit, stats: ReadStats, default_time: datetime) -> None:
+        # The executor pulls the job and service images before it fetches the sources,
+        # which name the project: hold the (few) hits until the end to attach it.
+        super().__init__(self._hold, stats, default_time)
+        self.out = emit
+        self.held: list[Hit] = []
+        self.client = ClientOutput(self._hold, source=self.name)
+        self.section_time: datetime | None = None
+        self.pulling: dict[str, datetime | None] = {}
+
+    def feed(self, line: str) -> None:
+        ts: datetime | None = None
+        m = _GL_TS.match(line)
+        if m:
+            ts = parse_iso(m.group(1))
+            line = line[m.end() :]
+        if "section_" in line:
+            for s in _GL_SECTION.finditer(line):
+                self.section_time = from_unix(s.group(1))
+            line = _GL_SECTION.sub("", line)
+        ts = ts or self.section_time
+        content = strip_ansi(line).strip()
+        if content.startswith("Pulling docker image"):
+            p = _GL_PULLING.match(content)
+            if p:
+                self.pulling[p.group(1)] = ts
+            return
+        if content.startswith("Using docker image"):
+            u = _GL_USING.match(content)
+            if u:
+                image = u.group(2)
+                pulled = image in self.pulling
+                start = self.pulling.pop(image, None) or ts
+                digest = u.group(3).rpartition("@")[2] or None
+                self.emit(
+                    Hit(
+                        image,
+                        start,
+                        digest if digest and digest.startswith("sha256:") else None,
+                        pulled,
+                        pipeline=self.client.pipeline,
+                        runner=self.client.runner,
+                    )
+                )
+            return
+        if content.startswith("on "):
+            r = _GL_RUNNER.match(content)
+            if r:
+                self.client.runner = r.group(1)
+            return
+        if "Git repository in" in content:
+            g = _GL_GIT.search(content)
+            if g:
+                self.client.pipeline = _GL_BUILDS_PREFIX.sub("", g.group(1))
+            return
+        if content.startswith("$ "):
+            content = content[2:]
+        self.client.feed(content, ts)
+
+    def finish(self) -> None:
+        for image, ts in self.pulling.items():  # a pull with no outcome printed
+            self.emit(
+                Hit(image, ts, None, None, pipeline=self.client.pipeline, runner=self.client.runner)
+            )
+        self.pulling.clear()
+        self.client.finish()
+        self._release()
+
+    def _hold(self, hit: Hit) -> None:
+        self.held.append(hit)
+        if len(self.held) >= 1000:
+            self._release()
+
+    def _release(self) -> None:
+        for hit in self.held:
+            hit.pipeline = hit.pipeline or self.client.pipeline
+            self.out(hit)
+        self.held.clear()
+
+
+_JK_TS = re.compile(r"^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)\] ")
+_JK_RUNNING = re.compile(r"^Running on (.+?) in (\S+)")
+_JK_INSPECT = re.compile(r"docker inspect -f \. (\S+)")
+_JK_NO_SUCH = re.compile(r"No such object: (\S+)")
+
+
+class JenkinsParser(LineParser):
+    """Jenkins console: ``+ docker pull``, the Docker Pipeline plugin's inspect/run lines."""
+
+    name = "jenkins"
+    keywords = (
+        *CLIENT_KEYWORDS,
+        b"Running on ",
+        b"docker inspect -f .",
+        b"No such object",
+        b"withDockerContainer",
+        b"docker run ",
+    )
+
+    def __init__(self, emit: Emit, stats: ReadStats, default_time: datetime) -> None:
+        super().__init__(emit, stats, default_time)
+        self.client = ClientOutput(emit, source=self.name)
+        self.inspect: tuple[str, datetime | None] | None = None
+
+    def _flush_inspect(self) -> None:
+        # `docker inspect -f . IMAGE` printed "." (no error followed): the image was there.
+        if self.inspect is not None:
+            image, ts = self.inspect
+            self.emit(
+                Hit(
+                    image, ts, None, False, pipeline=self.client.pipeline, runner=self.client.runner
+                )
+            )
+            self.inspect = None
+
+    def feed(self, line: str) -> None:
+        ts: datetime | None = None
+        m = _JK_TS.match(line)
+        if m:
+            ts = parse_iso(m.group(1))
+            line = line[m.end() :]
+        content = strip_ansi(line).strip()
+        if content.startswith(("+ ", "$ ")):
+            content = content[2:]
+        if content.startswith("Running on "):
+            r = _JK_RUNNING.match(content)
+            if r:
+                self.client.runner = r.group(1)
+                job = r.group(2).rstrip("/").rsplit("/", 1)[-1]
+                self.client.pipeline = re.sub(r"@\d+$", "", job)
+            return
+        if "docker inspect -f ." in content:
+            i = _JK_INSPECT.search(content)
+            if i:
+                self._flush_inspect()
+                self.inspect = (i.group(1), ts)
+            return
+        if "No such object" in content:
+            if self.inspect is not None and _JK_NO_SUCH.search(content):
+                self.inspect = None  # absent: the plugin pulls it next (a normal pull line)
+            return
+        if " pull " in f" {content}":
+            self.inspect = None
+        else:
+            self._flush_inspect()
+        self.client.feed(content, ts)
+
+    def finish(self) -> None:
+        self._flush_inspect()
+        self.client.finish()

@@ -1,0 +1,194 @@
+"""``warmer ingest`` (logs -> usage events -> store) and ``warmer refs`` (static references)."""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from analytics import store
+from analytics.events import Event
+from analytics.ingest import FORMATS, FileResult, Options, ingest
+from analytics.regions import RegionRules, RuleError
+from analytics.staticrefs import StaticRef, scan_paths
+from warmer import db
+from warmer.cli.common import CONTEXT_SETTINGS, BadInput, emit_json, json_option
+
+_paths = click.argument(
+    "paths", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=True)
+)
+_db = click.option("--db", "db_url", default=None, help=f"Database URL (default {db.DEFAULT_URL}).")
+
+
+def _config_regions(ctx: click.Context) -> RegionRules:
+    """``[analytics.regions]`` from the config file when it exists (shape: analytics.regions)."""
+    path = Path((ctx.find_root().obj or {}).get("config_path") or "warmer.toml")
+    if not path.is_file():
+        return RegionRules()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise BadInput(f"{path}: {exc}") from None
+    table = data.get("analytics", {}).get("regions")
+    if table is None:
+        return RegionRules()
+    try:
+        return RegionRules.from_mapping(table)
+    except RuleError as exc:
+        raise BadInput(f"{path}: {exc}") from None
+
+
+def _parse_at(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadInput(
+            f"--at {value!r}: expected an ISO 8601 time like 2024-05-01T10:00Z"
+        ) from None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+@click.command("ingest", context_settings=CONTEXT_SETTINGS)
+@_paths
+@click.option("--dry-run", is_flag=True, help="Print the events found; store nothing.")
+@json_option
+@_db
+@click.option("--region", default=None, help="Put every event in this region.")
+@click.option(
+    "--rule",
+    "rules",
+    multiple=True,
+    metavar="[FIELD:]GLOB=REGION",
+    help="Region rule (FIELD: runner, pipeline, path, mirror; none = any). Repeatable.",
+)
+@click.option("--at", default=None, help="Time for lines without one (default: file mtime).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="Skip detection.")
+@click.option("--upstream", default=None, help="Registry a mirror log's repositories belong to.")
+@click.option("--pipeline", default=None, help="Pipeline name for every event.")
+@click.pass_context
+def ingest_command(
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    dry_run: bool,
+    as_json: bool,
+    db_url: str | None,
+    region: str | None,
+    rules: tuple[str, ...],
+    at: str | None,
+    fmt: str | None,
+    upstream: str | None,
+    pipeline: str | None,
+) -> None:
+    """Read CI, kubelet and registry logs into hourly usage counts.
+
+    \b
+    Formats are detected per file: docker, podman, buildkit, github, gitlab, jenkins,
+    kubelet, distribution (access logs and notification events). Plain, .gz and .zst
+    files; directories are walked. Re-ingesting a file adds nothing; a grown log is read
+    from where the last ingest stopped. Unreadable lines are skipped and counted.
+    \b
+      warmer ingest logs/ --dry-run --json     one event per line, nothing stored
+      warmer ingest ci/ --rule runner:us-*=us  store, counts per format
+    """
+    try:
+        region_rules = _config_regions(ctx).with_cli_rules(list(rules))
+    except RuleError as exc:
+        raise BadInput(str(exc)) from None
+    region_rules.force = region
+    opts = Options(
+        rules=region_rules,
+        default_time=_parse_at(at),
+        format=fmt,
+        upstream=upstream,
+        pipeline=pipeline,
+    )
+
+    def show_event(ev: Event) -> None:
+        if as_json:
+            emit_json(ev.to_json())
+        else:
+            pulled = {True: "pulled", False: "present", None: "-"}[ev.pulled]
+            click.echo(
+                f"{ev.timestamp:%Y-%m-%dT%H:%M:%SZ}  {ev.source:<12} {pulled:<8} "
+                f"{ev.region or '-':<8} {ev.reference}"
+            )
+
+    def warn(result: FileResult) -> None:
+        if result.warning:
+            click.echo(f"warning: {result.warning}", err=True)
+
+    url = None if dry_run else (db_url or db.DEFAULT_URL)
+    report = ingest(
+        list(paths), opts, url=url, on_event=show_event if dry_run else None, on_file=warn
+    )
+    if not any(Path(p).exists() for p in paths):
+        raise BadInput("none of the given paths exist")
+    if dry_run:
+        if not as_json:
+            click.echo(_summary_text(report.as_dict()), err=True)
+        return
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        click.echo(_summary_text(report.as_dict()))
+
+
+def _summary_text(s: dict[str, Any]) -> str:
+    lines = [f"{'format':<14}{'files':>7}{'events':>10}"]
+    for name, row in s["formats"].items():
+        lines.append(f"{name:<14}{row['files']:>7}{row['events']:>10}")
+    skipped = ", ".join(f"{k} {v}" for k, v in s["skipped"].items() if v) or "none"
+    lines.append(
+        f"{s['files']} file(s), {s['unchanged']} unchanged, {s['events']} event(s), "
+        f"{s['lines']} line(s); skipped lines: {s['skipped_lines']} ({skipped})"
+    )
+    return "\n".join(lines)
+
+
+@click.command("refs", context_settings=CONTEXT_SETTINGS)
+@_paths
+@json_option
+@_db
+@click.option("--no-store", is_flag=True, help="Only list; do not record them in the store.")
+def refs_command(
+    paths: tuple[Path, ...], as_json: bool, db_url: str | None, no_store: bool
+) -> None:
+    """List image references named in Dockerfiles, compose, Kubernetes and CI files.
+
+    \b
+    Dockerfile* / *.Dockerfile / Containerfile: FROM (ARG defaults substituted, stages
+    skipped), COPY --from=IMAGE, RUN --mount=from=IMAGE; docker-compose*.y*ml / compose*.y*ml:
+    image:; .github/workflows/*.y*ml: container, services, uses: docker://;
+    .gitlab-ci.yml: image, services; any other YAML with Kubernetes pod specs.
+    The references are also stored (first-seen times kept) unless --no-store.
+    One warning per unresolvable or invalid reference, naming file:line.
+    """
+    found: list[StaticRef] = []
+    scanned: list[str] = []
+    for warning in scan_paths(list(paths), found.append, scanned.append):
+        click.echo(f"warning: {warning}", err=True)
+    if not any(Path(p).exists() for p in paths):
+        raise BadInput("none of the given paths exist")
+    if not no_store:
+        store.add_static_refs(db_url or db.DEFAULT_URL, found, files=scanned)
+    if as_json:
+        for ref in found:
+            emit_json(ref.to_json())
+        return
+    if not found:
+        click.echo("no image references found", err=True)
+        return
+    width = max(len(f"{r.file}:{r.line}") for r in found)
+    for ref in found:
+        where = f"{ref.file}:{ref.line}"
+        extra = f"  ({ref.platform})" if ref.platform else ""
+        click.echo(f"{where:<{width}}  {ref.kind:<10} {ref.reference}{extra}")
+
+
+commands = [ingest_command, refs_command]
