@@ -1,0 +1,1 @@
+"""Synthetic CI workload (placeholder docstring, rewritten below)."""

@@ -1,0 +1,190 @@
+"""Writing a generated workload to disk: logs per region/source/day, repositories, catalogue.
+
+Layout under ``out``::
+
+    logs/<region>/<source>/<YYYY-MM-DD>/<pipeline>.log[.gz]   timed formats, one file per
+                                                              pipeline and day (every third
+                                                              day gzipped)
+    logs/<region>/<docker|podman|buildkit>/<day>/<pipeline>-<HHMMSS>-<run>.log
+                                                              one file per run, mtime = run
+    logs/<region>/distribution/<day>/access.log[.gz]          the regional mirror's log
+    repos/<region>/<team>/<project>/...                       Dockerfile, docker-compose.yml,
+                                                              .github/workflows/ci.yml,
+                                                              .gitlab-ci.yml, k8s/deployment.yaml
+    catalogue.json                                            images, tag history, layers
+    labels.json                                               day kinds per region (ground truth)
+
+Regions are in the paths: ingest with ``--rule 'path:*/logs/eu/*=eu'`` (and ``us``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from analytics.generate.logs import UNTIMED, WRITERS, Pull, Run
+from analytics.generate.workload import Pipeline, Workload
+from warmer.reference import parse
+
+_RUNNER = {
+    "github": "{r}-runner-{n:02d}",
+    "gitlab": "{r}-docker-runner-{n}",
+    "jenkins": "{r}-agent-{n}",
+    "kubelet": "{r}-node-{n}",
+    "distribution": "{r}-client-{n}",
+}
+
+
+@dataclass
+class Written:
+    files: int = 0
+    bytes: int = 0
+    runs: int = 0
+    per_source: dict[str, int] = field(default_factory=dict)
+
+
+def _slug(pipeline: str) -> str:
+    return pipeline.replace("/", "-") or "adhoc"
+
+
+def _runs(w: Workload, noise: int) -> dict[tuple[str, str, str, str], list[Run]]:
+    """Runs grouped by (region, source, day, file key)."""
+    out: dict[tuple[str, str, str, str], list[Run]] = defaultdict(list)
+    p = w.pulls
+    for (run_id, source), g in p.groupby(["run", "source"], sort=False):
+        first = g.iloc[0]
+        t = first["timestamp"].to_pydatetime()
+        region, pipeline = str(first["region"]), str(first["pipeline"])
+        n = (
+            run_id % 9 + 1
+            if source in ("distribution",)
+            else int.from_bytes(pipeline.encode()[-2:] or b"0", "big") % 9 + 1
+        )
+        n = int(run_id) % 4 + 1 if source in ("kubelet", "distribution") else n
+        runner = _RUNNER.get(str(source), "{r}-host-{n}").format(r=region, n=n)
+        pulls = []
+        for row in g.itertuples(index=False):
+            ref = f"{row.image}:{row.tag}"
+            version = w.catalogue.version_at(ref, row.timestamp.to_pydatetime())
+            layers = version.layers if version else []
+            pulls.append(Pull(ref, str(row.digest), bool(row.pulled), "job", layers))
+        roles = {u.ref: u.role for pl in w.pipelines if pl.name == pipeline for u in pl.uses}
+        for pl_pull in pulls:
+            pl_pull.role = roles.get(pl_pull.ref, "job")
+        run = Run(t, pipeline, region, runner, pulls, noise)
+        day = t.strftime("%Y-%m-%d")
+        if source in UNTIMED:
+            key = f"{_slug(pipeline)}-{t:%H%M%S}-{run_id}"
+        elif source == "distribution":
+            key = "access"
+        elif source == "kubelet":
+            key = runner
+        else:
+            key = _slug(pipeline)
+        out[(region, str(source), day, key)].append(run)
+    return out
+
+
+def write_logs(w: Workload, out: Path, noise: int = 12) -> Written:
+    stats = Written()
+    start_day = pd.Timestamp(w.params.start).tz_convert("UTC").tz_localize(None)
+    for (region, source, day, key), runs in sorted(_runs(w, noise).items()):
+        runs.sort(key=lambda r: r.t)
+        folder = out / "logs" / region / source / day
+        folder.mkdir(parents=True, exist_ok=True)
+        gz = source not in UNTIMED and (pd.Timestamp(day) - start_day).days % 3 == 2
+        path = folder / (key + (".log.gz" if gz else ".log"))
+        writer = WRITERS[source]
+        text = "\n".join(line for run in runs for line in writer(run)) + "\n"
+        data = text.encode()
+        if gz:
+            path.write_bytes(gzip.compress(data, compresslevel=1, mtime=0))
+        else:
+            path.write_bytes(data)
+        last = runs[-1].t.timestamp()
+        os.utime(path, (last, runs[0].t.timestamp() if source in UNTIMED else last))
+        stats.files += 1
+        stats.bytes += len(data)
+        stats.runs += len(runs)
+        stats.per_source[source] = stats.per_source.get(source, 0) + len(data)
+    return stats
+
+
+def _familiar(ref: str) -> str:
+    return parse(ref).familiar
+
+
+def repo_files(pl: Pipeline) -> dict[str, str]:
+    """The repository files naming the pipeline's images as they are at the end."""
+    live = [u for u in pl.uses if u.until is None and u.named]
+    by_role: dict[str, list[str]] = defaultdict(list)
+    for u in live:
+        by_role[u.role].append(_familiar(u.ref))
+    files: dict[str, str] = {}
+    if by_role["base"]:
+        base = by_role["base"][0]
+        files["Dockerfile"] = (
+            "# syntax=docker/dockerfile:1\n"
+            "ARG BASE=" + base + "\n"
+            "FROM ${BASE} AS build\nWORKDIR /src\nCOPY . .\nRUN make build\n\n"
+            'FROM ${BASE}\nCOPY --from=build /src/out /app\nCMD ["/app/run"]\n'
+        )
+    if by_role["service"]:
+        svc = "".join(f"  svc{i}:\n    image: {img}\n" for i, img in enumerate(by_role["service"]))
+        files["docker-compose.yml"] = "services:\n" + svc
+    if by_role["deploy"]:
+        containers = "".join(
+            f"        - name: c{i}\n          image: {img}\n"
+            for i, img in enumerate(by_role["deploy"])
+        )
+        files["k8s/deployment.yaml"] = (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app\nspec:\n  template:\n"
+            "    spec:\n      containers:\n" + containers
+        )
+    job = by_role["job"][0] if by_role["job"] else None
+    tools = by_role["tool"]
+    if pl.system == "gitlab":
+        text = (f"image: {job}\n" if job else "") + "build:\n  script: [make test]\n"
+        for i, tool in enumerate(tools):
+            text += f"tool{i}:\n  image:\n    name: {tool}\n  script: [run]\n"
+        files[".gitlab-ci.yml"] = text
+    elif job or tools:
+        text = "on: [push]\njobs:\n  build:\n    runs-on: [self-hosted]\n"
+        if job:
+            text += f"    container: {job}\n"
+        text += "    steps:\n      - uses: actions/checkout@v4\n"
+        for tool in tools:
+            text += f"      - uses: docker://{tool}\n"
+        files[".github/workflows/ci.yml"] = text
+    return files
+
+
+def write_repos(w: Workload, out: Path) -> int:
+    n = 0
+    for pl in w.pipelines:
+        for rel, text in repo_files(pl).items():
+            path = out / "repos" / pl.name / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            n += 1
+    return n
+
+
+def write_meta(w: Workload, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    w.catalogue.save(out / "catalogue.json")
+    labels: dict[str, dict[str, list[str]]] = defaultdict(dict)
+    for (region, day), kinds in sorted(w.labels.items()):
+        labels[region][day.strftime("%Y-%m-%d")] = sorted(kinds)
+    (out / "labels.json").write_text(json.dumps(labels, indent=1))
+
+
+def load_labels(path: Path) -> dict[tuple[str, pd.Timestamp], set[str]]:
+    data = json.loads(path.read_text())
+    return {(r, pd.Timestamp(d)): set(k) for r, days in data.items() for d, k in days.items()}

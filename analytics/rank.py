@@ -1,0 +1,392 @@
+"""Predicted pulls per region and image tag: the ranking the planner warms from.
+
+Pure functions over frames; ``now`` is always passed in. For every (region, image, tag):
+
+* **decayed frequency** of daily pulls (half-life ``half_life_days``), computed over the days
+  of the same kind as the day predicted (weekdays for a weekday, weekend days for a
+  weekend day), so a Monday is predicted from last week's working days, not the weekend;
+* **day-of-week** factor (weekly release trains pull on one day only), shrunk toward 1;
+* **hour-of-day** profile, for the share of a day's pulls that falls inside a window;
+* **recency**: the decay itself, plus the last pull shown in the reasons;
+* **pipelines**: distinct pipelines per day; they set the per-pipeline rate used by the prior;
+* **static prior**: an image named in repository files but not pulled yet in a region is
+  predicted at the region's median per-pipeline rate times the files naming it, fading
+  with the age of the reference;
+* **tag moves**: pulls are counted per tag whatever digest they resolved to (a moved tag
+  sends every consumer to the new digest); a digest-only pull of a digest once seen under
+  a tag counts for that tag; the ``digest`` column is the newest digest seen;
+* **migrations**: when files name a newer tag of a repository recently, that tag gets at
+  least its share of the files naming the repository, taken from the other tags.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from analytics.frames import normalise_static, normalise_usage, static_at, utc_naive
+
+DAY = pd.Timedelta(days=1)
+_DOW = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+OUTPUT_COLUMNS = [
+    "region",
+    "image",
+    "tag",
+    "digest",
+    "score",
+    "window_score",
+    "rank",
+    "reasons",
+    "pulls_7d",
+    "pipelines",
+    "files",
+    "last_seen",
+]
+
+
+@dataclass(frozen=True)
+class RankParams:
+    half_life_days: float = 3.0
+    lookback_days: int = 28
+    dow_shrink: float = 1.0  # pseudo-weeks pulling the day-of-week factor toward 1
+    hour_shrink: float = 24.0  # pseudo-pulls pulling an image's hours toward the region's
+    migration_days: int = 14  # a newer tag named this recently is a migration in progress
+    prior_half_life_days: float = 7.0
+
+
+def target_day(now: pd.Timestamp) -> pd.Timestamp:
+    """The next whole UTC day: ``now`` itself at midnight, else the following midnight."""
+    return (now - pd.Timedelta(1, "ns")).normalize() + DAY
+
+
+def _fold_digests(u: pd.DataFrame) -> pd.DataFrame:
+    """Digest-only rows whose digest was seen under a tag count for that tag."""
+    both = u[(u["tag"] != "") & (u["digest"] != "")]
+    if both.empty or not (u["tag"] == "").any():
+        return u
+    last = both.sort_values(["day", "hour"]).drop_duplicates(["image", "digest"], keep="last")
+    known = dict(zip(zip(last["image"], last["digest"], strict=True), last["tag"], strict=True))
+    bare = u["tag"] == ""
+    mapped = [
+        known.get(k, "") for k in zip(u.loc[bare, "image"], u.loc[bare, "digest"], strict=True)
+    ]
+    u = u.copy()
+    u.loc[bare, "tag"] = mapped
+    return u
+
+
+def _features(
+    u: pd.DataFrame, target: pd.Timestamp, p: RankParams
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Per key: daily pulls by age (1 = yesterday) and pulls by hour."""
+    u = u.assign(pin=np.where(u["tag"] == "", u["digest"], ""))
+    keys = ["region", "image", "tag", "pin"]
+    for c in keys:
+        u[c] = u[c].astype("category")
+    age = ((target - u["day"]) // DAY).astype("int64").to_numpy()
+    g = u.groupby(keys, observed=True, sort=False)
+    kid = g.ngroup().to_numpy()
+    n = int(kid.max()) + 1 if len(kid) else 0
+    pulls = u["pulls"].to_numpy(dtype=np.float64)
+    daily = np.zeros((n, p.lookback_days + 1))
+    np.add.at(daily, (kid, np.clip(age, 0, p.lookback_days)), pulls)
+    hourly = np.zeros((n, 24))
+    np.add.at(hourly, (kid, u["hour"].to_numpy(dtype=np.int64) % 24), pulls)
+    stamp = u["day"] + pd.to_timedelta(u["hour"], unit="h")
+    u = u.assign(_k=kid, _t=stamp)
+    latest = u.sort_values("_t").drop_duplicates("_k", keep="last").set_index("_k").sort_index()
+    info = latest[[*keys, "_t", "digest"]].rename(columns={"_t": "last_seen"})
+    for c in keys:
+        info[c] = info[c].astype(str)
+    recent = u[age <= 7]
+    per_day = recent.groupby(["_k", "day", "source"], observed=True)["pipelines"].max()
+    pipes = per_day.groupby(level=[0, 1]).sum().groupby(level=0).max()
+    info["pipelines"] = pipes.reindex(info.index, fill_value=0).astype("int64")
+    info["digests"] = (
+        u[u["digest"] != ""].groupby("_k")["digest"].nunique().reindex(info.index, fill_value=0)
+    )
+    info["first_seen"] = u.groupby("_k")["_t"].min().reindex(info.index)
+    return info.reset_index(drop=True), daily, hourly
+
+
+def _day_estimates(
+    daily: np.ndarray, valid: np.ndarray, target: pd.Timestamp, day: pd.Timestamp, p: RankParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """Expected pulls on ``day`` per key, and the day-of-week factor applied."""
+    ages = np.arange(daily.shape[1])
+    dows = np.array([(target - int(a) * DAY).dayofweek for a in ages])
+    weekend = day.dayofweek >= 5
+    same = ((dows >= 5) == weekend) & (ages >= 1)
+    weights = np.where(same, 0.5 ** ((ages - 1) / p.half_life_days), 0.0)
+    w = valid * weights  # valid: (keys, ages) days inside the region's history
+    denom = w.sum(axis=1)
+    est = np.divide((daily * w).sum(axis=1), denom, out=np.zeros(len(daily)), where=denom > 0)
+    on_dow = valid * (same & (dows == day.dayofweek))
+    on_type = valid * same
+    n_dow, n_type = on_dow.sum(axis=1), on_type.sum(axis=1)
+    mean_dow = np.divide(
+        (daily * on_dow).sum(axis=1), n_dow, out=np.zeros(len(daily)), where=n_dow > 0
+    )
+    mean_type = np.divide(
+        (daily * on_type).sum(axis=1), n_type, out=np.zeros(len(daily)), where=n_type > 0
+    )
+    k = p.dow_shrink
+    factor = np.divide(
+        n_dow * mean_dow + k * mean_type,
+        (n_dow + k) * mean_type,
+        out=np.ones(len(daily)),
+        where=mean_type > 0,
+    )
+    return est * factor, factor
+
+
+def _peak(profile: np.ndarray) -> str:
+    two = profile + np.roll(profile, -1)
+    h = int(np.argmax(two))
+    return f"{h:02d}-{(h + 2) % 24:02d}h UTC"
+
+
+def _age(delta: pd.Timedelta) -> str:
+    hours = delta / pd.Timedelta(hours=1)
+    return f"{hours:.0f}h" if hours < 48 else f"{hours / 24:.0f}d"
+
+
+def rank(
+    usage: pd.DataFrame,
+    static: pd.DataFrame | None,
+    now: datetime | pd.Timestamp,
+    window: tuple[datetime | pd.Timestamp, datetime | pd.Timestamp] | None = None,
+    region: str | None = None,
+    params: RankParams | None = None,
+) -> pd.DataFrame:
+    """The ranking at ``now``: one row per (region, image, tag), best first per region."""
+    p = params or RankParams()
+    now_ts = utc_naive(now)
+    target = target_day(now_ts)
+    w_start, w_end = (
+        (utc_naive(window[0]), utc_naive(window[1])) if window else (target, target + DAY)
+    )
+    u = normalise_usage(usage)
+    if region is not None:
+        u = u[u["region"] == region]
+    u = u[(u["day"] + pd.to_timedelta(u["hour"], unit="h")) < now_ts]
+    region_start = u.groupby("region")["day"].min()
+    u = u[u["day"] >= target - p.lookback_days * DAY]
+    u = _fold_digests(u)
+    st = static_at(normalise_static(static), now_ts)
+    regions = sorted(set(u["region"])) if region is None else [region]
+    if u.empty:
+        info = pd.DataFrame(
+            columns=["region", "image", "tag", "pin", "last_seen", "digest", "pipelines"]
+        )
+        daily, hourly = np.zeros((0, p.lookback_days + 1)), np.zeros((0, 24))
+    else:
+        info, daily, hourly = _features(u, target, p)
+    ages = np.arange(daily.shape[1])
+    first_valid = np.array(
+        [((target - region_start[r]) // DAY) for r in info["region"]], dtype=np.int64
+    )
+    valid = (ages[None, :] <= first_valid[:, None]).astype(np.float64)
+
+    score, factor = _day_estimates(daily, valid, target, target, p)
+    region_prof = pd.DataFrame(hourly).groupby(info["region"].to_numpy()).sum()
+    window_score = np.zeros(len(info))
+    profile = np.zeros_like(hourly)
+    if len(info):
+        rp = region_prof.loc[info["region"]].to_numpy()
+        rp = rp / np.maximum(rp.sum(axis=1, keepdims=True), 1.0)
+        profile = (hourly + p.hour_shrink * rp) / (
+            hourly.sum(axis=1, keepdims=True) + p.hour_shrink
+        )
+    day = w_start.normalize()
+    while day < w_end:
+        lo = max(w_start, day)
+        hi = min(w_end, day + DAY)
+        hours = np.zeros(24)
+        first_h, last_h = (
+            int((lo - day) / pd.Timedelta(hours=1)),
+            int(np.ceil((hi - day) / pd.Timedelta(hours=1))),
+        )
+        hours[first_h:last_h] = 1.0
+        est, _ = _day_estimates(daily, valid, target, day, p)
+        window_score += est * (profile @ hours)
+        day += DAY
+    out = info.assign(score=score, window_score=window_score, dow_factor=factor)
+    out["pulls_7d"] = daily[:, 1:8].sum(axis=1).astype(np.int64) if len(info) else 0
+    out["peak"] = [_peak(row) for row in profile]
+    out["reasons_extra"] = ""
+    out = _static_adjust(out, st, regions, now_ts, w_start, w_end, p)
+    return _finish(out, st, target, now_ts, p)
+
+
+def _static_adjust(
+    out: pd.DataFrame,
+    st: pd.DataFrame,
+    regions: list[str],
+    now: pd.Timestamp,
+    w_start: pd.Timestamp,
+    w_end: pd.Timestamp,
+    p: RankParams,
+) -> pd.DataFrame:
+    """Migrations toward newly named tags, and the prior for named but unpulled images."""
+    if st.empty:
+        return out
+    files = st.groupby(["image", "tag"])["file"].nunique()
+    newest = st.groupby(["image", "tag"])["first_seen"].max()
+    earliest = st.groupby(["image", "tag"])["first_seen"].min()
+    # A tag first named anywhere recently: a migration in progress toward it.
+    recent = earliest[earliest >= now - p.migration_days * DAY]
+    window_frac = min(1.0, (w_end - w_start) / DAY)
+    extra: list[dict[str, object]] = []
+    for reg in regions:
+        mine = out["region"] == reg
+        used = out[mine & (out["pin"] == "")]
+        per_pipe = (used["score"] / used["pipelines"].clip(lower=1)).replace(0, np.nan).median()
+        prior_rate = float(per_pipe) if per_pipe == per_pipe else 1.0
+        for image, tags in used.groupby("image").groups.items():
+            named_all = files.loc[image] if image in files.index.get_level_values(0) else None
+            if named_all is None or not any((image, t) in recent.index for t in named_all.index):
+                continue
+            for variant in {_variant(t) for t in named_all.index if (image, t) in recent.index}:
+                named = named_all[[_variant(t) == variant for t in named_all.index]]
+                rows = [i for i in tags if _variant(out.at[i, "tag"]) == variant]
+                if rows:
+                    _migrate(out, extra, reg, str(image), rows, named, recent)
+        have_keys = set(zip(out.loc[mine, "image"], out.loc[mine, "tag"], strict=True))
+        have_keys |= {(str(e["image"]), str(e["tag"])) for e in extra if e["region"] == reg}
+        for (image, tag), n in files.items():
+            if (image, tag) in have_keys or not tag:
+                continue
+            age = now - newest[(image, tag)]
+            fade = 0.5 ** ((age / DAY) / p.prior_half_life_days)
+            prior = prior_rate * n * fade
+            if prior < 1e-3:
+                continue
+            extra.append(
+                {
+                    "region": reg,
+                    "image": image,
+                    "tag": tag,
+                    "pin": "",
+                    "score": prior,
+                    "window_score": prior * window_frac,
+                    "reasons_extra": f"named in {n} file(s) {_age(age)} ago, "
+                    "no pulls yet (static prior)",
+                }
+            )
+    if extra:
+        add = pd.DataFrame(extra)
+        add["pulls_7d"] = 0
+        add["pipelines"] = 0
+        add["digest"] = ""
+        add["dow_factor"] = 1.0
+        add["peak"] = ""
+        out = pd.concat([out, add], ignore_index=True)
+    return out
+
+
+def _variant(tag: str) -> str:
+    """``3.12-slim`` -> ``-slim``: tags of one variant differ only by version numbers."""
+    return re.sub(r"[0-9.]+", "", tag)
+
+
+def _migrate(
+    out: pd.DataFrame,
+    extra: list[dict[str, object]],
+    reg: str,
+    image: str,
+    rows: list[int],
+    named: pd.Series,
+    recent: pd.Series,
+) -> None:
+    """Give each newly named tag at least its share of the files naming the repository."""
+    total, wtotal = out.loc[rows, "score"].sum(), out.loc[rows, "window_score"].sum()
+    share = named / named.sum()
+    new_tags = [t for t in named.index if (image, t) in recent.index]
+    gain = {t: share[t] for t in new_tags}
+    have = {out.at[i, "tag"]: i for i in rows}
+    moved = 0.0
+    for t, s in gain.items():
+        cur = out.at[have[t], "score"] / total if t in have and total > 0 else 0.0
+        if s > cur:
+            moved += s - cur
+    if moved <= 0 or total <= 0:
+        return
+    others = [i for i in rows if out.at[i, "tag"] not in gain]
+    osum = out.loc[others, "score"].sum()
+    scale = max(0.0, 1 - moved * total / osum) if osum > 0 else 1.0
+    old = ",".join(sorted(out.loc[others, "tag"]))
+    for i in others:
+        out.loc[i, ["score", "window_score"]] *= scale
+    for t, s in gain.items():
+        note = f"migration {old}->{t}: {share[t]:.0%} of files naming the repository"
+        if t in have:
+            i = have[t]
+            out.at[i, "score"] = max(out.at[i, "score"], s * total)
+            out.at[i, "window_score"] = max(out.at[i, "window_score"], s * wtotal)
+            out.at[i, "reasons_extra"] = note
+        else:
+            extra.append(
+                {
+                    "region": reg,
+                    "image": image,
+                    "tag": t,
+                    "pin": "",
+                    "score": s * total,
+                    "window_score": s * wtotal,
+                    "reasons_extra": note,
+                }
+            )
+
+
+def _finish(
+    out: pd.DataFrame, st: pd.DataFrame, target: pd.Timestamp, now: pd.Timestamp, p: RankParams
+) -> pd.DataFrame:
+    if out.empty:
+        return pd.DataFrame(columns=OUTPUT_COLUMNS)
+    files = st.groupby(["image", "tag"])["file"].agg(
+        ["nunique", lambda f: f.str.endswith("Dockerfile").all()]
+    )
+    files.columns = ["n", "docker"]
+    out = out.join(files, on=["image", "tag"])
+    out["files"] = out["n"].fillna(0).astype(np.int64)
+    reasons = []
+    weekday = "weekday" if target.dayofweek < 5 else "weekend"
+    for row in out.itertuples(index=False):
+        parts: list[str] = []
+        if row.pulls_7d or row.peak:
+            parts.append(f"{row.pulls_7d} pulls/7d (half-life {p.half_life_days:g}d)")
+        if row.pipelines:
+            parts.append(f"{row.pipelines} pipeline{'s' if row.pipelines != 1 else ''}")
+        if row.peak:
+            parts.append(f"{weekday} peak {row.peak}")
+        if row.dow_factor >= 1.5 or row.dow_factor <= 0.67:
+            parts.append(f"{_DOW[target.dayofweek]} x{row.dow_factor:.1f}")
+        if isinstance(row.last_seen, pd.Timestamp) and not pd.isna(row.last_seen):
+            parts.append(f"last pulled {_age(now - row.last_seen)} ago")
+        if getattr(row, "digests", 0) and row.digests > 1 and row.pin == "":
+            parts.append(f"tag moved ({int(row.digests)} digests), now {row.digest[:19]}")
+        if row.pin:
+            parts.append("pinned by digest")
+        if row.files and not str(row.reasons_extra).startswith("named in"):
+            kind = "Dockerfile" if row.docker else "file"
+            parts.append(f"named in {row.files} {kind}{'s' if row.files != 1 else ''}")
+        if row.reasons_extra:
+            parts.append(str(row.reasons_extra))
+        reasons.append(", ".join(parts))
+    out["reasons"] = reasons
+    out["tag"] = np.where(out["pin"] != "", "", out["tag"])
+    out["digest"] = np.where(out["pin"] != "", out["pin"], out["digest"].fillna(""))
+    out = out.sort_values(
+        ["region", "score", "window_score", "pipelines", "image", "tag"],
+        ascending=[True, False, False, False, True, True],
+        kind="stable",
+    )
+    out["rank"] = out.groupby("region").cumcount() + 1
+    out["score"] = out["score"].astype(float).round(3)
+    out["window_score"] = out["window_score"].astype(float).round(3)
+    return out[OUTPUT_COLUMNS].reset_index(drop=True)
