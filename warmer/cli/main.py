@@ -10,18 +10,45 @@ import click
 
 from warmer.cli.common import CONTEXT_SETTINGS, Usage, configure_logging
 
-# Each entry is a module that defines ``commands: list[click.Command]``.
-COMMAND_MODULES = [
-    "warmer.cli.windows",
-    "warmer.cli.ref",
-    "warmer.cli.sandbox",
-    "warmer.cli.bundle",
-    "warmer.cli.nodes",
-    "warmer.cli.inspect",
-]
+# Command name -> the module under warmer.cli that defines it (in ``commands``). Modules are
+# imported only when their command runs, so `warmer ref` does not pay for pandas.
+COMMANDS: dict[str, str] = {
+    "ref": "warmer.cli.ref",
+    "inspect": "warmer.cli.inspect",
+    "sandbox": "warmer.cli.sandbox",
+    "config": "warmer.cli.config",
+    "plan": "warmer.cli.warm",
+    "run": "warmer.cli.warm",
+    "status": "warmer.cli.warm",
+    "windows": "warmer.cli.windows",
+    "ingest": "warmer.cli.ingest",
+    "refs": "warmer.cli.ingest",
+    "rank": "warmer.cli.analyze",
+    "backtest": "warmer.cli.analyze",
+    "generate": "warmer.cli.analyze",
+    "export": "warmer.cli.bundle",
+    "import": "warmer.cli.bundle",
+    "nodes": "warmer.cli.nodes",
+}
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMANDS.get(cmd_name)
+        if module is None:
+            return None
+        for command in importlib.import_module(module).commands:
+            if command.name == cmd_name:
+                return command
+        raise RuntimeError(f"{module} does not define the command {cmd_name!r}")
+
+
+@click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)
 @click.option(
     "--config",
     "config_path",
@@ -52,11 +79,6 @@ def cli(ctx: click.Context, config_path: str, log_format: str, verbose: int) -> 
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path
     configure_logging(log_format, verbose)
-
-
-for _name in COMMAND_MODULES:
-    for _command in importlib.import_module(_name).commands:
-        cli.add_command(_command)
 
 
 def main() -> None:
