@@ -212,8 +212,18 @@ async def resolve(
             )
         )
 
+    # Tags of one repository are resolved one after the other: aliases (latest, 3, 3.12)
+    # share a manifest, and two concurrent cold GETs of it make the mirror fetch it twice.
+    by_repo: dict[tuple[str, str], list[Want]] = {}
+    for w in wants:
+        by_repo.setdefault((w.ref.registry, w.ref.repository), []).append(w)
+
+    async def in_sequence(group: list[Want]) -> None:
+        for w in group:
+            await one(w)
+
     try:
-        await asyncio.gather(*(one(w) for w in wants))
+        await asyncio.gather(*(in_sequence(g) for g in by_repo.values()))
     finally:
         for c in clients.values():
             await c.aclose()
