@@ -10,6 +10,7 @@ upload is simply started again by the next import, which is idempotent.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Awaitable, Callable
 from typing import IO
 
@@ -55,8 +56,12 @@ async def push_blob_stream(
             await on_bytes(len(data))
         return
     offset = 0
-    while chunk := stream.read(chunk_size):
-        headers = {**octet, "Content-Range": f"{offset}-{offset + len(chunk) - 1}"}
+    while True:
+        chunk = stream.read(chunk_size)
+        if not chunk:
+            break
+        n = len(chunk)
+        headers = {**octet, "Content-Range": f"{offset}-{offset + n - 1}"}
         resp = await client._call(
             "PATCH",
             location,
@@ -68,9 +73,14 @@ async def push_blob_stream(
             retry=False,
         )
         location = client._location(resp, what)
-        offset += len(chunk)
+        offset += n
+        # httpx keeps a Response <-> stream reference cycle that holds the request body
+        # until the cycle collector runs: without this, a 1 GiB layer could sit in memory
+        # as dozens of dead 16 MiB chunks. A young-generation collection is enough.
+        del chunk, resp
+        gc.collect(1)
         if on_bytes is not None:
-            await on_bytes(len(chunk))
+            await on_bytes(n)
     await client._call(
         "PUT",
         location,
