@@ -61,6 +61,11 @@ class Run:
     runner: str
     pulls: list[Pull]
     noise: int
+    run_id: int = 0
+
+    def banner(self) -> str:
+        """The CI wrapper's first line: makes every saved run log distinct, as real ones are."""
+        return f"+ echo 'run {self.run_id} of {self.pipeline} at {self.t:%Y-%m-%dT%H:%M:%SZ}'"
 
 
 def _hex(*parts: object) -> str:
@@ -194,6 +199,7 @@ def jenkins(run: Run) -> Iterator[str]:
 
 
 def docker(run: Run) -> Iterator[str]:
+    yield run.banner()
     for i, p in enumerate(run.pulls):
         yield f"$ docker pull {p.familiar}"
         yield from docker_pull_output(p)
@@ -201,6 +207,7 @@ def docker(run: Run) -> Iterator[str]:
 
 
 def podman(run: Run) -> Iterator[str]:
+    yield run.banner()
     for i, p in enumerate(run.pulls):
         yield f"+ podman pull {p.familiar}"
         yield f"Trying to pull {p.ref}..."
@@ -215,6 +222,7 @@ def podman(run: Run) -> Iterator[str]:
 
 def buildkit(run: Run) -> Iterator[str]:
     n = 1
+    yield run.banner()
     yield '#0 building with "default" instance using docker driver'
     yield ""
     yield f"#{n} [internal] load build definition from Dockerfile"

@@ -77,7 +77,7 @@ def _runs(w: Workload, noise: int) -> dict[tuple[str, str, str, str], list[Run]]
         roles = {u.ref: u.role for pl in w.pipelines if pl.name == pipeline for u in pl.uses}
         for pl_pull in pulls:
             pl_pull.role = roles.get(pl_pull.ref, "job")
-        run = Run(t, pipeline, region, runner, pulls, noise)
+        run = Run(t, pipeline, region, runner, pulls, noise, int(run_id))
         day = t.strftime("%Y-%m-%d")
         if source in UNTIMED:
             key = f"{_slug(pipeline)}-{t:%H%M%S}-{run_id}"

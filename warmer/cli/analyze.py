@@ -1,0 +1,213 @@
+"""``warmer rank``, ``warmer backtest`` and ``warmer generate``: the usage model's commands."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import pandas as pd
+
+from warmer import db
+from warmer.cli.common import CONTEXT_SETTINGS, BadInput, emit_json, json_option
+from warmer.units import UnitError, parse_size
+
+_db = click.option("--db", "db_url", default=None, help=f"Database URL (default {db.DEFAULT_URL}).")
+
+
+def _time(value: str | None, option: str) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadInput(
+            f"{option} {value!r}: expected an ISO 8601 time like 2024-05-01T00:00Z"
+        ) from None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+@click.command("rank", context_settings=CONTEXT_SETTINGS)
+@click.option("--region", required=True, help="Region to rank.")
+@click.option(
+    "--top", default=20, show_default=True, type=click.IntRange(min=1), help="Rows shown."
+)
+@json_option
+@_db
+@click.option("--at", "at", default=None, help="Rank as of this time (ISO 8601; default now).")
+@click.option("--window", nargs=2, default=None, metavar="START END", help="Window to predict.")
+@click.option(
+    "--half-life", default=3.0, show_default=True, type=click.FloatRange(min=0.1), help="Days."
+)
+@click.option("--no-store", is_flag=True, help="Do not record the ranking for the planner.")
+def rank_command(
+    region: str,
+    top: int,
+    as_json: bool,
+    db_url: str | None,
+    at: str | None,
+    window: tuple[str, str] | None,
+    half_life: float,
+    no_store: bool,
+) -> None:
+    """Predicted pulls per image tag for the next day and window, with the reasons.
+
+    Reads the usage aggregates and static references from the store (fill it with
+    `warmer ingest` and `warmer refs`), stores the full ranking for the planner and prints
+    the top rows.
+    """
+    from analytics import store
+    from analytics.rank import RankParams, rank
+    from analytics.rankings import save_ranking
+
+    url = db_url or db.DEFAULT_URL
+    now = _time(at, "--at")
+    win: tuple[datetime, datetime] | None = None
+    if window:
+        win = (_time(window[0], "--window"), _time(window[1], "--window"))
+        if win[1] <= win[0]:
+            raise BadInput(f"--window {window[0]} {window[1]}: the end must be after the start")
+    since = (pd.Timestamp(now) - pd.Timedelta(days=35)).date()
+    usage = store.usage_frame(url, region=region, since=since)
+    ranking = rank(
+        usage,
+        store.static_frame(url),
+        now,
+        window=win,
+        region=region,
+        params=RankParams(half_life_days=half_life),
+    )
+    if not no_store:
+        save_ranking(url, ranking, computed_at=now)
+    shown = ranking.head(top)
+    if as_json:
+        for row in shown.to_dict("records"):
+            row["last_seen"] = None if pd.isna(row["last_seen"]) else str(row["last_seen"])
+            emit_json(row)
+        return
+    if shown.empty:
+        click.echo(f"no usage or static references for region {region!r} in {url}")
+        return
+    for row in shown.itertuples(index=False):
+        ref = f"{row.image}:{row.tag}" if row.tag else f"{row.image}@{row.digest}"
+        click.echo(f"{row.rank:>3}  {row.score:9.1f}  {row.window_score:9.1f}  {ref}")
+        click.echo(f"     {row.reasons}")
+
+
+def _budget(value: str) -> int:
+    try:
+        return parse_size(value)
+    except UnitError as exc:
+        raise BadInput(f"--budget: {exc}") from None
+
+
+@click.command("backtest", context_settings=CONTEXT_SETTINGS)
+@click.option("--region", required=True)
+@click.option("--budget", default="5GiB", show_default=True, help="Bytes warmed per day.")
+@json_option
+@_db
+@click.option(
+    "--catalogue",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="catalogue.json with image layers (from `warmer generate`); else a default size.",
+)
+@click.option("--warmup", default=7, show_default=True, type=click.IntRange(min=1), help="Days.")
+def backtest_command(
+    region: str, budget: str, as_json: bool, db_url: str | None, catalogue: Path | None, warmup: int
+) -> None:
+    """Rolling-origin backtest: model vs yesterday, frequency, static and the oracle.
+
+    Image sizes come from --catalogue (layers, shared ones counted once); without it every
+    image is priced at 250 MB. A labels.json beside the catalogue adds the generator's day
+    kinds (release trains, adoptions, migrations, tag moves).
+    """
+    from analytics import store
+    from analytics.backtest import backtest, margins, summarise
+    from analytics.generate.catalogue import Catalogue
+    from analytics.generate.write import load_labels
+
+    url = db_url or db.DEFAULT_URL
+    limit = _budget(budget)
+    layers = labels = None
+    if catalogue is not None:
+        try:
+            layers = Catalogue.load(catalogue)
+        except (OSError, ValueError, KeyError) as exc:
+            raise BadInput(f"{catalogue}: not a catalogue: {exc}") from None
+        beside = catalogue.parent / "labels.json"
+        labels = load_labels(beside) if beside.is_file() else None
+    usage = store.usage_frame(url, region=region)
+    if usage.empty:
+        raise BadInput(f"no usage for region {region!r} in {url}: run `warmer ingest` first")
+    days = backtest(usage, store.static_frame(url), region, limit, layers, warmup, labels)
+    if days.empty:
+        raise BadInput(f"region {region!r}: history shorter than the {warmup}-day warm-up")
+    summary = summarise(days)
+    table = margins(summary)
+    if as_json:
+        emit_json(_result(region, limit, summary, table))
+        return
+    pivot = summary.pivot(index="kind", columns="strategy", values="byte_hit_rate")
+    click.echo(f"byte hit rate, region {region}, budget {budget}, {days['day'].nunique()} days")
+    click.echo(pivot.round(3).to_string())
+    click.echo("\nmodel margins")
+    click.echo(table.round(3).to_string(index=False))
+
+
+def _result(region: str, budget: int, summary: pd.DataFrame, table: pd.DataFrame) -> dict[str, Any]:
+    return {
+        "region": region,
+        "budget": budget,
+        "rates": json.loads(summary.to_json(orient="records")),
+        "margins": json.loads(table.to_json(orient="records")),
+    }
+
+
+@click.command("generate", context_settings=CONTEXT_SETTINGS)
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False))
+@click.option("--weeks", default=8, show_default=True, type=click.IntRange(min=1, max=104))
+@click.option("--seed", default=1, show_default=True, type=int)
+@click.option(
+    "--pipelines", default=40, show_default=True, type=click.IntRange(min=2), help="Per region."
+)
+@click.option(
+    "--noise", default=12, show_default=True, type=click.IntRange(min=0), help="Lines per pull."
+)
+@json_option
+def generate_command(
+    out: Path, weeks: int, seed: int, pipelines: int, noise: int, as_json: bool
+) -> None:
+    """Write a synthetic CI workload: logs in every format, repositories, catalogue.json.
+
+    Deterministic by seed. Ingest it with region rules on the path, e.g.
+    `warmer ingest OUT/logs --rule 'path:*/logs/eu/*=eu' --rule 'path:*/logs/us/*=us'`,
+    and `warmer refs OUT/repos`.
+    """
+    from analytics.generate.workload import Params, generate
+    from analytics.generate.write import write_logs, write_meta, write_repos
+
+    work = generate(Params(weeks=weeks, seed=seed, pipelines_per_region=pipelines))
+    written = write_logs(work, out, noise=noise)
+    files = write_repos(work, out)
+    write_meta(work, out)
+    result = {
+        "out": str(out),
+        "pulls": len(work.pulls),
+        "log_files": written.files,
+        "log_bytes": written.bytes,
+        "repo_files": files,
+        "bytes_per_source": written.per_source,
+    }
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(
+            f"{out}: {result['pulls']} pulls in {written.files} log files "
+            f"({written.bytes / 1e6:.1f} MB), {files} repository files, catalogue.json"
+        )
+
+
+commands = [rank_command, backtest_command, generate_command]
