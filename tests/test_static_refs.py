@@ -1,0 +1,106 @@
+"""Static references in Dockerfiles, compose, Kubernetes, GitHub and GitLab files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from analytics.staticrefs import StaticRef, classify, scan_paths
+
+REPO = Path(__file__).parent / "data" / "static" / "repo"
+
+
+def scan(path: Path) -> tuple[list[tuple[int, str, str]], list[str]]:
+    found: list[StaticRef] = []
+    warnings = list(scan_paths([path], found.append))
+    return [(r.line, r.context, str(r.reference)) for r in found], warnings
+
+
+def test_dockerfile_args_stages_platform_copy_mount_heredoc() -> None:
+    found: list[StaticRef] = []
+    assert list(scan_paths([REPO / "Dockerfile"], found.append)) == []
+    assert [(r.line, r.context, str(r.reference), r.platform) for r in found] == [
+        (1, "syntax", "docker.io/docker/dockerfile:1.7", None),
+        (5, "FROM", "docker.io/library/python:3.12-slim", None),  # ARG default in ARG default
+        (7, "RUN --mount", "ghcr.io/acme/wheels:3.12", None),  # stage-scoped ARG
+        (17, "FROM", "registry.example.com/base/runtime:1.4", "linux/arm64"),  # ${X:-default}
+        (20, "COPY --from", "docker.io/library/nginx:1.25-alpine", None),
+    ]  # not: `FROM build` (a stage), COPY --from=build / =0, the heredoc's "FROM alpine:3.0"
+
+
+def test_dockerfile_escape_directive() -> None:
+    refs, warnings = scan(REPO / "docker" / "Dockerfile.windows")
+    assert warnings == []
+    assert refs == [
+        (2, "FROM", "mcr.microsoft.com/windows/servercore:ltsc2022"),
+        (5, "COPY --from", "mcr.microsoft.com/dotnet/sdk:8.0"),
+    ]
+
+
+def test_compose_images_with_defaults_and_platform() -> None:
+    found: list[StaticRef] = []
+    assert list(scan_paths([REPO / "docker-compose.yml"], found.append)) == []
+    assert [(r.line, str(r.reference), r.platform) for r in found] == [
+        (4, "ghcr.io/acme/web:2.3.1", None),
+        (7, "docker.io/library/postgres:16", "linux/amd64"),
+        (10, "docker.io/library/redis:7.2-alpine", None),
+    ]
+    assert {r.kind for r in found} == {"compose"}
+
+
+def test_kubernetes_multi_document_pod_templates() -> None:
+    refs, warnings = scan(REPO / "k8s" / "deploy.yaml")
+    assert warnings == []
+    assert refs == [
+        (10, "initContainers", "ghcr.io/acme/migrate:2.3.1"),
+        (13, "containers", "ghcr.io/acme/web:2.3.1"),
+        (15, "containers", "docker.io/envoyproxy/envoy:v1.30.1"),
+        (
+            36,
+            "containers",
+            "docker.io/library/busybox@sha256:9d75f0d7c398df565d7ac04c6819b62d6d8f9560f5eb4672596ecd8f7e96ae91",
+        ),
+        (45, "containers", "docker.io/library/alpine:3.19"),
+    ]
+
+
+def test_github_workflow_container_services_and_docker_uses() -> None:
+    refs, warnings = scan(REPO / ".github" / "workflows" / "ci.yml")
+    assert refs == [
+        (6, "container", "docker.io/library/node:20-bookworm"),
+        (9, "service", "docker.io/library/postgres:16"),
+        (11, "service", "docker.io/library/redis:7"),
+        (14, "uses", "docker.io/library/alpine:3.19"),
+        (20, "container", "ghcr.io/acme/builder:2024.05"),
+    ]
+    assert len(warnings) == 1 and "ci.yml:24" in warnings[0]
+
+
+def test_gitlab_ci_image_services_both_forms_and_variables() -> None:
+    refs, warnings = scan(REPO / ".gitlab-ci.yml")
+    assert warnings == []
+    assert refs == [
+        (8, "image", "docker.io/library/python:3.12"),
+        (15, "service", "docker.io/library/postgres:16"),
+        (16, "service", "docker.io/library/redis:7"),
+        (23, "image", "docker.io/library/docker:26.1"),
+        (25, "service", "docker.io/library/docker:26.1-dind"),
+    ]
+
+
+def test_bad_files_warn_once_each_and_the_rest_goes_on() -> None:
+    refs, warnings = scan(REPO / "broken")
+    assert refs == [(3, "FROM", "docker.io/library/debian:12")]
+    assert len(warnings) == 3
+    assert any("broken/Dockerfile:1" in w and "UNSET_BASE" in w for w in warnings)
+    assert any("broken/Dockerfile:2" in w and "invalid reference" in w for w in warnings)
+    assert any("docker-compose.yaml:4" in w and "invalid YAML" in w for w in warnings)
+
+
+def test_classify_by_name() -> None:
+    assert classify(Path("a/Dockerfile.prod")) == "dockerfile"
+    assert classify(Path("a/Containerfile")) == "dockerfile"
+    assert classify(Path("compose.override.yaml")) == "compose"
+    assert classify(Path("x/.gitlab-ci.yml")) == "gitlab"
+    assert classify(Path("r/.github/workflows/a.yaml")) == "github"
+    assert classify(Path("deploy/app.yml")) == "kubernetes"
+    assert classify(Path("README.md")) is None
