@@ -125,29 +125,32 @@ def _day_estimates(
     w = valid * weights  # valid: (keys, ages) days inside the region's history
     denom = w.sum(axis=1)
     est = np.divide((daily * w).sum(axis=1), denom, out=np.zeros(len(daily)), where=denom > 0)
-    on_dow = valid * (same & (dows == day.dayofweek))
-    on_type = valid * same
-    n_dow, n_type = on_dow.sum(axis=1), on_type.sum(axis=1)
-    mean_dow = np.divide(
-        (daily * on_dow).sum(axis=1), n_dow, out=np.zeros(len(daily)), where=n_dow > 0
-    )
-    mean_type = np.divide(
-        (daily * on_type).sum(axis=1), n_type, out=np.zeros(len(daily)), where=n_type > 0
-    )
+    # Day-of-week factor: the decayed mean on that weekday over the decayed mean on days
+    # of its kind, shrunk toward 1 by ``dow_shrink`` pseudo-weeks.
+    w_dow = w * (dows == day.dayofweek)
+    n_dow = (valid * (same & (dows == day.dayofweek))).sum(axis=1)
+    sum_dow = w_dow.sum(axis=1)
+    zeros = np.zeros(len(daily))
+    mean_dow = np.divide((daily * w_dow).sum(axis=1), sum_dow, out=zeros.copy(), where=sum_dow > 0)
     k = p.dow_shrink
     factor = np.divide(
-        n_dow * mean_dow + k * mean_type,
-        (n_dow + k) * mean_type,
+        n_dow * mean_dow + k * est,
+        (n_dow + k) * est,
         out=np.ones(len(daily)),
-        where=mean_type > 0,
+        where=est > 0,
     )
     return est * factor, factor
 
 
 def _peak(profile: np.ndarray) -> str:
-    two = profile + np.roll(profile, -1)
-    h = int(np.argmax(two))
-    return f"{h:02d}-{(h + 2) % 24:02d}h UTC"
+    """The busiest hours: the run of hours around the top one with at least half its mass."""
+    top = int(np.argmax(profile))
+    lo = hi = top
+    while lo > 0 and profile[lo - 1] >= profile[top] / 2 and hi - lo < 5:
+        lo -= 1
+    while hi < 23 and profile[hi + 1] >= profile[top] / 2 and hi - lo < 5:
+        hi += 1
+    return f"{lo:02d}-{hi + 1:02d}h UTC"
 
 
 def _age(delta: pd.Timedelta) -> str:

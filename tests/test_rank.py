@@ -1,0 +1,190 @@
+"""The ranking model on small hand-made frames: ordering, seasonality, prior, tag moves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analytics.rank import rank, target_day
+from analytics.rankings import latest_ranking, save_ranking
+
+PY = "docker.io/library/python"
+NODE = "docker.io/library/node"
+GO = "docker.io/library/golang"
+D1 = "sha256:" + "1" * 64
+D2 = "sha256:" + "2" * 64
+
+
+def usage(
+    rows: list[tuple[str, int, str, str, int]],
+    region: str = "eu",
+    digest: str = "",
+    pipelines: int = 1,
+) -> pd.DataFrame:
+    """rows: (day, hour, image, tag, pulls)."""
+    return pd.DataFrame(
+        [
+            {
+                "day": pd.Timestamp(day),
+                "hour": hour,
+                "region": region,
+                "image": image,
+                "tag": tag,
+                "digest": digest,
+                "source": "github",
+                "pulls": pulls,
+                "present": 0,
+                "pipelines": pipelines,
+            }
+            for day, hour, image, tag, pulls in rows
+        ]
+    )
+
+
+def daily(image: str, tag: str, days: pd.DatetimeIndex, pulls: int, hour: int = 10) -> list:
+    return [(str(d.date()), hour, image, tag, pulls) for d in days]
+
+
+WEEKS = pd.date_range("2024-03-04", "2024-03-31", freq="D")  # Mon 4 March .. Sun 31 March
+NOW = pd.Timestamp("2024-04-01T00:00Z")  # a Monday
+
+
+def static(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:
+    """rows: (file, image, tag, first_seen)."""
+    return pd.DataFrame(
+        [
+            {
+                "file": f,
+                "line": 1,
+                "reference": f"{i}:{t}",
+                "image": i,
+                "tag": t,
+                "first_seen": pd.Timestamp(s),
+            }
+            for f, i, t, s in rows
+        ]
+    )
+
+
+def test_busier_image_ranks_first_with_reasons() -> None:
+    frame = pd.concat(
+        [usage(daily(PY, "3.12", WEEKS, 20), pipelines=4), usage(daily(NODE, "20", WEEKS, 5))]
+    )
+    out = rank(frame, None, NOW)
+    assert list(out["image"]) == [PY, NODE]
+    assert list(out["rank"]) == [1, 2]
+    top = out.iloc[0]
+    assert top["score"] == pytest.approx(20, rel=0.05)
+    assert "140 pulls/7d (half-life 3d)" in top["reasons"]
+    assert "4 pipelines" in top["reasons"]
+    assert "weekday peak 10-11h UTC" in top["reasons"]
+
+
+def test_recent_use_beats_old_heavy_use() -> None:
+    old = daily(GO, "1.21", WEEKS[:10], 100)
+    recent = daily(NODE, "20", WEEKS[-7:], 10)
+    out = rank(usage(old + recent), None, NOW)
+    assert out.iloc[0]["image"] == NODE
+
+
+def test_weekday_and_weekend_seasonality() -> None:
+    weekdays = [d for d in WEEKS if d.dayofweek < 5]
+    office = daily(PY, "3.12", pd.DatetimeIndex(weekdays), 14)  # 70 a week, weekdays only
+    nightly = daily(NODE, "20", WEEKS, 10, hour=2)  # 70 a week, every day
+    frame = usage(office + nightly)
+    monday = rank(frame, None, NOW)
+    assert monday.iloc[0]["image"] == PY  # first working day: predicted from last week
+    saturday = rank(frame, None, pd.Timestamp("2024-03-30T00:00Z"))
+    assert saturday.iloc[0]["image"] == NODE
+    assert saturday.set_index("image").loc[PY, "score"] < 1
+
+
+def test_weekly_release_train_day_of_week_factor() -> None:
+    thursdays = [d for d in WEEKS if d.dayofweek == 3]
+    frame = usage(daily(GO, "1.22", pd.DatetimeIndex(thursdays), 30) + daily(PY, "3.12", WEEKS, 3))
+    thursday = pd.Timestamp("2024-03-28T00:00Z")
+    out = rank(frame, None, thursday).set_index("image")
+    assert out.loc[GO, "score"] > 15
+    assert "Thu x" in out.loc[GO, "reasons"]
+    friday = rank(frame, None, thursday + pd.Timedelta(days=1)).set_index("image")
+    assert friday.loc[GO, "score"] < out.loc[GO, "score"] / 3
+
+
+def test_only_data_before_now_is_used() -> None:
+    frame = usage([*daily(PY, "3.12", WEEKS, 5), ("2024-04-01", 3, NODE, "20", 1000)])
+    out = rank(frame, None, NOW)
+    assert NODE not in set(out["image"])
+
+
+def test_window_score_uses_hour_profile() -> None:
+    frame = usage(daily(PY, "3.12", WEEKS, 20, hour=10))
+    morning = rank(
+        frame, None, NOW, window=(NOW + pd.Timedelta(hours=9), NOW + pd.Timedelta(hours=12))
+    )
+    night = rank(frame, None, NOW, window=(NOW, NOW + pd.Timedelta(hours=6)))
+    assert morning.iloc[0]["window_score"] > 0.5 * morning.iloc[0]["score"]
+    assert night.iloc[0]["window_score"] < 0.3 * morning.iloc[0]["window_score"]
+
+
+def test_static_prior_predicts_newly_named_image() -> None:
+    frame = usage(daily(PY, "3.12", WEEKS, 20))
+    refs = static(
+        [
+            ("svc/Dockerfile", "docker.io/library/redis", "7", "2024-03-31T15:00Z"),
+            ("svc/Dockerfile", "docker.io/library/mysql", "8.0", "2024-04-02T15:00Z"),
+        ]
+    )
+    out = rank(frame, refs, NOW).set_index("image")
+    assert out.loc["docker.io/library/redis", "score"] > 0
+    assert "static prior" in out.loc["docker.io/library/redis", "reasons"]
+    assert "docker.io/library/mysql" not in out.index  # named after `now`: not known yet
+
+
+def test_tag_move_keeps_demand_on_tag_and_newest_digest() -> None:
+    before = usage(daily(NODE, "20", WEEKS[:-3], 10), digest=D1)
+    after = usage(daily(NODE, "20", WEEKS[-3:], 10), digest=D2)
+    pinned = usage([("2024-03-30", 9, NODE, "", 4)], digest=D1)  # a digest pull of the old one
+    out = rank(pd.concat([before, after, pinned]), None, NOW)
+    assert len(out) == 1  # one row: the tag, not one per digest
+    row = out.iloc[0]
+    assert (row["tag"], row["digest"]) == ("20", D2)
+    assert "tag moved (2 digests)" in row["reasons"]
+    assert row["pulls_7d"] == 74
+
+
+def test_migration_to_newer_tag_shifts_demand() -> None:
+    frame = usage(daily(PY, "3.11", WEEKS, 20))
+    refs = static(
+        [
+            ("a/Dockerfile", PY, "3.12", "2024-03-29T10:00Z"),
+            ("b/Dockerfile", PY, "3.12", "2024-03-30T10:00Z"),
+            ("c/Dockerfile", PY, "3.11", "2023-01-01T00:00Z"),
+            ("d/Dockerfile", PY, "3.11", "2023-01-01T00:00Z"),
+        ]
+    )
+    out = rank(frame, refs, NOW).set_index("tag")
+    assert out.loc["3.12", "score"] == pytest.approx(10, rel=0.05)
+    assert out.loc["3.11", "score"] == pytest.approx(10, rel=0.05)
+    assert "migration 3.11->3.12" in out.loc["3.12", "reasons"]
+    # Once the move is old news the usage speaks for itself: no shift.
+    later = rank(frame, refs, NOW + pd.Timedelta(days=30)).set_index("tag")
+    assert "3.12" not in later.index or later.loc["3.12", "score"] < 1
+
+
+def test_target_day() -> None:
+    assert target_day(pd.Timestamp("2024-04-01")) == pd.Timestamp("2024-04-01")
+    assert target_day(pd.Timestamp("2024-04-01 13:00")) == pd.Timestamp("2024-04-02")
+
+
+def test_rankings_are_stored_for_the_planner(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    frame = usage(daily(PY, "3.12", WEEKS, 20) + daily(NODE, "20", WEEKS, 5))
+    save_ranking(url, rank(frame, None, NOW), computed_at=NOW.to_pydatetime())
+    newer = rank(frame[frame["image"] == NODE], None, NOW)
+    save_ranking(url, newer, computed_at=(NOW + pd.Timedelta(hours=1)).to_pydatetime())
+    got = latest_ranking(url, "eu")
+    assert list(got["image"]) == [NODE]
+    assert got.iloc[0]["reasons"].startswith("35 pulls/7d")
+    assert latest_ranking(url, "us").empty
