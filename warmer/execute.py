@@ -37,17 +37,12 @@ from typing import Any
 from warmer.config import Config
 from warmer.ledger import Ledger, RunItem, utcnow
 from warmer.pacing import TokenBucket
-from warmer.registry import (
-    DigestMismatch,
-    RateLimited,
-    RegistryClient,
-    RegistryError,
-    TransientError,
-)
+from warmer.registry import DigestMismatch, RateLimited, RegistryClient, RegistryError
 
 log = logging.getLogger("warmer.execute")
 
 ProgressHook = Callable[[str, RunItem, int], None]
+MAX_RETRY_AFTER = 300.0  # seconds; a longer Retry-After fails the item (resume later)
 
 
 @dataclass
@@ -120,10 +115,17 @@ class RateReserve:
         if rl is not None and rl.remaining is not None:
             self.remaining = rl.remaining
 
-    async def spend(self, deadline: float | None) -> bool:
-        """Reserve one counted request; False if the deadline passed while waiting."""
+    async def spend(self, deadline: float | None, n: int = 1) -> bool:
+        """Reserve ``n`` counted requests; False if the deadline passed while waiting.
+
+        The local count only ever runs ahead of the upstream's (it is decremented for every
+        request that *may* count), so at the reserve the upstream is asked again before
+        waiting: a conservative estimate costs one HEAD, not a wait.
+        """
         async with self._lock:
-            while self.remaining is not None and self.remaining <= self.reserve:
+            if self.remaining is not None and self.remaining - n < self.reserve:
+                await self.refresh()
+            while self.remaining is not None and self.remaining - n < self.reserve:
                 if not self._told:
                     log.warning(
                         "upstream rate limit: %s manifest requests left, keeping %s for CI; "
@@ -136,11 +138,22 @@ class RateReserve:
                     return False
                 await asyncio.sleep(self.poll)
                 await self.refresh()
-            self._told = False
             if self.remaining is not None:
-                self.remaining -= 1
-            self.spent += 1
+                self.remaining -= n
+            self.spent += n
             return True
+
+    async def explain(self, exc: Exception) -> str:
+        """The reason to record for a failed request that may have been rate limited.
+
+        CNCF distribution 2.8 turns its upstream's ``429 TOOMANYREQUESTS`` into ``HTTP 500
+        UNKNOWN`` (the 429 only in a nested detail, no Retry-After), so the upstream itself
+        is asked (HEAD, not counted) whether its limit is spent.
+        """
+        await self.refresh()
+        if self.remaining is not None and self.remaining <= 0:
+            return f"upstream rate limit spent (0 manifest requests left); the mirror said: {exc}"
+        return str(exc)
 
 
 @dataclass
@@ -299,7 +312,13 @@ class Executor:
                     return
                 if link.bucket is not None and item.parent_cost > 0:
                     await link.bucket.take(item.parent_cost)
-                state = await self._fetch(item, link)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        # The link was busy until past the deadline: no blob starts after it.
+                        self.stats.deadline_hit = True
+                        self.ledger.update_item(item.id, reason="window ended before it started")
+                        self._progress("deadline", item)
+                        return
+                state = await self._fetch(item, link, deadline)
             outcome[item.seq] = state
         except asyncio.CancelledError:
             # Aborted past the deadline's grace: back to pending for --resume.
@@ -312,11 +331,35 @@ class Executor:
                 outcome.setdefault(item.seq, "pending")
                 events[item.seq].set()
 
-    async def _fetch(self, item: RunItem, link: Link) -> str:
+    async def _fetch(self, item: RunItem, link: Link, deadline: float | None) -> str:
+        """Fetch one item, waiting out a 429's Retry-After while the deadline allows."""
         assert item.id is not None
-        attempts = item.attempts + 1
+        for _ in range(self.config.run.retries + 1):
+            try:
+                return await self._fetch_once(item, link)
+            except RateLimited as exc:
+                wait = exc.retry_after
+                late = deadline is not None and time.monotonic() + (wait or 0) >= deadline
+                if wait is None or wait > MAX_RETRY_AFTER or late:
+                    why = f"; Retry-After {wait:.0f}s" if wait is not None else ""
+                    self._finish(item, "failed", f"{exc}{why}")
+                    log.warning("%s %s@%s: %s", item.mirror, item.repository, item.digest, exc)
+                    return "failed"
+                log.warning(
+                    "%s: rate limited on %s; retrying after %.0fs (Retry-After)",
+                    item.mirror,
+                    item.repository,
+                    wait,
+                )
+                await asyncio.sleep(wait)
+        self._finish(item, "failed", "rate limited: still refused after waiting out Retry-After")
+        return "failed"
+
+    async def _fetch_once(self, item: RunItem, link: Link) -> str:
+        assert item.id is not None
+        item.attempts += 1
         self.ledger.update_item(
-            item.id, state="running", attempts=attempts, started_at=utcnow(), reason=""
+            item.id, state="running", attempts=item.attempts, started_at=utcnow(), reason=""
         )
         self._progress("start", item)
         try:
@@ -355,9 +398,14 @@ class Executor:
             log.error("INCIDENT %s %s@%s: %s", item.mirror, item.repository, item.digest, exc)
             self._finish(item, "failed", f"incident: {exc}")
             return "failed"
-        except (RateLimited, TransientError, RegistryError) as exc:
-            self._finish(item, "failed", str(exc))
-            log.warning("%s %s@%s failed: %s", item.mirror, item.repository, item.digest, exc)
+        except RateLimited:
+            raise
+        except RegistryError as exc:
+            reason = str(exc)
+            if item.tier == 0 and self.reserve is not None:
+                reason = await self.reserve.explain(exc)
+            self._finish(item, "failed", reason)
+            log.warning("%s %s@%s failed: %s", item.mirror, item.repository, item.digest, reason)
             return "failed"
         now = utcnow()
         self.ledger.record_holding(

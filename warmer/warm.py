@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -152,12 +153,17 @@ async def resolve(
     wants: Sequence[Want],
     now: datetime,
     concurrency: int = 8,
+    reserve: RateReserve | None = None,
+    deadline: float | None = None,
 ) -> tuple[list[planner.WantedImage], list[planner.Skipped]]:
     """Resolve each wanted tag through the top tier of the region's chain.
 
     Through the top mirror rather than the upstream: the mirror fetches each manifest from
     the upstream once and keeps it, so planning and warming together spend one upstream
-    manifest GET per manifest.
+    manifest GET per manifest, and they are spent here. With a ``reserve``, each image
+    first reserves what it may cost upstream (its index and one manifest per platform),
+    waiting at the reserve until ``deadline`` (a ``time.monotonic()`` value; None waits for
+    the limit window to reset); an image that could not get it is left out with the reason.
     """
     reg = config.region(region)
     platforms = [Platform.parse(p) for p in reg.platforms]
@@ -180,10 +186,20 @@ async def resolve(
         client = clients.setdefault(top, mirror_client(config, top))
         repo = config.mirrors[top].repository_for(ref.repository)
         async with sem:
+            if reserve is not None and not await reserve.spend(deadline, 1 + len(platforms)):
+                skipped.append(
+                    planner.Skipped(
+                        str(ref),
+                        f"upstream rate limit: {reserve.remaining} manifest requests left, "
+                        f"keeping {reserve.reserve} for CI",
+                    )
+                )
+                return
             try:
                 tree = await client.resolve(repo, ref.reference, platforms)
             except RegistryError as exc:
-                skipped.append(planner.Skipped(str(ref), f"cannot resolve: {exc}"))
+                why = await reserve.explain(exc) if reserve is not None else str(exc)
+                skipped.append(planner.Skipped(str(ref), f"cannot resolve: {why}"))
                 return
         if ref.tag:
             ledger.record_resolution(
@@ -250,9 +266,13 @@ async def prepare(
     now: datetime,
     budget: int | None = None,
     window: timedelta | None = None,
+    reserve: RateReserve | None = None,
+    deadline: float | None = None,
 ) -> Prepared:
     reg = config.region(region)
-    wanted, unresolved = await resolve(config, ledger, region, wants, now)
+    wanted, unresolved = await resolve(
+        config, ledger, region, wants, now, reserve=reserve, deadline=deadline
+    )
     the_budget = budget if budget is not None else reg.budget
     result = planner.plan(
         wanted,
@@ -330,7 +350,11 @@ async def execute(
     on_progress: ProgressHook | None = None,
     settle: float = 0.3,
 ) -> RunStats:
-    """Run (or resume) ``run_id`` and close it in the ledger with its summary."""
+    """Run (or resume) ``run_id`` and close it in the ledger with its summary.
+
+    The caller owns ``reserve`` (it may have served planning in the same event loop) and
+    closes its client.
+    """
     ledger.set_run_state(run_id, "running", owner=owner())
     executor = Executor(
         config,
@@ -342,11 +366,7 @@ async def execute(
         settle=settle,
         client_factory=lambda m, url: mirror_client(config, m, url),
     )
-    try:
-        stats = await executor.run()
-    finally:
-        if reserve is not None and reserve.client is not None:
-            await reserve.client.aclose()
+    stats = await executor.run()
     state = "done"
     if stats.pending:
         state = "aborted"
@@ -354,6 +374,13 @@ async def execute(
         state = "failed"
     ledger.finish_run(run_id, state, stats.as_dict(), utcnow())
     return stats
+
+
+def monotonic_deadline(deadline: datetime | None) -> float | None:
+    """A wall-clock deadline as a ``time.monotonic()`` value (what the waits compare to)."""
+    if deadline is None:
+        return None
+    return time.monotonic() + (deadline - utcnow()).total_seconds()
 
 
 def default_deadline(window: timedelta | None, now: datetime) -> datetime | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,7 +25,7 @@ from rich.table import Table
 from warmer.cli.common import CONTEXT_SETTINGS, BadInput, WorkFailed, emit_json, json_option
 from warmer.cli.config import load_config
 from warmer.config import Config, ConfigError
-from warmer.execute import RunStats
+from warmer.execute import RateReserve, RunStats
 from warmer.ledger import Ledger, RunItem, as_utc, utcnow
 from warmer.units import UnitError, format_duration, format_size, parse_duration, parse_size
 from warmer.warm import (
@@ -33,6 +34,7 @@ from warmer.warm import (
     WarmError,
     current_window_deadline,
     execute,
+    monotonic_deadline,
     prepare,
     rate_reserve,
     start_run,
@@ -164,7 +166,19 @@ def plan_command(
     b, w = _parse_opts(budget, window)
     wants = _wants(cfg, region, images, top)
     ledger = Ledger(cfg.database.url)
-    prepared = asyncio.run(prepare(cfg, ledger, region, wants, now=utcnow(), budget=b, window=w))
+
+    async def go() -> Prepared:
+        # Planning never waits at the rate-limit reserve: what would not fit is listed.
+        reserve = rate_reserve(cfg, region, wants[0] if wants else None)
+        try:
+            return await prepare(
+                cfg, ledger, region, wants, now=utcnow(), budget=b, window=w,
+                reserve=reserve, deadline=time.monotonic(),
+            )  # fmt: skip
+        finally:
+            await _close(reserve)
+
+    prepared = asyncio.run(go())
     if as_json:
         emit_json(_plan_json(prepared))
     else:
@@ -174,10 +188,12 @@ def plan_command(
 class _Progress:
     """A rich progress bar on a terminal; nothing (logs only) otherwise."""
 
-    def __init__(self, total_bytes: int, total_items: int, enabled: bool) -> None:
+    def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.progress: Progress | None = None
-        if enabled:
+
+    def start(self, total_bytes: int) -> _Progress:
+        if self.enabled:
             self.progress = Progress(
                 TextColumn("[bold]warming"),
                 BarColumn(),
@@ -188,6 +204,7 @@ class _Progress:
                 transient=True,
             )
             self.bytes_task = self.progress.add_task("bytes", total=total_bytes)
+        return self
 
     def __enter__(self) -> _Progress:
         if self.progress is not None:
@@ -270,39 +287,66 @@ def run_command(
         run = ledger.unfinished_run(region)
         if run is None or run.id is None:
             raise BadInput(f"no unfinished run for region {region!r} to resume")
-        run_id = run.id
+        run_id: int | None = run.id
         if the_deadline is None and run.deadline is not None and not window:
             old = as_utc(run.deadline)
             the_deadline = old if old and old > now else None
-        wants_probe = [Want(_first_image(ledger, run_id))] if _first_image(ledger, run_id) else []
+        probe = _first_image(ledger, run.id)
+        wants: list[Want] = [Want(probe)] if probe is not None else []
     else:
+        run_id = None
         wants = _wants(cfg, region, images, top)
-        prepared = asyncio.run(prepare(cfg, ledger, region, wants, now=now, budget=b, window=w))
-        if dry_run:
-            if as_json:
-                emit_json(_plan_json(prepared))
-            else:
-                _print_plan(prepared, Console())
-            return
-        run_id = start_run(ledger, prepared, now, the_deadline)
-        wants_probe = wants[:1]
-    items = [i for i in ledger.items(run_id) if i.state == "pending"]
-    total = sum(i.size for i in items)
-    reserve = rate_reserve(cfg, region, wants_probe[0] if wants_probe else None)
-    with _Progress(total, len(items), sys.stderr.isatty() and not as_json) as bar:
-        stats = asyncio.run(
-            execute(
-                cfg, ledger, run_id, deadline=the_deadline, reserve=reserve, on_progress=bar.hook
-            )
-        )
+    bar = _Progress(sys.stderr.isatty() and not as_json)
+
+    async def go() -> tuple[Prepared | None, int | None, RunStats | None]:
+        # One event loop for planning and running: the rate-limit reserve (and its HTTP
+        # client) is shared by both.
+        reserve = rate_reserve(cfg, region, wants[0] if wants else None)
+        try:
+            prepared = None
+            rid = run_id
+            if rid is None:
+                prepared = await prepare(
+                    cfg, ledger, region, wants, now=now, budget=b, window=w,
+                    reserve=reserve, deadline=monotonic_deadline(the_deadline),
+                )  # fmt: skip
+                if dry_run:
+                    return prepared, None, None
+                rid = start_run(ledger, prepared, now, the_deadline)
+            items = [i for i in ledger.items(rid) if i.state == "pending"]
+            with bar.start(sum(i.size for i in items)):
+                stats = await execute(
+                    cfg, ledger, rid, deadline=the_deadline, reserve=reserve,
+                    on_progress=bar.hook,
+                )  # fmt: skip
+            return prepared, rid, stats
+        finally:
+            await _close(reserve)
+
+    prepared, rid, stats = asyncio.run(go())
+    if stats is None or rid is None:
+        assert prepared is not None
+        if as_json:
+            emit_json(_plan_json(prepared))
+        else:
+            _print_plan(prepared, Console())
+        return
+    run_id = rid
+    unresolved = len(prepared.unresolved) if prepared is not None else 0
     if as_json:
         emit_json({"run": run_id, "region": region, **stats.as_dict()})
     else:
         _summary(stats, run_id, Console())
-    if stats.failed or stats.incidents:
+    if stats.failed or stats.incidents or unresolved:
         raise WorkFailed(
             f"run {run_id}: {stats.failed} item(s) failed, {stats.incidents} incident(s)"
+            + (f", {unresolved} image(s) could not be resolved" if unresolved else "")
         )
+
+
+async def _close(reserve: RateReserve | None) -> None:
+    if reserve is not None and reserve.client is not None:
+        await reserve.client.aclose()
 
 
 def _first_image(ledger: Ledger, run_id: int) -> Any:
