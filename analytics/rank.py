@@ -53,6 +53,7 @@ class RankParams:
     half_life_days: float = 3.0
     lookback_days: int = 28
     dow_shrink: float = 1.0  # pseudo-weeks pulling the day-of-week factor toward 1
+    kind_shrink: float = 1.0  # pseudo-days pulling a weekday/weekend mean toward all days
     hour_shrink: float = 24.0  # pseudo-pulls pulling an image's hours toward the region's
     migration_days: int = 14  # a newer tag named this recently is a migration in progress
     prior_half_life_days: float = 7.0
@@ -114,9 +115,19 @@ def _features(
 
 
 def _day_estimates(
-    daily: np.ndarray, valid: np.ndarray, target: pd.Timestamp, day: pd.Timestamp, p: RankParams
+    daily: np.ndarray,
+    valid: np.ndarray,
+    target: pd.Timestamp,
+    day: pd.Timestamp,
+    p: RankParams,
+    groups: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Expected pulls on ``day`` per key, and the day-of-week factor applied."""
+    """Expected pulls on ``day`` per key, and the day-of-week factor applied.
+
+    The decayed mean over days of the same kind (weekday or weekend) is shrunk toward the
+    decayed mean over all days times the region's ratio between the two (``groups`` holds
+    each key's region number), so a thin weekend history borrows from the week.
+    """
     ages = np.arange(daily.shape[1])
     dows = np.array([(target - int(a) * DAY).dayofweek for a in ages])
     weekend = day.dayofweek >= 5
@@ -124,7 +135,18 @@ def _day_estimates(
     weights = np.where(same, 0.5 ** ((ages - 1) / p.half_life_days), 0.0)
     w = valid * weights  # valid: (keys, ages) days inside the region's history
     denom = w.sum(axis=1)
-    est = np.divide((daily * w).sum(axis=1), denom, out=np.zeros(len(daily)), where=denom > 0)
+    same_est = np.divide((daily * w).sum(axis=1), denom, out=np.zeros(len(daily)), where=denom > 0)
+    w_all = valid * np.where(ages >= 1, 0.5 ** ((ages - 1) / p.half_life_days), 0.0)
+    d_all = w_all.sum(axis=1)
+    all_est = np.divide(
+        (daily * w_all).sum(axis=1), d_all, out=np.zeros(len(daily)), where=d_all > 0
+    )
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    num = np.bincount(groups, weights=same_est, minlength=n_groups)
+    den = np.bincount(groups, weights=all_est, minlength=n_groups)
+    ratio = np.divide(num, den, out=np.ones(n_groups), where=den > 0)[groups]
+    c = p.kind_shrink
+    est = (denom * same_est + c * ratio * all_est) / (denom + c)
     # Day-of-week factor: the decayed mean on that weekday over the decayed mean on days
     # of its kind, shrunk toward 1 by ``dow_shrink`` pseudo-weeks.
     w_dow = w * (dows == day.dayofweek)
@@ -195,7 +217,10 @@ def rank(
     )
     valid = (ages[None, :] <= first_valid[:, None]).astype(np.float64)
 
-    score, factor = _day_estimates(daily, valid, target, target, p)
+    groups = (
+        pd.factorize(info["region"])[0].astype(np.int64) if len(info) else np.zeros(0, np.int64)
+    )
+    score, factor = _day_estimates(daily, valid, target, target, p, groups)
     region_prof = pd.DataFrame(hourly).groupby(info["region"].to_numpy()).sum()
     window_score = np.zeros(len(info))
     profile = np.zeros_like(hourly)
@@ -215,11 +240,16 @@ def rank(
             int(np.ceil((hi - day) / pd.Timedelta(hours=1))),
         )
         hours[first_h:last_h] = 1.0
-        est, _ = _day_estimates(daily, valid, target, day, p)
+        est, _ = _day_estimates(daily, valid, target, day, p, groups)
         window_score += est * (profile @ hours)
         day += DAY
     out = info.assign(score=score, window_score=window_score, dow_factor=factor)
     out["pulls_7d"] = daily[:, 1:8].sum(axis=1).astype(np.int64) if len(info) else 0
+    # Pulls on the last two days of the target's kind: the current split between tags.
+    kind_days = [
+        a for a in ages[1:] if ((target - int(a) * DAY).dayofweek >= 5) == (target.dayofweek >= 5)
+    ]
+    out["recent"] = daily[:, kind_days[:2]].sum(axis=1) if len(info) else 0.0
     out["peak"] = [_peak(row) for row in profile]
     out["reasons_extra"] = ""
     out = _static_adjust(out, st, regions, now_ts, w_start, w_end, p)
@@ -288,6 +318,7 @@ def _static_adjust(
         add["digest"] = ""
         add["dow_factor"] = 1.0
         add["peak"] = ""
+        add["recent"] = 0.0
         out = pd.concat([out, add], ignore_index=True)
     return out
 
@@ -306,43 +337,28 @@ def _migrate(
     named: pd.Series,
     recent: pd.Series,
 ) -> None:
-    """Give each newly named tag at least its share of the files naming the repository."""
+    """Split a migrating repository's demand by the tags' pulls on the latest days.
+
+    Triggered by a tag of the repository named in files for the first time recently. The
+    repository's predicted total is kept; its split between tags follows the last two days
+    of the same kind (a rising new tag takes demand from the old one as it happens), since
+    files are not per region and their count says nothing about how busy each user is.
+    """
     total, wtotal = out.loc[rows, "score"].sum(), out.loc[rows, "window_score"].sum()
-    share = named / named.sum()
-    new_tags = [t for t in named.index if (image, t) in recent.index]
-    gain = {t: share[t] for t in new_tags}
-    have = {out.at[i, "tag"]: i for i in rows}
-    moved = 0.0
-    for t, s in gain.items():
-        cur = out.at[have[t], "score"] / total if t in have and total > 0 else 0.0
-        if s > cur:
-            moved += s - cur
-    if moved <= 0 or total <= 0:
-        return
-    others = [i for i in rows if out.at[i, "tag"] not in gain]
-    osum = out.loc[others, "score"].sum()
-    scale = max(0.0, 1 - moved * total / osum) if osum > 0 else 1.0
-    old = ",".join(sorted(out.loc[others, "tag"]))
-    for i in others:
-        out.loc[i, ["score", "window_score"]] *= scale
-    for t, s in gain.items():
-        note = f"migration {old}->{t}: {share[t]:.0%} of files naming the repository"
-        if t in have:
-            i = have[t]
-            out.at[i, "score"] = max(out.at[i, "score"], s * total)
-            out.at[i, "window_score"] = max(out.at[i, "window_score"], s * wtotal)
-            out.at[i, "reasons_extra"] = note
-        else:
-            extra.append(
-                {
-                    "region": reg,
-                    "image": image,
-                    "tag": t,
-                    "pin": "",
-                    "score": s * total,
-                    "window_score": s * wtotal,
-                    "reasons_extra": note,
-                }
+    latest = out.loc[rows, "recent"].astype(float)
+    new_tags = {t for t in named.index if (image, t) in recent.index}
+    if total <= 0 or latest.sum() <= 0 or not any(out.at[i, "tag"] in new_tags for i in rows):
+        return  # the new tag is not pulled here yet: the static prior covers it
+    shares = latest / latest.sum()
+    old = ",".join(sorted(str(out.at[i, "tag"]) for i in rows if out.at[i, "tag"] not in new_tags))
+    for i in rows:
+        before = out.at[i, "score"] / total
+        out.at[i, "score"] = shares[i] * total
+        out.at[i, "window_score"] = shares[i] * wtotal
+        tag = out.at[i, "tag"]
+        if tag in new_tags and old:
+            out.at[i, "reasons_extra"] = (
+                f"migration {old}->{tag}: {shares[i]:.0%} of the latest pulls (was {before:.0%})"
             )
 
 

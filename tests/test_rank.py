@@ -155,22 +155,26 @@ def test_tag_move_keeps_demand_on_tag_and_newest_digest() -> None:
 
 
 def test_migration_to_newer_tag_shifts_demand() -> None:
-    frame = usage(daily(PY, "3.11", WEEKS, 20))
+    switch = pd.Timestamp("2024-03-28")  # from Thursday half the users pull 3.12
+    old = [
+        (d, h, i, t, n if pd.Timestamp(d) < switch else n // 2)
+        for d, h, i, t, n in daily(PY, "3.11", WEEKS, 20)
+    ]
+    new = daily(PY, "3.12", WEEKS[switch <= WEEKS], 10)
+    frame = usage(old + new)
     refs = static(
         [
-            ("a/Dockerfile", PY, "3.12", "2024-03-29T10:00Z"),
-            ("b/Dockerfile", PY, "3.12", "2024-03-30T10:00Z"),
-            ("c/Dockerfile", PY, "3.11", "2023-01-01T00:00Z"),
-            ("d/Dockerfile", PY, "3.11", "2023-01-01T00:00Z"),
+            ("a/Dockerfile", PY, "3.12", "2024-03-27T10:00Z"),
+            ("b/Dockerfile", PY, "3.11", "2023-01-01T00:00Z"),
         ]
     )
     out = rank(frame, refs, NOW).set_index("tag")
-    assert out.loc["3.12", "score"] == pytest.approx(10, rel=0.05)
-    assert out.loc["3.11", "score"] == pytest.approx(10, rel=0.05)
-    assert "migration 3.11->3.12" in out.loc["3.12", "reasons"]
-    # Once the move is old news the usage speaks for itself: no shift.
-    later = rank(frame, refs, NOW + pd.Timedelta(days=30)).set_index("tag")
-    assert "3.12" not in later.index or later.loc["3.12", "score"] < 1
+    assert out.loc["3.12", "score"] == pytest.approx(out.loc["3.11", "score"], rel=0.01)
+    assert "migration 3.11->3.12: 50% of the latest pulls" in out.loc["3.12", "reasons"]
+    # Without a file naming the new tag, the decayed history alone still favours 3.11.
+    plain = rank(frame, None, NOW).set_index("tag")
+    assert plain.loc["3.12", "score"] < 0.8 * plain.loc["3.11", "score"]
+    assert "migration" not in plain.loc["3.12", "reasons"]
 
 
 def test_target_day() -> None:
