@@ -7,12 +7,15 @@ front's counters tell exactly what a run cost the upstream link.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from aiohttp import ClientSession, web
 from click.testing import CliRunner, Result
@@ -333,3 +337,191 @@ def test_deadline_cuts_run_then_resume(topo: Topo) -> None:
     assert json_out(again)["done"] == sum(cut.values())
     assert ledger.run(run.id).state == "done"
     print(f"deadline left {cut['pending']} of {sum(cut.values())} items pending")
+
+
+# --- 5. the rate-limit reserve ---------------------------------------------------------------
+
+
+def test_reserve_holds_back_and_logs_once(topo: Topo) -> None:
+    topo.reserve = 10
+    topo.write()
+    # 4 manifest GETs left above the reserve; each of these images needs 2 (index + amd64).
+    topo.front.configure(ratelimit_limit=14, ratelimit_reset=True)
+    deadline = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    images = ["python:3.12", "node:20", "redis:7.4"]
+    result = topo.warmer("run", "--region", "eu", *images, "--deadline", deadline, "--json")
+    assert result.exit_code == 0, result.output + result.stderr  # held back is not failed
+    stats = topo.front.stats()
+    assert stats["throttled"] == 0
+    assert 0 < stats["manifest_gets_counted"] <= 14 - 10, result.stderr + result.stdout
+    lines = [ln for ln in result.stderr.splitlines() if "upstream rate limit" in ln]
+    assert len(lines) == 1, result.stderr
+    assert "keeping 10 for CI" in lines[0]
+    run = last_run(topo.ledger())
+    held_back = json.loads(run.skipped)
+    assert len(held_back) == 1 and "rate-limit reserve" in held_back[0]["reason"]
+    assert run.state == "done" and len(json.loads(run.images)) == 2
+    plan = topo.warmer("plan", "--region", "eu", held_back[0]["image"], "--json")
+    assert plan.exit_code == 0  # planning never waits: it says why
+    assert "rate-limit reserve" in json_out(plan)["skipped"][0]["reason"]
+
+
+# --- 6. a corrupted blob is an incident, never warm ------------------------------------------
+
+
+def test_corrupted_blob_is_an_incident(topo: Topo) -> None:
+    layer = topo.box.catalogue.tag("library/redis", "7.4").image().layers[-1]
+    # Both of the mirror's GETs (the one streamed to us and its background store).
+    topo.front.add_fault("corrupt", layer.digest, count=2)
+    result = topo.warmer("run", "--region", "eu", "redis:7.4")
+    assert result.exit_code == 1, result.output + result.stderr
+    assert "1 incident" in result.stderr and "Traceback" not in result.stderr
+    ledger = topo.ledger()
+    incidents = ledger.incidents()
+    assert [(i.mirror, i.digest, i.kind) for i in incidents] == [
+        ("central", layer.digest, "digest-mismatch")
+    ]
+    warm = {h.digest for h in ledger.holdings(["central", "eu"], datetime.now(UTC))}
+    assert layer.digest not in warm and warm  # the rest of the image is warm
+    items = [i for i in items_of(ledger, last_run(ledger).id) if i.digest == layer.digest]
+    assert {(i.mirror, i.state) for i in items} == {("central", "failed"), ("eu", "skipped")}
+    # What distribution 2.8 kept: it verifies the digest when it stores a proxied blob, so
+    # the corrupt copy was streamed to us but not cached; asked again it fetches anew.
+    front_gets = topo.front.stats()["blobs"][layer.digest]["GET"]
+    again = httpx.get(f"{topo.urls['central']}/v2/library/redis/blobs/{layer.digest}")
+    assert again.status_code == 200
+    assert "sha256:" + hashlib.sha256(again.content).hexdigest() == layer.digest
+    assert topo.front.stats()["blobs"][layer.digest]["GET"] == front_gets + 2
+    status = topo.warmer("status")
+    assert "incident" in status.stdout and layer.digest in status.stdout.replace("\n", "")
+    # Not warm, so the next plan asks for it again.
+    plan = json_out(topo.warmer("plan", "--region", "eu", "redis:7.4", "--json"))
+    assert layer.digest in {i["digest"] for i in plan["items"]}
+
+
+# --- 7. a Harbor-style path-prefix mirror ----------------------------------------------------
+
+
+class PrefixFront:
+    """A loopback rewrite in front of a plain registry: /v2/hub-proxy/<repo>/... -> /v2/<repo>/...
+
+    (Harbor's proxy projects and Artifactory remotes name upstream repositories under a
+    prefix; a real second distribution instance behind this rewrite behaves the same way.)
+    """
+
+    def __init__(self, target: str, prefix: str) -> None:
+        self.target, self.prefix = target, prefix
+        self.paths: list[str] = []
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.paths.append(request.path)
+        path = request.path_qs
+        head = f"/v2/{self.prefix}/"
+        if path.startswith(head):
+            path = "/v2/" + path[len(head) :]
+        hdrs = {k: v for k, v in request.headers.items() if k.lower() in ("accept", "range")}
+        async with (
+            ClientSession(auto_decompress=False) as session,
+            session.request(
+                request.method, self.target + path, headers=hdrs, allow_redirects=False
+            ) as up,
+        ):
+            body = await up.read()
+            out = web.Response(status=up.status, body=body if request.method != "HEAD" else None)
+            for k, v in up.headers.items():
+                if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    out.headers[k] = v
+            if request.method == "HEAD" and "Content-Length" in up.headers:
+                out.headers["Content-Length"] = up.headers["Content-Length"]
+            return out
+
+    async def _serve(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        self._stop = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._ready.set()
+        await self._stop.wait()
+        await runner.cleanup()
+
+    def __enter__(self) -> PrefixFront:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+def test_path_prefix_mirror(topo: Topo, registry_factory: RegistryFactory) -> None:
+    harbor = registry_factory("harbor", parent_url=topo.box.front_url)
+    try:
+        with PrefixFront(harbor.url, "hub-proxy") as rewrite:
+            topo.mirrors["harbor"] = {
+                "url": rewrite.url, "parent": "dockerhub", "naming": "prefix",
+                "path_prefix": "hub-proxy",
+            }  # fmt: skip
+            topo.regions["hq"] = ["harbor"]
+            topo.write()
+            result = topo.warmer("run", "--region", "hq", "python:3.12", "--json")
+            assert result.exit_code == 0, result.output + result.stderr
+            items = items_of(topo.ledger(), last_run(topo.ledger()).id)
+            assert items and {i.repository for i in items} == {"hub-proxy/library/python"}
+            content = [p for p in rewrite.paths if "/manifests/" in p or "/blobs/" in p]
+            assert content and all(p.startswith("/v2/hub-proxy/library/python/") for p in content)
+            # The instance behind the rewrite fetched every blob (twice, as distribution does).
+            stats = topo.front.stats()
+            for b in (i for i in items if i.kind == "blob"):
+                assert stats["blobs"][b.digest]["GET"] == 2
+            again = json_out(topo.warmer("plan", "--region", "hq", "python:3.12", "--json"))
+            assert again["items"] == [] and again["skipped"][0]["reason"] == "already warm"
+    finally:
+        harbor.stop()
+
+
+# --- 9. bad input and unreachable mirrors ----------------------------------------------------
+
+
+def test_unknown_region_is_one_line_exit_2(topo: Topo) -> None:
+    result = topo.warmer("run", "--region", "mars", "python:3.12")
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "unknown region 'mars'" in result.stderr and "eu" in result.stderr
+    bad = topo.warmer("run", "--region", "eu", "python:::")
+    assert bad.exit_code == 2 and "Traceback" not in bad.stderr
+
+
+def test_unreachable_mirror_fails_items_without_leaking(topo: Topo) -> None:
+    secret = "s3cr3t-Pa55word-never-printed"
+    os.environ["WARMER_TEST_SECRET"] = secret
+    try:
+        topo.mirrors["eu"]["url"] = f"http://127.0.0.1:{free_port()}"  # nothing listens
+        topo.mirrors["eu"]["credentials"] = (
+            '{ username = "ci", password_env = "WARMER_TEST_SECRET" }'
+        )
+        topo.write()
+        result = CliRunner().invoke(
+            cli, ["--config", str(topo.config_path), "-vv", "run", "--region", "eu", "node:20"]
+        )
+    finally:
+        del os.environ["WARMER_TEST_SECRET"]
+    assert result.exit_code == 1, result.output + result.stderr
+    assert "Traceback" not in result.stderr and secret not in result.output + result.stderr
+    ledger = topo.ledger()
+    items = items_of(ledger, last_run(ledger).id)
+    failed = [i for i in items if i.state == "failed"]
+    assert failed and {i.mirror for i in failed} == {"eu"}
+    assert all("cannot reach" in i.reason for i in failed)
+    assert {i.state for i in items if i.mirror == "central"} == {"done"}
+    assert secret not in (topo.tmp / "warmer.db").read_bytes().decode(errors="replace")
+    assert "failed" in result.stderr and result.stderr.strip().splitlines()[-1].startswith("error:")

@@ -60,7 +60,6 @@ class RunStats:
     upstream_manifest_gets: int = 0
     seconds: float = 0.0
     deadline_hit: bool = False
-    reserve_waits: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -75,7 +74,6 @@ class RunStats:
             "upstream_manifest_gets": self.upstream_manifest_gets,
             "seconds": round(self.seconds, 3),
             "deadline_hit": self.deadline_hit,
-            "reserve_waits": self.reserve_waits,
         }
 
 
@@ -84,7 +82,14 @@ class RateReserve:
 
     Mirrors do not pass the upstream's rate-limit headers on, so the remaining count is read
     with a HEAD to the upstream (HEAD is not counted by Docker Hub) and decremented locally
-    for each cold manifest GET the top tier will make.
+    for each manifest GET the top tier may make upstream. Those are made while resolving
+    through the top tier (:func:`warmer.warm.resolve`), which keeps the reserve; the
+    executor's manifest requests that follow are answered from the top tier's cache (a GET
+    by tag makes it send the upstream a HEAD, which is not counted), so the executor only
+    uses :meth:`explain` when a top-tier request fails.
+
+    ``spend(n)`` reserves requests about to be made, ``settle(n)`` says they were made: a
+    refresh while they are in flight subtracts them from what the upstream reports.
     """
 
     def __init__(
@@ -100,10 +105,13 @@ class RateReserve:
         self.poll = poll
         self.remaining: int | None = None
         self.spent = 0
+        self.inflight = 0
         self._lock = asyncio.Lock()
         self._told = False
+        self._probed = False
 
     async def refresh(self) -> None:
+        self._probed = True
         if self.client is None or self.probe is None:
             return
         try:
@@ -113,7 +121,7 @@ class RateReserve:
             return
         rl = self.client.last_ratelimit
         if rl is not None and rl.remaining is not None:
-            self.remaining = rl.remaining
+            self.remaining = rl.remaining - self.inflight
 
     async def spend(self, deadline: float | None, n: int = 1) -> bool:
         """Reserve ``n`` counted requests; False if the deadline passed while waiting.
@@ -123,7 +131,9 @@ class RateReserve:
         waiting: a conservative estimate costs one HEAD, not a wait.
         """
         async with self._lock:
-            if self.remaining is not None and self.remaining - n < self.reserve:
+            if not self._probed or (
+                self.remaining is not None and self.remaining - n < self.reserve
+            ):
                 await self.refresh()
             while self.remaining is not None and self.remaining - n < self.reserve:
                 if not self._told:
@@ -141,7 +151,12 @@ class RateReserve:
             if self.remaining is not None:
                 self.remaining -= n
             self.spent += n
+            self.inflight += n
             return True
+
+    def settle(self, n: int = 1) -> None:
+        """``n`` requests reserved by :meth:`spend` were made (or given up)."""
+        self.inflight = max(0, self.inflight - n)
 
     async def explain(self, exc: Exception) -> str:
         """The reason to record for a failed request that may have been rate limited.
@@ -304,11 +319,6 @@ class Executor:
                     self.stats.deadline_hit = True
                     self.ledger.update_item(item.id, reason="window ended before it started")
                     self._progress("deadline", item)
-                    return
-                counted = item.tier == 0 and item.kind == "manifest" and item.parent_cost > 0
-                if counted and self.reserve is not None and not await self.reserve.spend(deadline):
-                    self.ledger.update_item(item.id, reason="waited for rate limit")
-                    self.stats.reserve_waits += 1
                     return
                 if link.bucket is not None and item.parent_cost > 0:
                     await link.bucket.take(item.parent_cost)

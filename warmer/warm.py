@@ -27,6 +27,7 @@ from warmer.reference import InvalidReference, Reference, parse
 from warmer.registry import RegistryClient, RegistryError
 
 log = logging.getLogger("warmer.warm")
+RESERVE_REASON = "upstream rate-limit reserve"  # an image held back for CI, not a failure
 
 
 class WarmError(RuntimeError):
@@ -190,7 +191,7 @@ async def resolve(
                 skipped.append(
                     planner.Skipped(
                         str(ref),
-                        f"upstream rate limit: {reserve.remaining} manifest requests left, "
+                        f"{RESERVE_REASON}: {reserve.remaining} manifest requests left, "
                         f"keeping {reserve.reserve} for CI",
                     )
                 )
@@ -198,9 +199,13 @@ async def resolve(
             try:
                 tree = await client.resolve(repo, ref.reference, platforms)
             except RegistryError as exc:
+                if reserve is not None:
+                    reserve.settle(1 + len(platforms))
                 why = await reserve.explain(exc) if reserve is not None else str(exc)
                 skipped.append(planner.Skipped(str(ref), f"cannot resolve: {why}"))
                 return
+            if reserve is not None:
+                reserve.settle(1 + len(platforms))
         if ref.tag:
             ledger.record_resolution(
                 image=ref.name,

@@ -29,6 +29,7 @@ from warmer.execute import RateReserve, RunStats
 from warmer.ledger import Ledger, RunItem, as_utc, utcnow
 from warmer.units import UnitError, format_duration, format_size, parse_duration, parse_size
 from warmer.warm import (
+    RESERVE_REASON,
     Prepared,
     Want,
     WarmError,
@@ -332,7 +333,10 @@ def run_command(
             _print_plan(prepared, Console())
         return
     run_id = rid
-    unresolved = len(prepared.unresolved) if prepared is not None else 0
+    # Images held back by the rate-limit reserve are expected, like items a deadline cut.
+    unresolved = sum(
+        not s.reason.startswith(RESERVE_REASON) for s in (prepared.unresolved if prepared else [])
+    )
     if as_json:
         emit_json({"run": run_id, "region": region, **stats.as_dict()})
     else:
