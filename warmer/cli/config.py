@@ -61,3 +61,16 @@ def check(ctx: click.Context, as_json: bool) -> None:
 
 
 commands = [config_group]
+
+
+def database_url(ctx: click.Context, override: str | None) -> str:
+    """``--db`` when given, else the config file's ``[database] url`` when the file exists,
+    else the default SQLite file."""
+    if override:
+        return override
+    path = Path(ctx.find_root().obj.get("config_path") or "warmer.toml")
+    if path.is_file():
+        return load_config(ctx).database.url
+    from warmer.db import DEFAULT_URL
+
+    return DEFAULT_URL

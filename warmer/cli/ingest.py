@@ -14,13 +14,18 @@ from analytics.events import Event
 from analytics.ingest import FORMATS, FileResult, Options, ingest
 from analytics.regions import RegionRules, RuleError
 from analytics.staticrefs import StaticRef, scan_paths
-from warmer import db
 from warmer.cli.common import CONTEXT_SETTINGS, BadInput, emit_json, json_option
+from warmer.cli.config import database_url
 
 _paths = click.argument(
     "paths", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=True)
 )
-_db = click.option("--db", "db_url", default=None, help=f"Database URL (default {db.DEFAULT_URL}).")
+_db = click.option(
+    "--db",
+    "db_url",
+    default=None,
+    help="Database URL (default: the config's [database] url, else warmer.db).",
+)
 
 
 def _config_regions(ctx: click.Context) -> RegionRules:
@@ -123,7 +128,7 @@ def ingest_command(
         if result.warning:
             click.echo(f"warning: {result.warning}", err=True)
 
-    url = None if dry_run else (db_url or db.DEFAULT_URL)
+    url = None if dry_run else database_url(ctx, db_url)
     report = ingest(
         list(paths), opts, url=url, on_event=show_event if dry_run else None, on_file=warn
     )
@@ -156,8 +161,9 @@ def _summary_text(s: dict[str, Any]) -> str:
 @json_option
 @_db
 @click.option("--no-store", is_flag=True, help="Only list; do not record them in the store.")
+@click.pass_context
 def refs_command(
-    paths: tuple[Path, ...], as_json: bool, db_url: str | None, no_store: bool
+    ctx: click.Context, paths: tuple[Path, ...], as_json: bool, db_url: str | None, no_store: bool
 ) -> None:
     """List image references named in Dockerfiles, compose, Kubernetes and CI files.
 
@@ -176,7 +182,7 @@ def refs_command(
     if not any(Path(p).exists() for p in paths):
         raise BadInput("none of the given paths exist")
     if not no_store:
-        store.add_static_refs(db_url or db.DEFAULT_URL, found, files=scanned)
+        store.add_static_refs(database_url(ctx, db_url), found, files=scanned)
     if as_json:
         for ref in found:
             emit_json(ref.to_json())
