@@ -129,7 +129,7 @@ def wants_from_args(images: Sequence[str]) -> list[Want]:
 def wants_from_ranking(config: Config, region: str, top: int | None) -> list[Want]:
     """The stored ranking of ``region`` (from ``warmer rank``), best first."""
     try:
-        from analytics.rank import latest_ranking
+        from analytics.rankings import latest_ranking
     except ImportError:  # pragma: no cover - analytics is part of the distribution
         return []
     frame = latest_ranking(config.database.url, region)
