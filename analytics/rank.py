@@ -57,6 +57,7 @@ class RankParams:
     hour_shrink: float = 24.0  # pseudo-pulls pulling an image's hours toward the region's
     migration_days: int = 14  # a newer tag named this recently is a migration in progress
     prior_half_life_days: float = 7.0
+    long_memory: float = 0.01  # weight of the daily rate of images not pulled in the lookback
 
 
 def target_day(now: pd.Timestamp) -> pd.Timestamp:
@@ -200,6 +201,7 @@ def rank(
         u = u[u["region"] == region]
     u = u[(u["day"] + pd.to_timedelta(u["hour"], unit="h")) < now_ts]
     region_start = u.groupby("region")["day"].min()
+    older = u[(u["day"] < target - p.lookback_days * DAY) & (u["tag"] != "")]
     u = u[u["day"] >= target - p.lookback_days * DAY]
     u = _fold_digests(u)
     st = static_at(normalise_static(static), now_ts)
@@ -253,6 +255,7 @@ def rank(
     out["peak"] = [_peak(row) for row in profile]
     out["reasons_extra"] = ""
     out = _static_adjust(out, st, regions, now_ts, w_start, w_end, p)
+    out = _long_memory(out, older, target, p)
     return _finish(out, st, target, now_ts, p)
 
 
@@ -321,6 +324,45 @@ def _static_adjust(
         add["recent"] = 0.0
         out = pd.concat([out, add], ignore_index=True)
     return out
+
+
+def _long_memory(
+    out: pd.DataFrame, older: pd.DataFrame, target: pd.Timestamp, p: RankParams
+) -> pd.DataFrame:
+    """Images pulled only before the lookback keep a tiny score (``long_memory`` of their
+    old daily rate): they rank below everything seen recently and fill spare budget."""
+    if older.empty:
+        return out
+    span = max(1.0, (target - older["day"].min()) / DAY)
+    old = older.groupby(["region", "image", "tag"], as_index=False).agg(
+        pulls=("pulls", "sum"), last=("day", "max")
+    )
+    have = set(zip(out["region"], out["image"], out["tag"], strict=True))
+    old = old[[k not in have for k in zip(old["region"], old["image"], old["tag"], strict=True)]]
+    if old.empty:
+        return out
+    rate = old["pulls"] / span * p.long_memory
+    add = pd.DataFrame(
+        {
+            "region": old["region"],
+            "image": old["image"],
+            "tag": old["tag"],
+            "pin": "",
+            "score": rate,
+            "window_score": rate,
+            "reasons_extra": [
+                f"{n} pulls before the last {p.lookback_days}d, last on {d:%Y-%m-%d} (long memory)"
+                for n, d in zip(old["pulls"], old["last"], strict=True)
+            ],
+            "pulls_7d": 0,
+            "pipelines": 0,
+            "digest": "",
+            "dow_factor": 1.0,
+            "peak": "",
+            "recent": 0.0,
+        }
+    )
+    return pd.concat([out, add], ignore_index=True)
 
 
 def _variant(tag: str) -> str:

@@ -192,3 +192,12 @@ def test_rankings_are_stored_for_the_planner(tmp_path: Path) -> None:
     assert list(got["image"]) == [NODE]
     assert got.iloc[0]["reasons"].startswith("35 pulls/7d")
     assert latest_ranking(url, "us").empty
+
+
+def test_long_memory_keeps_old_images_below_recent_ones() -> None:
+    long_ago = pd.date_range("2024-02-01", "2024-02-10", freq="D")
+    frame = usage(daily(GO, "1.21", long_ago, 50) + daily(PY, "3.12", WEEKS[-7:], 1))
+    out = rank(frame, None, NOW).set_index("image")
+    assert out.loc[PY, "rank"] == 1
+    assert 0 < out.loc[GO, "score"] < 0.2 * out.loc[PY, "score"]
+    assert "long memory" in out.loc[GO, "reasons"]
