@@ -157,3 +157,29 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         yield box
     finally:
         box.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    """A real PostgreSQL server on 127.0.0.1 for the session (stopped by PID)."""
+    import tempfile
+
+    from warmer.sandbox.postgres import start_postgres
+
+    # Not under pytest's private (0700) temp root: the server may run as the postgres user.
+    root = Path(tempfile.mkdtemp(prefix="warmer-pg-"))
+    proc = start_postgres(root)
+    yield proc
+    proc.stop(grace=10)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(postgres_server: Proc, request: pytest.FixtureRequest) -> str:
+    """A fresh database on the session's PostgreSQL server."""
+    import re
+
+    from warmer.sandbox.postgres import create_database
+
+    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:50]
+    return create_database(postgres_server.url, name)

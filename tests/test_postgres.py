@@ -1,0 +1,59 @@
+"""The ledger and the analytics store on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from analytics import store
+from analytics.events import Event
+from warmer import db
+from warmer.ledger import Ledger
+from warmer.reference import parse
+
+
+def test_migrations_and_ledger_on_postgres(pg_url: str) -> None:
+    engine = db.engine_for(pg_url)
+    assert engine.dialect.name == "postgresql"
+    versions = db.migrate(engine)  # idempotent second time
+    assert versions["ledger"] >= 1 and versions["analytics"] >= 1
+    ledger = Ledger(pg_url)
+    now = datetime(2026, 1, 5, 3, 0, tzinfo=UTC)
+    items = [
+        {
+            "seq": i, "mirror": "eu", "instance": "", "tier": 1, "repository": "library/x",
+            "upstream_repository": "library/x", "kind": "blob", "digest": f"sha256:{i:064x}",
+            "size": 10 + i, "media_type": "", "image": "docker.io/library/x:1", "reference": "1",
+            "depends_on": "[]", "parent_cost": 20,
+        }
+        for i in range(3)
+    ]  # fmt: skip
+    run_id = ledger.create_run(
+        region="eu", items=items, images=["docker.io/library/x:1"], skipped=[], now=now,
+        deadline=None, owner="test",
+    )  # fmt: skip
+    got = ledger.items(run_id)
+    assert [i.seq for i in got] == [0, 1, 2]
+    ledger.update_item(got[0].id or 0, state="running")
+    assert ledger.reset_inflight(run_id) == 1
+    ledger.record_holding(
+        mirror="eu", instance="", repository="library/x", kind="blob", digest=got[1].digest,
+        size=11, now=now, ttl=timedelta(hours=1), run_id=run_id,
+    )  # fmt: skip
+    assert [h.digest for h in ledger.holdings(["eu"], now)] == [got[1].digest]
+    assert ledger.holdings(["eu"], now + timedelta(hours=2)) == []  # expired never counts
+    assert ledger.unfinished_run("eu") is not None
+
+
+def test_analytics_store_on_postgres(pg_url: str) -> None:
+    t = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
+    events = [
+        Event(t, parse("python:3.12"), None, "docker", "p1", "eu", True),
+        Event(t, parse("python:3.12"), None, "docker", "p2", "eu", False),
+        Event(t, parse("node:20"), None, "kubelet", None, "us", True),
+    ]
+    store.add_events(pg_url, events)
+    store.add_events(pg_url, events[:1])  # upserts add up on PostgreSQL too
+    frame = store.usage_frame(pg_url, region="eu")
+    row = frame[frame["image"] == "docker.io/library/python"].iloc[0]
+    assert int(row["pulls"]) == 3
+    assert int(row["present"]) == 1
