@@ -7,8 +7,10 @@ The usage frame is the store's aggregate (``analytics.store.usage_frame``): one 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 
 USAGE_COLUMNS = [
@@ -111,3 +113,150 @@ def usage_from_pulls(pulls: pd.DataFrame) -> pd.DataFrame:
         pipelines=("pipeline", lambda s: s[s != ""].nunique()),
     ).reset_index()
     return out[USAGE_COLUMNS]
+
+
+@dataclass
+class Features:
+    """Per (region, image, tag or pinned digest) key, from one pass over a usage frame.
+
+    ``info`` has one row per key: region, image, tag, pin (the digest of a digest-only
+    pull whose digest was never seen under a tag, else ""), digest (newest seen), last_seen,
+    digests (distinct digests seen), pipelines (distinct pipelines on the busiest of the
+    last 7 days, summed over sources). ``daily[k, a]`` is pulls ``a`` days before the target
+    day (column 0 unused), ``hourly[k, h]`` pulls by UTC hour over the lookback.
+    ``region_start`` is each region's first day; ``older`` aggregates tagged pulls before
+    the lookback per (region, image, tag): pulls and last day.
+    """
+
+    info: pd.DataFrame
+    daily: np.ndarray
+    hourly: np.ndarray
+    region_start: dict[str, pd.Timestamp]
+    older: pd.DataFrame
+
+
+def _codes(values: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=False)
+    cleaned = np.array(["" if u is None or u != u else str(u) for u in uniques], dtype=object)
+    return codes.astype(np.int64), cleaned
+
+
+def usage_features(
+    usage: pd.DataFrame, now: pd.Timestamp, target: pd.Timestamp, lookback: int, region: str | None
+) -> Features:
+    """Aggregate the usage rows before ``now`` into per-key arrays.
+
+    Written over integer codes and ``np.bincount`` instead of grouping the string columns:
+    ten million rows must rank in seconds, and each string column is factorised once.
+    """
+    missing = [c for c in USAGE_COLUMNS if c not in usage.columns]
+    if missing:
+        raise ValueError(f"usage frame lacks columns {missing}")
+    day = utc_naive_series(usage["day"]).dt.normalize().to_numpy(dtype="datetime64[ns]")
+    hour = usage["hour"].to_numpy(dtype=np.int64)
+    stamp = day.astype(np.int64) + hour * 3_600_000_000_000
+    keep = stamp < now.value
+    if region is not None:
+        keep &= (usage["region"] == region).to_numpy()
+    idx = np.flatnonzero(keep)
+    r, r_u = _codes(usage["region"].to_numpy()[idx])
+    i, i_u = _codes(usage["image"].to_numpy()[idx])
+    t, t_u = _codes(usage["tag"].to_numpy()[idx])
+    d, d_u = _codes(usage["digest"].to_numpy()[idx])
+    s, _ = _codes(usage["source"].to_numpy()[idx])
+    pulls = usage["pulls"].to_numpy(dtype=np.float64)[idx]
+    pipes = usage["pipelines"].to_numpy(dtype=np.int64)[idx]
+    stamp, day, hour = stamp[idx], day[idx].astype(np.int64), hour[idx]
+    age = (target.value - day) // 86_400_000_000_000
+
+    region_start = {}
+    if len(r):
+        first = pd.Series(day).groupby(r).min()
+        region_start = {r_u[k]: pd.Timestamp(v) for k, v in first.items()}
+
+    # Key of four codes, then the small table of distinct keys.
+    k4, k4_u = pd.factorize(((r * len(i_u) + i) * len(t_u) + t) * len(d_u) + d)
+    u4 = np.asarray(k4_u, dtype=np.int64)
+    u_d = u4 % len(d_u) if len(d_u) else u4
+    rest = u4 // max(len(d_u), 1)
+    u_t = rest % max(len(t_u), 1)
+    rest //= max(len(t_u), 1)
+    u_i = rest % max(len(i_u), 1)
+    u_r = rest // max(len(i_u), 1)
+    tags = t_u[u_t] if len(u4) else np.array([], dtype=object)
+    digs = d_u[u_d] if len(u4) else np.array([], dtype=object)
+    images = i_u[u_i] if len(u4) else np.array([], dtype=object)
+    # A digest-only pull of a digest seen under a tag counts for that tag (tag moves).
+    known = {(im, dg): tg for im, tg, dg in zip(images, tags, digs, strict=True) if tg and dg}
+    tags = np.array(
+        [tg or known.get((im, dg), "") for im, tg, dg in zip(images, tags, digs, strict=True)],
+        dtype=object,
+    )
+    pins = np.where(tags == "", digs, "")
+    table = pd.DataFrame(
+        {"region": r_u[u_r] if len(u4) else [], "image": images, "tag": tags, "pin": pins}
+    )
+    k3_of_k4 = table.groupby(["region", "image", "tag", "pin"], sort=False).ngroup().to_numpy()
+    keys = table.drop_duplicates().reset_index(drop=True) if len(table) else table
+    k3 = k3_of_k4[k4] if len(k4) else np.zeros(0, np.int64)
+    n = int(k3_of_k4.max()) + 1 if len(k3_of_k4) else 0
+
+    recent = (age >= 1) & (age <= lookback)
+    width = lookback + 1
+    daily = np.bincount(
+        k3[recent] * width + age[recent], weights=pulls[recent], minlength=n * width
+    )
+    daily = daily.reshape(n, width)
+    hourly = np.bincount(k3[recent] * 24 + hour[recent], weights=pulls[recent], minlength=n * 24)
+    hourly = hourly.reshape(n, 24)
+
+    # Newest digest and last time per key, over the lookback.
+    last4 = pd.Series(stamp[recent]).groupby(k4[recent]).max()
+    per4 = pd.DataFrame(
+        {"k3": k3_of_k4[last4.index], "t": last4.to_numpy(), "digest": digs[last4.index]}
+    )
+    newest = per4.sort_values("t").drop_duplicates("k3", keep="last").set_index("k3")
+    info = keys.copy()
+    info["digest"] = newest["digest"].reindex(range(n)).fillna("").to_numpy()
+    info["last_seen"] = pd.to_datetime(newest["t"].reindex(range(n)).to_numpy())
+    named = per4[per4["digest"] != ""]
+    info["digests"] = (
+        named.groupby("k3")["digest"].nunique().reindex(range(n), fill_value=0).to_numpy()
+    )
+
+    week = (age >= 1) & (age <= 7)
+    combo = (k3[week] * 8 + age[week]) * (int(s.max()) + 1 if len(s) else 1) + s[week]
+    per_source = pd.Series(pipes[week]).groupby(combo).max()
+    n_src = int(s.max()) + 1 if len(s) else 1
+    per_day = per_source.groupby(per_source.index // n_src).sum()
+    best = per_day.groupby(per_day.index // 8).max()
+    info["pipelines"] = best.reindex(range(n), fill_value=0).to_numpy().astype(np.int64)
+
+    # Keys that had pulls only before the lookback (tagged ones): long memory.
+    old = (age > lookback) & (tags[k4] != "") if len(k4) else np.zeros(0, bool)
+    older = pd.DataFrame(
+        {
+            "region": keys["region"].to_numpy()[k3[old]] if n else [],
+            "image": keys["image"].to_numpy()[k3[old]] if n else [],
+            "tag": keys["tag"].to_numpy()[k3[old]] if n else [],
+            "k3": k3[old],
+            "pulls": pulls[old],
+            "day": day[old],
+        }
+    )
+    if len(older):
+        agg = older.groupby("k3").agg(pulls=("pulls", "sum"), last=("day", "max"))
+        agg = agg[daily[agg.index].sum(axis=1) == 0]
+        older = keys.loc[agg.index, ["region", "image", "tag"]].assign(
+            pulls=agg["pulls"].to_numpy(), last=pd.to_datetime(agg["last"].to_numpy())
+        )
+    else:
+        older = pd.DataFrame(columns=["region", "image", "tag", "pulls", "last"])
+    active = daily.sum(axis=1) > 0
+    return Features(
+        info[active].reset_index(drop=True),
+        daily[active],
+        hourly[active],
+        region_start,
+        older.reset_index(drop=True),
+    )

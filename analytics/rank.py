@@ -28,7 +28,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from analytics.frames import normalise_static, normalise_usage, static_at, utc_naive
+from analytics.frames import normalise_static, static_at, usage_features, utc_naive
 
 DAY = pd.Timedelta(days=1)
 _DOW = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
@@ -63,56 +63,6 @@ class RankParams:
 def target_day(now: pd.Timestamp) -> pd.Timestamp:
     """The next whole UTC day: ``now`` itself at midnight, else the following midnight."""
     return (now - pd.Timedelta(1, "ns")).normalize() + DAY
-
-
-def _fold_digests(u: pd.DataFrame) -> pd.DataFrame:
-    """Digest-only rows whose digest was seen under a tag count for that tag."""
-    both = u[(u["tag"] != "") & (u["digest"] != "")]
-    if both.empty or not (u["tag"] == "").any():
-        return u
-    last = both.sort_values(["day", "hour"]).drop_duplicates(["image", "digest"], keep="last")
-    known = dict(zip(zip(last["image"], last["digest"], strict=True), last["tag"], strict=True))
-    bare = u["tag"] == ""
-    mapped = [
-        known.get(k, "") for k in zip(u.loc[bare, "image"], u.loc[bare, "digest"], strict=True)
-    ]
-    u = u.copy()
-    u.loc[bare, "tag"] = mapped
-    return u
-
-
-def _features(
-    u: pd.DataFrame, target: pd.Timestamp, p: RankParams
-) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Per key: daily pulls by age (1 = yesterday) and pulls by hour."""
-    u = u.assign(pin=np.where(u["tag"] == "", u["digest"], ""))
-    keys = ["region", "image", "tag", "pin"]
-    for c in keys:
-        u[c] = u[c].astype("category")
-    age = ((target - u["day"]) // DAY).astype("int64").to_numpy()
-    g = u.groupby(keys, observed=True, sort=False)
-    kid = g.ngroup().to_numpy()
-    n = int(kid.max()) + 1 if len(kid) else 0
-    pulls = u["pulls"].to_numpy(dtype=np.float64)
-    daily = np.zeros((n, p.lookback_days + 1))
-    np.add.at(daily, (kid, np.clip(age, 0, p.lookback_days)), pulls)
-    hourly = np.zeros((n, 24))
-    np.add.at(hourly, (kid, u["hour"].to_numpy(dtype=np.int64) % 24), pulls)
-    stamp = u["day"] + pd.to_timedelta(u["hour"], unit="h")
-    u = u.assign(_k=kid, _t=stamp)
-    latest = u.sort_values("_t").drop_duplicates("_k", keep="last").set_index("_k").sort_index()
-    info = latest[[*keys, "_t", "digest"]].rename(columns={"_t": "last_seen"})
-    for c in keys:
-        info[c] = info[c].astype(str)
-    recent = u[age <= 7]
-    per_day = recent.groupby(["_k", "day", "source"], observed=True)["pipelines"].max()
-    pipes = per_day.groupby(level=[0, 1]).sum().groupby(level=0).max()
-    info["pipelines"] = pipes.reindex(info.index, fill_value=0).astype("int64")
-    info["digests"] = (
-        u[u["digest"] != ""].groupby("_k")["digest"].nunique().reindex(info.index, fill_value=0)
-    )
-    info["first_seen"] = u.groupby("_k")["_t"].min().reindex(info.index)
-    return info.reset_index(drop=True), daily, hourly
 
 
 def _day_estimates(
@@ -196,23 +146,10 @@ def rank(
     w_start, w_end = (
         (utc_naive(window[0]), utc_naive(window[1])) if window else (target, target + DAY)
     )
-    u = normalise_usage(usage)
-    if region is not None:
-        u = u[u["region"] == region]
-    u = u[(u["day"] + pd.to_timedelta(u["hour"], unit="h")) < now_ts]
-    region_start = u.groupby("region")["day"].min()
-    older = u[(u["day"] < target - p.lookback_days * DAY) & (u["tag"] != "")]
-    u = u[u["day"] >= target - p.lookback_days * DAY]
-    u = _fold_digests(u)
+    feats = usage_features(usage, now_ts, target, p.lookback_days, region)
+    info, daily, hourly, region_start = feats.info, feats.daily, feats.hourly, feats.region_start
     st = static_at(normalise_static(static), now_ts)
-    regions = sorted(set(u["region"])) if region is None else [region]
-    if u.empty:
-        info = pd.DataFrame(
-            columns=["region", "image", "tag", "pin", "last_seen", "digest", "pipelines"]
-        )
-        daily, hourly = np.zeros((0, p.lookback_days + 1)), np.zeros((0, 24))
-    else:
-        info, daily, hourly = _features(u, target, p)
+    regions = sorted(region_start) if region is None else [region]
     ages = np.arange(daily.shape[1])
     first_valid = np.array(
         [((target - region_start[r]) // DAY) for r in info["region"]], dtype=np.int64
@@ -255,7 +192,8 @@ def rank(
     out["peak"] = [_peak(row) for row in profile]
     out["reasons_extra"] = ""
     out = _static_adjust(out, st, regions, now_ts, w_start, w_end, p)
-    out = _long_memory(out, older, target, p)
+    span = (target - min(region_start.values())) / DAY if region_start else 1.0
+    out = _long_memory(out, feats.older, span, p)
     return _finish(out, st, target, now_ts, p)
 
 
@@ -326,17 +264,12 @@ def _static_adjust(
     return out
 
 
-def _long_memory(
-    out: pd.DataFrame, older: pd.DataFrame, target: pd.Timestamp, p: RankParams
-) -> pd.DataFrame:
+def _long_memory(out: pd.DataFrame, old: pd.DataFrame, span: float, p: RankParams) -> pd.DataFrame:
     """Images pulled only before the lookback keep a tiny score (``long_memory`` of their
     old daily rate): they rank below everything seen recently and fill spare budget."""
-    if older.empty:
+    if old.empty:
         return out
-    span = max(1.0, (target - older["day"].min()) / DAY)
-    old = older.groupby(["region", "image", "tag"], as_index=False).agg(
-        pulls=("pulls", "sum"), last=("day", "max")
-    )
+    span = max(1.0, span)
     have = set(zip(out["region"], out["image"], out["tag"], strict=True))
     old = old[[k not in have for k in zip(old["region"], old["image"], old["tag"], strict=True)]]
     if old.empty:
