@@ -91,14 +91,19 @@ def _runs(w: Workload, noise: int) -> dict[tuple[str, str, str, str], list[Run]]
     return out
 
 
-def write_logs(w: Workload, out: Path, noise: int = 12) -> Written:
+def write_logs(w: Workload, out: Path, noise: int = 12, gzip_every: int = 3) -> Written:
+    """Write every run's log text; timed formats gzipped every ``gzip_every`` days (0: never)."""
     stats = Written()
     start_day = pd.Timestamp(w.params.start).tz_convert("UTC").tz_localize(None)
     for (region, source, day, key), runs in sorted(_runs(w, noise).items()):
         runs.sort(key=lambda r: r.t)
         folder = out / "logs" / region / source / day
         folder.mkdir(parents=True, exist_ok=True)
-        gz = source not in UNTIMED and (pd.Timestamp(day) - start_day).days % 3 == 2
+        gz = (
+            gzip_every > 0
+            and source not in UNTIMED
+            and (pd.Timestamp(day) - start_day).days % gzip_every == gzip_every - 1
+        )
         path = folder / (key + (".log.gz" if gz else ".log"))
         writer = WRITERS[source]
         text = "\n".join(line for run in runs for line in writer(run)) + "\n"
