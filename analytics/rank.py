@@ -237,9 +237,9 @@ def _static_adjust(
                 continue
             age = now - newest[(image, tag)]
             fade = 0.5 ** ((age / DAY) / p.prior_half_life_days)
-            prior = prior_rate * n * fade
-            if prior < 1e-3:
-                continue
+            # An old reference never pulled here keeps a floor: below anything pulled,
+            # it only fills spare budget.
+            prior = max(prior_rate * n * fade, 1e-4 * n)
             extra.append(
                 {
                     "region": reg,
