@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
+from pathlib import Path
 from typing import ClassVar
 
 import pandas as pd
@@ -11,6 +13,7 @@ import pytest
 from analytics.backtest import Sizes, backtest, choose, margins, score_day, summarise
 from analytics.frames import usage_from_pulls
 from analytics.generate.workload import Params, generate
+from analytics.rankings import latest_ranking
 
 MB = 1_000_000
 
@@ -107,3 +110,40 @@ def test_day_kinds_are_reported(small_history: tuple[pd.DataFrame, pd.DataFrame]
     _, summary = small_history
     kinds = set(summary["kind"])
     assert {"all", "weekday", "weekend", "after_weekend", "release", "tag_move"} <= kinds
+
+
+def test_cli_generate_ingest_rank_backtest(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from warmer.cli.main import cli
+
+    runner = CliRunner()
+    out, url = tmp_path / "gen", f"sqlite:///{tmp_path / 'w.db'}"
+    args = ["generate", "--out", str(out), "--weeks", "2", "--seed", "4", "--pipelines", "4"]
+    done = runner.invoke(cli, [*args, "--noise", "1", "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output)["pulls"] > 100
+    assert (out / "catalogue.json").is_file() and (out / "labels.json").is_file()
+    rules = ["--rule", "path:*/logs/eu/*=eu", "--rule", "path:*/logs/us/*=us"]
+    done = runner.invoke(cli, ["ingest", str(out / "logs"), "--db", url, *rules])
+    assert done.exit_code == 0, done.output
+    at = ["--at", "2024-03-14T00:00Z", "--db", url]
+    done = runner.invoke(cli, ["rank", "--region", "eu", "--top", "3", "--json", *at])
+    assert done.exit_code == 0, done.output
+    rows = [json.loads(line) for line in done.output.splitlines()]
+    assert [r["rank"] for r in rows] == [1, 2, 3] and rows[0]["reasons"]
+    assert list(latest_ranking(url, "eu")["rank"][:3]) == [1, 2, 3]
+    cat = ["--catalogue", str(out / "catalogue.json"), "--db", url]
+    done = runner.invoke(cli, ["backtest", "--region", "eu", "--budget", "1GiB", "--json", *cat])
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.output)
+    assert {r["strategy"] for r in result["rates"]} == {
+        "model",
+        "yesterday",
+        "frequency",
+        "static",
+        "oracle",
+    }
+    bad = runner.invoke(cli, ["backtest", "--region", "eu", "--budget", "lots", "--db", url])
+    assert bad.exit_code == 2
+    assert "--budget" in bad.output and "Traceback" not in bad.output
