@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 
 class TokenBucket:
@@ -24,12 +24,14 @@ class TokenBucket:
         rate: float,
         burst: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.rate = float(rate)
         self.burst = float(burst if burst is not None else rate / 4)
         self._clock = clock
+        self._sleep = sleep  # injectable with the clock, so tests run on a fake time line
         self._tokens = self.burst
         self._stamp = clock()
         self._lock = asyncio.Lock()
@@ -44,7 +46,9 @@ class TokenBucket:
         """Seconds until ``take(n)`` would be admitted (0 when now)."""
         self._refill()
         need = min(n, self.burst) - self._tokens
-        return max(0.0, need / self.rate)
+        # Below a millionth of a byte it is float rounding: waiting for it could spin forever
+        # when the clock's resolution cannot represent the delay.
+        return need / self.rate if need > 1e-6 else 0.0
 
     async def take(self, n: float) -> None:
         """Charge ``n`` tokens, waiting (in arrival order) until the bucket can pay."""
@@ -55,7 +59,7 @@ class TokenBucket:
                 delay = self.wait_time(n)
                 if delay <= 0:
                     break
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
             self._tokens -= n
             self.taken += int(n)
 

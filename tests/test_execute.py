@@ -1,0 +1,99 @@
+"""Executor edge cases against real registries: dependencies, deadlines, 429s, Retry-After."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from test_warm import RegistryFactory, Topo, topo  # noqa: F401 (topo is a fixture)
+
+from warmer import warm
+from warmer.config import Config, load
+from warmer.ledger import Ledger, utcnow
+
+
+def start(t: Topo, region: str, images: list[str]) -> tuple[Config, Ledger, int]:
+    """Plan and record a run (nothing fetched but manifests through the top tier)."""
+    cfg, ledger = load(t.config_path), t.ledger()
+    wants = warm.wants_from_args(images)
+    prepared = asyncio.run(warm.prepare(cfg, ledger, region, wants, now=utcnow()))
+    assert prepared.plan.items and not prepared.unresolved
+    return cfg, ledger, warm.start_run(ledger, prepared, utcnow(), None)
+
+
+def test_failed_parent_skips_child(topo: Topo) -> None:  # noqa: F811
+    cfg, ledger, run_id = start(topo, "eu", ["redis:7.4"])
+    layer = topo.box.catalogue.tag("library/redis", "7.4").image().layers[0]
+    topo.front.add_fault("status", f"/blobs/{layer.digest}", count=100, status=404)
+    stats = asyncio.run(warm.execute(cfg, ledger, run_id, deadline=None, settle=0))
+    items = ledger.items(run_id)
+    parent = next(i for i in items if i.mirror == "central" and i.digest == layer.digest)
+    child = next(i for i in items if i.mirror == "eu" and i.digest == layer.digest)
+    assert parent.state == "failed" and "not found" in parent.reason
+    assert child.state == "skipped" and f"parent item {parent.seq}" in child.reason
+    assert stats.failed == 1 and stats.skipped == 1 and stats.done == len(items) - 2
+    assert ledger.run(run_id).state == "failed"
+
+
+def test_parent_pending_at_deadline_keeps_child_pending(topo: Topo) -> None:  # noqa: F811
+    cfg, ledger, run_id = start(topo, "eu", ["alpine:3.20"])
+    past = utcnow() - timedelta(seconds=1)
+    stats = asyncio.run(warm.execute(cfg, ledger, run_id, deadline=past, settle=0))
+    items = ledger.items(run_id)
+    assert stats.pending == len(items) and stats.deadline_hit
+    assert all(i.state == "pending" and i.attempts == 0 for i in items)
+    assert {i.reason for i in items if i.mirror == "central"} == {"window ended before it started"}
+    assert all(i.reason.startswith("waits for item") for i in items if i.mirror == "eu")
+    assert ledger.run(run_id).state == "aborted"
+    assert ledger.unfinished_run("eu") is not None
+    # Resumed without a deadline, everything completes.
+    stats = asyncio.run(warm.execute(cfg, ledger, run_id, deadline=None, settle=0))
+    assert stats.done == len(items) and ledger.run(run_id).state == "done"
+
+
+def test_429_through_mirror_is_failed_with_clear_reason(
+    topo: Topo,  # noqa: F811
+    registry_factory: RegistryFactory,
+) -> None:
+    _, ledger, run_id = start(topo, "eu", ["nginx:1.27"])
+    # The central mirror lost its cache, and the upstream's limit is spent meanwhile.
+    cold = registry_factory("central-cold", parent_url=topo.box.front_url)
+    try:
+        topo.mirrors["central"]["url"] = cold.url
+        topo.write()
+        cfg = load(topo.config_path)
+        topo.front.configure(ratelimit_limit=0, ratelimit_reset=True)
+        reserve = warm.rate_reserve(cfg, "eu", warm.wants_from_args(["nginx:1.27"])[0])
+        assert reserve is not None
+
+        async def go() -> None:
+            try:
+                await warm.execute(cfg, ledger, run_id, deadline=None, reserve=reserve, settle=0)
+            finally:
+                assert reserve.client is not None
+                await reserve.client.aclose()
+
+        asyncio.run(go())
+    finally:
+        cold.stop()
+    assert topo.front.stats()["throttled"] > 0
+    items = ledger.items(run_id)
+    top = next(i for i in items if i.mirror == "central" and i.kind == "manifest")
+    # distribution 2.8 answers HTTP 500 for its upstream's 429; the reason says what it was.
+    assert top.state == "failed" and "upstream rate limit spent" in top.reason
+    assert "HTTP 500" in top.reason
+    assert ledger.run(run_id).state == "failed"
+
+
+def test_retry_after_is_honoured(topo: Topo) -> None:  # noqa: F811
+    # The front itself as the mirror: its 429 (with Retry-After) reaches the client as is.
+    topo.mirrors = {"hub": {"url": topo.box.front_url, "parent": "dockerhub"}}
+    topo.regions = {"hq": ["hub"]}
+    topo.write()
+    cfg, ledger, run_id = start(topo, "hq", ["alpine:3.19"])
+    topo.front.configure(ratelimit_limit=1, ratelimit_window=1, ratelimit_reset=True)
+    stats = asyncio.run(warm.execute(cfg, ledger, run_id, deadline=None, settle=0))
+    assert topo.front.stats()["throttled"] >= 1
+    items = ledger.items(run_id)
+    assert stats.done == len(items) and stats.failed == 0
+    assert max(i.attempts for i in items if i.kind == "manifest") >= 2
