@@ -10,11 +10,16 @@ from typing import Any
 import click
 import pandas as pd
 
-from warmer import db
 from warmer.cli.common import CONTEXT_SETTINGS, BadInput, emit_json, json_option
+from warmer.cli.config import database_url
 from warmer.units import UnitError, parse_size
 
-_db = click.option("--db", "db_url", default=None, help=f"Database URL (default {db.DEFAULT_URL}).")
+_db = click.option(
+    "--db",
+    "db_url",
+    default=None,
+    help="Database URL (default: the config's [database] url, else warmer.db).",
+)
 
 
 def _time(value: str | None, option: str) -> datetime:
@@ -42,7 +47,9 @@ def _time(value: str | None, option: str) -> datetime:
     "--half-life", default=3.0, show_default=True, type=click.FloatRange(min=0.1), help="Days."
 )
 @click.option("--no-store", is_flag=True, help="Do not record the ranking for the planner.")
+@click.pass_context
 def rank_command(
+    ctx: click.Context,
     region: str,
     top: int,
     as_json: bool,
@@ -62,7 +69,7 @@ def rank_command(
     from analytics.rank import RankParams, rank
     from analytics.rankings import save_ranking
 
-    url = db_url or db.DEFAULT_URL
+    url = database_url(ctx, db_url)
     now = _time(at, "--at")
     win: tuple[datetime, datetime] | None = None
     if window:
@@ -115,8 +122,15 @@ def _budget(value: str) -> int:
     help="catalogue.json with image layers (from `warmer generate`); else a default size.",
 )
 @click.option("--warmup", default=7, show_default=True, type=click.IntRange(min=1), help="Days.")
+@click.pass_context
 def backtest_command(
-    region: str, budget: str, as_json: bool, db_url: str | None, catalogue: Path | None, warmup: int
+    ctx: click.Context,
+    region: str,
+    budget: str,
+    as_json: bool,
+    db_url: str | None,
+    catalogue: Path | None,
+    warmup: int,
 ) -> None:
     """Rolling-origin backtest: model vs yesterday, frequency, static and the oracle.
 
@@ -129,7 +143,7 @@ def backtest_command(
     from analytics.generate.catalogue import Catalogue
     from analytics.generate.write import load_labels
 
-    url = db_url or db.DEFAULT_URL
+    url = database_url(ctx, db_url)
     limit = _budget(budget)
     layers = labels = None
     if catalogue is not None:

@@ -13,6 +13,7 @@ from warmer.cli.common import CONTEXT_SETTINGS, Usage, configure_logging
 # Command name -> the module under warmer.cli that defines it (in ``commands``). Modules are
 # imported only when their command runs, so `warmer ref` does not pay for pandas.
 COMMANDS: dict[str, str] = {
+    "demo": "warmer.cli.demo",
     "ref": "warmer.cli.ref",
     "inspect": "warmer.cli.inspect",
     "sandbox": "warmer.cli.sandbox",

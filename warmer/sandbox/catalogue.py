@@ -359,3 +359,38 @@ def moved(catalogue: Catalogue, repository: str, tag: str, generation: int = 1) 
             )
         )
     return Tag(repository, tag, tuple(images), index=old.index)
+
+
+def from_workload(
+    images: dict[str, Any], at: datetime, scale: float = 0.01, registry: str = "docker.io"
+) -> Catalogue:
+    """A catalogue holding the images of a generated workload (``catalogue.json``'s
+    ``images``), as they were at ``at``: same names, same layer sharing, sizes x ``scale``.
+
+    Only ``registry`` images are kept (the sandbox has one upstream). Layer bytes are drawn
+    from the workload's layer names, so layers shared between images stay shared.
+    """
+    tags: list[Tag] = []
+    for ref, entry in sorted(images.items()):
+        if not ref.startswith(registry + "/"):
+            continue
+        name, _, tag = ref[len(registry) + 1 :].rpartition(":")
+        versions = [v for v in entry["versions"] if datetime.fromisoformat(v["valid_from"]) <= at]
+        if not name or not versions:
+            continue
+        version = versions[-1]
+        layers = tuple(
+            Layer(f"workload/{digest}", max(MIN_LAYER, int(size * scale)))
+            for digest, size in version["layers"]
+        )
+        created = datetime.fromisoformat(version["valid_from"])
+        image = Image(
+            repository=name,
+            platform="linux/amd64",
+            layers=layers,
+            history=tuple(f"layer {i}" for i in range(len(layers))),
+            created=created,
+            cmd=(name.rsplit("/", 1)[-1],),
+        )
+        tags.append(Tag(name, tag, (image,)))
+    return Catalogue(seed=0, scale=scale, tags=tuple(tags))

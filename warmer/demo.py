@@ -1,0 +1,242 @@
+"""``warmer demo``: the whole story on a local sandbox, by running the real commands.
+
+Each step prints the ``warmer`` command it runs, so the demo doubles as a tutorial:
+sandbox up (real registries, seeded) -> generate weeks of CI logs and repositories ->
+ingest -> static references -> rank per region -> backtest -> plan -> warm both regions
+through central -> prove with skopeo, the upstream unreachable, that a regional mirror
+serves what was warmed -> status -> sandbox down. The database is left in the demo
+directory for the notebooks.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from warmer.sandbox.front import FrontControl
+from warmer.sandbox.topology import Sandbox
+from warmer.units import format_size
+
+REGIONS = ("eu", "us")
+
+
+class DemoError(RuntimeError):
+    """A demo step failed; the message names the step and shows its output."""
+
+
+@dataclass
+class Demo:
+    directory: Path
+    scale: float = 0.05
+    workload_scale: float = 0.02
+    weeks: int = 3
+    top: int = 12
+    budget: str = "1GiB"
+    keep: bool = False
+    echo: Any = print
+    results: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "warmer.toml"
+
+    def warmer(self, *args: str, json_out: bool = False, ok: tuple[int, ...] = (0,)) -> Any:
+        argv = [sys.executable, "-m", "warmer.cli.main"]
+        if self.config.exists():
+            argv += ["--config", str(self.config)]
+        argv += list(args)
+        shown = "warmer " + " ".join(shlex.quote(a) for a in args)
+        self.echo(f"\n$ {shown}")
+        t0 = time.monotonic()
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+        self.timings[shown] = time.monotonic() - t0
+        if proc.returncode not in ok:
+            raise DemoError(
+                f"`{shown}` exited {proc.returncode}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+            )
+        if json_out:
+            lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
+            return [json.loads(ln) for ln in lines]
+        out = proc.stdout.rstrip()
+        if out:
+            self.echo("\n".join(out.splitlines()[:25]))
+        return out
+
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        old = Sandbox.load(self.directory)
+        if old is not None:
+            old.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.directory.mkdir(parents=True)
+        self.warmer(
+            "sandbox", "up", "--dir", str(self.directory), "--scale", str(self.scale),
+            "--latency", "25", "--bandwidth", "40MB/s",
+        )  # fmt: skip
+        box = Sandbox.load(self.directory)
+        assert box is not None
+        try:
+            self._story(box)
+        finally:
+            if not self.keep:
+                self.warmer("sandbox", "down", "--dir", str(self.directory))
+        self.results["seconds"] = round(time.monotonic() - started, 1)
+        return self.results
+
+    def _story(self, box: Sandbox) -> None:
+        ci = self.directory / "ci"
+        self.warmer("generate", "--out", str(ci), "--weeks", str(self.weeks), "--seed", "1")
+        at = self._history_end(ci)
+        self._seed_workload_images(box, ci, at)
+        rules = [f"--rule=path:*/logs/{r}/*={r}" for r in REGIONS]
+        ingest = self.warmer("ingest", str(ci / "logs"), *rules, "--json", json_out=True)
+        self.results["ingest"] = ingest[-1] if ingest else {}
+        self.warmer("refs", str(ci / "repos"))
+        rankings: dict[str, list[dict[str, Any]]] = {}
+        for region in REGIONS:
+            rows = self.warmer(
+                "rank", "--region", region, "--at", at, "--top", str(self.top), "--json",
+                json_out=True,
+            )  # fmt: skip
+            rankings[region] = rows
+        self.results["rankings"] = rankings
+        bt = self.warmer(
+            "backtest", "--region", "eu", "--budget", "2GiB", "--catalogue",
+            str(ci / "catalogue.json"), "--json", json_out=True, ok=(0, 1),
+        )  # fmt: skip
+        self.results["backtest"] = bt[-1] if bt else {}
+        front = FrontControl(box.front_url)
+        front.reset()
+        self.warmer("plan", "--region", "eu", "--top", str(self.top), "--budget", self.budget)
+        runs = {}
+        for region in REGIONS:
+            out = self.warmer(
+                "run", "--region", region, "--top", str(self.top), "--budget", self.budget,
+                "--json", json_out=True, ok=(0, 1),
+            )  # fmt: skip
+            runs[region] = out[-1] if out else {}
+        self.results["runs"] = runs
+        self.results["wan"] = front.stats()
+        self._proof(box, front, runs)
+        self.warmer("status")
+
+    def _seed_workload_images(self, box: Sandbox, ci: Path, at: str) -> None:
+        """Push the docker.io images the generated workload uses, as they were at ``at``."""
+        from datetime import datetime
+
+        from warmer.sandbox.catalogue import from_workload
+        from warmer.sandbox.seed import run_sync, seed
+
+        images = json.loads((ci / "catalogue.json").read_text())["images"]
+        cat = from_workload(images, datetime.fromisoformat(at), scale=self.workload_scale)
+        report = run_sync(seed(box.upstream_url, cat))
+        self.echo(
+            f"\n(seeded the upstream with the {len(cat.tags)} docker.io images the workload "
+            f"pulls, at {self.workload_scale:g} of their real size: "
+            f"{format_size(report.bytes_pushed)})"
+        )
+
+    def _history_end(self, ci: Path) -> str:
+        meta = ci / "meta.json"
+        if meta.exists():
+            data = json.loads(meta.read_text())
+            for key in ("end", "until", "history_end"):
+                if key in data:
+                    return str(data[key])
+            if "start" in data and "weeks" in data:
+                from datetime import datetime
+
+                start = datetime.fromisoformat(str(data["start"]))
+                return (start + timedelta(weeks=int(data["weeks"]))).isoformat()
+        from analytics.generate.workload import Params
+
+        return (Params().start + timedelta(weeks=self.weeks)).isoformat()
+
+    def _proof(self, box: Sandbox, front: FrontControl, runs: dict[str, Any]) -> None:
+        """skopeo pulls a warmed image from a regional mirror while the upstream answers 503."""
+        from warmer.config import load
+        from warmer.ledger import Ledger
+
+        cfg = load(self.config)
+        ledger = Ledger(cfg.database.url)
+        run_id = runs.get("eu", {}).get("run")
+        images = json.loads(ledger.run(run_id).images) if run_id and ledger.run(run_id) else []
+        if not images:
+            self.results["proof"] = {"ok": False, "why": "nothing was warmed in eu"}
+            return
+        image = images[0]
+        repo_tag = image.split("/", 1)[1]
+        front.add_fault("status", match="/v2/", count=100_000, status=503)
+        dest = self.directory / "proof"
+        host = box.eu_url.split("://", 1)[1]
+        cmd = ["skopeo", "copy", "--quiet", "--src-tls-verify=false",
+               f"docker://{host}/{repo_tag}", f"dir:{dest}"]  # fmt: skip
+        self.echo(f"\n$ {' '.join(cmd)}    # upstream down (503 for everything)")
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        front.clear_faults()
+        ok = proc.returncode == 0
+        digests: list[str] = []
+        if ok:
+            manifest = json.loads((dest / "manifest.json").read_text())
+            digests = [manifest["config"]["digest"]] + [x["digest"] for x in manifest["layers"]]
+            shutil.rmtree(dest, ignore_errors=True)
+        self.results["proof"] = {
+            "image": image,
+            "ok": ok,
+            "blobs": len(digests),
+            "error": proc.stderr.strip()[-300:] if not ok else "",
+        }
+
+
+def summary(results: dict[str, Any]) -> str:
+    """What a person wants to read at the end."""
+    lines = ["", "=== summary ==="]
+    ing = results.get("ingest", {})
+    if ing:
+        lines.append(
+            f"ingested {ing.get('events', '?')} image uses from {ing.get('files', '?')} log files "
+            f"({ing.get('skipped_lines', ing.get('skipped', 0))} lines skipped)"
+        )
+    for region, rows in results.get("rankings", {}).items():
+        lines.append(f"predicted for {region} (top {len(rows)}):")
+        for row in rows[:5]:
+            lines.append(
+                f"  {row.get('rank', '?'):>2}. {row.get('image')}:{row.get('tag')}  "
+                f"{float(row.get('score', 0)):.1f} pulls/day  - {row.get('reasons', '')}"
+            )
+    bt = results.get("backtest", {})
+    if bt:
+        lines.append(f"backtest (eu): {json.dumps(bt)[:300]}")
+    for region, run in results.get("runs", {}).items():
+        by_mirror = run.get("bytes_by_mirror", {})
+        lines.append(
+            f"warm {region}: {run.get('done', 0)} items done, {run.get('failed', 0)} failed, "
+            f"{run.get('skipped', 0)} skipped in {run.get('seconds', 0)}s; "
+            + ", ".join(f"{m} {format_size(b)}" for m, b in sorted(by_mirror.items()))
+        )
+    wan = results.get("wan", {})
+    if wan:
+        gets = wan.get("requests", {}).get("manifest", {}).get("GET", 0)
+        lines.append(
+            f"WAN (upstream front): {format_size(wan.get('bytes_served', 0))} in "
+            f"{wan.get('total_requests', 0)} requests; {gets} counted manifest GETs"
+        )
+    proof = results.get("proof", {})
+    if proof:
+        why = proof.get("error") or proof.get("why")
+        verdict = "served" if proof.get("ok") else f"FAILED: {why}"
+        lines.append(
+            f"proof: skopeo pulled {proof.get('image')} from the eu mirror with the upstream "
+            f"down: {verdict} ({proof.get('blobs', 0)} blobs)"
+        )
+    lines.append(f"total {results.get('seconds', '?')}s")
+    return "\n".join(lines)
