@@ -1,0 +1,314 @@
+"""Warm benchmark: the warmer against the usual pull loops, on the sandbox's real registries.
+
+    .venv/bin/python bench/warm.py [--scale 1.0] [--cap 40MB/s] [--rtt-ms 50] [--quick]
+
+One upstream behind the WAN front (added round trip, one aggregate bandwidth cap); for each
+scenario a fresh central mirror proxying the front and fresh ``eu``/``us`` mirrors proxying
+central. Every tag of the seeded catalogue is warmed into both regional mirrors:
+
+* ``warmer``: one `warmer run` over both regions' chains (central once, then eu and us);
+* ``loop``: per region, `skopeo copy docker://MIRROR/IMAGE dir:TMP` for one image after the
+  other (the `for image in $(cat images.txt); do docker pull $image; done` script), the two
+  regions side by side;
+* ``burst``: the same copies, all started at once.
+
+Then, on loopback without cap or latency, the warmer's throughput against the sequential
+skopeo loop on one region. Prints one JSON object; the targets of issue 3 are checked
+against the baseline scenarios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from warmer.sandbox.catalogue import Catalogue  # noqa: E402
+from warmer.sandbox.front import FrontControl, window_rates  # noqa: E402
+from warmer.sandbox.procs import Proc, start_registry  # noqa: E402
+from warmer.sandbox.topology import Sandbox  # noqa: E402
+from warmer.units import parse_rate  # noqa: E402
+
+WARMER = str(Path(sys.executable).with_name("warmer"))
+SKOPEO_FAILURES: list[str] = []
+
+
+def mirror_minimum(cat: Catalogue, refs: list[tuple[str, str]], platform: str) -> dict[str, int]:
+    """WAN bytes distribution 2.8 forces: 2 x distinct (repository, blob) pairs (+ manifests)."""
+    pairs: dict[tuple[str, str], int] = {}
+    manifests: dict[tuple[str, str], int] = {}
+    for repo, tag in refs:
+        t = cat.tag(repo, tag)
+        manifests[(repo, t.digest)] = len(t.manifest)
+        image = t.image(platform)
+        manifests[(repo, image.digest)] = len(image.manifest)
+        pairs[(repo, image.config_digest)] = len(image.config)
+        for layer in image.layers:
+            pairs[(repo, layer.digest)] = layer.size
+    blob_bytes = sum(pairs.values())
+    return {
+        "distinct_pairs": len(pairs),
+        "distinct_pair_bytes": blob_bytes,
+        "blob_minimum": 2 * blob_bytes,
+        "distinct_manifests": len(manifests),
+    }
+
+
+def fresh_mirrors(base: Path, front_url: str) -> dict[str, Proc]:
+    central = start_registry("central", base / "central", parent_url=front_url)
+    eu = start_registry("eu", base / "eu", parent_url=central.url)
+    us = start_registry("us", base / "us", parent_url=central.url)
+    return {"central": central, "eu": eu, "us": us}
+
+
+def stop_all(procs: dict[str, Proc]) -> None:
+    for p in reversed(list(procs.values())):
+        p.stop()
+
+
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
+
+
+def config_for(base: Path, front_url: str, procs: dict[str, Proc], cap: int | None) -> Path:
+    conc = CONCURRENCY
+    wan = f'bandwidth = "{cap}"' if cap else ""
+    text = f"""
+[database]
+url = "sqlite:///{base}/warmer.db"
+[upstreams.dockerhub]
+url = "{front_url}"
+aliases = ["docker.io"]
+ratelimit_reserve = 0
+[mirrors.central]
+url = "{procs['central'].url}"
+parent = "dockerhub"
+[mirrors.central.link]
+{wan}
+concurrency = {conc}
+[mirrors.eu]
+url = "{procs['eu'].url}"
+parent = "central"
+[mirrors.eu.link]
+concurrency = {conc}
+[mirrors.us]
+url = "{procs['us'].url}"
+parent = "central"
+[mirrors.us.link]
+concurrency = {conc}
+[regions.all]
+mirrors = ["eu", "us"]
+[regions.eu]
+mirrors = ["eu"]
+"""
+    path = base / "warmer.toml"
+    path.write_text(text)
+    return path
+
+
+def skopeo_copy(mirror_url: str, ref: str, dest: Path) -> int:
+    host = mirror_url.split("://", 1)[1]
+    target = dest / f"{host}_{ref}".replace("/", "_").replace(":", "_")
+    for attempt in range(3):
+        proc = subprocess.run(
+            ["skopeo", "copy", "--quiet", "--src-tls-verify=false",
+             f"docker://{host}/{ref}", f"dir:{target}"],
+            capture_output=True, text=True, timeout=1800,
+        )
+        if proc.returncode == 0:
+            break
+        # A pull loop retries too; count it (the mirror failed the client).
+        SKOPEO_FAILURES.append(f"{ref}: {proc.stderr.strip()[-300:]}")
+        shutil.rmtree(target, ignore_errors=True)
+    else:
+        raise RuntimeError(f"skopeo copy {ref} failed 3 times: {SKOPEO_FAILURES[-1]}")
+    n = sum(f.stat().st_size for f in target.iterdir())
+    shutil.rmtree(target)
+    return n
+
+
+def measure(front: FrontControl, fn: Any) -> dict[str, Any]:
+    front.reset()
+    t0 = time.monotonic()
+    served_client = fn()
+    wall = time.monotonic() - t0
+    time.sleep(1.0)  # let the mirrors' background stores finish before reading the counters
+    stats = front.stats()
+    series = stats.get("series", {}).get("bytes", [])
+    interval = stats.get("series", {}).get("interval_s", 0.1)
+    # Trim idle tail/head buckets: the rate is reported "while work remains".
+    while series and series[-1] == 0:
+        series.pop()
+    while series and series[0] == 0:
+        series.pop(0)
+    rates = window_rates(series, interval)
+    wan_active = len(series) * interval
+    blob_bytes = sum(b.get("bytes_served", 0) for b in stats.get("blobs", {}).values())
+    return {
+        "wall_s": round(wall, 2),
+        "wan_bytes": stats["bytes_served"],
+        "wan_blob_bytes": blob_bytes,
+        "wan_requests": stats["total_requests"],
+        "upstream_manifest_gets": stats["requests"].get("manifest", {}).get("GET", 0),
+        "client_bytes": served_client,
+        "wan_rate_peak_1s": round(rates["peak"]),
+        "wan_rate_mean": round(rates["mean"]),
+        "wan_active_s": round(wan_active, 2),
+        "wan_mb_per_s": [round(sum(series[i : i + 10]) / 1e6, 1) for i in range(0, len(series), 10)],
+    }
+
+
+def run_warmer(cfg: Path, region: str, refs: list[str]) -> int:
+    out = subprocess.run(
+        [WARMER, "--config", str(cfg), "run", "--region", region, "--json", *refs],
+        check=True, capture_output=True, text=True, timeout=3600,
+    )
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    return int(sum(summary["bytes_by_mirror"].get(m, 0) for m in ("eu", "us")))
+
+
+def run_loop(procs: dict[str, Proc], refs: list[str], tmp: Path, regions: list[str]) -> int:
+    def region_loop(region: str) -> int:
+        return sum(skopeo_copy(procs[region].url, r, tmp) for r in refs)
+
+    with ThreadPoolExecutor(len(regions)) as pool:
+        return sum(pool.map(region_loop, regions))
+
+
+def run_burst(procs: dict[str, Proc], refs: list[str], tmp: Path) -> int:
+    jobs = [(procs[r].url, ref) for r in ("eu", "us") for ref in refs]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return sum(pool.map(lambda j: skopeo_copy(j[0], j[1], tmp), jobs))
+
+
+def scenario(name: str, box: Sandbox, base: Path, cap: int | None, fn: Any) -> dict[str, Any]:
+    d = base / name
+    d.mkdir(parents=True)
+    procs = fresh_mirrors(d, box.front_url)
+    try:
+        cfg = config_for(d, box.front_url, procs, cap)
+        result = measure(box.front, lambda: fn(procs, cfg, d))
+    finally:
+        stop_all(procs)
+        shutil.rmtree(d, ignore_errors=True)
+    print(f"bench: {name}: {json.dumps(result)}", file=sys.stderr)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--cap", default="40MB/s")
+    ap.add_argument("--rtt-ms", type=float, default=50.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="small scale, few images (smoke run)")
+    ap.add_argument("--skip-burst", action="store_true")
+    ap.add_argument("--only", choices=["warmer"], help="run just the warmer scenario (tuning)")
+    args = ap.parse_args()
+    scale = 0.1 if args.quick else args.scale
+    cap = parse_rate(args.cap)
+    base = Path(tempfile.mkdtemp(prefix="warm-bench-"))
+    box = Sandbox.start(base / "sandbox", seed=args.seed, scale=scale,
+                        latency_ms=args.rtt_ms, bandwidth=str(cap), ratelimit=100_000)
+    try:
+        box.seed_catalogue()
+        cat = box.catalogue
+        pairs = [(t.repository, t.tag) for t in cat.tags]
+        if args.quick:
+            pairs = pairs[:10]
+        refs = [f"{r}:{t}" for r, t in pairs]
+        minimum = mirror_minimum(cat, pairs, "linux/amd64")
+        tmp = base / "copies"
+        tmp.mkdir()
+        results: dict[str, Any] = {}
+        results["warmer"] = scenario(
+            "warmer", box, base, cap, lambda p, cfg, d: run_warmer(cfg, "all", refs)
+        )
+        if args.only == "warmer":
+            print(json.dumps(results["warmer"], indent=2))
+            return
+        results["loop"] = scenario(
+            "loop", box, base, cap, lambda p, cfg, d: run_loop(p, refs, tmp, ["eu", "us"])
+        )
+        if not args.skip_burst:
+            results["burst"] = scenario(
+                "burst", box, base, cap, lambda p, cfg, d: run_burst(p, refs, tmp)
+            )
+        # Uncapped, on loopback: throughput of the warmer against the skopeo loop, one region.
+        box.front.configure(bandwidth=None, latency_ms=0)
+        results["uncapped_warmer"] = scenario(
+            "uncapped_warmer", box, base, None, lambda p, cfg, d: run_warmer(cfg, "eu", refs)
+        )
+        results["uncapped_skopeo"] = scenario(
+            "uncapped_skopeo", box, base, None, lambda p, cfg, d: run_loop(p, refs, tmp, ["eu"])
+        )
+    finally:
+        box.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+    w, loop = results["warmer"], results["loop"]
+    ideal = minimum["blob_minimum"] / cap
+    # The regional (LAN) part: what the run spends after the last byte crossed the WAN.
+    regional_part = max(0.0, w["wall_s"] - w["wan_active_s"])
+    uw, us = results["uncapped_warmer"], results["uncapped_skopeo"]
+    # The same set through the same fresh chain: throughput ratio = inverse wall-time ratio.
+    tput_w = minimum["distinct_pair_bytes"] / uw["wall_s"]
+    tput_s = minimum["distinct_pair_bytes"] / us["wall_s"]
+    checks = {
+        "wan_over_minimum": round(w["wan_blob_bytes"] / minimum["blob_minimum"], 3),
+        "wan_not_above_loop": w["wan_bytes"] <= loop["wan_bytes"],
+        "peak_1s_over_cap": round(w["wan_rate_peak_1s"] / cap, 3),
+        "mean_rate_over_cap": round(w["wan_rate_mean"] / cap, 3),
+        "wall_over_ideal": round(w["wall_s"] / ideal, 3),
+        "regional_part_s": round(regional_part, 2),
+        "wall_over_loop": round(w["wall_s"] / loop["wall_s"], 3),
+        "manifest_gets_over_distinct": round(
+            w["upstream_manifest_gets"] / minimum["distinct_manifests"], 3
+        ),
+        "uncapped_throughput_ratio": round(tput_w / tput_s, 3),
+    }
+    if "burst" in results:
+        checks["wall_over_burst"] = round(w["wall_s"] / results["burst"]["wall_s"], 3)
+        checks["loop_wan_over_minimum"] = round(loop["wan_blob_bytes"] / minimum["blob_minimum"], 3)
+        checks["burst_wan_over_minimum"] = round(
+            results["burst"]["wan_blob_bytes"] / minimum["blob_minimum"], 3
+        )
+    targets = {
+        "wan_over_minimum == 1.00": abs(checks["wan_over_minimum"] - 1.0) < 0.005,
+        "wan <= loop": checks["wan_not_above_loop"],
+        "peak_1s <= 1.05 cap": checks["peak_1s_over_cap"] <= 1.05,
+        "mean >= 0.9 cap": checks["mean_rate_over_cap"] >= 0.9,
+        "wall <= 1.25 ideal + regional": w["wall_s"] <= 1.25 * ideal + regional_part
+        and w["wan_active_s"] <= 1.25 * ideal,
+        "wall <= loop/5": checks["wall_over_loop"] <= 0.2,
+        "manifest GETs == distinct": checks["manifest_gets_over_distinct"] == 1.0,
+        "uncapped throughput >= skopeo": checks["uncapped_throughput_ratio"] >= 1.0,
+    }
+    if "wall_over_burst" in checks:
+        targets["wall <= burst/2"] = checks["wall_over_burst"] <= 0.5
+    print(json.dumps({
+        "bench": "warm",
+        "params": {"scale": scale, "cap_Bps": cap, "rtt_ms": args.rtt_ms, "images": len(refs),
+                   "regions": 2, "seed": args.seed, "cpus": os.cpu_count()},
+        "mirror_minimum": minimum,
+        "skopeo_failures": SKOPEO_FAILURES,
+        "ideal_wan_s": round(ideal, 2),
+        "results": results,
+        "checks": checks,
+        "targets_met": targets,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
