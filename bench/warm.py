@@ -26,7 +26,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -92,18 +91,18 @@ url = "{front_url}"
 aliases = ["docker.io"]
 ratelimit_reserve = 0
 [mirrors.central]
-url = "{procs['central'].url}"
+url = "{procs["central"].url}"
 parent = "dockerhub"
 [mirrors.central.link]
 {wan}
 concurrency = {conc}
 [mirrors.eu]
-url = "{procs['eu'].url}"
+url = "{procs["eu"].url}"
 parent = "central"
 [mirrors.eu.link]
 concurrency = {conc}
 [mirrors.us]
-url = "{procs['us'].url}"
+url = "{procs["us"].url}"
 parent = "central"
 [mirrors.us.link]
 concurrency = {conc}
@@ -120,11 +119,19 @@ mirrors = ["eu"]
 def skopeo_copy(mirror_url: str, ref: str, dest: Path) -> int:
     host = mirror_url.split("://", 1)[1]
     target = dest / f"{host}_{ref}".replace("/", "_").replace(":", "_")
-    for attempt in range(3):
+    for _attempt in range(3):
         proc = subprocess.run(
-            ["skopeo", "copy", "--quiet", "--src-tls-verify=false",
-             f"docker://{host}/{ref}", f"dir:{target}"],
-            capture_output=True, text=True, timeout=1800,
+            [
+                "skopeo",
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                f"docker://{host}/{ref}",
+                f"dir:{target}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=1800,
         )
         if proc.returncode == 0:
             break
@@ -165,14 +172,19 @@ def measure(front: FrontControl, fn: Any) -> dict[str, Any]:
         "wan_rate_peak_1s": round(rates["peak"]),
         "wan_rate_mean": round(rates["mean"]),
         "wan_active_s": round(wan_active, 2),
-        "wan_mb_per_s": [round(sum(series[i : i + 10]) / 1e6, 1) for i in range(0, len(series), 10)],
+        "wan_mb_per_s": [
+            round(sum(series[i : i + 10]) / 1e6, 1) for i in range(0, len(series), 10)
+        ],
     }
 
 
 def run_warmer(cfg: Path, region: str, refs: list[str]) -> int:
     out = subprocess.run(
         [WARMER, "--config", str(cfg), "run", "--region", region, "--json", *refs],
-        check=True, capture_output=True, text=True, timeout=3600,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=3600,
     )
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     return int(sum(summary["bytes_by_mirror"].get(m, 0) for m in ("eu", "us")))
@@ -219,8 +231,14 @@ def main() -> None:
     scale = 0.1 if args.quick else args.scale
     cap = parse_rate(args.cap)
     base = Path(tempfile.mkdtemp(prefix="warm-bench-"))
-    box = Sandbox.start(base / "sandbox", seed=args.seed, scale=scale,
-                        latency_ms=args.rtt_ms, bandwidth=str(cap), ratelimit=100_000)
+    box = Sandbox.start(
+        base / "sandbox",
+        seed=args.seed,
+        scale=scale,
+        latency_ms=args.rtt_ms,
+        bandwidth=str(cap),
+        ratelimit=100_000,
+    )
     try:
         box.seed_catalogue()
         cat = box.catalogue
@@ -297,17 +315,29 @@ def main() -> None:
     }
     if "wall_over_burst" in checks:
         targets["wall <= burst/2"] = checks["wall_over_burst"] <= 0.5
-    print(json.dumps({
-        "bench": "warm",
-        "params": {"scale": scale, "cap_Bps": cap, "rtt_ms": args.rtt_ms, "images": len(refs),
-                   "regions": 2, "seed": args.seed, "cpus": os.cpu_count()},
-        "mirror_minimum": minimum,
-        "skopeo_failures": SKOPEO_FAILURES,
-        "ideal_wan_s": round(ideal, 2),
-        "results": results,
-        "checks": checks,
-        "targets_met": targets,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "bench": "warm",
+                "params": {
+                    "scale": scale,
+                    "cap_Bps": cap,
+                    "rtt_ms": args.rtt_ms,
+                    "images": len(refs),
+                    "regions": 2,
+                    "seed": args.seed,
+                    "cpus": os.cpu_count(),
+                },
+                "mirror_minimum": minimum,
+                "skopeo_failures": SKOPEO_FAILURES,
+                "ideal_wan_s": round(ideal, 2),
+                "results": results,
+                "checks": checks,
+                "targets_met": targets,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

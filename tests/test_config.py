@@ -38,8 +38,18 @@ def test_example_loads_and_documents_every_key() -> None:
     # Every field of every model is named in the example (commented or not).
     from warmer import config as c
 
-    models = [c.Config, c.DatabaseConfig, c.UpstreamConfig, c.CredentialsRef, c.TLS,
-              c.MirrorConfig, c.LinkConfig, c.RegionConfig, c.WindowConfig, c.RunConfig]
+    models = [
+        c.Config,
+        c.DatabaseConfig,
+        c.UpstreamConfig,
+        c.CredentialsRef,
+        c.TLS,
+        c.MirrorConfig,
+        c.LinkConfig,
+        c.RegionConfig,
+        c.WindowConfig,
+        c.RunConfig,
+    ]
     missing = [
         f"{m.__name__}.{name}"
         for m in models
@@ -61,9 +71,15 @@ def test_topology_helpers() -> None:
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [
-        ('[mirrors.eu.link]\nbandwidth = "fast"\n', "mirrors.eu.link.bandwidth: 'fast' is not a rate"),
+        (
+            '[mirrors.eu.link]\nbandwidth = "fast"\n',
+            "mirrors.eu.link.bandwidth: 'fast' is not a rate",
+        ),
         ("[mirrors.eu.linkk]\nx = 1\n", "mirrors.eu.linkk: unknown key"),
-        ('[regions.us]\nmirrors = ["nowhere"]\n', "regions.us.mirrors[0]: unknown mirror 'nowhere'"),
+        (
+            '[regions.us]\nmirrors = ["nowhere"]\n',
+            "regions.us.mirrors[0]: unknown mirror 'nowhere'",
+        ),
         ('[regions.us]\nmirrors = ["eu"]\nbudget = "lots"\n', "regions.us.budget"),
         (
             '[regions.us]\nmirrors = ["eu"]\nwindows = [{ cron = "0 1 * *", duration = "1h" }]\n',
@@ -73,9 +89,15 @@ def test_topology_helpers() -> None:
             '[regions.us]\nmirrors = ["eu"]\nwindows = [{ cron = "0 1 * * *", duration = "1h", timezone = "Nowhere/City" }]\n',
             "unknown time zone",
         ),
-        ('[mirrors.x]\nurl = "http://127.0.0.1:4"\nparent = "ghost"\n', "neither an upstream nor a mirror"),
+        (
+            '[mirrors.x]\nurl = "http://127.0.0.1:4"\nparent = "ghost"\n',
+            "neither an upstream nor a mirror",
+        ),
         ('[mirrors.x]\nurl = "ftp://h"\nparent = "hub"\n', "mirrors.x.url"),
-        ('[mirrors.x]\nurl = "http://h"\nparent = "hub"\nnaming = "prefix"\n', "non-empty path_prefix"),
+        (
+            '[mirrors.x]\nurl = "http://h"\nparent = "hub"\nnaming = "prefix"\n',
+            "non-empty path_prefix",
+        ),
         ("[database]\nurll = 1\n", "database.urll: unknown key"),
         ("[upstreams.hub.credentials]\npassword = 'x'\n", "unknown key"),
     ],

@@ -87,7 +87,7 @@ def dispose_all() -> None:
 def migrate(engine: Engine) -> dict[str, int]:
     """Bring every registered component to its newest schema; returns the versions."""
     # Import the modules that register components, so any entry point migrates everything.
-    import analytics.rankings  # noqa: F401
+    import analytics.rankings
     import analytics.store  # noqa: F401
     import warmer.ledger  # noqa: F401
 

@@ -168,8 +168,8 @@ class Demo:
 
         cfg = load(self.config)
         ledger = Ledger(cfg.database.url)
-        run_id = runs.get("eu", {}).get("run")
-        images = json.loads(ledger.run(run_id).images) if run_id and ledger.run(run_id) else []
+        run = ledger.run(int(runs.get("eu", {}).get("run") or 0))
+        images = json.loads(run.images) if run is not None else []
         if not images:
             self.results["proof"] = {"ok": False, "why": "nothing was warmed in eu"}
             return

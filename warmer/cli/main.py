@@ -43,7 +43,8 @@ class LazyGroup(click.Group):
         module = COMMANDS.get(cmd_name)
         if module is None:
             return None
-        for command in importlib.import_module(module).commands:
+        commands: list[click.Command] = importlib.import_module(module).commands
+        for command in commands:
             if command.name == cmd_name:
                 return command
         raise RuntimeError(f"{module} does not define the command {cmd_name!r}")
