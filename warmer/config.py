@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -107,6 +107,34 @@ class LinkConfig(_Strict):
     concurrency: int = Field(default=4, ge=1, le=256)
 
 
+class InvalidateHook(_Strict):
+    """How to make a mirror forget a tag it serves from a metadata cache.
+
+    Either an HTTP request (``url``, ``method``, literal ``headers`` and headers whose values
+    come from environment variables, ``headers_env``: never a secret in the file) or a
+    command (``command``, an argv run without a shell). ``{image}``, ``{repository}``
+    (as the mirror names it), ``{tag}`` and ``{digest}`` (the upstream's new one) are
+    replaced in the URL and in each argument.
+    """
+
+    url: str | None = None
+    method: str = "POST"
+    headers: dict[str, str] = Field(default_factory=dict)
+    headers_env: dict[str, str] = Field(default_factory=dict)
+    command: list[str] | None = None
+    timeout: Duration = timedelta(seconds=30)
+
+    @model_validator(mode="after")
+    def _one(self) -> InvalidateHook:
+        if (self.url is None) == (self.command is None):
+            raise ValueError("give exactly one of url (an HTTP request) or command (an argv)")
+        if self.url is not None:
+            _check_url(self.url)
+        if self.command is not None and not self.command:
+            raise ValueError("command: an empty argv")
+        return self
+
+
 class MirrorConfig(_Strict):
     url: str
     parent: str
@@ -120,6 +148,7 @@ class MirrorConfig(_Strict):
     link: LinkConfig = LinkConfig()
     replicas: list[str] = Field(default_factory=list)
     shared_storage: bool = False
+    invalidate: InvalidateHook | None = None
 
     @field_validator("url")
     @classmethod
@@ -190,16 +219,87 @@ class RunConfig(_Strict):
     timeout: Duration = timedelta(seconds=60)
 
 
+class RefreshConfig(_Strict):
+    """How ``warmer refresh`` re-resolves tracked tags and renews what expires."""
+
+    renew_before: Duration = timedelta(hours=24)
+    concurrency: int = Field(default=8, ge=1, le=256)
+
+
+class ServeIngestConfig(_Strict):
+    """The service's ingest job: log sources read on an interval (rank runs after each)."""
+
+    paths: list[str] = Field(default_factory=list)
+    every: Duration = timedelta(minutes=15)
+
+
+class ServeWarmConfig(_Strict):
+    """What the service's warm job warms in each window."""
+
+    top: int | None = Field(default=None, ge=1)
+    images: list[str] = Field(default_factory=list)
+
+
+class ServeCronConfig(_Strict):
+    """A cron schedule (crontab fields, Sunday = 0) in a time zone."""
+
+    cron: str
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _cron(self) -> ServeCronConfig:
+        from warmer.windows import WindowSpec
+
+        WindowSpec(cron=self.cron, duration=timedelta(seconds=1), timezone=self.timezone)
+        return self
+
+
+class ServeVerifyConfig(ServeCronConfig):
+    sample: int = Field(default=20, ge=1)
+
+
+class ServeConfig(_Strict):
+    """``warmer serve``: the scheduler service (see jobs/)."""
+
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    misfire_grace: Duration = timedelta(minutes=5)
+    lease_ttl: Duration = timedelta(seconds=60)
+    poll: Duration = timedelta(seconds=30)
+    shutdown_grace: Duration = timedelta(seconds=8)
+    retention: Duration = timedelta(days=35)
+    time_scale: float = Field(default=1.0, gt=0, le=100_000)
+    time_origin: datetime | None = None
+    ingest: ServeIngestConfig = ServeIngestConfig()
+    warm: ServeWarmConfig = ServeWarmConfig()
+    refresh: ServeCronConfig = ServeCronConfig(cron="0 5 * * *")
+    verify: ServeVerifyConfig = ServeVerifyConfig(cron="0 6 * * 0")
+    prune: ServeCronConfig = ServeCronConfig(cron="30 4 * * *")
+
+    @field_validator("time_origin")
+    @classmethod
+    def _origin(cls, v: datetime | None) -> datetime | None:
+        if v is not None and (v.tzinfo is None or v.utcoffset() is None):
+            raise ValueError("time_origin needs a UTC offset (e.g. 2024-03-31T00:00:00Z)")
+        return v
+
+    @model_validator(mode="after")
+    def _lease(self) -> ServeConfig:
+        if self.lease_ttl < timedelta(seconds=3):
+            raise ValueError("lease_ttl must be at least 3s (it is renewed every third of it)")
+        return self
+
+
 class Config(_Strict):
     database: DatabaseConfig = DatabaseConfig()
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
     mirrors: dict[str, MirrorConfig] = Field(default_factory=dict)
     regions: dict[str, RegionConfig] = Field(default_factory=dict)
     run: RunConfig = RunConfig()
-    # Sections owned by other parts (analytics sources, service settings) are kept as tables
-    # and validated by those parts.
+    refresh: RefreshConfig = RefreshConfig()
+    # The analytics section is kept as a table and validated by analytics.
     analytics: dict[str, Any] = Field(default_factory=dict)
-    serve: dict[str, Any] = Field(default_factory=dict)
+    serve: ServeConfig = ServeConfig()
 
     @model_validator(mode="after")
     def _topology(self) -> Config:

@@ -121,6 +121,23 @@ class Incident(SQLModel, table=True):
     detail: str
 
 
+class Drift(SQLModel, table=True):
+    """A tag seen to move upstream, or a tier seen serving another digest than the upstream."""
+
+    __tablename__ = "drift"
+    id: int | None = Field(default=None, primary_key=True)
+    image: str = Field(index=True)  # canonical name without tag
+    tag: str
+    upstream: str
+    old_digest: str  # "" when the tag was not known before
+    new_digest: str
+    detected_at: datetime
+    moved_after: datetime | None = None  # the last observation that still showed old_digest
+    stale_tiers: str = (
+        "[]"  # JSON list of {mirror, tier, served, since, seconds, invalidated, fresh_after}
+    )
+
+
 # -- migrations (frozen definitions: never edit a shipped one, append a new one) ------------
 
 
@@ -212,7 +229,33 @@ def _v1(conn: Connection) -> None:
     md.create_all(conn)
 
 
-db.register("ledger", [_v1])
+def _v2(conn: Connection) -> None:
+    """The drift history (``warmer refresh``, ``warmer drift``) and a resolution lookup index."""
+    md = sa.MetaData()
+    ts = sa.DateTime(timezone=True)
+    sa.Table(
+        "drift",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("image", sa.String, nullable=False, index=True),
+        sa.Column("tag", sa.String, nullable=False),
+        sa.Column("upstream", sa.String, nullable=False),
+        sa.Column("old_digest", sa.String, nullable=False),
+        sa.Column("new_digest", sa.String, nullable=False),
+        sa.Column("detected_at", ts, nullable=False),
+        sa.Column("moved_after", ts),
+        sa.Column("stale_tiers", sa.Text, nullable=False),
+    )
+    md.create_all(conn)
+    conn.execute(
+        sa.text(
+            "CREATE INDEX IF NOT EXISTS ix_resolution_image_tag_where"
+            ' ON resolution (image, tag, "where")'
+        )
+    )
+
+
+db.register("ledger", [_v1, _v2])
 
 
 # -- access ---------------------------------------------------------------------------------
@@ -330,6 +373,106 @@ class Ledger:
                 .where(Resolution.image == image, Resolution.tag == tag, Resolution.where == where)
                 .order_by(col(Resolution.observed_at).desc(), col(Resolution.id).desc())
             ).first()
+
+    # freshness (refresh, drift, pins) --------------------------------------------------------
+
+    def tracked_tags(self) -> list[tuple[str, str]]:
+        """Every (image, tag) the ledger has a resolution for, sorted."""
+        with self.session() as s:
+            rows = s.execute(sa.select(col(Resolution.image), col(Resolution.tag)).distinct()).all()
+        return sorted((str(i), str(t)) for i, t in rows)
+
+    def resolutions(self, image: str, tag: str, where: str | None = None) -> list[Resolution]:
+        """A tag's resolutions, oldest first (at one place when ``where`` is given)."""
+        with self.session() as s:
+            q = select(Resolution).where(Resolution.image == image, Resolution.tag == tag)
+            if where is not None:
+                q = q.where(Resolution.where == where)
+            return list(s.exec(q.order_by(col(Resolution.observed_at), col(Resolution.id))).all())
+
+    def supersede(
+        self, *, image: str, tag: str, digest: str, repository: str, mirrors: Iterable[str],
+        now: datetime,
+    ) -> int:  # fmt: skip
+        """``digest`` is no longer what ``image:tag`` points to: its resolutions get
+        ``superseded_at`` and its warm holdings at ``mirrors`` the state 'superseded'."""
+        with self.session() as s:
+            s.execute(
+                sa.update(Resolution)
+                .where(
+                    col(Resolution.image) == image,
+                    col(Resolution.tag) == tag,
+                    col(Resolution.digest) == digest,
+                    col(Resolution.superseded_at).is_(None),
+                )
+                .values(superseded_at=now)
+            )
+            result = s.execute(
+                sa.update(Holding)
+                .where(
+                    col(Holding.mirror).in_(list(mirrors)),
+                    col(Holding.repository) == repository,
+                    col(Holding.digest) == digest,
+                    col(Holding.state) == "warm",
+                )
+                .values(state="superseded")
+            )
+            s.commit()
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    def manifest_holdings(self, mirrors: Iterable[str]) -> list[Holding]:
+        """Manifest rows of the given mirrors in any state, expired or not."""
+        with self.session() as s:
+            return list(
+                s.exec(
+                    select(Holding).where(
+                        col(Holding.mirror).in_(list(mirrors)), Holding.kind == "manifest"
+                    )
+                ).all()
+            )
+
+    def holding_rows(self, mirror: str, repository: str, digest: str) -> list[Holding]:
+        """Rows for one object at one mirror, in any state, expired or not."""
+        with self.session() as s:
+            return list(
+                s.exec(
+                    select(Holding).where(
+                        Holding.mirror == mirror,
+                        Holding.repository == repository,
+                        Holding.digest == digest,
+                    )
+                ).all()
+            )
+
+    def record_drift(
+        self, *, image: str, tag: str, upstream: str, old_digest: str, new_digest: str,
+        detected_at: datetime, moved_after: datetime | None, stale_tiers: list[dict[str, Any]],
+    ) -> int:  # fmt: skip
+        with self.session() as s:
+            row = Drift(
+                image=image,
+                tag=tag,
+                upstream=upstream,
+                old_digest=old_digest,
+                new_digest=new_digest,
+                detected_at=detected_at,
+                moved_after=moved_after,
+                stale_tiers=json.dumps(stale_tiers, default=str),
+            )
+            s.add(row)
+            s.commit()
+            assert row.id is not None
+            return row.id
+
+    def drifts(self, since: datetime | None = None, image: str | None = None) -> list[Drift]:
+        """Drift events, newest first."""
+        with self.session() as s:
+            q = select(Drift).order_by(col(Drift.detected_at).desc(), col(Drift.id).desc())
+            if since is not None:
+                q = q.where(Drift.detected_at >= since)
+            if image is not None:
+                q = q.where(Drift.image == image)
+            return list(s.exec(q).all())
 
     # runs -----------------------------------------------------------------------------------
 

@@ -252,8 +252,12 @@ async def resolve(
     return wanted, skipped
 
 
-def holdings(config: Config, ledger: Ledger, now: datetime) -> list[planner.Holding]:
-    rows = ledger.holdings(config.mirrors.keys(), now)
+def holdings(
+    config: Config, ledger: Ledger, now: datetime, renew_within: timedelta | None = None
+) -> list[planner.Holding]:
+    """What the planner may count as held; with ``renew_within``, content whose ledger
+    entry expires within that margin counts as not held (it is re-warmed before it expires)."""
+    rows = ledger.holdings(config.mirrors.keys(), now + (renew_within or timedelta(0)))
     return [
         planner.Holding(
             mirror=h.mirror, repository=h.repository, digest=h.digest, instance=h.instance or None
@@ -273,6 +277,7 @@ async def prepare(
     window: timedelta | None = None,
     reserve: RateReserve | None = None,
     deadline: float | None = None,
+    renew_within: timedelta | None = None,
 ) -> Prepared:
     reg = config.region(region)
     wanted, unresolved = await resolve(
@@ -283,7 +288,7 @@ async def prepare(
         wanted,
         mirror_nodes(config),
         region_targets(config, region),
-        holdings(config, ledger, now),
+        holdings(config, ledger, now, renew_within),
         planner.Budget(bytes=the_budget, window=window),
         now,
     )

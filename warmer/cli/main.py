@@ -30,6 +30,12 @@ COMMANDS: dict[str, str] = {
     "export": "warmer.cli.bundle",
     "import": "warmer.cli.bundle",
     "nodes": "warmer.cli.nodes",
+    "refresh": "warmer.cli.fresh",
+    "drift": "warmer.cli.fresh",
+    "pins": "warmer.cli.fresh",
+    "verify": "warmer.cli.fresh",
+    "serve": "warmer.cli.serve",
+    "jobs": "warmer.cli.serve",
 }
 
 
