@@ -1,0 +1,159 @@
+"""The service's Prometheus metrics and its small HTTP server (``/metrics``, ``/healthz``).
+
+Counters and gauges live in a registry of their own (not the process-global one), so tests
+and several services in one process do not collide. Items by state are read from the
+ledger at scrape time (a collector), so every replica reports the same truth whichever of
+them ran the warm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlmodel import col
+
+from warmer import db
+from warmer.ledger import Run, RunItem
+
+log = logging.getLogger("jobs.metrics")
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class LedgerItems(Collector):
+    """``warmer_run_items{region, state}``: the items of each region's latest run by state."""
+
+    def __init__(self, url: str, regions: Sequence[str]) -> None:
+        self.url = url
+        self.regions = list(regions)
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "warmer_run_items",
+            "Items of the region's latest warm run, by state (from the ledger).",
+            labels=["region", "state"],
+        )
+        try:
+            engine = db.engine_for(self.url)
+            with engine.connect() as conn:
+                latest = (
+                    sa.select(col(Run.region), sa.func.max(col(Run.id)).label("id"))
+                    .where(col(Run.region).in_(self.regions))
+                    .group_by(col(Run.region))
+                    .subquery()
+                )
+                rows = conn.execute(
+                    sa.select(latest.c.region, col(RunItem.state), sa.func.count())
+                    .join(latest, latest.c.id == col(RunItem.run_id))
+                    .group_by(latest.c.region, col(RunItem.state))
+                ).all()
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("metrics: cannot read run items: %s", exc)
+            rows = []
+        seen = {(str(r), str(s)): int(n) for r, s, n in rows}
+        for region in self.regions:
+            for state in ("pending", "running", "done", "failed", "skipped"):
+                family.add_metric([region, state], seen.get((region, state), 0))
+        yield family
+
+
+class Metrics:
+    """Everything the service exports."""
+
+    def __init__(self, url: str, regions: Sequence[str]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.bytes_warmed = Counter(
+            "warmer_bytes_warmed",
+            "Bytes read through mirrors by warm runs (verified), per mirror and tier.",
+            ["mirror", "tier"],
+            registry=r,
+        )
+        self.ratelimit_remaining = Gauge(
+            "warmer_upstream_ratelimit_remaining",
+            "Manifest requests the upstream says are left in its rate-limit window.",
+            ["upstream"],
+            registry=r,
+        )
+        self.upstream_requests = Counter(
+            "warmer_upstream_requests_spent",
+            "Counted (manifest GET) upstream requests spent by warm runs.",
+            ["upstream"],
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "warmer_job_last_success_timestamp_seconds",
+            "When each job last finished successfully (Unix time).",
+            ["job"],
+            registry=r,
+        )
+        self.job_runs = Counter(
+            "warmer_job_runs", "Job executions by outcome.", ["job", "outcome"], registry=r
+        )
+        self.job_running = Gauge(
+            "warmer_job_running", "1 while this replica runs the job.", ["job"], registry=r
+        )
+        self.window_utilisation = Gauge(
+            "warmer_window_utilisation",
+            "Share (0-1) of the region's last window spent warming.",
+            ["region"],
+            registry=r,
+        )
+        self.window_seconds = Counter(
+            "warmer_window_warm_seconds",
+            "Seconds spent warming inside windows.",
+            ["region"],
+            registry=r,
+        )
+        self.demand = Gauge(
+            "warmer_demand_pulls",
+            "Predicted pulls of the region's wanted images (kind=predicted) and the part of "
+            "them whose images are warm after the last run (kind=served).",
+            ["region", "kind"],
+            registry=r,
+        )
+        self.leases_lost = Counter(
+            "warmer_leases_lost", "Leases taken over while this replica held them.", registry=r
+        )
+        r.register(LedgerItems(url, regions))
+
+    def scrape(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+Health = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+async def start_server(
+    metrics: Metrics, health: Health, host: str, port: int
+) -> tuple[web.AppRunner, int]:
+    """Serve ``/metrics`` and ``/healthz`` on the running loop; returns the bound port."""
+
+    async def scrape(_: web.Request) -> web.Response:
+        body = await asyncio.to_thread(metrics.scrape)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def healthz(_: web.Request) -> web.Response:
+        ok, detail = await asyncio.to_thread(health)
+        return web.json_response({"ok": ok, **detail}, status=200 if ok else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", scrape)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server
+    bound = port
+    sockets = getattr(server, "sockets", None) if server is not None else None
+    if sockets:
+        bound = int(sockets[0].getsockname()[1])
+    return runner, bound

@@ -1,0 +1,359 @@
+"""The service's job functions: ingest, rank, warm in a window, refresh, verify, prune.
+
+Each is a coroutine taking the :class:`Context` and returning a JSON-able summary with an
+``outcome`` ("ok", or why nothing was done: "outside-window", "served", ...). None of them
+takes a lease or schedules anything: that is ``jobs.service``. Blocking work (log parsing,
+pandas, bulk deletes) runs in a thread so the event loop stays free for the warm engine,
+the metrics server and signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import inspect
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import col
+
+from jobs.metrics import Metrics
+from jobs.schedule import Clock
+from warmer import db
+from warmer.config import Config, ConfigError
+from warmer.execute import RateReserve
+from warmer.ledger import Ledger, Run, RunItem, as_utc, utcnow
+from warmer.reference import try_parse
+from warmer.warm import (
+    Want,
+    execute,
+    monotonic_deadline,
+    prepare,
+    rate_reserve,
+    start_run,
+    wants_from_args,
+    wants_from_ranking,
+)
+from warmer.windows import Window, WindowSpec, current_window
+
+log = logging.getLogger("jobs.tasks")
+Summary = dict[str, Any]
+
+
+class Stopping(Exception):
+    """Raised inside a blocking job (between files) when the service is shutting down."""
+
+
+@dataclass
+class Context:
+    """What every job needs; one per service process."""
+
+    config: Config
+    ledger: Ledger
+    clock: Clock
+    regions: list[str]
+    metrics: Metrics | None = None
+    stopping: threading.Event = field(default_factory=threading.Event)
+    window_busy: dict[tuple[str, datetime], float] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.config.database.url
+
+
+def window_of(ctx: Context, region: str, real_now: datetime) -> Window | None:
+    """The region's window open at ``real_now`` (in schedule time), or None."""
+    reg = ctx.config.region(region)
+    if not reg.windows:
+        return None
+    specs = [WindowSpec.coerce(w) for w in reg.windows]
+    return current_window(specs, ctx.clock.sim(real_now))
+
+
+# -- warm -----------------------------------------------------------------------------------
+
+
+def wanted(ctx: Context, region: str) -> list[Want]:
+    """The region's stored ranking (``[serve.warm] top``) plus ``[serve.warm] images``."""
+    wants = wants_from_ranking(ctx.config, region, ctx.config.serve.warm.top)
+    seen = {str(w.ref) for w in wants}
+    try:
+        extra = wants_from_args(ctx.config.serve.warm.images)
+    except ConfigError as exc:
+        log.error("serve.warm.images: %s", exc)
+        extra = []
+    return wants + [w for w in extra if str(w.ref) not in seen]
+
+
+def served_demand(ledger: Ledger, run_id: int, wants: Sequence[Want]) -> tuple[float, float]:
+    """(predicted, served) pulls: a wanted image is served when nothing of it is left
+    undone in the run and it was not left out of the plan."""
+    run = ledger.run(run_id)
+    bad = {i.image for i in ledger.items(run_id) if i.state != "done"}
+    if run is not None:
+        bad |= {s.get("image", "") for s in json.loads(run.skipped or "[]")}
+    predicted = sum(w.score for w in wants)
+    served = sum(w.score for w in wants if str(w.ref) not in bad)
+    return predicted, served
+
+
+async def warm(ctx: Context, region: str) -> Summary:
+    """Warm ``region`` in its open window, the window's end as the deadline.
+
+    Resumes the region's unfinished run (killed replica, window cut) first; otherwise
+    starts a run unless one already started in this window. Outside a window: nothing.
+    """
+    now = utcnow()
+    window = window_of(ctx, region, now)
+    if window is None:
+        return {"outcome": "outside-window"}
+    deadline = ctx.clock.real(window.end)
+    opened = ctx.clock.real(window.start)
+    ledger = ctx.ledger
+    unfinished = ledger.unfinished_run(region)
+    wants = wanted(ctx, region)
+    if unfinished is not None and unfinished.id is not None:
+        run_id: int | None = unfinished.id
+        probe = _first_image(ledger, unfinished.id)
+        log.info(
+            "warm %s: resuming run %s (left by %s)",
+            region,
+            run_id,
+            unfinished.owner or "?",
+            extra={"fields": {"region": region, "run": run_id, "previous_owner": unfinished.owner}},
+        )
+    else:
+        recent = ledger.recent_runs(1, region)
+        started = as_utc(recent[0].started_at) if recent else None
+        if started is not None and started >= opened - timedelta(seconds=1):
+            return {"outcome": "served", "run": recent[0].id}
+        if not wants:
+            return {"outcome": "nothing-to-warm"}
+        run_id = None
+        probe = wants[0]
+    reserve = rate_reserve(ctx.config, region, probe)
+    began = time.monotonic()
+    try:
+        if run_id is None:
+            prepared = await prepare(
+                ctx.config, ledger, region, wants, now=now, reserve=reserve,
+                deadline=monotonic_deadline(deadline),
+            )  # fmt: skip
+            run_id = start_run(ledger, prepared, now, deadline)
+        stats = await execute(
+            ctx.config, ledger, run_id, deadline=deadline, reserve=reserve,
+            on_progress=_progress_hook(ctx),
+        )  # fmt: skip
+    finally:
+        _account_window(ctx, region, window, time.monotonic() - began)
+        await _after_reserve(ctx, region, reserve)
+    if ctx.metrics is not None and wants:
+        predicted, served = served_demand(ledger, run_id, wants)
+        ctx.metrics.demand.labels(region, "predicted").set(predicted)
+        ctx.metrics.demand.labels(region, "served").set(served)
+    outcome = "ok" if not (stats.failed or stats.incidents) else "failed"
+    return {
+        "outcome": outcome,
+        "run": run_id,
+        "resumed": unfinished is not None,
+        "deadline": deadline.isoformat(),
+        **stats.as_dict(),
+    }
+
+
+def _first_image(ledger: Ledger, run_id: int) -> Want | None:
+    for item in ledger.items(run_id):
+        ref = try_parse(item.image)
+        if ref is not None:
+            return Want(ref)
+    return None
+
+
+def _progress_hook(ctx: Context) -> Any:
+    metrics = ctx.metrics
+    if metrics is None:
+        return None
+
+    def hook(what: str, item: RunItem, n: int) -> None:
+        if what == "bytes" or (what == "done" and item.kind == "manifest"):
+            metrics.bytes_warmed.labels(item.mirror, str(item.tier)).inc(n)
+
+    return hook
+
+
+def _account_window(ctx: Context, region: str, window: Window, seconds: float) -> None:
+    key = (region, window.start)
+    ctx.window_busy[key] = ctx.window_busy.get(key, 0.0) + seconds
+    if len(ctx.window_busy) > 64:  # keep the newest windows only
+        for old in sorted(ctx.window_busy, key=lambda k: k[1])[:-32]:
+            del ctx.window_busy[old]
+    if ctx.metrics is not None:
+        length = ctx.clock.real_span(window.length).total_seconds()
+        ctx.metrics.window_utilisation.labels(region).set(
+            min(1.0, ctx.window_busy[key] / length) if length > 0 else 0.0
+        )
+        ctx.metrics.window_seconds.labels(region).inc(seconds)
+
+
+async def _after_reserve(ctx: Context, region: str, reserve: RateReserve | None) -> None:
+    if reserve is None:
+        return
+    if ctx.metrics is not None:
+        reg = ctx.config.region(region)
+        upstream = ctx.config.upstream_of(reg.mirrors[0])
+        if reserve.remaining is not None:
+            ctx.metrics.ratelimit_remaining.labels(upstream).set(reserve.remaining)
+        ctx.metrics.upstream_requests.labels(upstream).inc(reserve.spent)
+    if reserve.client is not None:
+        await reserve.client.aclose()
+
+
+# -- analytics ------------------------------------------------------------------------------
+
+
+def _expand(patterns: Sequence[str]) -> list[Path]:
+    out: list[Path] = []
+    for pattern in patterns:
+        if any(c in pattern for c in "*?["):
+            out += [Path(p) for p in sorted(glob.glob(pattern, recursive=True))]
+        else:
+            out.append(Path(pattern))
+    return out
+
+
+async def ingest(ctx: Context) -> Summary:
+    """Read ``[serve.ingest] paths`` into the usage store (idempotent, resumes grown logs)."""
+    from analytics.ingest import Options
+    from analytics.ingest import ingest as run_ingest
+    from analytics.regions import RegionRules, RuleError
+
+    try:
+        rules = RegionRules.from_mapping(ctx.config.analytics.get("regions", {}))
+    except RuleError as exc:
+        return {"outcome": "failed", "error": str(exc)}
+    paths = _expand(ctx.config.serve.ingest.paths)
+    missing = [str(p) for p in paths if not p.exists()]
+    for p in missing:
+        log.warning("ingest: %s does not exist", p)
+
+    def stop_between_files(result: Any) -> None:
+        if result.warning:
+            log.warning("ingest: %s", result.warning)
+        if ctx.stopping.is_set():
+            raise Stopping
+
+    def work() -> dict[str, object]:
+        report = run_ingest(
+            [p for p in paths if p.exists()], Options(rules=rules), url=ctx.url,
+            on_file=stop_between_files,
+        )  # fmt: skip
+        return report.as_dict()
+
+    try:
+        report = await asyncio.to_thread(work)
+    except Stopping:
+        return {"outcome": "stopped"}
+    return {"outcome": "ok", "missing": missing, **report}
+
+
+async def rank(ctx: Context) -> Summary:
+    """Rank each served region from the store and save it for the planner."""
+
+    def work() -> dict[str, int]:
+        import pandas as pd
+
+        from analytics import store
+        from analytics.rank import rank as rank_frame
+        from analytics.rankings import save_ranking
+
+        now = utcnow()
+        since = (pd.Timestamp(now) - pd.Timedelta(days=35)).date()
+        static = store.static_frame(ctx.url)
+        rows: dict[str, int] = {}
+        for region in ctx.regions:
+            if ctx.stopping.is_set():
+                break
+            usage = store.usage_frame(ctx.url, region=region, since=since)
+            ranking = rank_frame(usage, static, now, region=region)
+            rows[region] = save_ranking(ctx.url, ranking, computed_at=now)
+        return rows
+
+    rows = await asyncio.to_thread(work)
+    return {"outcome": "ok", "rows": rows}
+
+
+# -- freshness (issue 5: warmer.refresh / warmer.verify, imported when they exist) ---------
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def _as_dict(report: Any) -> dict[str, Any]:
+    as_dict = getattr(report, "as_dict", None)
+    return dict(as_dict()) if callable(as_dict) else {"report": str(report)}
+
+
+async def refresh(ctx: Context, region: str) -> Summary:
+    try:
+        from warmer.refresh import refresh as run_refresh  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return {"outcome": "unavailable", "why": "warmer.refresh is not installed"}
+    report = await _maybe_await(run_refresh(ctx.config, ctx.ledger, region=region, now=utcnow()))
+    return {"outcome": "ok", **_as_dict(report)}
+
+
+async def verify(ctx: Context, region: str) -> Summary:
+    try:
+        from warmer.verify import verify as run_verify  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return {"outcome": "unavailable", "why": "warmer.verify is not installed"}
+    sample = ctx.config.serve.verify.sample
+    report = await _maybe_await(
+        run_verify(ctx.config, ctx.ledger, region=region, sample=sample, now=utcnow())
+    )
+    ok = bool(getattr(report, "ok", True))
+    return {"outcome": "ok" if ok else "failed", **_as_dict(report)}
+
+
+# -- prune ----------------------------------------------------------------------------------
+
+
+def prune_before(url: str, cutoff: datetime) -> dict[str, int]:
+    """Delete usage aggregates of days before ``cutoff`` and finished runs (with their items)
+    that finished before it. Runs still running are kept (they may be resumed)."""
+    from analytics.store import usage, usage_pipelines
+
+    engine = db.engine_for(url)
+    deleted: dict[str, int] = {}
+    with engine.begin() as conn:
+        for table in (usage_pipelines, usage):
+            result = conn.execute(sa.delete(table).where(table.c.day < cutoff.date()))
+            deleted[table.name] = int(result.rowcount or 0)
+        old = sa.select(col(Run.id)).where(
+            col(Run.state) != "running", col(Run.finished_at).is_not(None),
+            col(Run.finished_at) < cutoff,
+        )  # fmt: skip
+        ids = [int(r[0]) for r in conn.execute(old).all() if r[0] is not None]
+        deleted["run_item"] = deleted["run"] = 0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            result = conn.execute(sa.delete(RunItem).where(col(RunItem.run_id).in_(chunk)))
+            deleted["run_item"] += int(result.rowcount or 0)
+            result = conn.execute(sa.delete(Run).where(col(Run.id).in_(chunk)))
+            deleted["run"] += int(result.rowcount or 0)
+    return deleted
+
+
+async def prune(ctx: Context) -> Summary:
+    cutoff = utcnow() - ctx.config.serve.retention
+    deleted = await asyncio.to_thread(prune_before, ctx.url, cutoff)
+    return {"outcome": "ok", "before": cutoff.isoformat(), "deleted": deleted}

@@ -1,0 +1,251 @@
+"""`warmer serve` as real processes: replicas on a real PostgreSQL, SIGKILL takeover, SIGTERM,
+and /metrics, against fresh mirrors over the session sandbox's front."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from warmer.ledger import Ledger
+from warmer.sandbox.procs import Proc, free_port
+from warmer.sandbox.topology import Sandbox
+
+ROOT = Path(__file__).resolve().parents[1]
+MANY = [
+    "python:3.12", "python:3.11", "node:22", "node:20", "golang:1.23", "nginx:1.27",
+    "redis:7.4", "someorg/app:v1.1",
+]  # fmt: skip
+
+
+@dataclass
+class ServeTopo:
+    """central (proxy of the sandbox front) -> eu, a database and a config with a [serve]."""
+
+    box: Sandbox
+    tmp: Path
+    db_url: str
+    central: Proc
+    eu: Proc
+    # A window open from the start (schedule time starts at 00:00:05 on a Monday).
+    windows: str = '[{ cron = "0 0 * * *", duration = "12h" }]'
+    serve: dict[str, Any] = field(default_factory=lambda: {"time_origin": "2024-01-01T00:00:05Z"})
+    images: list[str] = field(default_factory=lambda: list(MANY))
+    ttl: str = "168h"
+
+    @property
+    def config_path(self) -> Path:
+        return self.tmp / "warmer.toml"
+
+    def write(self) -> Path:
+        serve = {"metrics_port": 0, "lease_ttl": "3s", "poll": "1s", "shutdown_grace": "6s"}
+        serve.update(self.serve)
+        lines = [
+            "[database]", f'url = "{self.db_url}"',
+            "[upstreams.dockerhub]", f'url = "{self.box.front_url}"', 'aliases = ["docker.io"]',
+            "ratelimit_reserve = 0",
+            "[run]", 'deadline_grace = "3s"', "retries = 1", 'timeout = "20s"',
+            "[mirrors.central]", f'url = "{self.central.url}"', 'parent = "dockerhub"',
+            f'ttl = "{self.ttl}"',
+            "[mirrors.central.link]", "concurrency = 4",
+            "[mirrors.eu]", f'url = "{self.eu.url}"', 'parent = "central"', f'ttl = "{self.ttl}"',
+            "[mirrors.eu.link]", "concurrency = 4",
+            "[regions.eu]", 'mirrors = ["eu"]', f"windows = {self.windows}",
+            "[serve]",
+        ]  # fmt: skip
+        for key, value in serve.items():
+            lines.append(f"{key} = {json.dumps(value) if not _bare(value) else value}")
+        lines += ["[serve.warm]", "images = " + json.dumps(self.images)]
+        self.config_path.write_text("\n".join(lines) + "\n")
+        return self.config_path
+
+    def serve_proc(self, name: str, *args: str) -> ServeProc:
+        log = self.tmp / f"{name}.log"
+        argv = [sys.executable, "-m", "warmer.cli.main", "--config", str(self.config_path)]
+        argv += ["--log-format", "json", "serve", *args]
+        out = open(log, "wb")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        return ServeProc(name, proc, log, out)
+
+
+def _bare(value: Any) -> bool:
+    # TOML datetimes and numbers are written as they are.
+    return isinstance(value, int | float) or (isinstance(value, str) and value.endswith("Z"))
+
+
+@dataclass
+class ServeProc:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    out: Any
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.out.close()
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, procs: list[ServeProc]) -> Any:
+    """Poll ``check`` until truthy; fail naming ``what`` (with the logs) after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.1)
+    logs = "\n".join(f"--- {p.name}\n{p.log.read_text(errors='replace')[-3000:]}" for p in procs)
+    raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+
+def scrape(port: int) -> dict[str, float]:
+    """``/metrics`` as {"name{labels}": value}."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def port() -> int:
+    return free_port()
+
+
+RegistryFactory = Callable[..., Proc]
+
+
+@pytest.fixture
+def stopper() -> Iterator[list[ServeProc]]:
+    """Every `warmer serve` a test starts is stopped (by PID) at the end."""
+    procs: list[ServeProc] = []
+    yield procs
+    for p in procs:
+        p.stop()
+
+
+def _topo(box: Sandbox, factory: RegistryFactory, tmp: Path, db_url: str) -> Iterator[ServeTopo]:
+    central = factory("central", parent_url=box.front_url)
+    eu = factory("eu", parent_url=central.url)
+    box.front.clear_faults()
+    box.front.reset()
+    try:
+        yield ServeTopo(box, tmp, db_url, central, eu)
+    finally:
+        box.front.configure(
+            latency_ms=0, bandwidth=None, ratelimit_limit=10_000, ratelimit_window=21_600,
+            ratelimit_reset=True,
+        )  # fmt: skip
+        eu.stop()
+        central.stop()
+
+
+@pytest.fixture
+def pg_topo(
+    sandbox: Sandbox, registry_factory: RegistryFactory, tmp_path: Path, pg_url: str
+) -> Iterator[ServeTopo]:
+    yield from _topo(sandbox, registry_factory, tmp_path, pg_url)
+
+
+@pytest.fixture
+def sqlite_topo(
+    sandbox: Sandbox, registry_factory: RegistryFactory, tmp_path: Path
+) -> Iterator[ServeTopo]:
+    yield from _topo(sandbox, registry_factory, tmp_path, f"sqlite:///{tmp_path / 'warmer.db'}")
+
+
+def _states(ledger: Ledger) -> Counter[str]:
+    runs = ledger.recent_runs(1, "eu")
+    if not runs or runs[0].id is None:
+        return Counter()
+    return Counter(i.state for i in ledger.items(runs[0].id))
+
+
+def _pid_of(owner: str) -> int:
+    return int(owner.rsplit(":", 1)[1])
+
+
+def _started(p: ServeProc, job: str) -> list[dict[str, Any]]:
+    return [e for e in p.events() if e.get("job") == job and e.get("event") == "start"]
+
+
+@pytest.mark.slow
+def test_two_replicas_on_postgres_sigkill_takeover_resumes(
+    pg_topo: ServeTopo, stopper: list[ServeProc]
+) -> None:
+    topo = pg_topo
+    topo.write()
+    ledger = Ledger(topo.db_url)
+    topo.box.front.configure(bandwidth="300KB/s", latency_ms=20)
+    a = topo.serve_proc("a", "--region", "eu")
+    b = topo.serve_proc("b", "--region", "eu")
+    stopper += [a, b]
+    by_pid = {a.pid: a, b.pid: b}
+    run = wait_for("a warm run on one replica", lambda: ledger.recent_runs(1, "eu"), 60, [a, b])[0]
+    holder = by_pid[_pid_of(run.owner)]
+    other = b if holder is a else a
+    wait_for("some items done", lambda: _states(ledger)["done"] >= 6, 60, [a, b])
+    # Only the lease holder started the job; the other stood by.
+    assert _started(holder, "warm:eu") and not _started(other, "warm:eu")
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.proc.wait(timeout=10)
+    killed_at = time.time()
+    before = {i.seq: i for i in ledger.items(run.id)}
+    done_before = {s for s, i in before.items() if i.state == "done"}
+    assert done_before and len(done_before) < len(before)
+    topo.box.front.configure(bandwidth=None, latency_ms=0)
+
+    final = wait_for(
+        "the other replica to finish the run",
+        lambda: (r := ledger.run(run.id)) is not None and r.state == "done" and r,
+        90, [other],
+    )  # fmt: skip
+    assert _pid_of(final.owner) == other.pid
+    after = {i.seq: i for i in ledger.items(run.id)}
+    assert all(i.state == "done" for i in after.values())
+    for seq in done_before:  # resumed, not redone
+        assert after[seq].attempts == 1 and after[seq].started_at == before[seq].started_at
+    starts = _started(other, "warm:eu")
+    assert starts, "the survivor never took the job over"
+    # The survivor started only after the holder was gone (and its lease had expired).
+    assert all(
+        e["ts"] >= time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(killed_at - 1)) for e in starts
+    )
+    finishes = [
+        e for e in other.events() if e.get("job") == "warm:eu" and e.get("event") == "finish"
+    ]
+    assert any(e.get("resumed") and e.get("outcome") == "ok" for e in finishes)
+    assert len(ledger.recent_runs(10, "eu")) == 1  # no second run in the same window
