@@ -228,8 +228,8 @@ class Chain:
         return asyncio.run(go())
 
 
-@pytest.fixture
-def chain(registry_factory: RegistryFactory, tmp_path: Path) -> Iterator[Chain]:
+def make_chain(registry_factory: RegistryFactory, tmp_path: Path) -> Iterator[Chain]:
+    """The body of the ``chain`` fixture (other test modules wrap it in their own)."""
     loops = LoopThread()
     upstream = registry_factory("up")
     catalogue = build(SEED, SCALE).only(*REPOS)
@@ -248,6 +248,11 @@ def chain(registry_factory: RegistryFactory, tmp_path: Path) -> Iterator[Chain]:
         loops.run(front.close())
         loops.stop()
         upstream.stop()
+
+
+@pytest.fixture
+def chain(registry_factory: RegistryFactory, tmp_path: Path) -> Iterator[Chain]:
+    yield from make_chain(registry_factory, tmp_path)
 
 
 def manifest_gets(stats: dict[str, Any]) -> int:
