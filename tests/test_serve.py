@@ -12,13 +12,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from warmer.ledger import Ledger
+from warmer.ledger import Ledger, as_utc
 from warmer.sandbox.procs import Proc, free_port
 from warmer.sandbox.topology import Sandbox
 
@@ -194,6 +195,12 @@ def _states(ledger: Ledger) -> Counter[str]:
     return Counter(i.state for i in ledger.items(runs[0].id))
 
 
+def as_dt(value: datetime | None) -> datetime:
+    got = as_utc(value)
+    assert got is not None
+    return got
+
+
 def _pid_of(owner: str) -> int:
     return int(owner.rsplit(":", 1)[1])
 
@@ -249,3 +256,87 @@ def test_two_replicas_on_postgres_sigkill_takeover_resumes(
     ]
     assert any(e.get("resumed") and e.get("outcome") == "ok" for e in finishes)
     assert len(ledger.recent_runs(10, "eu")) == 1  # no second run in the same window
+
+
+@pytest.mark.slow
+def test_sigterm_mid_warm_stops_checkpointed_and_the_run_resumes(
+    sqlite_topo: ServeTopo, stopper: list[ServeProc]
+) -> None:
+    topo = sqlite_topo
+    topo.write()
+    ledger = Ledger(topo.db_url)
+    topo.box.front.configure(bandwidth="300KB/s", latency_ms=20)
+    a = topo.serve_proc("a", "--region", "eu")
+    stopper.append(a)
+    wait_for("some items done", lambda: _states(ledger)["done"] >= 4, 60, [a])
+    sent = time.monotonic()
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.proc.wait(timeout=10) == 0  # the requirement: stopped within 10 s
+    print(f"stopped {time.monotonic() - sent:.2f}s after SIGTERM")
+    run = ledger.recent_runs(1, "eu")[0]
+    states = _states(ledger)
+    assert run.state == "running"  # not closed: resumable
+    assert states["running"] == 0  # in-flight items went back to pending
+    assert states["pending"] > 0 and states["done"] >= 4
+    assert any(e.get("event") == "stopped" for e in a.events())
+    done_before = {i.seq: i for i in ledger.items(run.id) if i.state == "done"}
+
+    topo.box.front.configure(bandwidth=None, latency_ms=0)
+    b = topo.serve_proc("b", "--region", "eu")
+    stopper.append(b)
+    wait_for("the run resumed to its end", lambda: ledger.run(run.id).state == "done", 60, [b])
+    after = {i.seq: i for i in ledger.items(run.id)}
+    assert all(i.state == "done" for i in after.values())
+    assert all(after[s].attempts == 1 for s in done_before)
+    assert len(ledger.recent_runs(10, "eu")) == 1
+
+
+@pytest.mark.slow
+def test_metrics_move_after_a_window_run_and_nothing_starts_before_the_window(
+    sqlite_topo: ServeTopo, stopper: list[ServeProc]
+) -> None:
+    topo = sqlite_topo
+    mport = port()
+    # Schedule time starts 5 s before the daily window opens.
+    topo.serve = {"time_origin": "2023-12-31T23:59:55Z", "metrics_port": mport}
+    topo.images = ["python:3.12", "redis:7.4"]
+    topo.write()
+    ledger = Ledger(topo.db_url)
+    a = topo.serve_proc("a")  # all regions and the global jobs
+    stopper.append(a)
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{mport}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for("/healthz", healthy, 30, [a])
+    before = scrape(mport)
+    assert ledger.recent_runs(1, "eu") == []  # outside the window: no warm started
+    assert not any(k.startswith("warmer_bytes_warmed_total") for k in before)
+    assert before['warmer_run_items{region="eu",state="done"}'] == 0
+
+    run = wait_for(
+        "a finished run",
+        lambda: (r := ledger.recent_runs(1, "eu")) and r[0].state == "done" and r[0],
+        60, [a],
+    )  # fmt: skip
+    n_items = len(ledger.items(run.id))
+    assert as_dt(run.started_at) >= as_dt(run.deadline) - timedelta(hours=12)  # in the window
+    after = wait_for(
+        "the warm job's success in /metrics",
+        lambda: (m := scrape(mport)).get('warmer_job_last_success_timestamp_seconds{job="warm:eu"}') and m,
+        20, [a],
+    )  # fmt: skip
+    assert after['warmer_bytes_warmed_total{mirror="central",tier="0"}'] > 0
+    assert after['warmer_bytes_warmed_total{mirror="eu",tier="1"}'] > 0
+    assert after['warmer_run_items{region="eu",state="done"}'] == n_items > 0
+    assert after['warmer_window_utilisation{region="eu"}'] > 0
+    assert after['warmer_demand_pulls{kind="predicted",region="eu"}'] == 2
+    assert after['warmer_demand_pulls{kind="served",region="eu"}'] == 2
+    assert after['warmer_upstream_requests_spent_total{upstream="dockerhub"}'] > 0
+    assert 'warmer_upstream_ratelimit_remaining{upstream="dockerhub"}' in after
+    assert after.get('warmer_job_runs_total{job="rank",outcome="ok"}', 0) >= 1
+    health = httpx.get(f"http://127.0.0.1:{mport}/healthz", timeout=5).json()
+    assert health["ok"] and health["database"] == "ok"
