@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import glob
-import inspect
 import json
 import logging
 import threading
@@ -290,11 +289,7 @@ async def rank(ctx: Context) -> Summary:
     return {"outcome": "ok", "rows": rows}
 
 
-# -- freshness (issue 5: warmer.refresh / warmer.verify, imported when they exist) ---------
-
-
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
+# -- freshness ------------------------------------------------------------------------------
 
 
 def _as_dict(report: Any) -> dict[str, Any]:
@@ -303,25 +298,20 @@ def _as_dict(report: Any) -> dict[str, Any]:
 
 
 async def refresh(ctx: Context, region: str) -> Summary:
-    try:
-        from warmer.refresh import refresh as run_refresh  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return {"outcome": "unavailable", "why": "warmer.refresh is not installed"}
-    report = await _maybe_await(run_refresh(ctx.config, ctx.ledger, region=region, now=utcnow()))
+    """Re-resolve the region's tracked tags (HEAD only); see ``warmer.refresh``."""
+    from warmer.refresh import refresh as run_refresh
+
+    report = await run_refresh(ctx.config, ctx.ledger, region=region, now=utcnow())
     return {"outcome": "ok", **_as_dict(report)}
 
 
 async def verify(ctx: Context, region: str) -> Summary:
-    try:
-        from warmer.verify import verify as run_verify  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return {"outcome": "unavailable", "why": "warmer.verify is not installed"}
+    """Re-fetch a sample of what the ledger says is warm; see ``warmer.verify``."""
+    from warmer.verify import verify as run_verify
+
     sample = ctx.config.serve.verify.sample
-    report = await _maybe_await(
-        run_verify(ctx.config, ctx.ledger, region=region, sample=sample, now=utcnow())
-    )
-    ok = bool(getattr(report, "ok", True))
-    return {"outcome": "ok" if ok else "failed", **_as_dict(report)}
+    report = await run_verify(ctx.config, ctx.ledger, region=region, sample=sample, now=utcnow())
+    return {"outcome": "ok" if report.ok else "failed", **_as_dict(report)}
 
 
 # -- prune ----------------------------------------------------------------------------------

@@ -255,7 +255,7 @@ class ServeCronConfig(_Strict):
 
 
 class ServeVerifyConfig(ServeCronConfig):
-    sample: int = Field(default=20, ge=1)
+    sample: float = Field(default=0.1, gt=0, le=1)
 
 
 class ServeConfig(_Strict):
