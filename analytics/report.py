@@ -182,10 +182,8 @@ def load_drift(url: str) -> pd.DataFrame:
     """
     from warmer.ledger import Ledger, as_utc
 
-    # Looked up by name: a ledger from before the freshness schema has no drift history.
-    drifts = getattr(Ledger(require_database(url)), "drifts", None)
     rows = []
-    for d in drifts() if drifts is not None else []:
+    for d in Ledger(require_database(url)).drifts():
         tiers = json.loads(d.stale_tiers or "[]")
         seconds = [float(t.get("seconds") or 0) for t in tiers if isinstance(t, dict)]
         values = {

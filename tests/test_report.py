@@ -2,7 +2,7 @@
 
 ``build_sample`` is also the database the notebook test executes the notebooks against: a
 generated two-week workload stored through the store's own writers, a stored ranking, and
-two warm runs with items, holdings, an incident and (when the ledger has it) a drift event.
+two warm runs with items, holdings and an incident (the notebook test adds a drift event).
 """
 
 from __future__ import annotations
@@ -131,18 +131,14 @@ def _runs(url: str) -> list[dict[str, Any]]:
     return written
 
 
-def record_drift(url: str) -> bool:
-    """One drift event, when the ledger records drift (False when it cannot)."""
-    record = getattr(Ledger(url), "record_drift", None)
-    if record is None:
-        return False
-    record(
+def record_drift(url: str) -> None:
+    """One drift event: python:3.12 moved, eu served the old digest for two minutes."""
+    Ledger(url).record_drift(
         image="docker.io/library/python", tag="3.12", upstream="dockerhub",
         old_digest="sha256:" + "1" * 64, new_digest="sha256:" + "2" * 64,
         detected_at=RUN_START + timedelta(days=1), moved_after=RUN_START,
         stale_tiers=[{"mirror": "eu", "tier": 1, "seconds": 120.0}],
     )  # fmt: skip
-    return True
 
 
 def build_sample(root: Path) -> Sample:
@@ -282,11 +278,11 @@ def test_incidents_holdings_and_drift(sample: Sample, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'drift.db'}"
     Ledger(url)
     assert report.load_drift(url).empty  # no drift recorded: an empty frame, not an error
-    if record_drift(url):
-        drift = report.load_drift(url)
-        assert list(drift["reference"]) == ["docker.io/library/python:3.12"]
-        assert drift["stale_seconds"].iloc[0] == 120.0
-        assert drift["at"].iloc[0] == pd.Timestamp(RUN_START + timedelta(days=1))
+    record_drift(url)
+    drift = report.load_drift(url)
+    assert list(drift["reference"]) == ["docker.io/library/python:3.12"]
+    assert drift["stale_seconds"].iloc[0] == 120.0
+    assert drift["at"].iloc[0] == pd.Timestamp(RUN_START + timedelta(days=1))
 
 
 def test_rankings_hold_each_regions_latest(sample: Sample) -> None:
