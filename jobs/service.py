@@ -168,7 +168,7 @@ class Service:
         self.running[spec.id] = task
         self.metrics.job_running.labels(spec.id).set(1)
         began = time.monotonic()
-        fields: dict[str, Any] = {"job": spec.id, "replica": self.owner}
+        fields: dict[str, Any] = {"job": spec.id, "replica": self.owner, "t0": time.time()}
         log.info("job %s started", spec.id, extra={"fields": {**fields, "event": "start"}})
         summary: Summary = {"outcome": "error"}
         try:
@@ -181,6 +181,7 @@ class Service:
             summary = {"outcome": "error", "error": f"{type(exc).__name__}: {exc}"}
             log.exception("job %s failed", spec.id, extra={"fields": fields})
         finally:
+            ended = time.time()  # before the release: [t0, t1] is inside the lease
             self.running.pop(spec.id, None)
             self.metrics.job_running.labels(spec.id).set(0)
             await asyncio.to_thread(held.release)
@@ -191,7 +192,12 @@ class Service:
                 self.metrics.last_success.labels(spec.id).set_to_current_time()
             log.info(
                 "job %s finished: %s in %.1fs", spec.id, outcome, seconds,
-                extra={"fields": {**fields, "event": "finish", "seconds": seconds, **summary}},
+                extra={
+                    "fields": {
+                        **fields, "event": "finish", "t1": ended, "seconds": seconds,
+                        **summary,
+                    }
+                },
             )  # fmt: skip
         if spec.kind == "ingest" and summary.get("outcome") == "ok" and self.scheduler:
             job = self.scheduler.get_job("rank")

@@ -15,6 +15,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -28,7 +29,7 @@ from jobs.metrics import Metrics
 from jobs.schedule import Clock
 from warmer import db
 from warmer.config import Config, ConfigError
-from warmer.execute import RateReserve
+from warmer.execute import RateReserve, RunStats
 from warmer.ledger import Ledger, Run, RunItem, as_utc, utcnow
 from warmer.reference import try_parse
 from warmer.warm import (
@@ -147,7 +148,7 @@ async def warm(ctx: Context, region: str) -> Summary:
                 deadline=monotonic_deadline(deadline),
             )  # fmt: skip
             run_id = start_run(ledger, prepared, now, deadline)
-        stats = await execute(
+        stats = _close_if_empty(ledger, run_id) or await execute(
             ctx.config, ledger, run_id, deadline=deadline, reserve=reserve,
             on_progress=_progress_hook(ctx),
         )  # fmt: skip
@@ -166,6 +167,17 @@ async def warm(ctx: Context, region: str) -> Summary:
         "deadline": deadline.isoformat(),
         **stats.as_dict(),
     }
+
+
+def _close_if_empty(ledger: Ledger, run_id: int) -> RunStats | None:
+    """Close a run with nothing left to fetch (everything already warm) without the
+    executor, whose deadline wait refuses an empty set of items."""
+    states = Counter(i.state for i in ledger.items(run_id))
+    if states["pending"] or states["running"]:
+        return None
+    stats = RunStats(done=states["done"], failed=states["failed"], skipped=states["skipped"])
+    ledger.finish_run(run_id, "failed" if stats.failed else "done", stats.as_dict(), utcnow())
+    return stats
 
 
 def _first_image(ledger: Ledger, run_id: int) -> Want | None:

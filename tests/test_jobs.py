@@ -267,3 +267,14 @@ def test_jobs_command_lists_jobs_and_next_runs(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "unknown region 'mars'" in bad.stderr
     bad = runner.invoke(cli, ["--config", str(cfg), "serve", "--region", "mars"])
     assert bad.exit_code == 2 and "unknown region 'mars'" in bad.stderr
+
+
+def test_a_run_with_nothing_left_to_fetch_is_closed_without_the_executor(tmp_path: Path) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'e.db'}")
+    now = datetime.now(UTC)
+    rid = ledger.create_run(
+        region="eu", items=[], images=[], skipped=[], now=now, deadline=now, owner="x:1"
+    )
+    stats = tasks._close_if_empty(ledger, rid)
+    assert stats is not None and ledger.run(rid).state == "done"  # type: ignore[union-attr]
+    assert ledger.unfinished_run("eu") is None  # not resumed at every poll
