@@ -81,6 +81,7 @@ class Topo:
             'deadline_grace = "{}"'.format(self.run.get("deadline_grace", "5s")),
             "retries = {}".format(self.run.get("retries", 1)),
             'timeout = "20s"',
+            'ratelimit_poll = "{}"'.format(self.run.get("ratelimit_poll", "30s")),
         ]
         for name, m in self.mirrors.items():
             lines += [f"[mirrors.{name}]", f'url = "{m["url"]}"', f'parent = "{m["parent"]}"']
@@ -360,10 +361,37 @@ def test_reserve_holds_back_and_logs_once(topo: Topo) -> None:
     run = last_run(topo.ledger())
     held_back = json.loads(run.skipped)
     assert len(held_back) == 1 and "rate-limit reserve" in held_back[0]["reason"]
-    assert run.state == "done" and len(json.loads(run.images)) == 2
+    assert run.state == "done" and len(json.loads(run.images)) == 2, (
+        result.stdout,
+        result.stderr,
+        run.summary,
+    )
     plan = topo.warmer("plan", "--region", "eu", held_back[0]["image"], "--json")
     assert plan.exit_code == 0  # planning never waits: it says why
     assert "rate-limit reserve" in json_out(plan)["skipped"][0]["reason"]
+
+
+def test_held_back_images_are_warmed_in_a_later_pass_when_the_limit_resets(topo: Topo) -> None:
+    topo.reserve = 10
+    topo.run["ratelimit_poll"] = "1s"
+    topo.write()
+    # 4 GETs above the reserve in a 4-second sliding window: two images now, the third
+    # once the first GETs have left the window.
+    topo.front.configure(ratelimit_limit=14, ratelimit_window=4, ratelimit_reset=True)
+    deadline = (datetime.now(UTC) + timedelta(seconds=40)).isoformat()
+    images = ["python:3.12", "node:20", "redis:7.4"]
+    result = topo.warmer("run", "--region", "eu", *images, "--deadline", deadline, "--json")
+    assert result.exit_code == 0, result.output + result.stderr
+    summaries = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert len(summaries) == 2, summaries  # one run per pass
+    ledger = topo.ledger()
+    runs = ledger.recent_runs(2)
+    warmed = sorted(img for r in runs for img in json.loads(r.images))
+    assert warmed == sorted(f"docker.io/library/{i}" for i in images)
+    assert all(r.state == "done" for r in runs)
+    lines = [ln for ln in result.stderr.splitlines() if "upstream rate limit" in ln]
+    assert len(lines) == 1, result.stderr
+    assert topo.front.stats()["throttled"] == 0  # the limit itself was never hit
 
 
 # --- 6. a corrupted blob is an incident, never warm ------------------------------------------

@@ -217,6 +217,7 @@ class RunConfig(_Strict):
     deadline_grace: Duration = timedelta(seconds=30)
     retries: int = Field(default=4, ge=0, le=20)
     timeout: Duration = timedelta(seconds=60)
+    ratelimit_poll: Duration = timedelta(seconds=30)
 
 
 class RefreshConfig(_Strict):

@@ -154,6 +154,26 @@ class RateReserve:
             self.inflight += n
             return True
 
+    async def wait_available(self, deadline: float | None, n: int = 1) -> bool:
+        """Wait (one log line) until ``n`` requests fit above the reserve; False when the
+        deadline (a ``time.monotonic()`` value) comes first."""
+        async with self._lock:
+            await self.refresh()
+            while self.remaining is not None and self.remaining - n < self.reserve:
+                if not self._told:
+                    log.warning(
+                        "upstream rate limit: %s manifest requests left, keeping %s for CI; "
+                        "waiting for the limit window to reset",
+                        self.remaining,
+                        self.reserve,
+                    )
+                    self._told = True
+                if deadline is not None and time.monotonic() + self.poll > deadline:
+                    return False
+                await asyncio.sleep(self.poll)
+                await self.refresh()
+            return True
+
     def settle(self, n: int = 1) -> None:
         """``n`` requests reserved by :meth:`spend` were made (or given up)."""
         self.inflight = max(0, self.inflight - n)

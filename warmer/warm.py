@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,7 +22,7 @@ from warmer.auth import CredentialRef, Credentials, credentials_from_ref
 from warmer.config import Config, ConfigError, CredentialsRef, MirrorConfig
 from warmer.execute import Executor, ProgressHook, RateReserve, RunStats
 from warmer.ledger import Ledger, utcnow
-from warmer.manifest import Platform
+from warmer.manifest import ImageTree, Platform
 from warmer.reference import InvalidReference, Reference, parse
 from warmer.registry import RegistryClient, RegistryError
 
@@ -147,6 +147,48 @@ def wants_from_ranking(config: Config, region: str, top: int | None) -> list[Wan
     return out
 
 
+class _Reserved(Exception):
+    """An image left out to keep the rate-limit reserve for CI."""
+
+
+class _Unresolved(Exception):
+    """An image whose manifests could not be fetched; the message says why."""
+
+
+async def pin_tags(config: Config, wants: Sequence[Want], concurrency: int = 16) -> dict[str, str]:
+    """Each tag's digest by a HEAD to its upstream (HEAD is not counted by Docker Hub).
+
+    Returns ``{str(ref): digest}`` for the tags the upstream answered; the others are
+    resolved through the mirror by tag (an upstream the warmer cannot reach directly).
+    """
+    by_upstream: dict[str, list[Want]] = {}
+    for w in wants:
+        if w.ref.tag and not w.ref.digest:
+            name = config.upstream_for_registry(w.ref.registry)
+            if name is not None:
+                by_upstream.setdefault(name, []).append(w)
+    pins: dict[str, str] = {}
+    sem = asyncio.Semaphore(concurrency)
+    for name, group in by_upstream.items():
+        client = upstream_client(config, name)
+        client.retries = 0
+
+        async def head(w: Want, client: RegistryClient = client) -> None:
+            async with sem:
+                try:
+                    got = await client.head_manifest(w.ref.repository, w.ref.reference)
+                except RegistryError as exc:
+                    log.debug("HEAD %s upstream: %s; resolving through the mirror", w.ref, exc)
+                    return
+            pins[str(w.ref)] = got.digest
+
+        try:
+            await asyncio.gather(*(head(w) for w in group))
+        finally:
+            await client.aclose()
+    return pins
+
+
 async def resolve(
     config: Config,
     ledger: Ledger,
@@ -174,6 +216,24 @@ async def resolve(
     skipped: list[planner.Skipped] = []
     sem = asyncio.Semaphore(concurrency)
 
+    trees: dict[tuple[str, str, str], asyncio.Task[ImageTree]] = {}
+
+    async def fetch_tree(client: RegistryClient, repo: str, reference: str) -> ImageTree:
+        async with sem:
+            if reserve is not None and not await reserve.spend(deadline, 1 + len(platforms)):
+                raise _Reserved(
+                    f"{RESERVE_REASON}: {reserve.remaining} manifest requests left, "
+                    f"keeping {reserve.reserve} for CI"
+                )
+            try:
+                return await client.resolve(repo, reference, platforms)
+            except RegistryError as exc:
+                why = await reserve.explain(exc) if reserve is not None else str(exc)
+                raise _Unresolved(f"cannot resolve: {why}") from None
+            finally:
+                if reserve is not None:
+                    reserve.settle(1 + len(platforms))
+
     async def one(want: Want) -> None:
         ref = want.ref
         upstream = config.upstream_for_registry(ref.registry)
@@ -186,26 +246,17 @@ async def resolve(
             return
         client = clients.setdefault(top, mirror_client(config, top))
         repo = config.mirrors[top].repository_for(ref.repository)
-        async with sem:
-            if reserve is not None and not await reserve.spend(deadline, 1 + len(platforms)):
-                skipped.append(
-                    planner.Skipped(
-                        str(ref),
-                        f"{RESERVE_REASON}: {reserve.remaining} manifest requests left, "
-                        f"keeping {reserve.reserve} for CI",
-                    )
-                )
-                return
-            try:
-                tree = await client.resolve(repo, ref.reference, platforms)
-            except RegistryError as exc:
-                if reserve is not None:
-                    reserve.settle(1 + len(platforms))
-                why = await reserve.explain(exc) if reserve is not None else str(exc)
-                skipped.append(planner.Skipped(str(ref), f"cannot resolve: {why}"))
-                return
-            if reserve is not None:
-                reserve.settle(1 + len(platforms))
+        # A tag pinned by the upstream HEAD is fetched by digest: aliases of one manifest
+        # then share one fetch (one upstream GET) however many tags point at it.
+        lookup = pins.get(str(ref)) or ref.reference
+        key = (top, repo, lookup)
+        if key not in trees:
+            trees[key] = asyncio.create_task(fetch_tree(client, repo, lookup))
+        try:
+            tree = await asyncio.shield(trees[key])
+        except (_Reserved, _Unresolved) as exc:
+            skipped.append(planner.Skipped(str(ref), str(exc)))
+            return
         if ref.tag:
             ledger.record_resolution(
                 image=ref.name,
@@ -233,18 +284,22 @@ async def resolve(
             )
         )
 
-    # Tags of one repository are resolved one after the other: aliases (latest, 3, 3.12)
-    # share a manifest, and two concurrent cold GETs of it make the mirror fetch it twice.
-    by_repo: dict[tuple[str, str], list[Want]] = {}
+    pins = await pin_tags(config, wants)
+    # Unpinned tags of one repository are resolved one after the other: aliases (latest,
+    # 3, 3.12) share a manifest, and two concurrent cold GETs of it by tag make the mirror
+    # fetch it twice. Pinned ones are keyed by digest above and may all go at once.
+    groups: dict[tuple[str, str, str], list[Want]] = {}
     for w in wants:
-        by_repo.setdefault((w.ref.registry, w.ref.repository), []).append(w)
+        pinned = str(w.ref) in pins
+        key = (w.ref.registry, w.ref.repository, str(w.ref) if pinned else "")
+        groups.setdefault(key, []).append(w)
 
     async def in_sequence(group: list[Want]) -> None:
         for w in group:
             await one(w)
 
     try:
-        await asyncio.gather(*(in_sequence(g) for g in by_repo.values()))
+        await asyncio.gather(*(in_sequence(g) for g in groups.values()))
     finally:
         for c in clients.values():
             await c.aclose()
@@ -347,6 +402,7 @@ def rate_reserve(config: Config, region: str, probe: Want | None) -> RateReserve
         client,
         (probe.ref.repository, probe.ref.reference),
         config.upstreams[name].ratelimit_reserve,
+        poll=config.run.ratelimit_poll.total_seconds(),
     )
 
 
@@ -384,6 +440,85 @@ async def execute(
         state = "failed"
     ledger.finish_run(run_id, state, stats.as_dict(), utcnow())
     return stats
+
+
+@dataclass
+class WarmOutcome:
+    """What ``warm`` did: one run per pass, and what was left out."""
+
+    runs: list[tuple[int, RunStats]] = field(default_factory=list)
+    passes: list[Prepared] = field(default_factory=list)
+
+    @property
+    def unresolved(self) -> list[planner.Skipped]:
+        """Images that could not be resolved (not those held back for the reserve)."""
+        return [
+            s for p in self.passes for s in p.unresolved if not s.reason.startswith(RESERVE_REASON)
+        ]
+
+    @property
+    def held_back(self) -> list[planner.Skipped]:
+        """Images still held back by the rate-limit reserve at the end."""
+        if not self.passes:
+            return []
+        return [s for s in self.passes[-1].unresolved if s.reason.startswith(RESERVE_REASON)]
+
+
+async def warm(
+    config: Config,
+    ledger: Ledger,
+    region: str,
+    wants: Sequence[Want],
+    *,
+    now: datetime,
+    budget: int | None = None,
+    window: timedelta | None = None,
+    deadline: datetime | None = None,
+    on_progress: ProgressHook | None = None,
+    on_run: Callable[[int, Prepared], None] | None = None,
+    renew_within: timedelta | None = None,
+) -> WarmOutcome:
+    """Plan and run a region's warm, in passes around the upstream's rate limit.
+
+    Resolving is where upstream manifest GETs are spent. An image that would dip into the
+    reserve is not waited for up front (that would hold back everything else): what fits is
+    planned and warmed first; then, while time is left before ``deadline``, the warm waits
+    (one log line) for the limit window to reset and plans the held-back images in a
+    further pass, within what is left of the budget.
+    """
+    outcome = WarmOutcome()
+    reserve = rate_reserve(config, region, wants[0] if wants else None)
+    left = budget if budget is not None else config.region(region).budget
+    todo = list(wants)
+    try:
+        while True:
+            pass_now = now if not outcome.runs else utcnow()
+            prepared = await prepare(
+                config, ledger, region, todo, now=pass_now, budget=left, window=window,
+                reserve=reserve, deadline=time.monotonic(), renew_within=renew_within,
+            )  # fmt: skip
+            outcome.passes.append(prepared)
+            run_id = start_run(ledger, prepared, pass_now, deadline)
+            if on_run is not None:
+                on_run(run_id, prepared)
+            stats = await execute(
+                config, ledger, run_id, deadline=deadline, reserve=reserve,
+                on_progress=on_progress,
+            )  # fmt: skip
+            outcome.runs.append((run_id, stats))
+            held = {s.image for s in outcome.held_back}
+            stalled = len(outcome.runs) > 1 and len(held) == len(todo)  # waited, got nowhere
+            if not held or stats.deadline_hit or reserve is None or stalled:
+                break
+            if not await reserve.wait_available(monotonic_deadline(deadline)):
+                break
+            todo = [w for w in todo if str(w.ref) in held]
+            if left is not None:
+                left = max(0, left - sum(stats.parent_bytes_by_mirror.values()))
+    finally:
+        if reserve is not None and reserve.client is not None:
+            await reserve.client.aclose()
+    return outcome
 
 
 def monotonic_deadline(deadline: datetime | None) -> float | None:

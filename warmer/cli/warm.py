@@ -29,18 +29,16 @@ from warmer.execute import RateReserve, RunStats
 from warmer.ledger import Ledger, RunItem, as_utc, utcnow
 from warmer.units import UnitError, format_duration, format_size, parse_duration, parse_size
 from warmer.warm import (
-    RESERVE_REASON,
     Prepared,
     Want,
     WarmError,
     current_window_deadline,
     execute,
-    monotonic_deadline,
     prepare,
     rate_reserve,
-    start_run,
     wants_from_args,
     wants_from_ranking,
+    warm,
 )
 
 
@@ -207,6 +205,12 @@ class _Progress:
             self.bytes_task = self.progress.add_task("bytes", total=total_bytes)
         return self
 
+    def add(self, total_bytes: int) -> None:
+        """A further pass adds its bytes to the bar."""
+        if self.progress is not None:
+            task = self.progress.tasks[0]
+            self.progress.update(self.bytes_task, total=(task.total or 0) + total_bytes)
+
     def __enter__(self) -> _Progress:
         if self.progress is not None:
             self.progress.start()
@@ -299,52 +303,56 @@ def run_command(
         wants = _wants(cfg, region, images, top)
     bar = _Progress(sys.stderr.isatty() and not as_json)
 
-    async def go() -> tuple[Prepared | None, int | None, RunStats | None]:
-        # One event loop for planning and running: the rate-limit reserve (and its HTTP
-        # client) is shared by both.
-        reserve = rate_reserve(cfg, region, wants[0] if wants else None)
-        try:
-            prepared = None
-            rid = run_id
-            if rid is None:
-                prepared = await prepare(
-                    cfg, ledger, region, wants, now=now, budget=b, window=w,
-                    reserve=reserve, deadline=monotonic_deadline(the_deadline),
-                )  # fmt: skip
-                if dry_run:
-                    return prepared, None, None
-                rid = start_run(ledger, prepared, now, the_deadline)
-            items = [i for i in ledger.items(rid) if i.state == "pending"]
-            with bar.start(sum(i.size for i in items)):
-                stats = await execute(
-                    cfg, ledger, rid, deadline=the_deadline, reserve=reserve,
-                    on_progress=bar.hook,
-                )  # fmt: skip
-            return prepared, rid, stats
-        finally:
-            await _close(reserve)
-
-    prepared, rid, stats = asyncio.run(go())
-    if stats is None or rid is None:
-        assert prepared is not None
+    if dry_run and not resume:
+        prepared = asyncio.run(
+            prepare(cfg, ledger, region, wants, now=now, budget=b, window=w, renew_within=None)
+        )
         if as_json:
             emit_json(_plan_json(prepared))
         else:
             _print_plan(prepared, Console())
         return
-    run_id = rid
+
+    def pending_bytes(rid: int) -> int:
+        return sum(i.size for i in ledger.items(rid) if i.state == "pending")
+
+    async def go() -> list[tuple[int, RunStats]]:
+        if run_id is not None:  # --resume: carry the recorded run on
+            reserve = rate_reserve(cfg, region, wants[0] if wants else None)
+            try:
+                with bar.start(pending_bytes(run_id)):
+                    stats = await execute(
+                        cfg, ledger, run_id, deadline=the_deadline, reserve=reserve,
+                        on_progress=bar.hook,
+                    )  # fmt: skip
+            finally:
+                await _close(reserve)
+            return [(run_id, stats)]
+        with bar.start(0):
+            outcome = await warm(
+                cfg, ledger, region, wants, now=now, budget=b, window=w,
+                deadline=the_deadline, on_progress=bar.hook,
+                on_run=lambda rid, _p: bar.add(pending_bytes(rid)),
+            )  # fmt: skip
+        unresolved.extend(outcome.unresolved)
+        return outcome.runs
+
+    unresolved: list[Any] = []
+    runs = asyncio.run(go())
+    failed = incidents = 0
+    for rid, stats in runs:
+        if as_json:
+            emit_json({"run": rid, "region": region, **stats.as_dict()})
+        else:
+            _summary(stats, rid, Console())
+        failed += stats.failed
+        incidents += stats.incidents
     # Images held back by the rate-limit reserve are expected, like items a deadline cut.
-    unresolved = sum(
-        not s.reason.startswith(RESERVE_REASON) for s in (prepared.unresolved if prepared else [])
-    )
-    if as_json:
-        emit_json({"run": run_id, "region": region, **stats.as_dict()})
-    else:
-        _summary(stats, run_id, Console())
-    if stats.failed or stats.incidents or unresolved:
+    if failed or incidents or unresolved:
+        last = runs[-1][0]
         raise WorkFailed(
-            f"run {run_id}: {stats.failed} item(s) failed, {stats.incidents} incident(s)"
-            + (f", {unresolved} image(s) could not be resolved" if unresolved else "")
+            f"run {last}: {failed} item(s) failed, {incidents} incident(s)"
+            + (f", {len(unresolved)} image(s) could not be resolved" if unresolved else "")
         )
 
 
