@@ -214,8 +214,18 @@ def summary(results: dict[str, Any]) -> str:
                 f"{float(row.get('score', 0)):.1f} pulls/day  - {row.get('reasons', '')}"
             )
     bt = results.get("backtest", {})
-    if bt:
-        lines.append(f"backtest (eu): {json.dumps(bt)[:300]}")
+    overall = {r["strategy"]: r for r in bt.get("rates", []) if r.get("kind") == "all"}
+    if overall:
+        parts = [
+            f"{name} {overall[name]['byte_hit_rate']:.0%}"
+            for name in ("model", "yesterday", "frequency", "static", "oracle")
+            if name in overall
+        ]
+        days = overall.get("model", {}).get("days", "?")
+        lines.append(
+            f"backtest eu, {days} days at {format_size(bt.get('budget', 0))}/day, "
+            "byte hit rate: " + ", ".join(parts)
+        )
     for region, run in results.get("runs", {}).items():
         by_mirror = run.get("bytes_by_mirror", {})
         lines.append(
