@@ -73,14 +73,29 @@ def compression(path: Path) -> str | None:
 
 def open_stream(path: Path) -> BinaryIO:
     """The decompressed byte stream of ``path``."""
-    kind = compression(path)
-    if kind == "gzip":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    if kind == "zstd":
-        raw = open(path, "rb")  # noqa: SIM115 - closed through the reader below
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
-        return io.BufferedReader(reader)
-    return open(path, "rb")
+    return open_file(path)[0]
+
+
+def open_file(path: Path) -> tuple[BinaryIO, str | None, float]:
+    """The decompressed byte stream of ``path``, its compression and its mtime.
+
+    One ``open`` per file (the magic bytes are peeked from the same buffer): a walk over
+    tens of thousands of small logs pays per system call.
+    """
+    raw = open(path, "rb")  # noqa: SIM115 - returned, or closed through the wrapper
+    try:
+        mtime = os.fstat(raw.fileno()).st_mtime
+        magic = raw.peek(4)[:4]
+        if magic.startswith(_GZIP_MAGIC):
+            raw.close()  # GzipFile does not close a file object it was given
+            return gzip.open(path, "rb"), "gzip", mtime  # type: ignore[return-value]
+        if magic.startswith(_ZSTD_MAGIC):
+            reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+            return io.BufferedReader(reader), "zstd", mtime
+    except BaseException:
+        raw.close()
+        raise
+    return raw, None, mtime
 
 
 def skip(stream: BinaryIO, count: int, plain: bool) -> tuple[bytes, int]:

@@ -19,18 +19,19 @@ from analytics.events import Event
 from analytics.ingest.base import Hit, LineParser
 from analytics.ingest.ci import GitHubParser, GitLabParser, JenkinsParser
 from analytics.ingest.clients import ClientLogParser
-from analytics.ingest.detect import FORMATS, detect
+from analytics.ingest.detect import FORMATS, detect_bytes
 from analytics.ingest.distribution import DistributionParser
 from analytics.ingest.kubelet import KubeletParser
 from analytics.ingest.reader import (
     HEAD,
     BlockReader,
     ReadStats,
-    compression,
     fingerprint,
+    open_file,
     open_stream,
     skip,
 )
+from analytics.ingest.select import selector
 from analytics.regions import RegionRules
 from warmer.reference import Reference, try_parse
 
@@ -99,22 +100,6 @@ def walk(paths: list[Path]) -> Iterator[Path]:
             yield root
 
 
-def _select(block: bytes, keywords: tuple[bytes, ...]) -> list[tuple[int, int]]:
-    """Spans of the lines of ``block`` containing any keyword, in order, each once."""
-    spans: dict[int, int] = {}
-    find, rfind = block.find, block.rfind
-    for kw in keywords:
-        pos = find(kw)
-        while pos >= 0:
-            start = rfind(b"\n", 0, pos) + 1
-            end = find(b"\n", pos)
-            if end < 0:
-                end = len(block)
-            spans[start] = end
-            pos = find(kw, end + 1)
-    return sorted(spans.items())
-
-
 class _Normaliser:
     """Hits to events: parse references once per distinct text, apply region rules."""
 
@@ -178,14 +163,14 @@ def _scan(
     resume: Callable[[str], Resume | None] | None,
     result: FileResult,
 ) -> FileResult:
-    plain = compression(path) is None
-    stream = open_stream(path)
+    stream, kind, mtime = open_file(path)
+    plain = kind is None
     try:
         first = stream.read(DETECT_BYTES)
         if not first:
             return result
         result.head_fp = fingerprint(first[:HEAD])
-        fmt = opts.format or detect(first.decode("utf-8", "replace"))
+        fmt = opts.format or detect_bytes(first)
         result.format = fmt
         if fmt is None:
             result.warning = f"{path}: no known log format in its first lines; skipped"
@@ -202,7 +187,7 @@ def _scan(
                 stream = open_stream(path)
                 prefix = stream.read(DETECT_BYTES)
         result.start = start
-        when = opts.default_time or datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        when = opts.default_time or datetime.fromtimestamp(mtime, UTC)
         stats = result.stats
         norm = _Normaliser(str(path), fmt, when, opts, stats)
         norm.on_event = on_event
@@ -210,9 +195,9 @@ def _scan(
         if isinstance(parser, DistributionParser):
             parser.prime(first.decode("utf-8", "replace"))
         reader = BlockReader(stream, stats, prefix=prefix, last=last)
-        keywords, feed = parser.keywords, parser.feed
+        select, feed = selector(parser.keywords), parser.feed
         for block in reader:
-            for s, e in _select(block, keywords):
+            for s, e in select(block):
                 feed(block[s:e].decode("utf-8"))
         parser.finish()
         result.events = norm.count
