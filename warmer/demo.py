@@ -21,6 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from warmer.sandbox.catalogue import Catalogue
 from warmer.sandbox.front import FrontControl
 from warmer.sandbox.topology import Sandbox
 from warmer.units import format_size
@@ -43,6 +44,7 @@ class Demo:
     keep: bool = False
     echo: Any = print
     results: dict[str, Any] = field(default_factory=dict)
+    _workload: Catalogue | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -127,6 +129,7 @@ class Demo:
         self.results["runs"] = runs
         self.results["wan"] = front.stats()
         self._proof(box, front, runs)
+        self._tag_moves(box)
         self.warmer("status")
 
     def _seed_workload_images(self, box: Sandbox, ci: Path, at: str) -> None:
@@ -139,11 +142,33 @@ class Demo:
         images = json.loads((ci / "catalogue.json").read_text())["images"]
         cat = from_workload(images, datetime.fromisoformat(at), scale=self.workload_scale)
         report = run_sync(seed(box.upstream_url, cat))
+        self._workload = cat
         self.echo(
             f"\n(seeded the upstream with the {len(cat.tags)} docker.io images the workload "
             f"pulls, at {self.workload_scale:g} of their real size: "
             f"{format_size(report.bytes_pushed)})"
         )
+
+    def _tag_moves(self, box: Sandbox) -> None:
+        """A warmed tag moves upstream; refresh finds it by HEAD and warms the new digest;
+        verify re-reads a sample of what the tiers hold."""
+        from warmer.sandbox.seed import move_tag, run_sync
+
+        image = (self.results.get("proof") or {}).get("image")
+        if not image or self._workload is None:
+            return
+        repo_tag = image.split("/", 1)[1]
+        repository, _, tag = repo_tag.rpartition(":")
+        new = run_sync(move_tag(box.upstream_url, self._workload, repository, tag, 1))
+        self.echo(f"\n(the upstream moved {repository}:{tag} to {new.digest[:19]}...)")
+        rows = self.warmer("refresh", "--region", "eu", "--json", json_out=True, ok=(0, 1))
+        self.results["refresh"] = rows[-1] if rows else {}
+        self.warmer("drift")
+        rows = self.warmer(
+            "verify", "--region", "eu", "--sample", "0.5", "--seed", "1", "--json",
+            json_out=True, ok=(0, 1),
+        )  # fmt: skip
+        self.results["verify"] = rows[-1] if rows else {}
 
     def _history_end(self, ci: Path) -> str:
         meta = ci / "meta.json"
@@ -247,6 +272,18 @@ def summary(results: dict[str, Any]) -> str:
         lines.append(
             f"proof: skopeo pulled {proof.get('image')} from the eu mirror with the upstream "
             f"down: {verdict} ({proof.get('blobs', 0)} blobs)"
+        )
+    ref = results.get("refresh", {})
+    if ref:
+        lines.append(
+            "refresh: "
+            + ", ".join(f"{k} {v}" for k, v in ref.items() if isinstance(v, int | float))
+        )
+    ver = results.get("verify", {})
+    if ver:
+        lines.append(
+            "verify: "
+            + ", ".join(f"{k} {v}" for k, v in ver.items() if isinstance(v, int | float | bool))
         )
     lines.append(f"total {results.get('seconds', '?')}s")
     return "\n".join(lines)

@@ -108,6 +108,9 @@ class RefreshReport:
     invalidations: list[dict[str, Any]] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # Ranked images from a registry with no upstream in the config: nothing to check there
+    # (reported, not a failure of the refresh).
+    untracked: list[str] = field(default_factory=list)
     tags: list[TagResult] = field(default_factory=list)
     deadline_hit: bool = False
 
@@ -129,6 +132,7 @@ class RefreshReport:
             "invalidations": self.invalidations,
             "runs": self.runs,
             "errors": self.errors,
+            "untracked": self.untracked,
             "deadline_hit": self.deadline_hit,
             "ok": self.ok,
             "tags": [t.as_dict() for t in self.tags if t.moved or t.stale or t.warm_reason],
@@ -160,7 +164,7 @@ def tracked_tags(
     def add(ref: Reference, region: str, score: float, ranked: bool) -> None:
         upstream = config.upstream_for_registry(ref.registry)
         if upstream is None:
-            report.errors.append(f"{ref}: no upstream configured for {ref.registry}")
+            report.untracked.append(f"{ref}: no upstream configured for {ref.registry}")
             return
         tiers = _region_tiers(config, region, upstream)
         if not tiers:

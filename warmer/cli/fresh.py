@@ -82,6 +82,8 @@ def refresh_command(
                 )
         for e in report.errors:
             click.echo(f"  error: {e}", err=True)
+        for u in report.untracked:
+            click.echo(f"  not checked: {u}", err=True)
         if report.deadline_hit:
             click.echo("  the deadline stopped the refresh before the end", err=True)
     if not report.ok:
