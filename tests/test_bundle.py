@@ -308,3 +308,57 @@ def test_bad_image_list_line_is_named(tmp_path: Path, src: Proc) -> None:
     )
     assert result.exit_code == 2
     assert f"{listing}:3:" in result.output
+
+
+def test_export_region_takes_the_stored_ranking(
+    src: Proc, tmp_path: Path, catalogue: Catalogue
+) -> None:
+    import pandas as pd
+
+    from analytics.rankings import save_ranking
+
+    db = f"sqlite:///{tmp_path / 'w.db'}"
+    config = tmp_path / "warmer.toml"
+    config.write_text(
+        f"""
+[database]
+url = "{db}"
+[upstreams.hub]
+url = "{src.url}"
+aliases = ["docker.io"]
+[mirrors.central]
+url = "http://127.0.0.1:9"
+parent = "hub"
+[regions.eu]
+mirrors = ["central"]
+"""
+    )
+    ranking = pd.DataFrame(
+        {
+            "region": ["eu", "eu", "eu"],
+            "image": [
+                "docker.io/library/debian",
+                "docker.io/library/python",
+                "docker.io/someorg/app",
+            ],
+            "tag": ["12", "3.12", "v1.1"],
+            "digest": ["", "", ""],
+            "score": [9.0, 5.0, 1.0],
+            "window_score": [1.0, 1.0, 1.0],
+            "rank": [1, 2, 3],
+            "reasons": ["r", "r", "r"],
+        }
+    )
+    save_ranking(db, ranking)
+    dest = tmp_path / "bundle"
+    result = CliRunner().invoke(
+        cli,
+        ["--config", str(config), "export", "--region", "eu", "--top", "2", "--from", src.url,
+         "--to", str(dest), "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    bundle = loads((dest / BUNDLE_FILE).read_text())
+    names = sorted(f"{i.repository}:{i.tag}" for i in bundle.images)
+    assert names == ["library/debian:12", "library/python:3.12"]  # the top 2, not the third
+    debian = catalogue.tag("library/debian", "12").image("linux/amd64")
+    assert (dest / blob_relpath(debian.layers[0].digest)).is_file()
