@@ -53,7 +53,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def config(box: Sandbox, db_url: str, scale: float, ttl_s: int) -> str:
+def config(box: Sandbox, db_url: str, scale: float, ttl_s: int, anchor: float) -> str:
     lines = [
         "[database]", f'url = "{db_url}"',
         "[upstreams.dockerhub]", f'url = "{box.front_url}"', 'aliases = ["docker.io"]',
@@ -72,6 +72,7 @@ def config(box: Sandbox, db_url: str, scale: float, ttl_s: int) -> str:
         "[serve]", "metrics_port = 0", 'lease_ttl = "3s"', 'poll = "1s"',
         'shutdown_grace = "6s"', f"time_scale = {scale}",
         f"time_origin = {ORIGIN.strftime('%Y-%m-%dT%H:%M:%SZ')}",
+        f"time_anchor = {datetime.fromtimestamp(anchor, UTC).isoformat().replace('+00:00', 'Z')}",
         "[serve.ingest]", 'every = "2h"',
         "[serve.warm]", "images = " + json.dumps(IMAGES),
         "[serve.refresh]", 'cron = "15 */6 * * *"',
@@ -129,8 +130,10 @@ def main() -> None:
         box.seed_catalogue()
         db_url = create_database(pg.url, "soak")
         gap_real = 2 * 3600 / scale  # shortest gap between one region's windows
-        (tmp / "warmer.toml").write_text(config(box, db_url, scale, max(2, int(gap_real / 2))))
-        started = time.time()
+        started = time.time() + 3  # all replicas: schedule time ORIGIN at this real instant
+        (tmp / "warmer.toml").write_text(
+            config(box, db_url, scale, max(2, int(gap_real / 2)), started)
+        )
         for i in range(args.replicas):
             log = tmp / f"replica{i}.log"
             argv = [sys.executable, "-m", "warmer.cli.main", "--config", str(tmp / "warmer.toml"),
@@ -140,7 +143,7 @@ def main() -> None:
                                               env={**os.environ, "PYTHONPATH": str(ROOT)}))  # fmt: skip
             logs.append(log)
         samples: list[list[tuple[float, float, int]]] = [[] for _ in procs]
-        end = started + args.day_seconds + 2
+        end = started + args.day_seconds + 1
         while time.time() < end and all(p.poll() is None for p in procs):
             for i, p in enumerate(procs):
                 got = proc_sample(p.pid)

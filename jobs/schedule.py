@@ -37,9 +37,16 @@ class Clock:
     scale: float = 1.0
 
     @classmethod
-    def make(cls, real_now: datetime, scale: float = 1.0, origin: datetime | None = None) -> Clock:
-        real_now = real_now.astimezone(UTC)
-        return cls(real_now, (origin or real_now).astimezone(UTC), scale)
+    def make(
+        cls,
+        real_now: datetime,
+        scale: float = 1.0,
+        origin: datetime | None = None,
+        anchor: datetime | None = None,
+    ) -> Clock:
+        """Schedule time ``origin`` at the real instant ``anchor`` (both default to now)."""
+        real0 = (anchor or real_now).astimezone(UTC)
+        return cls(real0, (origin or real0).astimezone(UTC), scale)
 
     @property
     def identity(self) -> bool:

@@ -132,7 +132,9 @@ class Service:
         self.config = config
         self.regions = regions
         self.owner = owner()
-        clock = Clock.make(utcnow(), config.serve.time_scale, config.serve.time_origin)
+        clock = Clock.make(
+            utcnow(), config.serve.time_scale, config.serve.time_origin, config.serve.time_anchor
+        )
         self.metrics = Metrics(config.database.url, regions)
         self.ctx = Context(config, Ledger(config.database.url), clock, regions, self.metrics)
         self.leases = Leases(config.database.url)

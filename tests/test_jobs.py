@@ -243,7 +243,7 @@ def test_every_serve_key_is_documented_in_the_example() -> None:
         ("[serve]\nmetrics_prot = 1\n", "serve.metrics_prot: unknown key"),
         ("[serve.refresh]\ncron = '0 5 * *'\n", "serve.refresh"),
         ("[serve]\nlease_ttl = '1s'\n", "lease_ttl must be at least 3s"),
-        ("[serve]\ntime_origin = 2024-01-01T00:00:00\n", "time_origin needs a UTC offset"),
+        ("[serve]\ntime_origin = 2024-01-01T00:00:00\n", "serve.time_origin: needs a UTC offset"),
         ("[serve.ingest]\nevery = 'often'\n", "serve.ingest.every"),
     ],
 )

@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,8 @@ class ServeTopo:
     def write(self) -> Path:
         serve = {"metrics_port": 0, "lease_ttl": "3s", "poll": "1s", "shutdown_grace": "6s"}
         serve.update(self.serve)
+        if "time_origin" in serve:  # every replica: that schedule time at this real instant
+            serve["time_anchor"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         lines = [
             "[database]", f'url = "{self.db_url}"',
             "[upstreams.dockerhub]", f'url = "{self.box.front_url}"', 'aliases = ["docker.io"]',

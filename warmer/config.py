@@ -271,17 +271,18 @@ class ServeConfig(_Strict):
     retention: Duration = timedelta(days=35)
     time_scale: float = Field(default=1.0, gt=0, le=100_000)
     time_origin: datetime | None = None
+    time_anchor: datetime | None = None
     ingest: ServeIngestConfig = ServeIngestConfig()
     warm: ServeWarmConfig = ServeWarmConfig()
     refresh: ServeCronConfig = ServeCronConfig(cron="0 5 * * *")
     verify: ServeVerifyConfig = ServeVerifyConfig(cron="0 6 * * 0")
     prune: ServeCronConfig = ServeCronConfig(cron="30 4 * * *")
 
-    @field_validator("time_origin")
+    @field_validator("time_origin", "time_anchor")
     @classmethod
     def _origin(cls, v: datetime | None) -> datetime | None:
         if v is not None and (v.tzinfo is None or v.utcoffset() is None):
-            raise ValueError("time_origin needs a UTC offset (e.g. 2024-03-31T00:00:00Z)")
+            raise ValueError("needs a UTC offset (e.g. 2024-03-31T00:00:00Z)")
         return v
 
     @model_validator(mode="after")

@@ -290,6 +290,13 @@ class Executor:
                     await asyncio.gather(*pending, return_exceptions=True)
                 for task in finished:
                     task.result()
+        except asyncio.CancelledError:
+            # Cancelled from outside (service shutdown, lost lease): asyncio.wait does not
+            # cancel the items, so cancel them here; each goes back to pending.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         finally:
             await self._close()
         self.stats.seconds = time.monotonic() - started

@@ -102,7 +102,7 @@ def jobs_command(
     from jobs.service import job_specs, next_runs
 
     now = utcnow()
-    clock = Clock.make(now, cfg.serve.time_scale, cfg.serve.time_origin)
+    clock = Clock.make(now, cfg.serve.time_scale, cfg.serve.time_origin, cfg.serve.time_anchor)
     specs = job_specs(cfg, chosen, run_global, clock)
     holders = {h.name: h for h in Leases(cfg.database.url).holders()}
     rows: list[dict[str, Any]] = []
