@@ -313,7 +313,12 @@ async def refresh(ctx: Context, region: str) -> Summary:
     """Re-resolve the region's tracked tags (HEAD only); see ``warmer.refresh``."""
     from warmer.refresh import refresh as run_refresh
 
-    report = await run_refresh(ctx.config, ctx.ledger, region=region, now=utcnow())
+    now = utcnow()
+    # Inside a window, its end bounds the refresh's warm of moved tags. (Outside one,
+    # warmer.refresh warms them at once: it has no check-only mode yet.)
+    window = window_of(ctx, region, now)
+    deadline = ctx.clock.real(window.end) if window is not None else None
+    report = await run_refresh(ctx.config, ctx.ledger, region=region, now=now, deadline=deadline)
     return {"outcome": "ok", **_as_dict(report)}
 
 
