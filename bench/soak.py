@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -165,6 +166,8 @@ def main() -> None:
                 p.wait()
         pg.stop(grace=10)
         box.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(pg_root, ignore_errors=True)
     print(json.dumps(result, indent=2))
 
 
