@@ -314,11 +314,14 @@ async def refresh(ctx: Context, region: str) -> Summary:
     from warmer.refresh import refresh as run_refresh
 
     now = utcnow()
-    # Inside a window, its end bounds the refresh's warm of moved tags. (Outside one,
-    # warmer.refresh warms them at once: it has no check-only mode yet.)
+    # Inside a window, its end bounds the refresh's warm of moved tags. Outside one, the
+    # refresh only checks and records; the next window's warm plans the new digests.
     window = window_of(ctx, region, now)
     deadline = ctx.clock.real(window.end) if window is not None else None
-    report = await run_refresh(ctx.config, ctx.ledger, region=region, now=now, deadline=deadline)
+    report = await run_refresh(
+        ctx.config, ctx.ledger, region=region, now=now, deadline=deadline,
+        warm_moved=window is not None,
+    )  # fmt: skip
     return {"outcome": "ok", **_as_dict(report)}
 
 

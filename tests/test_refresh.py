@@ -214,8 +214,10 @@ class Chain:
             move_tag(self.upstream.url, self.catalogue, repository, tag, self.generation)
         )
 
-    def refresh(self, now: datetime, region: str | None = None) -> Any:
-        return asyncio.run(refresh(self.config(), self.ledger(), region=region, now=now))
+    def refresh(self, now: datetime, region: str | None = None, warm_moved: bool = True) -> Any:
+        return asyncio.run(
+            refresh(self.config(), self.ledger(), region=region, now=now, warm_moved=warm_moved)
+        )
 
     def warmer(self, *args: str) -> Result:
         return CliRunner().invoke(cli, ["--config", str(self.write()), *args])
@@ -316,6 +318,26 @@ def test_refresh_unchanged_spends_nothing_then_warms_a_moved_tag(chain: Chain) -
     assert [(e["tag"], e["old"], e["new"]) for e in events] == [("7.4", old, new.digest)]
     text = chain.warmer("drift")
     assert "redis:7.4" in text.stdout and new.digest[:19] in text.stdout
+
+
+def test_check_only_refresh_records_drift_and_leaves_the_warm_for_a_window(chain: Chain) -> None:
+    chain.warm("eu", "redis:7.4")
+    now = datetime.now(UTC)
+    new = chain.move("library/redis", "7.4")
+    chain.front.reset()
+    report = chain.refresh(now, warm_moved=False)
+    assert report.moved == 1 and report.drift_events == 1 and report.deferred == 1
+    assert report.runs == [] and report.warmed_items == 0
+    # No blob moved. The one counted GET is the central tier answering the refresh's HEAD
+    # by tag: a distribution proxy fetches the new top manifest to answer it (needed by the
+    # next warm anyway).
+    stats = chain.front.stats()
+    assert manifest_gets(stats) <= 1 and not stats.get("blobs")
+    # The next warm (in a window) plans the new digest.
+    plan = chain.warmer("plan", "--region", "eu", "redis:7.4", "--json")
+    assert plan.exit_code == 0, plan.output
+    items = json.loads(plan.stdout.strip().splitlines()[-1])["items"]
+    assert new.digest in {i["digest"] for i in items}
 
 
 # --- 2. a tier with a metadata cache ----------------------------------------------------------

@@ -278,7 +278,9 @@ class Executor:
             for item in todo
         ]
         try:
-            if deadline_mono is None:
+            if not tasks:
+                pass  # nothing pending (all warm, or all done before a resume)
+            elif deadline_mono is None:
                 await asyncio.gather(*tasks)
             else:
                 hard = deadline_mono + self.grace.total_seconds() - time.monotonic()

@@ -38,21 +38,17 @@ from typing import Any
 
 from warmer import freshness as fr
 from warmer.config import Config, ConfigError
-from warmer.execute import RateReserve
 from warmer.invalidate import run_hook
 from warmer.ledger import Holding, Ledger, as_utc
 from warmer.reference import InvalidReference, Reference, parse
 from warmer.registry import RegistryClient, RegistryError
 from warmer.warm import (
     Want,
-    execute,
     mirror_client,
     monotonic_deadline,
-    prepare,
-    rate_reserve,
-    start_run,
     upstream_client,
     wants_from_ranking,
+    warm,
 )
 
 log = logging.getLogger("warmer.refresh")
@@ -113,6 +109,7 @@ class RefreshReport:
     untracked: list[str] = field(default_factory=list)
     tags: list[TagResult] = field(default_factory=list)
     deadline_hit: bool = False
+    deferred: int = 0  # tags that need warming, left for the next window (check-only)
 
     @property
     def ok(self) -> bool:
@@ -134,6 +131,7 @@ class RefreshReport:
             "errors": self.errors,
             "untracked": self.untracked,
             "deadline_hit": self.deadline_hit,
+            "deferred": self.deferred,
             "ok": self.ok,
             "tags": [t.as_dict() for t in self.tags if t.moved or t.stale or t.warm_reason],
         }
@@ -367,8 +365,14 @@ async def refresh(
     region: str | None,
     now: datetime,
     deadline: datetime | None = None,
+    warm_moved: bool = True,
 ) -> RefreshReport:
-    """Refresh the tags tracked for ``region`` (every region when None); see the module doc."""
+    """Refresh the tags tracked for ``region`` (every region when None); see the module doc.
+
+    ``warm_moved=False`` checks and records only (drift, stale tiers, superseded digests):
+    the scheduler uses it outside maintenance windows, and the next warm in a window
+    plans the new digests.
+    """
     report = RefreshReport(started_at=now)
     regions = [region] if region is not None else sorted(config.regions)
     for r in regions:
@@ -401,7 +405,10 @@ async def refresh(
         await asyncio.gather(*(in_sequence(g) for g in groups.values()))
     finally:
         await checker.close()
-    await _warm(config, ledger, checker.to_warm, regions, now, deadline, report)
+    if warm_moved:
+        await _warm(config, ledger, checker.to_warm, regions, now, deadline, report)
+    else:
+        report.deferred = len(checker.to_warm)
     for t, old, _serving in checker.supersede:
         if (t.ref.name, old) in checker.current:
             continue  # another tracked tag of the repository still points to it
@@ -430,35 +437,27 @@ async def _warm(
         if deadline is not None and now >= deadline:
             report.deadline_hit = True
             return
-        reserve: RateReserve | None = rate_reserve(config, region, wants[0])
         try:
-            prepared = await prepare(
-                config, ledger, region, wants, now=now, reserve=reserve,
-                deadline=monotonic_deadline(deadline), renew_within=config.refresh.renew_before,
+            outcome = await warm(
+                config, ledger, region, wants, now=now, deadline=deadline,
+                renew_within=config.refresh.renew_before,
             )  # fmt: skip
-            report.errors += [f"{s.image}: {s.reason}" for s in prepared.unresolved]
-            items = prepared.plan.items
-            report.upstream_counted_requests += sum(
-                1 for i in items if i.tier == 0 and i.kind == "manifest"
-            )
-            if not items:
-                report.runs.append({"region": region, "run": None, "items": 0, "failed": 0})
-                continue
-            run_id = start_run(ledger, prepared, now, deadline)
-            stats = await execute(config, ledger, run_id, deadline=deadline, reserve=reserve)
         except ConfigError as exc:
             report.errors.append(f"region {region}: {exc}")
             continue
-        finally:
-            if reserve is not None and reserve.client is not None:
-                await reserve.client.aclose()
-        report.warmed_items += stats.done
-        report.deadline_hit = report.deadline_hit or stats.deadline_hit
-        report.runs.append(
-            {"region": region, "run": run_id, "items": len(items), **stats.as_dict()}
-        )
-        if stats.failed or stats.incidents:
-            report.errors.append(
-                f"region {region}: run {run_id}: {stats.failed} item(s) failed, "
-                f"{stats.incidents} incident(s)"
+        report.errors += [f"{s.image}: {s.reason}" for s in outcome.unresolved]
+        report.errors += [f"{s.image}: {s.reason}" for s in outcome.held_back]
+        for prepared in outcome.passes:
+            report.upstream_counted_requests += sum(
+                1 for i in prepared.plan.items if i.tier == 0 and i.kind == "manifest"
             )
+        for run_id, stats in outcome.runs:
+            items = len(ledger.items(run_id))
+            report.warmed_items += stats.done
+            report.deadline_hit = report.deadline_hit or stats.deadline_hit
+            report.runs.append({"region": region, "run": run_id, "items": items, **stats.as_dict()})
+            if stats.failed or stats.incidents:
+                report.errors.append(
+                    f"region {region}: run {run_id}: {stats.failed} item(s) failed, "
+                    f"{stats.incidents} incident(s)"
+                )
