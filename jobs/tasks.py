@@ -247,7 +247,7 @@ async def ingest(ctx: Context) -> Summary:
     from analytics.regions import RegionRules, RuleError
 
     try:
-        rules = RegionRules.from_mapping(ctx.config.analytics.get("regions", {}))
+        rules = RegionRules.from_mapping(ctx.config.analytics.region_rules())
     except RuleError as exc:
         return {"outcome": "failed", "error": str(exc)}
     paths = _expand(ctx.config.serve.ingest.paths)

@@ -292,6 +292,35 @@ class ServeConfig(_Strict):
         return self
 
 
+class RegionRuleConfig(_Strict):
+    """A rule mapping usage events to a region: every glob given must match."""
+
+    region: str
+    runner: str | None = None
+    pipeline: str | None = None
+    path: str | None = None
+    mirror: str | None = None
+
+    @model_validator(mode="after")
+    def _one_glob(self) -> RegionRuleConfig:
+        if not any((self.runner, self.pipeline, self.path, self.mirror)):
+            raise ValueError("give at least one of runner, pipeline, path, mirror")
+        return self
+
+
+class AnalyticsRegionsConfig(_Strict):
+    default: str | None = None
+    rules: list[RegionRuleConfig] = Field(default_factory=list)
+
+
+class AnalyticsConfig(_Strict):
+    regions: AnalyticsRegionsConfig = AnalyticsRegionsConfig()
+
+    def region_rules(self) -> dict[str, Any]:
+        """The ``[analytics.regions]`` table as ``analytics.regions.RegionRules`` reads it."""
+        return self.regions.model_dump(exclude_none=True)
+
+
 class Config(_Strict):
     database: DatabaseConfig = DatabaseConfig()
     upstreams: dict[str, UpstreamConfig] = Field(default_factory=dict)
@@ -299,8 +328,7 @@ class Config(_Strict):
     regions: dict[str, RegionConfig] = Field(default_factory=dict)
     run: RunConfig = RunConfig()
     refresh: RefreshConfig = RefreshConfig()
-    # The analytics section is kept as a table and validated by analytics.
-    analytics: dict[str, Any] = Field(default_factory=dict)
+    analytics: AnalyticsConfig = AnalyticsConfig()
     serve: ServeConfig = ServeConfig()
 
     @model_validator(mode="after")

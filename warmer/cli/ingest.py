@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from analytics.ingest import FORMATS, FileResult, Options, ingest
 from analytics.regions import RegionRules, RuleError
 from analytics.staticrefs import StaticRef, scan_paths
 from warmer.cli.common import CONTEXT_SETTINGS, BadInput, emit_json, json_option
-from warmer.cli.config import database_url
+from warmer.cli.config import database_url, load_config
 
 _paths = click.argument(
     "paths", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=True)
@@ -29,18 +28,11 @@ _db = click.option(
 
 
 def _config_regions(ctx: click.Context) -> RegionRules:
-    """``[analytics.regions]`` from the config file when it exists (shape: analytics.regions)."""
+    """``[analytics.regions]`` from the config file when it exists."""
     path = Path((ctx.find_root().obj or {}).get("config_path") or "warmer.toml")
     if not path.is_file():
         return RegionRules()
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise BadInput(f"{path}: {exc}") from None
-    table = data.get("analytics", {}).get("regions")
-    if table is None:
-        return RegionRules()
+    table = load_config(ctx).analytics.region_rules()
     try:
         return RegionRules.from_mapping(table)
     except RuleError as exc:
