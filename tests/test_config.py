@@ -7,8 +7,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
 from click.testing import CliRunner
+from pydantic import BaseModel
 
 from warmer.cli.main import cli
 from warmer.config import ConfigError, load, parse_config
