@@ -35,3 +35,12 @@ def test_unknown_command_is_usage_error() -> None:
     result = CliRunner().invoke(cli, ["no-such-command"])
     assert result.exit_code == 2
     assert "No such command" in result.output
+
+
+def test_readme_lists_every_command() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Commands", 1)[1].split("\n## ", 1)[0]
+    missing = [name for name in COMMANDS if f"`warmer {name}" not in section]
+    assert missing == []

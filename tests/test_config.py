@@ -138,3 +138,25 @@ def test_config_check_cli(tmp_path: Path) -> None:
     assert "Traceback" not in r.output
     r = CliRunner().invoke(cli, ["--config", str(tmp_path / "none.toml"), "config", "check"])
     assert r.exit_code == 2 and "not found" in r.output
+
+
+def test_readme_config_reference_names_every_key() -> None:
+    from warmer import config as c
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Configuration reference", 1)[1].split("\n## ", 1)[0]
+    models = [
+        v
+        for v in vars(c).values()
+        if isinstance(v, type)
+        and issubclass(v, BaseModel)
+        and v.__module__ == c.__name__
+        and not v.__name__.startswith("_")
+    ]
+    missing = [
+        f"{m.__name__}.{name}"
+        for m in models
+        for name in m.model_fields
+        if not re.search(rf"[.`*]{name}\b|`{name}`", section)
+    ]
+    assert missing == []
