@@ -135,19 +135,8 @@ class RateReserve:
                 self.remaining is not None and self.remaining - n < self.reserve
             ):
                 await self.refresh()
-            while self.remaining is not None and self.remaining - n < self.reserve:
-                if not self._told:
-                    log.warning(
-                        "upstream rate limit: %s manifest requests left, keeping %s for CI; "
-                        "waiting for the limit window to reset",
-                        self.remaining,
-                        self.reserve,
-                    )
-                    self._told = True
-                if deadline is not None and time.monotonic() + self.poll > deadline:
-                    return False
-                await asyncio.sleep(self.poll)
-                await self.refresh()
+            if not await self._wait_above(deadline, n):
+                return False
             if self.remaining is not None:
                 self.remaining -= n
             self.spent += n
@@ -159,20 +148,24 @@ class RateReserve:
         deadline (a ``time.monotonic()`` value) comes first."""
         async with self._lock:
             await self.refresh()
-            while self.remaining is not None and self.remaining - n < self.reserve:
-                if not self._told:
-                    log.warning(
-                        "upstream rate limit: %s manifest requests left, keeping %s for CI; "
-                        "waiting for the limit window to reset",
-                        self.remaining,
-                        self.reserve,
-                    )
-                    self._told = True
-                if deadline is not None and time.monotonic() + self.poll > deadline:
-                    return False
-                await asyncio.sleep(self.poll)
-                await self.refresh()
-            return True
+            return await self._wait_above(deadline, n)
+
+    async def _wait_above(self, deadline: float | None, n: int) -> bool:
+        """Poll the upstream until ``n`` requests fit above the reserve (the lock is held)."""
+        while self.remaining is not None and self.remaining - n < self.reserve:
+            if not self._told:
+                log.warning(
+                    "upstream rate limit: %s manifest requests left, keeping %s for CI; "
+                    "waiting for the limit window to reset",
+                    self.remaining,
+                    self.reserve,
+                )
+                self._told = True
+            if deadline is not None and time.monotonic() + self.poll > deadline:
+                return False
+            await asyncio.sleep(self.poll)
+            await self.refresh()
+        return True
 
     def settle(self, n: int = 1) -> None:
         """``n`` requests reserved by :meth:`spend` were made (or given up)."""
