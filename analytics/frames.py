@@ -142,7 +142,12 @@ def _codes(values: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def usage_features(
-    usage: pd.DataFrame, now: pd.Timestamp, target: pd.Timestamp, lookback: int, region: str | None
+    usage: pd.DataFrame,
+    now: pd.Timestamp,
+    target: pd.Timestamp,
+    lookback: int,
+    region: str | None,
+    present_weight: float = 1.0,
 ) -> Features:
     """Aggregate the usage rows before ``now`` into per-key arrays.
 
@@ -165,6 +170,9 @@ def usage_features(
     d, d_u = _codes(usage["digest"].to_numpy()[idx])
     s, _ = _codes(usage["source"].to_numpy()[idx])
     pulls = usage["pulls"].to_numpy(dtype=np.float64)[idx]
+    if present_weight != 1.0:  # a use of an image already on the node counts this much
+        present = usage["present"].to_numpy(dtype=np.float64)[idx]
+        pulls = pulls - (1.0 - present_weight) * present
     pipes = usage["pipelines"].to_numpy(dtype=np.int64)[idx]
     stamp, day, hour = stamp[idx], day[idx].astype(np.int64), hour[idx]
     age = (target.value - day) // 86_400_000_000_000

@@ -7,7 +7,12 @@ Pure functions over frames; ``now`` is always passed in. For every (region, imag
   weekend day), so a Monday is predicted from last week's working days, not the weekend;
 * **day-of-week** factor (weekly release trains pull on one day only), shrunk toward 1;
 * **hour-of-day** profile, for the share of a day's pulls that falls inside a window;
-* **recency**: the decay itself, plus the last pull shown in the reasons;
+* **recency**: the decay itself, plus the last pull shown in the reasons; a key's history
+  starts at its first pull in the lookback, so an image adopted on Wednesday is not
+  predicted from the zeros of the weekend before it existed;
+* **real pulls**: a use of an image already on the node (``present``) counts as
+  ``present_weight`` of a pull: warming a mirror only helps the pulls that reach it, but a
+  present use still says the image is in use (a fresh node will pull it);
 * **pipelines**: distinct pipelines per day; they set the per-pipeline rate used by the prior;
 * **static prior**: an image named in repository files but not pulled yet in a region is
   predicted at the region's median per-pipeline rate times the files naming it, fading
@@ -50,14 +55,16 @@ OUTPUT_COLUMNS = [
 
 @dataclass(frozen=True)
 class RankParams:
-    half_life_days: float = 3.0
+    half_life_days: float = 4.0
     lookback_days: int = 28
-    dow_shrink: float = 1.0  # pseudo-weeks pulling the day-of-week factor toward 1
+    dow_shrink: float = 3.0  # pseudo-weeks pulling the day-of-week factor toward 1
     kind_shrink: float = 1.0  # pseudo-days pulling a weekday/weekend mean toward all days
     hour_shrink: float = 24.0  # pseudo-pulls pulling an image's hours toward the region's
     migration_days: int = 14  # a newer tag named this recently is a migration in progress
     prior_half_life_days: float = 7.0
     long_memory: float = 0.01  # weight of the daily rate of images not pulled in the lookback
+    key_history: bool = True  # a key's history starts at its first pull in the lookback
+    present_weight: float = 0.3  # a use of an image already on the node, in pulls
 
 
 def target_day(now: pd.Timestamp) -> pd.Timestamp:
@@ -146,7 +153,7 @@ def rank(
     w_start, w_end = (
         (utc_naive(window[0]), utc_naive(window[1])) if window else (target, target + DAY)
     )
-    feats = usage_features(usage, now_ts, target, p.lookback_days, region)
+    feats = usage_features(usage, now_ts, target, p.lookback_days, region, p.present_weight)
     info, daily, hourly, region_start = feats.info, feats.daily, feats.hourly, feats.region_start
     st = static_at(normalise_static(static), now_ts)
     regions = sorted(region_start) if region is None else [region]
@@ -154,6 +161,12 @@ def rank(
     first_valid = np.array(
         [((target - region_start[r]) // DAY) for r in info["region"]], dtype=np.int64
     )
+    if p.key_history and len(info):
+        # A key's history starts at its first pull in the lookback: days before an image
+        # was adopted (or a tag existed) are not zeros of its demand.
+        seen = daily > 0
+        oldest = daily.shape[1] - 1 - np.argmax(seen[:, ::-1], axis=1)
+        first_valid = np.minimum(first_valid, np.maximum(np.where(seen.any(axis=1), oldest, 0), 1))
     valid = (ages[None, :] <= first_valid[:, None]).astype(np.float64)
 
     groups = (

@@ -77,7 +77,7 @@ def test_busier_image_ranks_first_with_reasons() -> None:
     assert list(out["rank"]) == [1, 2]
     top = out.iloc[0]
     assert top["score"] == pytest.approx(20, rel=0.05)
-    assert "140 pulls/7d (half-life 3d)" in top["reasons"]
+    assert "140 pulls/7d (half-life 4d)" in top["reasons"]
     assert "4 pipelines" in top["reasons"]
     assert "weekday peak 10-11h UTC" in top["reasons"]
 
@@ -98,7 +98,9 @@ def test_weekday_and_weekend_seasonality() -> None:
     assert monday.iloc[0]["image"] == PY  # first working day: predicted from last week
     saturday = rank(frame, None, pd.Timestamp("2024-03-30T00:00Z"))
     assert saturday.iloc[0]["image"] == NODE
-    assert saturday.set_index("image").loc[PY, "score"] < 1
+    # Predicted from weekends (none of its pulls), not from its 14 a weekday: what is left
+    # is the shrinkage toward all days, a tenth of its weekday rate at most.
+    assert saturday.set_index("image").loc[PY, "score"] < 1.4
 
 
 def test_weekly_release_train_day_of_week_factor() -> None:
