@@ -16,7 +16,6 @@ from click.testing import CliRunner, Result
 
 from warmer.bundle.bundlefile import BUNDLE_FILE, loads
 from warmer.bundle.ocilayout import OciLayout, blob_relpath
-from warmer.bundle.upload import push_blob_stream
 from warmer.cli.main import cli
 from warmer.registry import RegistryClient
 from warmer.sandbox.catalogue import Catalogue, build
@@ -293,7 +292,7 @@ async def test_streaming_upload_in_chunks(plain_registry: Proc, tmp_path: Path) 
     path.write_bytes(data)
     async with RegistryClient(plain_registry.url) as client:
         with open(path, "rb") as f:
-            await push_blob_stream(client, "upload/chunked", digest, len(data), f, chunk_size=3072)
+            await client.upload_blob("upload/chunked", digest, len(data), f, chunk_size=3072)
         assert await client.blob_size("upload/chunked", digest) == len(data)
         got = bytearray()
         await client.fetch_blob("upload/chunked", digest, sink=got.extend)

@@ -9,9 +9,12 @@ Every manifest and blob read is checked against its digest.
 from __future__ import annotations
 
 import asyncio
+import gc
+import io
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import IO
 
 import httpx
 
@@ -70,6 +73,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+UPLOAD_CHUNK = 16 * 1024 * 1024  # bytes per PATCH of a streamed upload
 MAX_TAG_PAGES = 1000
 
 
@@ -292,54 +296,63 @@ class RegistryClient(RegistryTransport):
         digest = sha256_digest(data)
         desc = Descriptor("application/octet-stream", digest, len(data))
         scopes = [repository_scope(repository, "pull", "push")]
-        what = f"blob upload {repository}@{digest}"
         if await self._blob_head(repository, digest, scopes) is not None:
             return desc
+        if chunk_size is not None and chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        await self.upload_blob(
+            repository, digest, len(data), io.BytesIO(data), chunk_size=chunk_size or len(data)
+        )
+        return desc
+
+    async def upload_blob(
+        self,
+        repository: str,
+        digest: str,
+        size: int,
+        stream: IO[bytes],
+        *,
+        chunk_size: int = UPLOAD_CHUNK,
+        on_bytes: Callable[[int], Awaitable[None]] | None = None,
+    ) -> None:
+        """Upload ``size`` bytes read from ``stream`` as blob ``digest`` (POST, then one PUT
+        when it fits in ``chunk_size``, else a PATCH per chunk and a closing PUT), never
+        holding more than a chunk in memory. The registry checks the digest at the close."""
+        scopes = [repository_scope(repository, "pull", "push")]
+        what = f"blob upload {repository}@{digest}"
+        octet = {"Content-Type": "application/octet-stream"}
         resp = await self._call(
             "POST", self._path(repository, "blobs", "uploads/"), scopes, what, ok=(202,)
         )
         location = self._location(resp, what)
-        octet = {"Content-Type": "application/octet-stream"}
-        if chunk_size is None:
-            await self._call(
-                "PUT",
-                location,
-                scopes,
-                what,
-                ok=(201,),
-                headers=octet,
-                content=data,
-                params={"digest": digest},
-            )
-            return desc
-        if chunk_size <= 0:
-            raise ValueError("chunk_size must be positive")
-        for start in range(0, len(data), chunk_size):
-            chunk = data[start : start + chunk_size]
-            headers = {**octet, "Content-Range": f"{start}-{start + len(chunk) - 1}"}
+        offset = 0
+        while size > chunk_size:
+            chunk = stream.read(chunk_size)
+            if not chunk:
+                break
+            headers = {**octet, "Content-Range": f"{offset}-{offset + len(chunk) - 1}"}
             # An upload session's offset moves with each PATCH: a blind retry could corrupt it.
             resp = await self._call(
-                "PATCH",
-                location,
-                scopes,
-                what,
-                ok=(202,),
-                headers=headers,
-                content=chunk,
+                "PATCH", location, scopes, what, ok=(202,), headers=headers, content=chunk,
                 retry=False,
-            )
+            )  # fmt: skip
             location = self._location(resp, what)
+            offset += len(chunk)
+            n = len(chunk)
+            # httpx keeps a Response <-> stream reference cycle that holds the request body
+            # until the cycle collector runs: without this a 1 GiB layer could sit in memory
+            # as dozens of dead chunks. A young-generation collection is enough.
+            del chunk, resp
+            gc.collect(1)
+            if on_bytes is not None:
+                await on_bytes(n)
+        rest = b"" if size > chunk_size else stream.read()
         await self._call(
-            "PUT",
-            location,
-            scopes,
-            what,
-            ok=(201,),
-            headers=octet,
-            content=b"",
+            "PUT", location, scopes, what, ok=(201,), headers=octet, content=rest,
             params={"digest": digest},
-        )
-        return desc
+        )  # fmt: skip
+        if rest and on_bytes is not None:
+            await on_bytes(len(rest))
 
     def _location(self, resp: httpx.Response, what: str) -> str:
         location = resp.headers.get("location")

@@ -17,7 +17,6 @@ from typing import Any
 from warmer.bundle.bundlefile import Bundle, file_problems
 from warmer.bundle.ocilayout import blob_relpath
 from warmer.bundle.source import BundleSource, actual_checksums, read_bundle
-from warmer.bundle.upload import push_blob_stream
 from warmer.registry import NotFound, RegistryClient
 
 
@@ -142,7 +141,7 @@ async def import_bundle(
                     report.blobs_mounted += 1
                 else:
                     with source.open(blob_relpath(digest)) as stream:
-                        await push_blob_stream(client, repo, digest, size, stream)
+                        await client.upload_blob(repo, digest, size, stream)
                     report.blobs_pushed += 1
                     report.bytes_pushed += size
                 holder = holder or repo
