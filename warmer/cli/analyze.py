@@ -10,7 +10,7 @@ from typing import Any
 import click
 import pandas as pd
 
-from warmer.cli.common import CONTEXT_SETTINGS, BadInput, emit_json, json_option
+from warmer.cli.common import CONTEXT_SETTINGS, BadInput, emit_json, json_option, parse_time
 from warmer.cli.config import database_url
 from warmer.units import UnitError, parse_size
 
@@ -23,15 +23,7 @@ _db = click.option(
 
 
 def _time(value: str | None, option: str) -> datetime:
-    if value is None:
-        return datetime.now(UTC)
-    try:
-        ts = datetime.fromisoformat(value)
-    except ValueError:
-        raise BadInput(
-            f"{option} {value!r}: expected an ISO 8601 time like 2024-05-01T00:00Z"
-        ) from None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    return datetime.now(UTC) if value is None else parse_time(value, option)
 
 
 @click.command("rank", context_settings=CONTEXT_SETTINGS)

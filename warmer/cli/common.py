@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -67,3 +68,19 @@ def configure_logging(fmt: str, verbose: int) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
+
+
+def parse_time(value: str, option: str, naive_is_utc: bool = True) -> datetime:
+    """An ISO 8601 time from an option, or exit 2 saying why. Without an offset it is UTC,
+    unless ``naive_is_utc`` is false (where local times matter: then it is refused)."""
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadInput(
+            f"{option} {value!r}: not an ISO 8601 time (e.g. 2024-05-01T10:00Z)"
+        ) from None
+    if ts.tzinfo is None:
+        if not naive_is_utc:
+            raise BadInput(f"{option} {value!r}: needs a UTC offset (e.g. 2024-03-29T12:00Z)")
+        return ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC)

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import click
 
-from warmer.cli.common import CONTEXT_SETTINGS, BadInput, WorkFailed, emit_json, json_option
+from warmer.cli.common import (
+    CONTEXT_SETTINGS,
+    BadInput,
+    WorkFailed,
+    emit_json,
+    json_option,
+    parse_time,
+)
 from warmer.cli.config import load_config
 from warmer.config import ConfigError
 from warmer.ledger import Ledger, as_utc, utcnow
@@ -45,7 +52,6 @@ def refresh_command(
     drift event recorded; a tier serving an old digest from a metadata cache is reported
     and its invalidation hook called. Exit 1 when a tag could not be checked or warmed.
     """
-    from datetime import datetime
 
     from warmer.refresh import refresh
 
@@ -53,11 +59,9 @@ def refresh_command(
     try:
         if region is not None:
             cfg.region(region)
-        the_deadline = as_utc(datetime.fromisoformat(deadline)) if deadline else None
     except ConfigError as exc:
         raise BadInput(str(exc)) from None
-    except ValueError:
-        raise BadInput(f"--deadline {deadline!r} is not an ISO 8601 time") from None
+    the_deadline = parse_time(deadline, "--deadline") if deadline else None
     ledger = Ledger(cfg.database.url)
     report = asyncio.run(refresh(cfg, ledger, region=region, now=utcnow(), deadline=the_deadline))
     if as_json:

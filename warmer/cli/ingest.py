@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from analytics.events import Event
 from analytics.ingest import FORMATS, FileResult, Options, ingest
 from analytics.regions import RegionRules, RuleError
 from analytics.staticrefs import StaticRef, scan_paths
-from warmer.cli.common import CONTEXT_SETTINGS, BadInput, emit_json, json_option
+from warmer.cli.common import CONTEXT_SETTINGS, BadInput, emit_json, json_option, parse_time
 from warmer.cli.config import database_url, load_config
 
 _paths = click.argument(
@@ -40,15 +40,7 @@ def _config_regions(ctx: click.Context) -> RegionRules:
 
 
 def _parse_at(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        ts = datetime.fromisoformat(value)
-    except ValueError:
-        raise BadInput(
-            f"--at {value!r}: expected an ISO 8601 time like 2024-05-01T10:00Z"
-        ) from None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    return None if value is None else parse_time(value, "--at")
 
 
 @click.command("ingest", context_settings=CONTEXT_SETTINGS)

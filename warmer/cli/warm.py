@@ -22,7 +22,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from warmer.cli.common import CONTEXT_SETTINGS, BadInput, WorkFailed, emit_json, json_option
+from warmer.cli.common import (
+    CONTEXT_SETTINGS,
+    BadInput,
+    WorkFailed,
+    emit_json,
+    json_option,
+    parse_time,
+)
 from warmer.cli.config import load_config
 from warmer.config import Config, ConfigError
 from warmer.execute import RateReserve, RunStats
@@ -381,11 +388,7 @@ def _deadline(
 ) -> datetime | None:
     cfg.region(region)
     if deadline:
-        try:
-            d = datetime.fromisoformat(deadline)
-        except ValueError:
-            raise BadInput(f"--deadline {deadline!r} is not an ISO 8601 time") from None
-        return as_utc(d)
+        return parse_time(deadline, "--deadline")
     if in_window:
         return current_window_deadline(cfg, region, now)
     if window:

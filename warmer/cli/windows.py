@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from warmer.cli.common import CONTEXT_SETTINGS, BadInput, emit_json, json_option
+from warmer.cli.common import CONTEXT_SETTINGS, BadInput, emit_json, json_option, parse_time
 from warmer.units import format_duration
 from warmer.windows import InvalidWindow, Window, WindowSpec, next_windows, remaining
 
@@ -42,15 +42,8 @@ def _region_specs(config_path: str, region: str) -> list[WindowSpec]:
 
 
 def _parse_at(text: str | None) -> datetime:
-    if text is None:
-        return datetime.now(UTC)  # the shell reads the clock; windows.py never does
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        raise BadInput(f"--at {text!r}: not an ISO 8601 date-time") from None
-    if at.tzinfo is None:
-        raise BadInput(f"--at {text!r}: needs a UTC offset (e.g. 2024-03-29T12:00Z or +01:00)")
-    return at.astimezone(UTC)
+    # The shell reads the clock; windows.py never does.
+    return datetime.now(UTC) if text is None else parse_time(text, "--at", naive_is_utc=False)
 
 
 def _stamp(dt: datetime) -> str:
