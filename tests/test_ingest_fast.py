@@ -134,3 +134,14 @@ def test_copy_in_the_same_batch_counts_once_and_appends_continue(tmp_path: Path)
     grown = ingest([d], Options(default_time=AT), url=url)
     assert grown.events == 1 and grown.unchanged == 1
     assert int(store.usage_frame(url)["pulls"].sum()) == total + 1
+
+
+def test_batched_store_on_postgres(pg_url: str, tmp_path: Path) -> None:
+    # The batch's IN lookup, executemany insert and id-keyed updates on the other dialect.
+    logs = _many(tmp_path, 4)
+    shutil.copy(logs / "job-000.log", logs / "job-copy.log")
+    first = ingest([logs], Options(default_time=AT), url=pg_url)
+    assert first.unchanged == 1 and len(first.warnings) == 1
+    again = ingest([logs], Options(default_time=AT), url=pg_url)
+    assert again.events == 0 and again.unchanged == 5
+    assert int(store.usage_frame(pg_url)["pulls"].sum()) == first.events
