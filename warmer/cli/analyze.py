@@ -10,6 +10,7 @@ from typing import Any
 import click
 import pandas as pd
 
+from analytics.rank import RankParams
 from warmer.cli.common import CONTEXT_SETTINGS, BadInput, emit_json, json_option, parse_time
 from warmer.cli.config import database_url
 from warmer.units import UnitError, parse_size
@@ -36,7 +37,11 @@ def _time(value: str | None, option: str) -> datetime:
 @click.option("--at", "at", default=None, help="Rank as of this time (ISO 8601; default now).")
 @click.option("--window", nargs=2, default=None, metavar="START END", help="Window to predict.")
 @click.option(
-    "--half-life", default=3.0, show_default=True, type=click.FloatRange(min=0.1), help="Days."
+    "--half-life",
+    default=RankParams.half_life_days,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Days.",
 )
 @click.option("--no-store", is_flag=True, help="Do not record the ranking for the planner.")
 @click.pass_context
