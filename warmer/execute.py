@@ -336,7 +336,9 @@ class Executor:
             if deps and self.settle:
                 await asyncio.sleep(self.settle)
             link = self._link(item.mirror, item.instance)
-            async with link.slots, link.inflight[item.digest]:
+            # The digest lock first: a task waiting for another repository's fetch of the same
+            # blob must not sit on one of the mirror's slots meanwhile.
+            async with link.inflight[item.digest], link.slots:
                 if deadline is not None and time.monotonic() >= deadline:
                     self.stats.deadline_hit = True
                     self.ledger.update_item(item.id, reason="window ended before it started")
