@@ -178,6 +178,41 @@ def measure(front: FrontControl, fn: Any) -> dict[str, Any]:
     }
 
 
+def run_chain_ceiling(central_url: str, cat: Catalogue, pairs: list[tuple[str, str]]) -> int:
+    """What the mirror chain itself allows: a plain concurrent script GETs every
+    (repository, blob) pair of the set through a cold central mirror (same concurrency,
+    one request per digest at a time), with no planning, hashing or bookkeeping."""
+    import asyncio
+    import collections
+
+    import httpx
+
+    wanted: dict[tuple[str, str], int] = {}
+    for repo, tag in pairs:
+        image = cat.tag(repo, tag).image("linux/amd64")
+        wanted[(repo, image.config_digest)] = len(image.config)
+        for layer in image.layers:
+            wanted[(repo, layer.digest)] = layer.size
+
+    async def go() -> int:
+        sem = asyncio.Semaphore(CONCURRENCY)
+        locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        async with httpx.AsyncClient(timeout=600) as http:
+
+            async def one(repo: str, digest: str) -> int:
+                n = 0
+                async with locks[digest], sem:
+                    url = f"{central_url}/v2/{repo}/blobs/{digest}"
+                    async with http.stream("GET", url) as resp:
+                        async for chunk in resp.aiter_bytes():
+                            n += len(chunk)
+                return n
+
+            return sum(await asyncio.gather(*(one(r, d) for r, d in wanted)))
+
+    return asyncio.run(go())
+
+
 def run_warmer(cfg: Path, region: str, refs: list[str]) -> int:
     out = subprocess.run(
         [WARMER, "--config", str(cfg), "run", "--region", region, "--json", *refs],
@@ -253,6 +288,10 @@ def main() -> None:
         results["warmer"] = scenario(
             "warmer", box, base, cap, lambda p, cfg, d: run_warmer(cfg, "all", refs)
         )
+        results["chain_ceiling"] = scenario(
+            "chain_ceiling", box, base, cap,
+            lambda p, cfg, d: run_chain_ceiling(p["central"].url, cat, pairs),
+        )  # fmt: skip
         if args.only == "warmer":
             print(json.dumps(results["warmer"], indent=2))
             return
@@ -283,7 +322,10 @@ def main() -> None:
     # The same set through the same fresh chain: throughput ratio = inverse wall-time ratio.
     tput_w = minimum["distinct_pair_bytes"] / uw["wall_s"]
     tput_s = minimum["distinct_pair_bytes"] / us["wall_s"]
+    ceiling = results["chain_ceiling"]
     checks = {
+        "ceiling_mean_rate_over_cap": round(ceiling["wan_rate_mean"] / cap, 3),
+        "mean_rate_over_ceiling": round(w["wan_rate_mean"] / ceiling["wan_rate_mean"], 3),
         "wan_over_minimum": round(w["wan_blob_bytes"] / minimum["blob_minimum"], 3),
         "wan_not_above_loop": w["wan_bytes"] <= loop["wan_bytes"],
         "peak_1s_over_cap": round(w["wan_rate_peak_1s"] / cap, 3),
