@@ -278,3 +278,33 @@ def test_a_run_with_nothing_left_to_fetch_is_closed_without_the_executor(tmp_pat
     stats = tasks._close_if_empty(ledger, rid)
     assert stats is not None and ledger.run(rid).state == "done"  # type: ignore[union-attr]
     assert ledger.unfinished_run("eu") is None  # not resumed at every poll
+
+
+async def test_ingest_job_reads_the_configured_paths_then_rank_stores_a_ranking(
+    tmp_path: Path,
+) -> None:
+    from analytics.rankings import latest_ranking
+    from analytics.store import usage_frame
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    sample = Path(__file__).parent / "data" / "logs" / "docker-pull.log"
+    (logs / "eu-runner.log").write_bytes(sample.read_bytes())
+    extra = f'[serve.ingest]\npaths = ["{logs}"]\n[analytics.regions]\ndefault = "eu"\n'
+    ctx = _ctx(tmp_path, extra)
+    first = await tasks.ingest(ctx)
+    assert first["outcome"] == "ok" and first["missing"] == []
+    usage = usage_frame(ctx.url)
+    assert len(usage) > 0 and set(usage["region"]) == {"eu"}
+    pulls = int(usage["pulls"].sum())
+    # A second pass reads nothing new (idempotent); an appended line is read.
+    again = await tasks.ingest(ctx)
+    assert again["outcome"] == "ok"
+    assert int(usage_frame(ctx.url)["pulls"].sum()) == pulls
+    with open(logs / "eu-runner.log", "ab") as f:
+        f.write(sample.read_bytes())
+    await tasks.ingest(ctx)
+    assert int(usage_frame(ctx.url)["pulls"].sum()) == 2 * pulls
+    ranked = await tasks.rank(ctx)
+    assert ranked["outcome"] == "ok", ranked
+    assert len(latest_ranking(ctx.url, "eu")) > 0
