@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from warmer.sandbox.catalogue import Catalogue  # noqa: E402
-from warmer.sandbox.front import FrontControl, window_rates  # noqa: E402
+from warmer.sandbox.front import FrontControl  # noqa: E402
+from warmer.sandbox.frontstate import window_rates  # noqa: E402
 from warmer.sandbox.procs import Proc, start_registry  # noqa: E402
 from warmer.sandbox.topology import Sandbox  # noqa: E402
 from warmer.units import parse_rate  # noqa: E402

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from warmer.sandbox.front import FrontConfig, FrontServer, classify, start_front, window_rates
+from warmer.sandbox.front import FrontConfig, FrontServer, classify, start_front
+from warmer.sandbox.frontstate import window_rates
 from warmer.sandbox.procs import Proc
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
