@@ -41,6 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 
 from analytics.events import Event
+from analytics.frames import USAGE_COLUMNS
 from warmer import db
 
 metadata = MetaData()
@@ -301,20 +302,6 @@ def _day(value: Any) -> date | None:
         return value
     day: date = pd.Timestamp(value).date()
     return day
-
-
-USAGE_COLUMNS = [
-    "day",
-    "hour",
-    "region",
-    "image",
-    "tag",
-    "digest",
-    "source",
-    "pulls",
-    "present",
-    "pipelines",
-]
 
 
 def usage_frame(
