@@ -528,10 +528,6 @@ def monotonic_deadline(deadline: datetime | None) -> float | None:
     return time.monotonic() + (deadline - utcnow()).total_seconds()
 
 
-def default_deadline(window: timedelta | None, now: datetime) -> datetime | None:
-    return now + window if window else None
-
-
 def current_window_deadline(config: Config, region: str, now: datetime) -> datetime | None:
     """The end of the region's window in progress at ``now`` (None when it has none)."""
     reg = config.region(region)
