@@ -14,8 +14,9 @@ the day makes later pulls miss the new layers, for every strategy but the oracle
 
 Strategies: ``model`` (``analytics.rank``), ``yesterday`` (the set pulled the day before),
 ``frequency`` (all-time top by pulls), ``static`` (images named in files, by file count) and
-``oracle`` (that day's actual pulls). All share one greedy selector: best predicted bytes
-served per new byte first, so differences come from the predictions alone.
+``oracle`` (that day's actual pulls). All share one selector (greedy by predicted bytes
+served per new byte, retried with each large image it left out taken first), so
+differences come from the predictions alone.
 """
 
 from __future__ import annotations
@@ -65,41 +66,94 @@ class Sizes:
         return [(f"unknown:{image}:{tag}@{digest}", self.default_bytes)]
 
 
-def choose(candidates: pd.DataFrame, sizes: Sizes, at: datetime, budget: int) -> set[str]:
-    """Greedy warm set of whole images within ``budget`` distinct layer bytes.
+def choose(
+    candidates: pd.DataFrame, sizes: Sizes, at: datetime, budget: int, tries: int = 8
+) -> set[str]:
+    """Warm set of whole images within ``budget`` distinct layer bytes.
 
     A layer is worth its size times the predicted pulls of every candidate containing it
-    (a shared base layer serves them all). Each round takes the image whose not yet warm
-    layers are worth most per byte. Hand-written: a greedy over tens to hundreds of images
-    needs no solver, and it is the same for every strategy.
+    (a shared base layer serves them all). The greedy takes, each round, the image whose
+    not yet warm layers are worth most per byte. Greedy alone can leave a large valuable
+    image out at the budget edge and fill the room with lesser small ones, so the greedy is
+    also run with each of the ``tries`` most valuable images it left out taken first, and
+    the set worth most is kept. Hand-written: tens to hundreds of images need no solver,
+    and it is the same for every strategy.
     """
     cands = candidates[candidates["score"] > 0]
-    images: list[dict[str, int]] = []
-    demand: dict[str, float] = {}
+    index: dict[str, int] = {}
+    layer_sizes: list[int] = []
+    members: list[list[int]] = []
+    scores: list[float] = []
     for row in cands.itertuples(index=False):
         # A tag is warmed as it resolves at ``at``; only a digest-pinned candidate keeps its digest.
         digest = "" if row.tag else str(getattr(row, "digest", "") or "")
-        layers = dict(sizes(str(row.image), str(row.tag), digest, at))
-        images.append(layers)
-        for d in layers:
-            demand[d] = demand.get(d, 0.0) + float(row.score)
-    chosen: dict[str, int] = {}
-    used = 0
-    while images:
-        best, best_ratio = -1, 0.0
-        for i, layers in enumerate(images):
-            new = [(d, s) for d, s in layers.items() if d not in chosen]
-            cost = sum(s for _, s in new)
-            ratio = sum(s * demand[d] for d, s in new) / cost if cost else float("inf")
-            if used + cost <= budget and ratio > best_ratio:
-                best, best_ratio = i, ratio
-        if best < 0:
+        ids = []
+        for d, s in dict(sizes(str(row.image), str(row.tag), digest, at)).items():
+            if d not in index:
+                index[d] = len(layer_sizes)
+                layer_sizes.append(s)
+            ids.append(index[d])
+        members.append(ids)
+        scores.append(float(row.score))
+    if not members:
+        return set()
+    incidence = np.zeros((len(layer_sizes), len(members)))
+    for j, ids in enumerate(members):
+        incidence[ids, j] = 1.0
+    size = np.asarray(layer_sizes, dtype=np.float64)
+    worth = size * (incidence @ np.asarray(scores))  # bytes times pulls served, per layer
+    layers = np.asarray(list(index))
+    best = _greedy(incidence, size, worth, budget, None)
+    # The most valuable images the greedy left out that fit on their own: try each first.
+    alone_cost = incidence.T @ size
+    alone_worth = incidence.T @ worth
+    out_ = [
+        int(j)
+        for j in np.argsort(-alone_worth, kind="stable")
+        if not best.images[j] and alone_cost[j] <= budget
+    ]
+    for j in out_[:tries]:
+        trial = _greedy(incidence, size, worth, budget, j)
+        if trial.worth > best.worth:
+            best = trial
+    return {str(d) for d in layers[best.layers]}
+
+
+@dataclass
+class _Pick:
+    images: np.ndarray  # bool per image
+    layers: np.ndarray  # bool per layer
+    worth: float
+
+
+def _greedy(
+    incidence: np.ndarray, size: np.ndarray, worth: np.ndarray, budget: int, first: int | None
+) -> _Pick:
+    """Greedy by worth per new byte, optionally starting with image ``first``."""
+    n_layers, n_images = incidence.shape
+    warm = np.zeros(n_layers, dtype=bool)
+    taken = np.zeros(n_images, dtype=bool)
+    used = 0.0
+    if first is not None:
+        warm |= incidence[:, first] > 0
+        taken[first] = True
+        used = float(size[warm].sum())
+    while not taken.all():
+        cold = ~warm
+        cost = incidence.T @ (size * cold)
+        gain = incidence.T @ (worth * cold)
+        fits = ~taken & (used + cost <= budget)
+        if not fits.any():
             break
-        for d, s in images.pop(best).items():
-            if d not in chosen:
-                chosen[d] = s
-                used += s
-    return set(chosen)
+        ratio = np.where(cost > 0, gain / np.where(cost > 0, cost, 1.0), np.inf)
+        ratio = np.where(fits, ratio, -1.0)
+        j = int(np.argmax(ratio))
+        if ratio[j] <= 0:
+            break
+        taken[j] = True
+        warm |= incidence[:, j] > 0
+        used += float(cost[j])
+    return _Pick(taken, warm, float(worth[warm].sum()))
 
 
 def score_day(actual: pd.DataFrame, warm: set[str], sizes: Sizes) -> dict[str, float]:

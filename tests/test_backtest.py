@@ -43,6 +43,27 @@ def test_shared_layers_are_counted_once() -> None:
     assert warm == {"base", "a", "b"}  # 120 MB for two images; c (90 MB) no longer fits
 
 
+def test_a_large_image_left_out_by_the_greedy_is_tried_first() -> None:
+    class Big:
+        table: ClassVar[dict[str, list[tuple[str, int]]]] = {
+            "small:1": [("s", 10 * MB)],
+            "big:1": [("g", 95 * MB)],
+        }
+
+        def layers(
+            self, image: str, tag: str, digest: str, at: datetime
+        ) -> list[tuple[str, int]] | None:
+            return self.table.get(f"{image}:{tag}")
+
+    # Per byte the small image is worth more (9 > 8), so a plain greedy takes it and the
+    # big one no longer fits: 90 MB-pulls served instead of 760.
+    sizes = Sizes(Big())
+    picked = choose(cands([("small", 9), ("big", 8)]), sizes, datetime(2024, 1, 1), 100 * MB)
+    assert picked == {"g"}
+    plain = choose(cands([("small", 9), ("big", 8)]), sizes, datetime(2024, 1, 1), 100 * MB, 0)
+    assert plain == {"s"}
+
+
 def test_unknown_images_get_the_default_size() -> None:
     sizes = Sizes(Layers(), default_bytes=70 * MB)
     warm = choose(cands([("zzz", 9), ("c", 1)]), sizes, datetime(2024, 1, 1), 100 * MB)
