@@ -156,6 +156,23 @@ def test_tag_move_keeps_demand_on_tag_and_newest_digest() -> None:
     assert row["pulls_7d"] == 74
 
 
+def test_tag_moved_yesterday_ranks_the_new_digest_with_the_tag_demand() -> None:
+    """A rebuild moves ``node:20`` at 13:00 the day before: from the next day on every
+    consumer pulls the new digest, so the ranking names it with the tag's whole demand."""
+    last = WEEKS[-1]
+    before = usage(daily(NODE, "20", WEEKS, 10, hour=9), digest=D1)
+    moved = usage([(str(last.date()), 15, NODE, "20", 2)], digest=D2)
+    d3 = "sha256:" + "3" * 64
+    steady = usage(daily(GO, "1.22", WEEKS, 11, hour=9), digest=d3)
+    out = rank(pd.concat([before, moved, steady]), None, NOW).set_index("image")
+    row = out.loc[NODE]
+    assert (row["tag"], row["digest"]) == ("20", D2)
+    assert f"tag moved (2 digests), now {D2[:19]}" in row["reasons"]
+    # The two pulls of the new digest add to the tag's ten a day; they do not start a new key.
+    assert row["score"] > 10 and len(out) == 2
+    assert out.loc[GO, "digest"] == d3 and "tag moved" not in out.loc[GO, "reasons"]
+
+
 def test_migration_to_newer_tag_shifts_demand() -> None:
     switch = pd.Timestamp("2024-03-28")  # from Thursday half the users pull 3.12
     old = [
