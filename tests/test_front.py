@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import random
@@ -11,9 +12,10 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from conftest import RegistryFactory
 
 from warmer.sandbox.front import FrontConfig, FrontServer, classify, start_front
-from warmer.sandbox.frontstate import window_rates
+from warmer.sandbox.frontstate import Stats, window_rates
 from warmer.sandbox.procs import Proc
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -244,3 +246,55 @@ async def test_every_accept_header_reaches_upstream(
     headers = [("Accept", OCI_MANIFEST), ("Accept", "application/vnd.docker.distribution.manifest.v2+json")]  # fmt: skip
     r = await client.get(f"/v2/{pushed.repo}/manifests/v1", headers=headers)
     assert r.status_code == 200 and r.content == pushed.manifest
+
+
+async def test_token_auth_like_docker_hub(client: httpx.AsyncClient, pushed: Pushed) -> None:
+    await client.post("/_front/config", json={"auth": "token"})
+    ping = await client.get("/v2/")
+    assert ping.status_code == 401
+    realm = f"{str(client.base_url).rstrip('/')}/token"
+    assert ping.headers["WWW-Authenticate"].startswith(f'Bearer realm="{realm}"')
+    url = f"/v2/{pushed.repo}/manifests/v1"
+    refused = await client.get(url)
+    assert refused.status_code == 401
+    assert f'scope="repository:{pushed.repo}:pull"' in refused.headers["WWW-Authenticate"]
+    body = (await client.get("/token", params={"scope": f"repository:{pushed.repo}:pull"})).json()
+    assert body["expires_in"] == 300 and body["token"] == body["access_token"]
+    auth = {"Authorization": f"Bearer {body['token']}"}
+    ok = await client.get(url, headers=auth)
+    assert ok.status_code == 200 and ok.content == pushed.manifest
+    assert (await client.get("/v2/", headers=auth)).status_code == 200
+    other = (await client.get("/token", params={"scope": "repository:other/repo:pull"})).json()
+    assert (
+        await client.get(url, headers={"Authorization": f"Bearer {other['token']}"})
+    ).status_code == 401
+    assert (await client.get(url, headers={"Authorization": "Bearer forged"})).status_code == 401
+    stats = (await client.get("/_front/stats")).json()
+    assert stats["requests"]["token"]["GET"] == 2
+    bad = await client.post("/_front/config", json={"auth": "basic"})
+    assert bad.status_code == 400 and "auth" in bad.text
+
+
+async def test_distribution_proxy_pings_a_parent_that_sends_no_challenge(
+    front: FrontServer, registry_factory: RegistryFactory, pushed: Pushed
+) -> None:
+    """Why the sandbox front speaks Docker Hub's token flow: a distribution 2.8 proxy whose
+    parent answers ``/v2/`` without a challenge pings it again before every proxied request
+    (under one lock, so a slow link serialises them); a Bearer challenge is kept."""
+
+    async def pings_for(auth: str, name: str) -> tuple[int, int]:
+        front.state.config.auth = auth
+        # In a thread: the proxy pings the front (served by this loop) while it starts.
+        proxy = await asyncio.to_thread(registry_factory, name, parent_url=front.url)
+        front.state.stats = Stats()
+        async with httpx.AsyncClient(base_url=proxy.url, timeout=30) as c:
+            for path in (f"manifests/{pushed.manifest_digest}", f"blobs/{pushed.blob_digest}"):
+                r = await c.get(f"/v2/{pushed.repo}/{path}", headers={"Accept": OCI_MANIFEST})
+                assert r.status_code == 200
+        requests = front.state.stats.to_json()["requests"]
+        return requests.get("other", {}).get("GET", 0), requests.get("token", {}).get("GET", 0)
+
+    pings, tokens = await pings_for("none", "pings-anonymous")
+    assert pings >= 2 and tokens == 0
+    pings, tokens = await pings_for("token", "pings-token")
+    assert pings <= 1 and tokens >= 1

@@ -164,7 +164,12 @@ def test_front_rate_limits_through_the_mirrors(sandbox: Sandbox) -> None:
     sandbox.front.configure(ratelimit_limit=0, ratelimit_reset=True)
     try:
         accept = {"Accept": OCI_INDEX}
-        r = httpx.get(f"{sandbox.front_url}/v2/library/node/manifests/22", headers=accept)
+        url = f"{sandbox.front_url}/v2/library/node/manifests/22"
+        challenge = httpx.get(url, headers=accept)
+        assert challenge.status_code == 401  # Docker Hub's flow: a token first
+        scope = {"scope": "repository:library/node:pull"}
+        token = httpx.get(f"{sandbox.front_url}/token", params=scope).json()["token"]
+        r = httpx.get(url, headers={**accept, "Authorization": f"Bearer {token}"})
         assert r.status_code == 429 and "TOOMANYREQUESTS" in r.text
         assert r.headers["ratelimit-remaining"] == "0;w=21600"
         # a cold pull through central is refused upstream; central cannot serve it

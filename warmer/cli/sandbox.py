@@ -63,10 +63,18 @@ def sandbox() -> None:
 )
 @click.option("--bandwidth", default=None, help="Aggregate cap at the front, e.g. 40MB/s.")
 @click.option("--ratelimit", default=10_000, show_default=True, help="Manifest GETs per 6 h.")
+@click.option(
+    "--auth",
+    type=click.Choice(["token", "none"]),
+    default="token",
+    show_default=True,
+    help="token: the front asks for Docker Hub's anonymous Bearer-token flow; "
+    "none: anonymous, as a plain registry.",
+)
 @json_option
 def up(
     directory: Path, seed: int, scale: float, latency: float, bandwidth: str | None,
-    ratelimit: int, as_json: bool,
+    ratelimit: int, auth: str, as_json: bool,
 ) -> None:  # fmt: skip
     """Start the sandbox (if not already up), seed it, print the URLs and the config path."""
     if scale <= 0:
@@ -87,7 +95,9 @@ def up(
     if existing is not None:
         existing.stop()  # a partial sandbox: stop what is left, start afresh
     try:
-        box = Sandbox.start(directory, seed, scale, latency, bandwidth, ratelimit, detach=True)
+        box = Sandbox.start(
+            directory, seed, scale, latency, bandwidth, ratelimit, detach=True, auth=auth
+        )
     except SandboxError as exc:
         raise WorkFailed(str(exc)) from None
     try:

@@ -10,6 +10,13 @@ streamed) and on the way it:
   in the sliding window of ``ratelimit_window`` seconds (HEAD is never counted);
 - emulates a WAN link: ``latency_ms`` added to every request, and one aggregate
   ``bandwidth`` cap (bytes/s) shared by all response bodies;
+- with ``auth = "token"``, asks for Docker Hub's anonymous Bearer-token flow: ``/v2/``
+  and every repository request without a live token get ``401`` with a
+  ``WWW-Authenticate: Bearer realm=".../token"`` challenge, and ``GET /token?scope=...``
+  hands out a token for the scoped repositories (the default, ``"none"``, lets everything
+  through, as a plain distribution registry does). This matters to a distribution proxy
+  above the front: it caches a parent's challenge, but a parent that sends none is pinged
+  again before every proxied request, one ping at a time;
 - injects faults on demand.
 
 Run it as a process::
@@ -30,7 +37,8 @@ the control endpoints below (all JSON):
 ``GET /_front/config`` / ``POST /_front/config``
     read / change any of ``latency_ms``, ``bandwidth`` (bytes/s, ``"40MB/s"``, or null for
     none), ``ratelimit_limit`` (int, or null for no limit and no headers),
-    ``ratelimit_window`` (seconds); ``{"ratelimit_reset": true}`` empties the window.
+    ``ratelimit_window`` (seconds), ``auth`` (``"none"`` or ``"token"``);
+    ``{"ratelimit_reset": true}`` empties the window.
 ``GET /_front/faults`` / ``POST /_front/faults`` / ``DELETE /_front/faults``
     list / add / clear faults. A fault is ``{"kind": K, "match": "substring of the path
     (a digest, /manifests/ ...)", "count": 1, "method": null}`` with K one of ``status``
@@ -46,6 +54,7 @@ import argparse
 import asyncio
 import json
 import signal
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +65,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from warmer.sandbox.frontstate import (
+    AUTH_MODES,
+    TOKEN_TTL,
     Fault,
     FrontConfig,
     FrontState,
@@ -65,10 +76,12 @@ from warmer.sandbox.frontstate import (
 from warmer.units import parse_rate
 
 CHUNK = 64 * 1024
+SERVICE = "sandbox-front"  # the token service name, as registry.docker.io is Docker Hub's
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
     "trailers", "transfer-encoding", "upgrade", "host", "content-length",
 }  # fmt: skip
+NOT_SENT = HOP_BY_HOP | {"authorization"}  # the upstream is anonymous; the front's tokens stay here
 
 
 STATE = web.AppKey("state", FrontState)
@@ -104,6 +117,10 @@ async def _answer(
         await asyncio.sleep(fault.delay)
     if fault is not None and fault.kind == "status":
         return _error(fault.status, "UNAVAILABLE", f"injected fault: HTTP {fault.status}")
+    if state.config.auth == "token" and not state.authorized(
+        request.headers.get("Authorization"), repo
+    ):
+        return _challenge(request, repo)
     extra: dict[str, str] = {}
     if kind == "manifest":
         extra, retry = state.ratelimit(counted=method == "GET")
@@ -117,7 +134,7 @@ async def _answer(
                 extra,
             )  # fmt: skip
     # A multidict: clients send several Accept headers, and all of them must reach upstream.
-    headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP)
+    headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in NOT_SENT)
     body = await request.read() if request.can_read_body else None
     try:
         upstream = await request.app[SESSION].request(
@@ -128,6 +145,26 @@ async def _answer(
         return _error(502, "UNAVAILABLE", f"upstream unreachable: {type(exc).__name__}")
     async with upstream:
         return await _relay(request, state, upstream, fault, extra, kind, repo, ref)
+
+
+def _challenge(request: web.Request, repo: str | None) -> web.Response:
+    realm = f"{request.url.origin()}/token"
+    challenge = f'Bearer realm="{realm}",service="{SERVICE}"'
+    if repo is not None:
+        challenge += f',scope="repository:{repo}:pull"'
+    return _error(401, "UNAUTHORIZED", "authentication required", {"WWW-Authenticate": challenge})
+
+
+async def _token(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.stats.request("token", request.method, None, None)
+    if state.config.latency_ms:
+        await asyncio.sleep(state.config.latency_ms / 1000)
+    token = state.issue_token(request.query.getall("scope", []))
+    issued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    body = {"token": token, "access_token": token, "expires_in": TOKEN_TTL, "issued_at": issued}
+    state.stats.status[200] += 1
+    return web.json_response(body)
 
 
 async def _relay(
@@ -235,6 +272,7 @@ def make_app(upstream: str, config: FrontConfig | None = None) -> web.Applicatio
     app.router.add_post("/_front/stats/reset", _stats_reset)
     app.router.add_route("*", "/_front/config", _config)
     app.router.add_route("*", "/_front/faults", _faults)
+    app.router.add_get("/token", _token)
     app.router.add_route("*", "/{tail:.*}", _proxy)
     return app
 
@@ -301,7 +339,9 @@ class FrontControl:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    config = FrontConfig(latency_ms=args.latency_ms, ratelimit_window=args.ratelimit_window)
+    config = FrontConfig(
+        latency_ms=args.latency_ms, ratelimit_window=args.ratelimit_window, auth=args.auth
+    )
     config.bandwidth = parse_rate(args.bandwidth) if args.bandwidth else None
     config.ratelimit_limit = args.ratelimit if args.ratelimit >= 0 else None
     front = await start_front(args.upstream, args.listen, config)
@@ -330,6 +370,7 @@ def main(argv: list[str] | None = None) -> None:
         "--ratelimit", type=int, default=10_000, help="manifest GETs per window; -1 none"
     )
     p.add_argument("--ratelimit-window", type=int, default=21_600, help="seconds")
+    p.add_argument("--auth", choices=AUTH_MODES, default="none", help="token: Docker Hub's flow")
     asyncio.run(_serve(p.parse_args(argv)))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -17,6 +18,10 @@ from warmer.units import parse_rate
 
 INTERVAL = 0.1  # seconds per time-series bucket
 MAX_BUCKETS = 36_000  # one hour of series; later bytes still count in totals
+
+AUTH_MODES = ("none", "token")
+TOKEN_TTL = 300  # seconds, as Docker Hub's anonymous tokens
+_SCOPE = re.compile(r"^repository:(?P<repo>[^:]+):(?P<actions>[a-z,*]+)$")
 
 _PATH = re.compile(r"^/v2/(?P<repo>.+?)/(?P<kind>manifests|blobs|tags)/(?P<ref>.*)$")
 
@@ -51,6 +56,7 @@ class FrontConfig:
     bandwidth: int | None = None  # bytes per second, shared by all responses
     ratelimit_limit: int | None = 10_000
     ratelimit_window: int = 21_600
+    auth: str = "none"  # "token": Docker Hub's anonymous Bearer-token flow
 
     def update(self, body: dict[str, Any]) -> None:
         """Apply a partial update; ValueError naming the bad key."""
@@ -69,6 +75,10 @@ class FrontConfig:
                 if not isinstance(value, int) or value <= 0:
                     raise ValueError("ratelimit_window: an integer number of seconds > 0")
                 self.ratelimit_window = value
+            elif key == "auth":
+                if value not in AUTH_MODES:
+                    raise ValueError(f"auth: one of {', '.join(AUTH_MODES)}")
+                self.auth = value
             elif key != "ratelimit_reset":
                 raise ValueError(f"unknown config key {key!r}")
 
@@ -194,6 +204,25 @@ class FrontState:
     faults: list[Fault] = field(default_factory=list)
     window: deque[float] = field(default_factory=deque)
     pacer: Pacer = field(default_factory=Pacer)
+    tokens: dict[str, tuple[frozenset[str], float]] = field(default_factory=dict)
+
+    def issue_token(self, scopes: list[str]) -> str:
+        """An anonymous token for the repositories named in ``repository:NAME:ACTIONS`` scopes."""
+        now = time.monotonic()
+        self.tokens = {t: v for t, v in self.tokens.items() if v[1] > now}
+        repos = frozenset(m["repo"] for s in scopes if (m := _SCOPE.match(s)) is not None)
+        token = secrets.token_urlsafe(24)
+        self.tokens[token] = (repos, now + TOKEN_TTL)
+        return token
+
+    def authorized(self, authorization: str | None, repo: str | None) -> bool:
+        """Whether a request may pass: a live token of ours, scoped to ``repo`` if it names one."""
+        if not authorization or not authorization.startswith("Bearer "):
+            return False
+        grant = self.tokens.get(authorization[len("Bearer ") :].strip())
+        if grant is None or grant[1] <= time.monotonic():
+            return False
+        return repo is None or repo in grant[0]
 
     def take_fault(self, method: str, path: str) -> Fault | None:
         for fault in self.faults:

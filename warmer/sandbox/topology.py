@@ -143,11 +143,18 @@ class Sandbox:
         bandwidth: str | None = None,
         ratelimit: int = 10_000,
         detach: bool = False,
+        auth: str = "token",
     ) -> Sandbox:
-        """Start all five processes top-down (fresh registry data) and write the config."""
+        """Start all five processes top-down (fresh registry data) and write the config.
+
+        ``auth="token"`` (the default) has the front ask for Docker Hub's anonymous token
+        flow; ``"none"`` lets everything through as a plain registry does.
+        """
         directory = directory.resolve()
         directory.mkdir(parents=True, exist_ok=True)
-        settings = {"latency_ms": latency_ms, "bandwidth": bandwidth, "ratelimit": ratelimit}
+        settings = {
+            "latency_ms": latency_ms, "bandwidth": bandwidth, "ratelimit": ratelimit, "auth": auth
+        }  # fmt: skip
         box = cls(directory, seed, scale, settings=settings)
         try:
             box._start_all(detach)
@@ -178,6 +185,7 @@ class Sandbox:
         argv += ["--upstream", self.upstream_url, "--state-dir", str(self.directory)]
         argv += ["--latency-ms", str(self.settings["latency_ms"])]
         argv += ["--ratelimit", str(self.settings["ratelimit"])]
+        argv += ["--auth", str(self.settings.get("auth", "none"))]
         if self.settings["bandwidth"]:
             argv += ["--bandwidth", str(self.settings["bandwidth"])]
         root = str(Path(warmer.__file__).resolve().parents[1])
