@@ -66,6 +66,28 @@ def mirror_minimum(cat: Catalogue, refs: list[tuple[str, str]], platform: str) -
     }
 
 
+def wanted_pairs(
+    cat: Catalogue, refs: list[tuple[str, str]], platform: str
+) -> set[tuple[str, str]]:
+    """The (repository, blob digest) pairs a mirror must hold once the set is warm."""
+    out: set[tuple[str, str]] = set()
+    for repo, tag in refs:
+        image = cat.tag(repo, tag).image(platform)
+        out.add((repo, image.config_digest))
+        out.update((repo, layer.digest) for layer in image.layers)
+    return out
+
+
+def held(root: Path, pairs: set[tuple[str, str]]) -> float:
+    """Fraction of ``pairs`` a distribution mirror has committed to its storage (its own
+    per-repository blob links): what a client gets from it with the upstream down."""
+    repos = root / "data" / "docker" / "registry" / "v2" / "repositories"
+    have = sum(
+        (repos / r / "_layers" / "sha256" / d.split(":", 1)[1] / "link").exists() for r, d in pairs
+    )
+    return round(have / len(pairs), 4) if pairs else 1.0
+
+
 def fresh_mirrors(base: Path, front_url: str) -> dict[str, Proc]:
     central = start_registry("central", base / "central", parent_url=front_url)
     eu = start_registry("eu", base / "eu", parent_url=central.url)
@@ -240,13 +262,16 @@ def run_burst(procs: dict[str, Proc], refs: list[str], tmp: Path) -> int:
         return sum(pool.map(lambda j: skopeo_copy(j[0], j[1], tmp), jobs))
 
 
-def scenario(name: str, box: Sandbox, base: Path, cap: int | None, fn: Any) -> dict[str, Any]:
+def scenario(
+    name: str, box: Sandbox, base: Path, cap: int | None, fn: Any, pairs: set[tuple[str, str]]
+) -> dict[str, Any]:
     d = base / name
     d.mkdir(parents=True)
     procs = fresh_mirrors(d, box.front_url)
     try:
         cfg = config_for(d, box.front_url, procs, cap)
         result = measure(box.front, lambda: fn(procs, cfg, d))
+        result["held"] = {m: held(d / m, pairs) for m in procs}
     finally:
         stop_all(procs)
         shutil.rmtree(d, ignore_errors=True)
@@ -283,33 +308,49 @@ def main() -> None:
             pairs = pairs[:10]
         refs = [f"{r}:{t}" for r, t in pairs]
         minimum = mirror_minimum(cat, pairs, "linux/amd64")
+        must_hold = wanted_pairs(cat, pairs, "linux/amd64")
         tmp = base / "copies"
         tmp.mkdir()
         results: dict[str, Any] = {}
         results["warmer"] = scenario(
-            "warmer", box, base, cap, lambda p, cfg, d: run_warmer(cfg, "all", refs)
+            "warmer", box, base, cap, lambda p, cfg, d: run_warmer(cfg, "all", refs), must_hold
         )
         results["chain_ceiling"] = scenario(
             "chain_ceiling", box, base, cap,
-            lambda p, cfg, d: run_chain_ceiling(p["central"].url, cat, pairs),
+            lambda p, cfg, d: run_chain_ceiling(p["central"].url, cat, pairs), must_hold,
         )  # fmt: skip
         if args.only == "warmer":
             print(json.dumps(results["warmer"], indent=2))
             return
         results["loop"] = scenario(
-            "loop", box, base, cap, lambda p, cfg, d: run_loop(p, refs, tmp, ["eu", "us"])
+            "loop",
+            box,
+            base,
+            cap,
+            lambda p, cfg, d: run_loop(p, refs, tmp, ["eu", "us"]),
+            must_hold,
         )
         if not args.skip_burst:
             results["burst"] = scenario(
-                "burst", box, base, cap, lambda p, cfg, d: run_burst(p, refs, tmp)
+                "burst", box, base, cap, lambda p, cfg, d: run_burst(p, refs, tmp), must_hold
             )
         # Uncapped, on loopback: throughput of the warmer against the skopeo loop, one region.
         box.front.configure(bandwidth=None, latency_ms=0)
         results["uncapped_warmer"] = scenario(
-            "uncapped_warmer", box, base, None, lambda p, cfg, d: run_warmer(cfg, "eu", refs)
+            "uncapped_warmer",
+            box,
+            base,
+            None,
+            lambda p, cfg, d: run_warmer(cfg, "eu", refs),
+            must_hold,
         )
         results["uncapped_skopeo"] = scenario(
-            "uncapped_skopeo", box, base, None, lambda p, cfg, d: run_loop(p, refs, tmp, ["eu"])
+            "uncapped_skopeo",
+            box,
+            base,
+            None,
+            lambda p, cfg, d: run_loop(p, refs, tmp, ["eu"]),
+            must_hold,
         )
     finally:
         box.stop()
@@ -346,6 +387,9 @@ def main() -> None:
             results["burst"]["wan_blob_bytes"] / minimum["blob_minimum"], 3
         )
     targets = {
+        "every pair held by central, eu and us": all(
+            w["held"][m] == 1.0 for m in ("central", "eu", "us")
+        ),
         "wan_over_minimum == 1.00": abs(checks["wan_over_minimum"] - 1.0) < 0.005,
         "wan <= loop": checks["wan_not_above_loop"],
         "peak_1s <= 1.05 cap": checks["peak_1s_over_cap"] <= 1.05,

@@ -31,6 +31,7 @@ from click.testing import CliRunner, Result
 
 from warmer.cli.main import cli
 from warmer.ledger import Ledger, as_utc
+from warmer.registry import RegistryClient
 from warmer.sandbox.front import FrontControl
 from warmer.sandbox.procs import Proc, free_port
 from warmer.sandbox.topology import Sandbox
@@ -158,6 +159,14 @@ def central_blobs(items: list[Any]) -> set[tuple[str, str]]:
     }
 
 
+def stored_at(url: str, repository: str, digest: str) -> bool | None:
+    async def ask() -> bool | None:
+        async with RegistryClient(url) as client:
+            return await client.blob_stored(repository, digest)
+
+    return asyncio.run(ask())
+
+
 def json_out(result: Result) -> Any:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -195,6 +204,15 @@ def test_warm_two_regions_at_the_mirror_minimum(topo: Topo) -> None:
     wan = sum(r["bytes_served"] for r in stats["repositories"].values())
     print(f"WAN content bytes {wan} / mirror minimum {minimum} = {wan / minimum:.3f}")
     assert wan == minimum
+
+    # Each mirror answers every blob the ledger calls warm from its own storage (python and
+    # node share their Debian layers: each repository kept its copy, none was lost to the
+    # mirror's in-flight race), and asking does not reach the WAN.
+    before = topo.front.stats()["total_requests"]
+    blobs = [(topo.urls[i.mirror], i.repository, i.digest) for i in items if i.kind == "blob"]
+    assert all(stored_at(*b) for b in blobs)
+    assert topo.front.stats()["total_requests"] == before
+    assert summary["restored"] == 0
 
     again = topo.warmer("plan", "--region", "both", *IMAGES, "--json")
     assert again.exit_code == 0, again.stderr
@@ -553,3 +571,73 @@ def test_unreachable_mirror_fails_items_without_leaking(topo: Topo) -> None:
     assert {i.state for i in items if i.mirror == "central"} == {"done"}
     assert secret not in (topo.tmp / "warmer.db").read_bytes().decode(errors="replace")
     assert "failed" in result.stderr and result.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+# --- the mirror's in-flight race, which the executor's busy time and confirmation avoid -----
+
+
+def test_distribution_loses_a_copy_asked_for_while_it_stores_the_same_digest(
+    topo: Topo,
+) -> None:
+    """Measured distribution 2.8 behaviour behind ``Executor``'s busy time and its final
+    confirmation: while a proxy stores a cold blob for one repository (in the background,
+    keyed by digest alone), the same digest asked for under another repository is relayed
+    from the parent but never stored for it; asked again once nothing is in flight, it is."""
+    cat = topo.box.catalogue
+    python = cat.tag("library/python", "3.12").image().layers[0]
+    node = cat.tag("library/node", "22").image().layers[0]
+    assert python.digest == node.digest  # the same Debian base layer
+    digest, central = python.digest, topo.urls["central"]
+    # Both of central's GETs for library/python (the one relayed to us, the background one
+    # that stores it) wait 1.5 s at the front, so its store is in flight for that long.
+    topo.front.add_fault("slow", f"library/python/blobs/{digest}", count=2, method="GET", delay=1.5)
+    first = threading.Thread(
+        target=lambda: httpx.get(f"{central}/v2/library/python/blobs/{digest}", timeout=30)
+    )
+    first.start()
+    try:
+        time.sleep(0.5)
+        assert stored_at(central, "library/node", digest) is False  # relayed, not kept
+    finally:
+        first.join()
+    for _ in range(50):  # bounded: the background store ends a moment after the relay
+        if stored_at(central, "library/python", digest):
+            break
+        time.sleep(0.1)
+    assert stored_at(central, "library/python", digest) is True
+    assert stored_at(central, "library/node", digest) is False  # still not kept; this asks
+    for _ in range(50):
+        if stored_at(central, "library/node", digest):
+            break
+        time.sleep(0.1)
+    assert stored_at(central, "library/node", digest) is True
+    assert stored_at(central, "library/node", "sha256:" + "0" * 64) is None
+
+
+def test_a_copy_lost_to_a_concurrent_client_is_confirmed_and_restored(topo: Topo) -> None:
+    """A CI client pulling golang (same Debian base layer) holds central's store of that
+    digest in flight while the warmer asks for it under python and node: both are relayed
+    and not kept; the run's confirmation finds that, asks again once the store is over, and
+    ends with every repository's copy in central's storage."""
+    cat = topo.box.catalogue
+    digest = cat.tag("library/golang", "1.23").image().layers[0].digest
+    assert digest == cat.tag("library/python", "3.12").image().layers[0].digest
+    assert digest == cat.tag("library/node", "22").image().layers[0].digest
+    central = topo.urls["central"]
+    topo.front.add_fault("slow", f"library/golang/blobs/{digest}", count=2, method="GET", delay=2.5)
+    client = threading.Thread(
+        target=lambda: httpx.get(f"{central}/v2/library/golang/blobs/{digest}", timeout=30)
+    )
+    client.start()
+    try:
+        time.sleep(0.3)
+        result = topo.warmer("run", "--region", "eu", "python:3.12", "node:22", "--json")
+    finally:
+        client.join()
+    assert result.exit_code == 0, result.output + result.stderr
+    summary = json_out(result)
+    assert summary["restored"] >= 1 and summary["failed"] == 0
+    assert "had not kept" in result.stderr
+    for repository in ("library/python", "library/node"):
+        assert stored_at(central, repository, digest) is True
+        assert stored_at(topo.urls["eu"], repository, digest) is True

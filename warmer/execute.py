@@ -7,11 +7,20 @@ carries run items out, in plan order, under these rules:
 * a token bucket per link, charged with what a request will cost the mirror's parent link
   (``parent_cost``: a cold blob through CNCF distribution 2.8 is pulled twice, at full
   speed, whatever our read rate) before it starts;
-* never two requests for the same digest through the same mirror instance at once
-  (distribution answers the second one by fetching the blob again without storing it);
-* a child tier's request waits for the parent tier's item for the same object, plus a
-  short settle delay (the parent stores a cold blob in a background fetch that may end a
-  moment after our read);
+* never two requests for the same digest through the same mirror instance at once, and
+  none until the mirror has presumably stored the last one: CNCF distribution 2.8 stores a
+  cold blob in a background fetch that may end a second after our read, and while it runs
+  (its ``inflight`` set is keyed by digest alone) it answers a request for the same digest
+  by fetching it again without storing it, even under another repository, which then never
+  gets its copy. So after a cold blob the digest stays busy for ``settle`` plus the time
+  our read took;
+* a child tier's request waits for the parent tier's item for the same object and for
+  that busy time (otherwise the parent fetches the blob a third time from its own parent);
+* at the end, blobs shared by several repositories of a per-repository cache are
+  confirmed with a HEAD: a distribution mirror answers from its storage with
+  ``Accept-Ranges``/``Cache-Control``; an answer without them means the copy was lost to
+  the race above, and that HEAD has the mirror fetch and store it (counted as
+  ``restored``);
 * every byte hashed against its digest while streaming, nothing written to disk; a
   mismatch is an incident, never warm;
 * the deadline: no item starts after it; in-flight ones get a grace period, then are
@@ -43,6 +52,7 @@ log = logging.getLogger("warmer.execute")
 
 ProgressHook = Callable[[str, RunItem, int], None]
 MAX_RETRY_AFTER = 300.0  # seconds; a longer Retry-After fails the item (resume later)
+CONFIRM_TRIES = 8  # HEADs per shared blob at the end of a run (see Executor._confirm_shared)
 
 
 @dataclass
@@ -60,6 +70,7 @@ class RunStats:
     upstream_manifest_gets: int = 0
     seconds: float = 0.0
     deadline_hit: bool = False
+    restored: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +85,7 @@ class RunStats:
             "upstream_manifest_gets": self.upstream_manifest_gets,
             "seconds": round(self.seconds, 3),
             "deadline_hit": self.deadline_hit,
+            "restored": self.restored,
         }
 
 
@@ -194,7 +206,12 @@ class Link:
     slots: asyncio.Semaphore
     bucket: TokenBucket | None
     ttl: timedelta | None
+    scope: str
     inflight: dict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
+    # digest -> monotonic time until which the mirror is presumed still storing it
+    busy_until: dict[str, float] = field(default_factory=dict)
+    # blob items fetched through this instance in this process: digest -> repositories
+    fetched: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
 
 class Executor:
@@ -208,7 +225,7 @@ class Executor:
         *,
         deadline: datetime | None = None,
         grace: timedelta | None = None,
-        settle: float = 0.3,
+        settle: float = 0.5,
         on_progress: ProgressHook | None = None,
         reserve: RateReserve | None = None,
         client_factory: Callable[[str, str], RegistryClient],
@@ -225,6 +242,7 @@ class Executor:
         self._client_factory = client_factory
         self._links: dict[str, Link] = {}
         self._buckets: dict[str, TokenBucket] = {}
+        self._items: dict[int, RunItem] = {}
 
     def _link(self, mirror: str, instance: str) -> Link:
         key = f"{mirror}\0{instance}"
@@ -242,6 +260,7 @@ class Executor:
                 slots=asyncio.Semaphore(m.link.concurrency),
                 bucket=bucket,
                 ttl=m.ttl,
+                scope=m.cache_scope,
             )
             self._links[key] = link
         return link
@@ -255,6 +274,7 @@ class Executor:
         started = time.monotonic()
         self.ledger.reset_inflight(self.run_id)
         items = self.ledger.items(self.run_id)
+        self._items = {item.seq: item for item in items}
         done_events: dict[int, asyncio.Event] = {}
         outcome: dict[int, str] = {}
         for item in items:
@@ -285,6 +305,8 @@ class Executor:
                     await asyncio.gather(*pending, return_exceptions=True)
                 for task in finished:
                     task.result()
+            if not self.stats.deadline_hit:
+                await self._confirm_shared(deadline_mono)
         except asyncio.CancelledError:
             # Cancelled from outside (service shutdown, lost lease): asyncio.wait does not
             # cancel the items, so cancel them here; each goes back to pending.
@@ -333,26 +355,13 @@ class Executor:
                 self._finish(item, "skipped", f"parent item {bad[0]} did not complete")
                 outcome[item.seq] = "skipped"
                 return
-            if deps and self.settle:
-                await asyncio.sleep(self.settle)
+            await _sleep_until(max((self._busy_until(d) for d in deps), default=0.0))
             link = self._link(item.mirror, item.instance)
             # The digest lock first: a task waiting for another repository's fetch of the same
             # blob must not sit on one of the mirror's slots meanwhile.
-            async with link.inflight[item.digest], link.slots:
-                if deadline is not None and time.monotonic() >= deadline:
-                    self.stats.deadline_hit = True
-                    self.ledger.update_item(item.id, reason="window ended before it started")
-                    self._progress("deadline", item)
-                    return
-                if link.bucket is not None and item.parent_cost > 0:
-                    await link.bucket.take(item.parent_cost)
-                    if deadline is not None and time.monotonic() >= deadline:
-                        # The link was busy until past the deadline: no blob starts after it.
-                        self.stats.deadline_hit = True
-                        self.ledger.update_item(item.id, reason="window ended before it started")
-                        self._progress("deadline", item)
-                        return
-                state = await self._fetch(item, link, deadline)
+            async with link.inflight[item.digest]:
+                await _sleep_until(link.busy_until.get(item.digest, 0.0))
+                state = await self._start(item, link, deadline)
             outcome[item.seq] = state
         except asyncio.CancelledError:
             # Aborted past the deadline's grace: back to pending for --resume.
@@ -364,6 +373,88 @@ class Executor:
             elif item.seq in events:
                 outcome.setdefault(item.seq, "pending")
                 events[item.seq].set()
+
+    def _busy_until(self, seq: int) -> float:
+        """Until when the mirror of item ``seq`` is presumed still storing its object."""
+        dep = self._items.get(seq)
+        if dep is None:
+            return 0.0
+        link = self._links.get(f"{dep.mirror}\0{dep.instance}")
+        return 0.0 if link is None else link.busy_until.get(dep.digest, 0.0)
+
+    async def _start(self, item: RunItem, link: Link, deadline: float | None) -> str:
+        """Take a slot and the link's bytes, then fetch; "pending" when the window ended first."""
+        assert item.id is not None
+        async with link.slots:
+            if link.bucket is not None and item.parent_cost > 0:
+                if not self._before(deadline, item):
+                    return "pending"
+                await link.bucket.take(item.parent_cost)
+            if not self._before(deadline, item):
+                # The link was busy until past the deadline: no blob starts after it.
+                return "pending"
+            started = time.monotonic()
+            state = await self._fetch(item, link, deadline)
+            if state == "done" and item.kind == "blob":
+                took = time.monotonic() - started
+                link.busy_until[item.digest] = time.monotonic() + self.settle + took
+                link.fetched[item.digest].add(item.repository)
+            return state
+
+    def _before(self, deadline: float | None, item: RunItem) -> bool:
+        assert item.id is not None
+        if deadline is None or time.monotonic() < deadline:
+            return True
+        self.stats.deadline_hit = True
+        self.ledger.update_item(item.id, reason="window ended before it started")
+        self._progress("deadline", item)
+        return False
+
+    async def _confirm_shared(self, deadline: float | None) -> None:
+        """HEAD each blob that several repositories of a per-repository cache asked for in
+        this run: one whose copy was lost to the mirror's in-flight race is fetched again."""
+
+        async def confirm(link: Link, repository: str, digest: str) -> None:
+            # Bounded: a HEAD while the mirror still stores the digest for someone else is
+            # relayed without being kept; the next one, once nothing is in flight, stores it.
+            lost = False
+            for _ in range(CONFIRM_TRIES):
+                await _sleep_until(link.busy_until.get(digest, 0.0))
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                asked = time.monotonic()
+                async with link.slots:
+                    try:
+                        stored = await link.client.blob_stored(repository, digest)
+                    except RegistryError as exc:
+                        log.warning(
+                            "%s: could not confirm %s@%s: %s", link.mirror, repository, digest, exc
+                        )
+                        return
+                if stored is not False:
+                    break
+                if not lost:
+                    lost = True
+                    self.stats.restored += 1
+                    log.warning(
+                        "%s had not kept %s@%s (it was storing the same blob for another "
+                        "repository); asking again",
+                        link.mirror,
+                        repository,
+                        digest,
+                    )
+                took = time.monotonic() - asked
+                link.busy_until[digest] = time.monotonic() + self.settle + took
+
+        checks = [
+            confirm(link, repository, digest)
+            for link in self._links.values()
+            if link.scope == "repository"
+            for digest, repositories in link.fetched.items()
+            if len(repositories) > 1
+            for repository in sorted(repositories)
+        ]
+        await asyncio.gather(*checks)
 
     async def _fetch(self, item: RunItem, link: Link, deadline: float | None) -> str:
         """Fetch one item, waiting out a 429's Retry-After while the deadline allows."""
@@ -464,3 +555,9 @@ class Executor:
         assert item.id is not None
         self.ledger.update_item(item.id, state=state, reason=reason[:500], finished_at=utcnow())
         self._progress(state, item)
+
+
+async def _sleep_until(when: float) -> None:
+    delay = when - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)

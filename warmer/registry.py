@@ -205,6 +205,25 @@ class RegistryClient(RegistryTransport):
         """HEAD a blob: its size, or ``None`` when the registry does not have it."""
         return await self._blob_head(repository, digest, [repository_scope(repository, "pull")])
 
+    async def blob_stored(self, repository: str, digest: str) -> bool | None:
+        """HEAD a blob through a pull-through mirror: did it answer from its own storage?
+
+        CNCF distribution answers a blob it holds with ``Accept-Ranges`` and ``Cache-Control``
+        (Go's file server), and one it relays from its parent without them (measured on
+        2.8). ``True``: held; ``False``: relayed (the HEAD itself has the mirror fetch and
+        store it); ``None``: not there.
+        """
+        resp = await self._call(
+            "HEAD",
+            self._path(repository, "blobs", digest),
+            [repository_scope(repository, "pull")],
+            f"blob {repository}@{digest}",
+            ok=(200, 404),
+        )
+        if resp.status_code == 404:
+            return None
+        return "accept-ranges" in resp.headers or "cache-control" in resp.headers
+
     async def fetch_blob(
         self,
         repository: str,

@@ -414,7 +414,7 @@ async def execute(
     deadline: datetime | None,
     reserve: RateReserve | None = None,
     on_progress: ProgressHook | None = None,
-    settle: float = 0.3,
+    settle: float = 0.5,
 ) -> RunStats:
     """Run (or resume) ``run_id`` and close it in the ledger with its summary.
 

@@ -251,6 +251,10 @@ def _summary(stats: RunStats, run_id: int, console: Console) -> None:
     console.print(f"  upstream manifest requests spent: {stats.upstream_manifest_gets}")
     if stats.incidents:
         console.print(f"  [red]{stats.incidents} incident(s): see `warmer status`[/red]")
+    if stats.restored:
+        console.print(
+            f"  {stats.restored} blob(s) a mirror had not kept were asked for again (see the log)"
+        )
     if stats.deadline_hit:
         console.print("  the deadline cut the run: `warmer run --resume` continues it")
 
