@@ -21,7 +21,7 @@ differences come from the predictions alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -29,7 +29,6 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from analytics.blend import DayScorer
 from analytics.frames import normalise_static, normalise_usage, static_at, utc_naive
 from analytics.rank import RankParams, rank
 
@@ -81,45 +80,29 @@ def choose(
     and it is the same for every strategy.
     """
     cands = candidates[candidates["score"] > 0]
-    digests = [
-        "" if row.tag else str(getattr(row, "digest", "") or "")
-        for row in cands.itertuples(index=False)
-    ]
-    incidence, size, layers = _incidence(
-        cands["image"].astype(str), cands["tag"].astype(str), digests, sizes, at
-    )
-    if not incidence.shape[1]:
-        return set()
-    best = _best(incidence, size, cands["score"].to_numpy(dtype=np.float64), budget, tries)
-    return {str(d) for d in layers[best.layers]}
-
-
-def _incidence(
-    images: Iterable[str], tags: Iterable[str], digests: Iterable[str], sizes: Sizes, at: datetime
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Layer x image 0/1 matrix, layer sizes and layer digests of the images."""
     index: dict[str, int] = {}
     layer_sizes: list[int] = []
     members: list[list[int]] = []
-    for image, tag, digest in zip(images, tags, digests, strict=True):
-        # A tag is warmed as it resolves at ``at``; only a digest-pinned image keeps its digest.
+    scores: list[float] = []
+    for row in cands.itertuples(index=False):
+        # A tag is warmed as it resolves at ``at``; only a digest-pinned candidate keeps its digest.
+        digest = "" if row.tag else str(getattr(row, "digest", "") or "")
         ids = []
-        for d, s in dict(sizes(image, tag, "" if tag else digest, at)).items():
+        for d, s in dict(sizes(str(row.image), str(row.tag), digest, at)).items():
             if d not in index:
                 index[d] = len(layer_sizes)
                 layer_sizes.append(s)
             ids.append(index[d])
         members.append(ids)
+        scores.append(float(row.score))
+    if not members:
+        return set()
     incidence = np.zeros((len(layer_sizes), len(members)))
     for j, ids in enumerate(members):
         incidence[ids, j] = 1.0
-    return incidence, np.asarray(layer_sizes, dtype=np.float64), np.asarray(list(index))
-
-
-def _best(
-    incidence: np.ndarray, size: np.ndarray, scores: np.ndarray, budget: int, tries: int
-) -> _Pick:
-    worth = size * (incidence @ scores)  # bytes times pulls served, per layer
+    size = np.asarray(layer_sizes, dtype=np.float64)
+    worth = size * (incidence @ np.asarray(scores))  # bytes times pulls served, per layer
+    layers = np.asarray(list(index))
     best = _greedy(incidence, size, worth, budget, None)
     # The most valuable images the greedy left out that fit on their own: try each first.
     alone_cost = incidence.T @ size
@@ -127,45 +110,13 @@ def _best(
     out_ = [
         int(j)
         for j in np.argsort(-alone_worth, kind="stable")
-        if not best.images[j] and alone_cost[j] <= budget and alone_worth[j] > 0
+        if not best.images[j] and alone_cost[j] <= budget
     ]
     for j in out_[:tries]:
         trial = _greedy(incidence, size, worth, budget, j)
         if trial.worth > best.worth:
             best = trial
-    return best
-
-
-def layer_scorer(sizes: Sizes, budget: int, tries: int = 8) -> DayScorer:
-    """Scorer for ``analytics.rank``'s blend choice: the byte hit rate of the set this
-    module's selector would warm from each prediction (same packing as the backtest)."""
-
-    def score(
-        keys: pd.DataFrame,
-        day: pd.Timestamp,
-        preds: Mapping[str, np.ndarray],
-        actual: np.ndarray,
-    ) -> dict[str, tuple[float, float]]:
-        incidence, size, _ = _incidence(
-            keys["image"].astype(str),
-            keys["tag"].astype(str),
-            keys["pin"].astype(str),
-            sizes,
-            day.to_pydatetime(),
-        )
-        need = incidence.T @ size
-        total = float(actual @ need)
-        out = {}
-        for name, pred in preds.items():
-            pred = np.maximum(pred, 0.0)
-            if not pred.any():
-                out[name] = (0.0, total)
-                continue
-            warm = _best(incidence, size, pred, budget, tries).layers
-            out[name] = (float(actual @ (incidence.T @ (size * warm))), total)
-        return out
-
-    return score
+    return {str(d) for d in layers[best.layers]}
 
 
 @dataclass
@@ -229,11 +180,11 @@ def _by_tag(frame: pd.DataFrame, weight: str = "pulls") -> pd.DataFrame:
 Strategy = Callable[[pd.DataFrame, pd.DataFrame, pd.Timestamp, pd.DataFrame], pd.DataFrame]
 
 
-def _model(params: RankParams, scorer: DayScorer | None) -> Strategy:
+def _model(params: RankParams) -> Strategy:
     def run(
         before: pd.DataFrame, static: pd.DataFrame, day: pd.Timestamp, actual: pd.DataFrame
     ) -> pd.DataFrame:
-        ranked = rank(before, static, day, params=params, scorer=scorer)
+        ranked = rank(before, static, day, params=params)
         return ranked[["image", "tag", "digest", "score"]]
 
     return run
@@ -303,7 +254,6 @@ def backtest(
     labels: Mapping[tuple[str, pd.Timestamp], set[str]] | None = None,
     params: RankParams | None = None,
     default_bytes: int = DEFAULT_IMAGE_BYTES,
-    select_tries: int = 0,
 ) -> pd.DataFrame:
     """One row per (day, strategy): pulls, hits, bytes, hit bytes and the day's kinds."""
     u = normalise_usage(usage)
@@ -318,7 +268,7 @@ def backtest(
     days = list(pd.date_range(start, u["day"].max(), freq="D"))
     derived = derive_kinds(u, region, days)
     strategies: dict[str, Strategy] = {
-        "model": _model(params or RankParams(), layer_scorer(sizes, budget, select_tries)),
+        "model": _model(params or RankParams()),
         "yesterday": _yesterday,
         "frequency": _frequency,
         "static": _static,

@@ -33,7 +33,6 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from analytics.blend import DayScorer, blend_scores, top_scorer
 from analytics.frames import normalise_static, static_at, usage_features, utc_naive
 
 DAY = pd.Timedelta(days=1)
@@ -66,11 +65,6 @@ class RankParams:
     long_memory: float = 0.01  # weight of the daily rate of images not pulled in the lookback
     key_history: bool = True  # a key's history starts at its first pull in the lookback
     present_weight: float = 0.3  # a use of an image already on the node, in pulls
-    # Replay the days of the target's kind among this many past days and use the blend of
-    # signals that served them best (analytics.blend). Off (0) by default: on 3 generated
-    # histories it did not beat the model alone beyond noise (README, backtest numbers).
-    select_days: int = 0
-    select_top: int = 10  # keys the size-free scorer warms per replayed day
 
 
 def target_day(now: pd.Timestamp) -> pd.Timestamp:
@@ -151,14 +145,8 @@ def rank(
     window: tuple[datetime | pd.Timestamp, datetime | pd.Timestamp] | None = None,
     region: str | None = None,
     params: RankParams | None = None,
-    scorer: DayScorer | None = None,
 ) -> pd.DataFrame:
-    """The ranking at ``now``: one row per (region, image, tag), best first per region.
-
-    With ``params.select_days``, each region's scores come from the blend of signals that
-    did best on the days just before (``analytics.blend``), as judged by ``scorer``
-    (default: pulls caught by the top ``params.select_top`` keys).
-    """
+    """The ranking at ``now``: one row per (region, image, tag), best first per region."""
     p = params or RankParams()
     now_ts = utc_naive(now)
     target = target_day(now_ts)
@@ -185,19 +173,6 @@ def rank(
         pd.factorize(info["region"])[0].astype(np.int64) if len(info) else np.zeros(0, np.int64)
     )
     score, factor = _day_estimates(daily, valid, target, target, p, groups)
-    model_score = score
-    blend = np.full(len(info), "", dtype=object)
-    if p.select_days > 0 and len(info):
-        score, blend = blend_scores(
-            info[["region", "image", "tag", "pin"]],
-            groups,
-            daily,
-            valid,
-            target,
-            p.select_days,
-            lambda d, v, t: _day_estimates(d, v, t, t, p, groups)[0],
-            scorer or top_scorer(p.select_top),
-        )
     region_prof = pd.DataFrame(hourly).groupby(info["region"].to_numpy()).sum()
     window_score = np.zeros(len(info))
     profile = np.zeros_like(hourly)
@@ -220,12 +195,7 @@ def rank(
         est, _ = _day_estimates(daily, valid, target, day, p, groups)
         window_score += est * (profile @ hours)
         day += DAY
-    # A blend rescales the window by the day's change; a key the model gave nothing gets
-    # the window's share of the day.
-    frac = min(1.0, (w_end - w_start) / DAY)
-    ratio = np.divide(score, model_score, out=np.zeros(len(info)), where=model_score > 0)
-    window_score = np.where(model_score > 0, window_score * ratio, score * frac)
-    out = info.assign(score=score, window_score=window_score, dow_factor=factor, blend=blend)
+    out = info.assign(score=score, window_score=window_score, dow_factor=factor)
     out["pulls_7d"] = daily[:, 1:8].sum(axis=1).astype(np.int64) if len(info) else 0
     # Pulls on the last two days of the target's kind: the current split between tags.
     kind_days = [
@@ -414,8 +384,6 @@ def _finish(
             parts.append(f"named in {row.files} {kind}{'s' if row.files != 1 else ''}")
         if row.reasons_extra:
             parts.append(str(row.reasons_extra))
-        if isinstance(row.blend, str) and row.blend:
-            parts.append(row.blend)
         reasons.append(", ".join(parts))
     out["reasons"] = reasons
     out["tag"] = np.where(out["pin"] != "", "", out["tag"])

@@ -108,7 +108,6 @@ def main() -> None:
                 "below_best_baseline": r["targets"]["kinds_below_best_baseline"],
                 "all_over_best": r["byte_hit_rate"]["all"]["over_best"],
                 "min_over_best": min(v["over_best"] for v in r["byte_hit_rate"].values()),
-                "over_best": {k: v["over_best"] for k, v in r["byte_hit_rate"].items()},
             }
             for region, r in out.items()
         }

@@ -25,7 +25,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analytics.rank import RankParams, rank  # noqa: E402
+from analytics.rank import rank  # noqa: E402
 
 
 def build(rows: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.Timestamp]:
@@ -73,9 +73,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument(
-        "--select-days", type=int, default=0, help="Also time the blend choice over N days."
-    )
     args = ap.parse_args()
     t0 = time.perf_counter()
     usage, static, now = build(args.rows, args.seed)
@@ -90,18 +87,6 @@ def main() -> None:
         usage, static, now, window=(now + pd.Timedelta(hours=2), now + pd.Timedelta(hours=10))
     )
     model = time.perf_counter() - t0
-    selected: dict[str, object] = {}
-    if args.select_days:
-        t0 = time.perf_counter()
-        chosen = rank(usage, static, now, params=RankParams(select_days=args.select_days))
-        selected = {
-            "select_days": args.select_days,
-            "rank_with_blend_choice_seconds": round(time.perf_counter() - t0, 2),
-            "blend_choice_under_10s": time.perf_counter() - t0 < 10,
-            "blends": sorted(
-                set(chosen["reasons"].str.extract(r"(blend \S+|model kept)")[0].dropna())
-            ),
-        }
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(
         json.dumps(
@@ -117,7 +102,6 @@ def main() -> None:
                 "baseline_rows": len(naive),
                 "peak_rss_bytes": rss,
                 "target_under_10s": model < 10,
-                **selected,
             },
             indent=1,
         )

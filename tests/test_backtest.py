@@ -7,22 +7,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from analytics.backtest import (
-    Sizes,
-    backtest,
-    choose,
-    layer_scorer,
-    margins,
-    score_day,
-    summarise,
-)
+from analytics.backtest import Sizes, backtest, choose, margins, score_day, summarise
 from analytics.frames import usage_from_pulls
 from analytics.generate.workload import Params, generate
-from analytics.rank import RankParams
 from analytics.rankings import latest_ranking
 
 MB = 1_000_000
@@ -178,27 +168,3 @@ def test_cli_generate_ingest_rank_backtest(tmp_path: Path) -> None:
     bad = runner.invoke(cli, ["backtest", "--region", "eu", "--budget", "lots", "--db", url])
     assert bad.exit_code == 2
     assert "--budget" in bad.output and "Traceback" not in bad.output
-
-
-def test_layer_scorer_counts_bytes_as_the_backtest_selector_warms_them() -> None:
-    sizes = Sizes(Layers())
-    keys = pd.DataFrame({"region": "eu", "image": ["a", "b", "c"], "tag": "1", "pin": ""})
-    actual = np.array([2.0, 1.0, 1.0])
-    preds = {"ab": np.array([5.0, 4.0, 0.0]), "c": np.array([0.0, 0.0, 9.0])}
-    day = pd.Timestamp("2024-03-01")
-    got = layer_scorer(sizes, 220 * MB)(keys, day, preds, actual)
-    total = 2 * 110 * MB + 110 * MB + 90 * MB
-    assert got["ab"] == (3 * 110 * MB, total)  # a and b share the base: both fit
-    assert got["c"] == (90 * MB, total)
-    cands_ab = cands([("a", 5.0), ("b", 4.0)])
-    assert choose(cands_ab, sizes, day.to_pydatetime(), 220 * MB) == {"base", "a", "b"}
-
-
-def test_backtest_model_with_blend_choice_scores_between_zero_and_the_oracle() -> None:
-    work = generate(Params(weeks=2, seed=3, pipelines_per_region=8))
-    usage = usage_from_pulls(work.pulls)
-    days = backtest(
-        usage, work.static, "eu", 1_500 * MB, work.catalogue, params=RankParams(select_days=7)
-    )
-    rates = summarise(days).query("kind == 'all'").set_index("strategy")["byte_hit_rate"]
-    assert 0 < rates["model"] <= rates["oracle"]

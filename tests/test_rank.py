@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analytics.rank import RankParams, rank, target_day
+from analytics.rank import rank, target_day
 from analytics.rankings import latest_ranking, save_ranking
 
 PY = "docker.io/library/python"
@@ -220,41 +220,3 @@ def test_long_memory_keeps_old_images_below_recent_ones() -> None:
     assert out.loc[PY, "rank"] == 1
     assert 0 < out.loc[GO, "score"] < 0.2 * out.loc[PY, "score"]
     assert "long memory" in out.loc[GO, "reasons"]
-
-
-def rotating(last: pd.Timestamp) -> pd.DataFrame:
-    """Weekdays only: one of six images is hot (20 pulls) for three working days, then the
-    next one; every image has one background pull a working day. Yesterday's hot image is
-    the best guess for today, which a decayed mean learns two days late."""
-    images = [f"docker.io/library/app{i}" for i in range(6)]
-    work = [d for d in pd.date_range(last - pd.Timedelta(days=34), last) if d.dayofweek < 5]
-    rows = []
-    for n, d in enumerate(work):
-        hot = images[(n // 3) % len(images)]
-        rows += [(str(d.date()), 10, im, "1", 20 if im == hot else 1) for im in images]
-    return usage(rows)
-
-
-def test_blend_choice_picks_recency_when_it_served_the_last_days_best() -> None:
-    last = pd.Timestamp("2024-03-28")  # a Thursday
-    now = last + pd.Timedelta(days=1)
-    u = rotating(last)
-    plain = rank(u, None, now, region="eu")
-    chosen = rank(u, None, now, region="eu", params=RankParams(select_days=14, select_top=1))
-    assert not plain["reasons"].str.contains("blend").any()
-    assert chosen["reasons"].str.contains(r"blend \S*recency", regex=True).all()
-    hot_yesterday = u[(u["day"] == last) & (u["pulls"] == 20)]["image"].iloc[0]
-    assert chosen.iloc[0]["image"] == hot_yesterday
-
-
-def test_blend_choice_sees_nothing_on_or_after_the_origin() -> None:
-    last = pd.Timestamp("2024-03-28")
-    now = pd.Timestamp("2024-03-29T00:00Z")
-    u = rotating(last)
-    # The future: the day predicted and the next ones, shaped to favour the frequency blend.
-    later = rotating(last + pd.Timedelta(days=14))
-    later = later[later["day"] > last].assign(pulls=5)
-    params = RankParams(select_days=14, select_top=1)
-    alone = rank(u, None, now, region="eu", params=params)
-    with_future = rank(pd.concat([u, later]), None, now, region="eu", params=params)
-    pd.testing.assert_frame_equal(alone, with_future)
