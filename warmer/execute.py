@@ -12,8 +12,8 @@ carries run items out, in plan order, under these rules:
   cold blob in a background fetch that may end a second after our read, and while it runs
   (its ``inflight`` set is keyed by digest alone) it answers a request for the same digest
   by fetching it again without storing it, even under another repository, which then never
-  gets its copy. So after a cold blob the digest stays busy for ``settle`` plus the time
-  our read took;
+  gets its copy. So after a cold blob the digest stays busy for ``settle`` (0.2 s) plus
+  the time our read took;
 * a child tier's request waits for the parent tier's item for the same object and for
   that busy time (otherwise the parent fetches the blob a third time from its own parent);
 * at the end, blobs shared by several repositories of a per-repository cache are
@@ -47,6 +47,7 @@ from warmer.config import Config
 from warmer.ledger import Ledger, RunItem, utcnow
 from warmer.pacing import TokenBucket
 from warmer.registry import DigestMismatch, RateLimited, RegistryClient, RegistryError
+from warmer.slots import PrioritySlots
 
 log = logging.getLogger("warmer.execute")
 
@@ -203,7 +204,7 @@ class Link:
     mirror: str
     instance: str
     client: RegistryClient
-    slots: asyncio.Semaphore
+    slots: PrioritySlots
     bucket: TokenBucket | None
     ttl: timedelta | None
     scope: str
@@ -225,7 +226,7 @@ class Executor:
         *,
         deadline: datetime | None = None,
         grace: timedelta | None = None,
-        settle: float = 0.5,
+        settle: float = 0.2,
         on_progress: ProgressHook | None = None,
         reserve: RateReserve | None = None,
         client_factory: Callable[[str, str], RegistryClient],
@@ -243,6 +244,7 @@ class Executor:
         self._links: dict[str, Link] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._items: dict[int, RunItem] = {}
+        self._rank: dict[int, int] = {}  # seq -> place in start order (slot priority)
 
     def _link(self, mirror: str, instance: str) -> Link:
         key = f"{mirror}\0{instance}"
@@ -257,7 +259,7 @@ class Executor:
                 mirror=mirror,
                 instance=instance,
                 client=self._client_factory(mirror, instance or m.url),
-                slots=asyncio.Semaphore(m.link.concurrency),
+                slots=PrioritySlots(m.link.concurrency),
                 bucket=bucket,
                 ttl=m.ttl,
                 scope=m.cache_scope,
@@ -282,7 +284,10 @@ class Executor:
             if item.state in ("done", "failed", "skipped"):
                 outcome[item.seq] = item.state
                 done_events[item.seq].set()
-        todo = [i for i in items if i.state == "pending"]
+        todo = _start_order(
+            [i for i in items if i.state == "pending"], by_size=self.deadline is None
+        )
+        self._rank = {item.seq: n for n, item in enumerate(todo)}
         if self.reserve is not None:
             await self.reserve.refresh()
         deadline_mono = self._deadline_mono()
@@ -385,11 +390,12 @@ class Executor:
     async def _start(self, item: RunItem, link: Link, deadline: float | None) -> str:
         """Take a slot and the link's bytes, then fetch; "pending" when the window ended first."""
         assert item.id is not None
-        async with link.slots:
+        rank = self._rank.get(item.seq, 0)
+        async with link.slots.hold(rank):
             if link.bucket is not None and item.parent_cost > 0:
                 if not self._before(deadline, item):
                     return "pending"
-                await link.bucket.take(item.parent_cost)
+                await link.bucket.take(item.parent_cost, rank)
             if not self._before(deadline, item):
                 # The link was busy until past the deadline: no blob starts after it.
                 return "pending"
@@ -423,7 +429,7 @@ class Executor:
                 if deadline is not None and time.monotonic() >= deadline:
                     return
                 asked = time.monotonic()
-                async with link.slots:
+                async with link.slots.hold(0):
                     try:
                         stored = await link.client.blob_stored(repository, digest)
                     except RegistryError as exc:
@@ -561,3 +567,20 @@ async def _sleep_until(when: float) -> None:
     delay = when - time.monotonic()
     if delay > 0:
         await asyncio.sleep(delay)
+
+
+def _start_order(items: list[RunItem], *, by_size: bool) -> list[RunItem]:
+    """The order items start in (the plan decided *what*; this only decides *when*).
+
+    A digest shared by k repositories of a mirror is k fetches one after the other (each
+    waits for the mirror to store the previous copy), the run's longest chain: those start
+    first. Without a deadline the larger blobs go next (largest first finishes sooner); with
+    one, plan order is kept, so what a deadline cuts is what the plan valued least.
+    """
+    fanout = Counter((i.mirror, i.instance, i.digest) for i in items if i.kind == "blob")
+
+    def key(item: RunItem) -> tuple[int, int, int]:
+        k = fanout[(item.mirror, item.instance, item.digest)] if item.kind == "blob" else 0
+        return (-k if k > 1 else 0, -item.size if by_size else 0, item.seq)
+
+    return sorted(items, key=key)

@@ -8,7 +8,7 @@ Semantics: the bucket holds at most ``burst`` tokens (default: a quarter second 
 refills continuously. ``take(n)`` waits until the bucket is not in debt, then subtracts
 ``n`` (possibly going into debt): a large blob is admitted when the link has been idle
 long enough to pay for the previous one, so the average over any window stays at the rate.
-Waiters are served first come, first served.
+Waiters are served by their ``priority`` (lowest first), then in arrival order.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+
+from warmer.slots import PrioritySlots
 
 
 class TokenBucket:
@@ -34,7 +36,7 @@ class TokenBucket:
         self._sleep = sleep  # injectable with the clock, so tests run on a fake time line
         self._tokens = self.burst
         self._stamp = clock()
-        self._lock = asyncio.Lock()
+        self._turn = PrioritySlots(1)
         self.taken = 0
 
     def _refill(self) -> None:
@@ -50,11 +52,11 @@ class TokenBucket:
         # when the clock's resolution cannot represent the delay.
         return need / self.rate if need > 1e-6 else 0.0
 
-    async def take(self, n: float) -> None:
-        """Charge ``n`` tokens, waiting (in arrival order) until the bucket can pay."""
+    async def take(self, n: float, priority: int = 0) -> None:
+        """Charge ``n`` tokens, waiting (by priority, then arrival) until the bucket can pay."""
         if n <= 0:
             return
-        async with self._lock:
+        async with self._turn.hold(priority):
             while True:
                 delay = self.wait_time(n)
                 if delay <= 0:

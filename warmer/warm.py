@@ -195,7 +195,7 @@ async def resolve(
     region: str,
     wants: Sequence[Want],
     now: datetime,
-    concurrency: int = 8,
+    concurrency: int = 16,
     reserve: RateReserve | None = None,
     deadline: float | None = None,
 ) -> tuple[list[planner.WantedImage], list[planner.Skipped]]:
@@ -414,7 +414,7 @@ async def execute(
     deadline: datetime | None,
     reserve: RateReserve | None = None,
     on_progress: ProgressHook | None = None,
-    settle: float = 0.5,
+    settle: float = 0.2,
 ) -> RunStats:
     """Run (or resume) ``run_id`` and close it in the ledger with its summary.
 

@@ -1,0 +1,71 @@
+"""PrioritySlots: bounded, served by priority, cancellation-safe."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from warmer.slots import PrioritySlots
+
+
+async def test_waiters_are_served_by_priority_not_arrival() -> None:
+    slots = PrioritySlots(1)
+    order: list[int] = []
+    gate = asyncio.Event()
+
+    async def worker(priority: int) -> None:
+        async with slots.hold(priority):
+            order.append(priority)
+            await gate.wait()
+
+    first = asyncio.create_task(worker(5))
+    await asyncio.sleep(0)
+    waiters = [asyncio.create_task(worker(p)) for p in (9, 7, 1, 3)]
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(first, *waiters)
+    assert order == [5, 1, 3, 7, 9]
+
+
+async def test_never_more_than_size_at_once() -> None:
+    slots = PrioritySlots(3)
+    inside = peak = 0
+
+    async def worker(i: int) -> None:
+        nonlocal inside, peak
+        async with slots.hold(i % 4):
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0.001)
+            inside -= 1
+
+    await asyncio.gather(*(worker(i) for i in range(40)))
+    assert peak == 3 and inside == 0
+
+
+async def test_a_cancelled_waiter_does_not_leak_its_slot() -> None:
+    slots = PrioritySlots(1)
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with slots.hold(0):
+            await release.wait()
+
+    h = asyncio.create_task(holder())
+    await asyncio.sleep(0)
+    doomed = asyncio.create_task(holder())
+    await asyncio.sleep(0)
+    doomed.cancel()
+    release.set()
+    await h
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    async with asyncio.timeout(1):  # the slot is free again
+        async with slots.hold(0):
+            pass
+
+
+def test_size_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        PrioritySlots(0)
