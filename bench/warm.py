@@ -184,6 +184,12 @@ def measure(front: FrontControl, fn: Any) -> dict[str, Any]:
         series.pop(0)
     rates = window_rates(series, interval)
     wan_active = len(series) * interval
+    # The transfer phase: first to last 100 ms bucket carrying at least 1 % of the busiest
+    # one (resolution before it and the regional tier's tag HEADs after it move a few kB).
+    floor = 0.01 * max(series, default=0)
+    busy = [i for i, b in enumerate(series) if b >= floor]
+    transfer = series[busy[0] : busy[-1] + 1] if busy else []
+    transfer_rates = window_rates(transfer, interval)
     blob_bytes = sum(b.get("bytes_served", 0) for b in stats.get("blobs", {}).values())
     return {
         "wall_s": round(wall, 2),
@@ -195,6 +201,8 @@ def measure(front: FrontControl, fn: Any) -> dict[str, Any]:
         "wan_rate_peak_1s": round(rates["peak"]),
         "wan_rate_mean": round(rates["mean"]),
         "wan_active_s": round(wan_active, 2),
+        "wan_rate_mean_transfer": round(transfer_rates["mean"]),
+        "wan_transfer_s": round(len(transfer) * interval, 2),
         "wan_mb_per_s": [
             round(sum(series[i : i + 10]) / 1e6, 1) for i in range(0, len(series), 10)
         ],
@@ -372,6 +380,7 @@ def main() -> None:
         "wan_not_above_loop": w["wan_bytes"] <= loop["wan_bytes"],
         "peak_1s_over_cap": round(w["wan_rate_peak_1s"] / cap, 3),
         "mean_rate_over_cap": round(w["wan_rate_mean"] / cap, 3),
+        "transfer_mean_rate_over_cap": round(w["wan_rate_mean_transfer"] / cap, 3),
         "wall_over_ideal": round(w["wall_s"] / ideal, 3),
         "regional_part_s": round(regional_part, 2),
         "wall_over_loop": round(w["wall_s"] / loop["wall_s"], 3),
