@@ -54,6 +54,7 @@ log = logging.getLogger("warmer.execute")
 ProgressHook = Callable[[str, RunItem, int], None]
 MAX_RETRY_AFTER = 300.0  # seconds; a longer Retry-After fails the item (resume later)
 CONFIRM_TRIES = 8  # HEADs per shared blob at the end of a run (see Executor._confirm_shared)
+CONFIRM_BACKOFF = 0.25  # seconds before the second HEAD, doubling up to 4 s (~16 s in all)
 
 
 @dataclass
@@ -424,7 +425,7 @@ class Executor:
             # Bounded: a HEAD while the mirror still stores the digest for someone else is
             # relayed without being kept; the next one, once nothing is in flight, stores it.
             lost = False
-            for _ in range(CONFIRM_TRIES):
+            for attempt in range(CONFIRM_TRIES):
                 await _sleep_until(link.busy_until.get(digest, 0.0))
                 if deadline is not None and time.monotonic() >= deadline:
                     return
@@ -449,8 +450,10 @@ class Executor:
                         repository,
                         digest,
                     )
+                # Back off (0.25 s doubling to 4 s): another client's store may take a while.
                 took = time.monotonic() - asked
-                link.busy_until[digest] = time.monotonic() + self.settle + took
+                backoff = min(CONFIRM_BACKOFF * 2**attempt, 4.0)
+                link.busy_until[digest] = time.monotonic() + max(self.settle + took, backoff)
 
         checks = [
             confirm(link, repository, digest)

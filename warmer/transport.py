@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 import logging
 import ssl
@@ -135,6 +136,13 @@ def _detail(resp: httpx.Response) -> str:
     return f"HTTP {resp.status_code}" + (f" {text}" if text else "")
 
 
+@functools.lru_cache(maxsize=16)
+def _ssl_context(cafile: str | None) -> ssl.SSLContext:
+    """One verifying context per CA file for the process: loading the CA bundle takes
+    ~20 ms, and a run makes a client per mirror instance and per upstream."""
+    return ssl.create_default_context(cafile=cafile)
+
+
 class RegistryTransport:
     """Authenticated, retried, redirect-safe requests to one registry at ``base_url``."""
 
@@ -163,8 +171,8 @@ class RegistryTransport:
         self._token_locks: dict[auth.TokenKey, asyncio.Lock] = {}
         self._own_http = http is None
         if http is None:
-            ssl_verify: bool | ssl.SSLContext = (
-                verify if isinstance(verify, bool) else (ssl.create_default_context(cafile=verify))
+            ssl_verify = (
+                verify if verify is False else _ssl_context(None if verify is True else verify)
             )
             http = httpx.AsyncClient(
                 timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),

@@ -8,11 +8,14 @@ happens here, and ``warmer.plan.plan`` gets plain values.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -155,38 +158,45 @@ class _Unresolved(Exception):
     """An image whose manifests could not be fetched; the message says why."""
 
 
-async def pin_tags(config: Config, wants: Sequence[Want], concurrency: int = 16) -> dict[str, str]:
+@asynccontextmanager
+async def pinning(
+    config: Config, wants: Sequence[Want], concurrency: int = 16
+) -> AsyncIterator[dict[str, asyncio.Task[str | None]]]:
     """Each tag's digest by a HEAD to its upstream (HEAD is not counted by Docker Hub).
 
-    Returns ``{str(ref): digest}`` for the tags the upstream answered; the others are
-    resolved through the mirror by tag (an upstream the warmer cannot reach directly).
+    Yields ``{str(ref): task}``; a task's result is the digest, or ``None`` when the
+    upstream did not answer (that tag is resolved through the mirror by tag: an upstream
+    the warmer cannot reach directly). The HEADs run while the caller goes on, so an image
+    is resolved as soon as its own tag is pinned.
     """
-    by_upstream: dict[str, list[Want]] = {}
-    for w in wants:
-        if w.ref.tag and not w.ref.digest:
-            name = config.upstream_for_registry(w.ref.registry)
-            if name is not None:
-                by_upstream.setdefault(name, []).append(w)
-    pins: dict[str, str] = {}
     sem = asyncio.Semaphore(concurrency)
-    for name, group in by_upstream.items():
-        client = upstream_client(config, name)
-        client.retries = 0
+    clients: dict[str, RegistryClient] = {}
 
-        async def head(w: Want, client: RegistryClient = client) -> None:
-            async with sem:
-                try:
-                    got = await client.head_manifest(w.ref.repository, w.ref.reference)
-                except RegistryError as exc:
-                    log.debug("HEAD %s upstream: %s; resolving through the mirror", w.ref, exc)
-                    return
-            pins[str(w.ref)] = got.digest
+    async def head(w: Want, client: RegistryClient) -> str | None:
+        async with sem:
+            try:
+                return (await client.head_manifest(w.ref.repository, w.ref.reference)).digest
+            except RegistryError as exc:
+                log.debug("HEAD %s upstream: %s; resolving through the mirror", w.ref, exc)
+                return None
 
-        try:
-            await asyncio.gather(*(head(w) for w in group))
-        finally:
+    tasks: dict[str, asyncio.Task[str | None]] = {}
+    try:
+        for w in wants:
+            name = config.upstream_for_registry(w.ref.registry)
+            if not w.ref.tag or w.ref.digest or name is None or str(w.ref) in tasks:
+                continue
+            if name not in clients:
+                clients[name] = upstream_client(config, name)
+                clients[name].retries = 0
+            tasks[str(w.ref)] = asyncio.create_task(head(w, clients[name]))
+        yield tasks
+    finally:
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        for client in clients.values():
             await client.aclose()
-    return pins
 
 
 async def resolve(
@@ -244,19 +254,26 @@ async def resolve(
         if top is None:
             skipped.append(planner.Skipped(str(ref), f"no mirror of {region} proxies {upstream}"))
             return
-        client = clients.setdefault(top, mirror_client(config, top))
+        if top not in clients:
+            clients[top] = mirror_client(config, top)
+        client = clients[top]
         repo = config.mirrors[top].repository_for(ref.repository)
         # A tag pinned by the upstream HEAD is fetched by digest: aliases of one manifest
-        # then share one fetch (one upstream GET) however many tags point at it.
-        lookup = pins.get(str(ref)) or ref.reference
+        # then share one fetch (one upstream GET) however many tags point at it. Unpinned
+        # tags of one repository go one after the other: aliases (latest, 3, 3.12) share a
+        # manifest, and two concurrent cold GETs of it by tag make the mirror fetch it twice.
+        pin = pins.get(str(ref))
+        pinned = await pin if pin is not None else None
+        lookup = pinned or ref.reference
         key = (top, repo, lookup)
-        if key not in trees:
-            trees[key] = asyncio.create_task(fetch_tree(client, repo, lookup))
-        try:
-            tree = await asyncio.shield(trees[key])
-        except (_Reserved, _Unresolved) as exc:
-            skipped.append(planner.Skipped(str(ref), str(exc)))
-            return
+        async with contextlib.nullcontext() if pinned else by_tag[(top, repo)]:
+            if key not in trees:
+                trees[key] = asyncio.create_task(fetch_tree(client, repo, lookup))
+            try:
+                tree = await asyncio.shield(trees[key])
+            except (_Reserved, _Unresolved) as exc:
+                skipped.append(planner.Skipped(str(ref), str(exc)))
+                return
         if ref.tag:
             ledger.record_resolution(
                 image=ref.name,
@@ -284,22 +301,10 @@ async def resolve(
             )
         )
 
-    pins = await pin_tags(config, wants)
-    # Unpinned tags of one repository are resolved one after the other: aliases (latest,
-    # 3, 3.12) share a manifest, and two concurrent cold GETs of it by tag make the mirror
-    # fetch it twice. Pinned ones are keyed by digest above and may all go at once.
-    groups: dict[tuple[str, str, str], list[Want]] = {}
-    for w in wants:
-        pinned = str(w.ref) in pins
-        key = (w.ref.registry, w.ref.repository, str(w.ref) if pinned else "")
-        groups.setdefault(key, []).append(w)
-
-    async def in_sequence(group: list[Want]) -> None:
-        for w in group:
-            await one(w)
-
+    by_tag: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
     try:
-        await asyncio.gather(*(in_sequence(g) for g in groups.values()))
+        async with pinning(config, wants) as pins:
+            await asyncio.gather(*(one(w) for w in wants))
     finally:
         for c in clients.values():
             await c.aclose()
