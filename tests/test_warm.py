@@ -263,12 +263,12 @@ MANY = [
 ]  # fmt: skip
 
 
-def _states(db: Path) -> Counter[str]:
+def _states(db: Path, kind: str | None = None) -> Counter[str]:
+    where = "WHERE kind = ?" if kind else ""
     try:
         with sqlite3.connect(db, timeout=5) as conn:
-            return Counter(
-                dict(conn.execute("SELECT state, count(*) FROM run_item GROUP BY state"))
-            )
+            query = f"SELECT state, count(*) FROM run_item {where} GROUP BY state"
+            return Counter(dict(conn.execute(query, (kind,) if kind else ())))
     except sqlite3.OperationalError:  # not created yet
         return Counter()
 
@@ -281,7 +281,7 @@ def test_kill_9_mid_run_then_resume(topo: Topo) -> None:
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
-            if _states(db)["done"] >= 8:
+            if _states(db, "blob")["done"] >= 8:  # (manifests go first; wait for blobs)
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be killed: slow the link"

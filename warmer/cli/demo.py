@@ -19,7 +19,7 @@ from warmer.cli.common import CONTEXT_SETTINGS, WorkFailed, json_option
     type=click.Path(path_type=Path, file_okay=False),
     help="Where the sandbox, the generated CI data and the database go.",
 )
-@click.option("--scale", default=0.3, show_default=True, help="Catalogue size (1.0 = ~200 MB).")
+@click.option("--scale", default=0.3, show_default=True, help="Catalogue size (1.0 = ~500 MB).")
 @click.option("--weeks", default=3, show_default=True, help="Weeks of generated CI history.")
 @click.option("--top", default=12, show_default=True, help="Images warmed per region.")
 @click.option("--keep", is_flag=True, help="Leave the sandbox running at the end.")

@@ -57,7 +57,7 @@ def sandbox() -> None:
 @click.option(
     "--seed", default=0, show_default=True, help="Catalogue seed (same seed, same digests)."
 )
-@click.option("--scale", default=1.0, show_default=True, help="Layer size scale (1 = ~200 MB).")
+@click.option("--scale", default=1.0, show_default=True, help="Layer size scale (1 = ~500 MB).")
 @click.option(
     "--latency", default=0.0, show_default=True, help="Added round trip (ms) at the front."
 )

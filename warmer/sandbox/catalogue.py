@@ -2,13 +2,15 @@
 
 Official-image-like repositories (``library/debian``, ``alpine``, ``python``, ``node``,
 ``golang``, ``nginx``, ``redis``) and two ``someorg/...`` application images. Families sit on
-shared bases (a debian-like base under python/node/golang/nginx/redis, an alpine-like one
-under the ``-alpine`` tags), tags of a family share their family layers, several tags alias
+shared bases (a debian-like base under python/node/golang/nginx/redis/postgres/ruby/rust/
+httpd/mysql, ubuntu-like ones under eclipse-temurin, an alpine-like one under the ``-alpine``
+tags), tags of a family share their family layers, several tags alias
 the same manifest (``latest``, ``3``, ``12``), official images are multi-arch OCI indexes
 (linux/amd64 + linux/arm64) and the ``someorg`` ones single-arch Docker v2 schema 2.
 
-Layer sizes follow a lognormal (heavy-tailed) law times ``scale``: ``scale=1`` gives about
-200 MB of distinct blobs, ``scale=0.01`` a couple of MB for tests. Layers are random bytes
+Layer sizes follow a lognormal (heavy-tailed) law times ``scale``: ``scale=1`` gives 67 tags
+of 19 repositories and about 500 MB of distinct blobs (340 MB of linux/amd64 (repository,
+blob) pairs), ``scale=0.01`` a few MB for tests. Layers are random bytes
 drawn from a generator seeded by (seed, layer name, arch), so the same seed always gives the
 same digests. They are labelled ``tar+gzip`` as on Docker Hub but are not gzip: mirrors and
 ``skopeo copy ... dir:`` store blobs as opaque bytes; ``diff_ids`` therefore equal the layer
@@ -36,7 +38,7 @@ DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 MULTI_ARCH = ("linux/amd64", "linux/arm64")
 EPOCH = datetime(2024, 6, 1, tzinfo=UTC)
 MIN_LAYER = 512
-UNIT = 650_000  # bytes per nominal MB in the recipes below: scale=1 gives ~200 MB in all
+UNIT = 650_000  # bytes per nominal MB in the recipes below
 
 
 def sha256(data: bytes) -> str:
@@ -224,6 +226,9 @@ _BASES: dict[str, tuple[str, float]] = {
     "bookworm-slim": ("debian:bookworm-slim", 6.0),
     "alpine3.20": ("alpine:3.20", 3.0),
     "alpine3.19": ("alpine:3.19", 3.0),
+    "noble": ("ubuntu:noble", 9.0),
+    "jammy": ("ubuntu:jammy", 9.0),
+    "busybox": ("busybox:1.36", 1.0),
 }
 
 # repository -> list of (tag aliases, base, layers [(name, median MB)], docker_format, multi_arch)
@@ -270,6 +275,39 @@ _FAMILIES: dict[str, list[_Recipe]] = {
     "library/redis": [
         (("7.4", "latest"), "bookworm-slim", (("redis:7.4", 2), ("redis:conf", 0.01)))
     ],
+    "library/ubuntu": [
+        (("noble", "24.04", "latest"), "noble", ()),
+        (("jammy", "22.04"), "jammy", ()),
+    ],
+    "library/busybox": [(("1.36", "latest"), "busybox", ())],
+    "library/postgres": [
+        (("16", "latest"), "bookworm", (("postgres:deps", 4), ("postgres:16", 6))),
+        (("15",), "bookworm", (("postgres:deps", 4), ("postgres:15", 6))),
+        (("16-alpine",), "alpine3.20", (("postgres:16-alpine", 5),)),
+    ],
+    "library/ruby": [
+        (("3.3", "latest"), "bookworm", (("ruby:deps:bookworm", 6), ("ruby:3.3", 4))),
+        (("3.3-slim",), "bookworm-slim", (("ruby:slimdeps", 1), ("ruby:3.3-slim", 3))),
+        (("3.3-alpine",), "alpine3.20", (("ruby:3.3-alpine", 3),)),
+    ],
+    "library/rust": [
+        (("1.80", "latest"), "bookworm", (("rust:deps:bookworm", 6), ("rust:1.80", 12))),
+        (("1.80-slim",), "bookworm-slim", (("rust:1.80-slim", 10),)),
+        (("1.80-alpine",), "alpine3.20", (("rust:1.80-alpine", 10),)),
+    ],
+    "library/eclipse-temurin": [
+        (("21", "latest"), "noble", (("temurin:deps", 2), ("temurin:21", 8))),
+        (("17",), "jammy", (("temurin:deps", 2), ("temurin:17", 8))),
+        (("21-alpine",), "alpine3.20", (("temurin:21-alpine", 7),)),
+    ],
+    "library/httpd": [
+        (("2.4", "latest"), "bookworm-slim", (("httpd:2.4", 2), ("httpd:conf", 0.01))),
+        (("2.4-alpine",), "alpine3.20", (("httpd:2.4-alpine", 1.5), ("httpd:conf", 0.01))),
+    ],
+    "library/mysql": [
+        (("8.4", "latest"), "bookworm-slim", (("mysql:8.4", 12),)),
+        (("8.0",), "bookworm-slim", (("mysql:8.0", 12),)),
+    ],
 }
 # Application images built FROM an official tag: (tags, from "repo:tag", layers); amd64 only.
 _APPS: dict[str, list[tuple[tuple[str, ...], str, tuple[tuple[str, float], ...]]]] = {
@@ -284,6 +322,10 @@ _APPS: dict[str, list[tuple[tuple[str, ...], str, tuple[tuple[str, float], ...]]
     "someorg/worker": [
         (("v2", "latest"), "library/node:20-alpine", (("worker:modules", 2), ("worker:src", 0.2)))
     ],
+    "someorg/api": [
+        (("v3", "latest"), "library/golang:1.23-alpine", (("api:vendor", 4), ("api:bin", 1)))
+    ],
+    "someorg/web": [(("v1",), "library/nginx:1.27-alpine", (("web:assets", 3),))],
 }
 
 
