@@ -19,6 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -576,6 +577,31 @@ def test_unreachable_mirror_fails_items_without_leaking(topo: Topo) -> None:
 # --- the mirror's in-flight race, which the executor's busy time and confirmation avoid -----
 
 
+@contextmanager
+def store_in_flight(
+    topo: Topo, mirror: str, repository: str, digest: str, delay: float
+) -> Iterator[None]:
+    """A client GETs ``repository@digest`` through ``mirror`` meanwhile; both of the mirror's
+    GETs for it (the one relayed to the client, the background one that stores it) wait
+    ``delay`` seconds at the front, so its store is in flight at least that long."""
+    topo.front.add_fault("slow", f"{repository}/blobs/{digest}", count=2, method="GET", delay=delay)
+    url = f"{mirror}/v2/{repository}/blobs/{digest}"
+    client = threading.Thread(target=lambda: httpx.get(url, timeout=30))
+    client.start()
+    try:
+        yield
+    finally:
+        client.join()
+
+
+def eventually_stored(url: str, repository: str, digest: str) -> bool:
+    for _ in range(50):  # bounded: a background store ends a moment after its relay
+        if stored_at(url, repository, digest):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def test_distribution_loses_a_copy_asked_for_while_it_stores_the_same_digest(
     topo: Topo,
 ) -> None:
@@ -588,29 +614,12 @@ def test_distribution_loses_a_copy_asked_for_while_it_stores_the_same_digest(
     node = cat.tag("library/node", "22").image().layers[0]
     assert python.digest == node.digest  # the same Debian base layer
     digest, central = python.digest, topo.urls["central"]
-    # Both of central's GETs for library/python (the one relayed to us, the background one
-    # that stores it) wait 1.5 s at the front, so its store is in flight for that long.
-    topo.front.add_fault("slow", f"library/python/blobs/{digest}", count=2, method="GET", delay=1.5)
-    first = threading.Thread(
-        target=lambda: httpx.get(f"{central}/v2/library/python/blobs/{digest}", timeout=30)
-    )
-    first.start()
-    try:
+    with store_in_flight(topo, central, "library/python", digest, 1.5):
         time.sleep(0.5)
         assert stored_at(central, "library/node", digest) is False  # relayed, not kept
-    finally:
-        first.join()
-    for _ in range(50):  # bounded: the background store ends a moment after the relay
-        if stored_at(central, "library/python", digest):
-            break
-        time.sleep(0.1)
-    assert stored_at(central, "library/python", digest) is True
+    assert eventually_stored(central, "library/python", digest)
     assert stored_at(central, "library/node", digest) is False  # still not kept; this asks
-    for _ in range(50):
-        if stored_at(central, "library/node", digest):
-            break
-        time.sleep(0.1)
-    assert stored_at(central, "library/node", digest) is True
+    assert eventually_stored(central, "library/node", digest)
     assert stored_at(central, "library/node", "sha256:" + "0" * 64) is None
 
 
@@ -624,16 +633,9 @@ def test_a_copy_lost_to_a_concurrent_client_is_confirmed_and_restored(topo: Topo
     assert digest == cat.tag("library/python", "3.12").image().layers[0].digest
     assert digest == cat.tag("library/node", "22").image().layers[0].digest
     central = topo.urls["central"]
-    topo.front.add_fault("slow", f"library/golang/blobs/{digest}", count=2, method="GET", delay=2.5)
-    client = threading.Thread(
-        target=lambda: httpx.get(f"{central}/v2/library/golang/blobs/{digest}", timeout=30)
-    )
-    client.start()
-    try:
+    with store_in_flight(topo, central, "library/golang", digest, 2.5):
         time.sleep(0.3)
         result = topo.warmer("run", "--region", "eu", "python:3.12", "node:22", "--json")
-    finally:
-        client.join()
     assert result.exit_code == 0, result.output + result.stderr
     summary = json_out(result)
     assert summary["restored"] >= 1 and summary["failed"] == 0
