@@ -176,10 +176,12 @@ class Held:
     def _lose(self, why: str) -> None:
         if self.lost.is_set():
             return
-        self.lost.set()
         log.error("lease %s lost: %s", self.name, why)
         if self.on_lost is not None:
             self.on_lost(why)
+        # Last: whoever waits on ``lost`` then also sees what on_lost did (only the
+        # heartbeat thread calls this, so the check above still makes it once).
+        self.lost.set()
 
     def release(self) -> None:
         """Stop renewing and give the lease back (unless it was lost)."""
