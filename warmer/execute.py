@@ -34,6 +34,7 @@ carries run items out, in plan order, under these rules:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -57,6 +58,7 @@ MAX_RETRY_AFTER = 300.0  # seconds; a longer Retry-After fails the item (resume 
 # mirror's background copy runs beside ours on the same link and ends a moment later
 # (measured lags: median ~0, rarely up to the read time; the confirmation catches those).
 STORE_LAG = 0.25
+LIGHT = 256 * 1024  # bytes: below this a blob's round trips outlast its transfer
 CONFIRM_TRIES = 8  # HEADs per shared blob at the end of a run (see Executor._confirm_shared)
 CONFIRM_BACKOFF = 0.25  # seconds before the second HEAD, doubling up to 4 s (~16 s in all)
 
@@ -210,6 +212,7 @@ class Link:
     instance: str
     client: RegistryClient
     slots: PrioritySlots
+    light_slots: asyncio.Semaphore  # manifests and small blobs: at most half the slots
     bucket: TokenBucket | None
     ttl: timedelta | None
     scope: str
@@ -265,6 +268,7 @@ class Executor:
                 instance=instance,
                 client=self._client_factory(mirror, instance or m.url),
                 slots=PrioritySlots(m.link.concurrency),
+                light_slots=asyncio.Semaphore(max(1, m.link.concurrency // 2)),
                 bucket=bucket,
                 ttl=m.ttl,
                 scope=m.cache_scope,
@@ -396,7 +400,10 @@ class Executor:
         """Take a slot and the link's bytes, then fetch; "pending" when the window ended first."""
         assert item.id is not None
         rank = self._rank.get(item.seq, 0)
-        async with link.slots.hold(rank):
+        # Light items go first but may hold at most half the slots: they wait on round trips,
+        # not bandwidth, and the blobs behind them should fill the link meanwhile.
+        gate = link.light_slots if _light(item) else contextlib.nullcontext()
+        async with gate, link.slots.hold(rank):
             if link.bucket is not None and item.parent_cost > 0:
                 if not self._before(deadline, item):
                     return "pending"
@@ -579,7 +586,9 @@ async def _sleep_until(when: float) -> None:
 def _start_order(items: list[RunItem], *, by_size: bool) -> list[RunItem]:
     """The order items start in (the plan decided *what*; this only decides *when*).
 
-    Manifests first: they are small, and the child tier's manifests wait for them. Then a
+    Light items first (on at most half the slots): manifests and blobs under ``LIGHT``
+    bytes take round trips, not bandwidth (left to the end they make a tail of idle link),
+    and the child tier's manifests wait for the parent's. Then a
     digest shared by k repositories of a mirror is k fetches one after the other (each
     waits for the mirror to store the previous copy), the run's longest chain: those start
     next. Without a deadline the larger blobs go next (largest first finishes sooner); with
@@ -588,9 +597,13 @@ def _start_order(items: list[RunItem], *, by_size: bool) -> list[RunItem]:
     fanout = Counter((i.mirror, i.instance, i.digest) for i in items if i.kind == "blob")
 
     def key(item: RunItem) -> tuple[int, int, int, int]:
-        if item.kind != "blob":
+        if _light(item):
             return (0, 0, 0, item.seq)
         k = fanout[(item.mirror, item.instance, item.digest)]
         return (1, -k if k > 1 else 0, -item.size if by_size else 0, item.seq)
 
     return sorted(items, key=key)
+
+
+def _light(item: RunItem) -> bool:
+    return item.kind != "blob" or item.size < LIGHT
