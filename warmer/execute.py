@@ -12,7 +12,7 @@ carries run items out, in plan order, under these rules:
   cold blob in a background fetch that may end a second after our read, and while it runs
   (its ``inflight`` set is keyed by digest alone) it answers a request for the same digest
   by fetching it again without storing it, even under another repository, which then never
-  gets its copy. So after a cold blob the digest stays busy for ``settle`` (0.2 s) plus
+  gets its copy. So after a cold blob the digest stays busy for ``settle`` (0.4 s) plus
   a quarter of the time our read took;
 * a child tier's request waits for the parent tier's item for the same object and for
   that busy time (otherwise the parent fetches the blob a third time from its own parent);
@@ -234,7 +234,7 @@ class Executor:
         *,
         deadline: datetime | None = None,
         grace: timedelta | None = None,
-        settle: float = 0.2,
+        settle: float = 0.4,
         on_progress: ProgressHook | None = None,
         reserve: RateReserve | None = None,
         client_factory: Callable[[str, str], RegistryClient],

@@ -419,7 +419,7 @@ async def execute(
     deadline: datetime | None,
     reserve: RateReserve | None = None,
     on_progress: ProgressHook | None = None,
-    settle: float = 0.2,
+    settle: float = 0.4,
 ) -> RunStats:
     """Run (or resume) ``run_id`` and close it in the ledger with its summary.
 
