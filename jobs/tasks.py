@@ -29,9 +29,10 @@ from jobs.metrics import Metrics
 from jobs.schedule import Clock
 from warmer import db
 from warmer.config import Config, ConfigError
-from warmer.execute import RateReserve, RunStats
+from warmer.execute import RunStats
 from warmer.ledger import Ledger, Run, RunItem, as_utc, utcnow
 from warmer.reference import try_parse
+from warmer.reserve import RateReserve
 from warmer.warm import (
     Want,
     execute,

@@ -48,7 +48,9 @@ from warmer.config import Config
 from warmer.ledger import Ledger, RunItem, utcnow
 from warmer.pacing import TokenBucket
 from warmer.registry import DigestMismatch, RateLimited, RegistryClient, RegistryError
+from warmer.reserve import RateReserve
 from warmer.slots import PrioritySlots
+from warmer.startorder import is_light, start_order
 
 log = logging.getLogger("warmer.execute")
 
@@ -58,7 +60,6 @@ MAX_RETRY_AFTER = 300.0  # seconds; a longer Retry-After fails the item (resume 
 # mirror's background copy runs beside ours on the same link and ends a moment later
 # (measured lags: median ~0, rarely up to the read time; the confirmation catches those).
 STORE_LAG = 0.25
-LIGHT = 256 * 1024  # bytes: below this a blob's round trips outlast its transfer
 CONFIRM_TRIES = 8  # HEADs per shared blob at the end of a run (see Executor._confirm_shared)
 CONFIRM_BACKOFF = 0.25  # seconds before the second HEAD, doubling up to 4 s (~16 s in all)
 
@@ -95,113 +96,6 @@ class RunStats:
             "deadline_hit": self.deadline_hit,
             "restored": self.restored,
         }
-
-
-class RateReserve:
-    """Tracks the upstream's remaining manifest GETs and holds back when at the reserve.
-
-    Mirrors do not pass the upstream's rate-limit headers on, so the remaining count is read
-    with a HEAD to the upstream (HEAD is not counted by Docker Hub) and decremented locally
-    for each manifest GET the top tier may make upstream. Those are made while resolving
-    through the top tier (:func:`warmer.warm.resolve`), which keeps the reserve; the
-    executor's manifest requests that follow are answered from the top tier's cache (a GET
-    by tag makes it send the upstream a HEAD, which is not counted), so the executor only
-    uses :meth:`explain` when a top-tier request fails.
-
-    ``spend(n)`` reserves requests about to be made, ``settle(n)`` says they were made: a
-    refresh while they are in flight subtracts them from what the upstream reports.
-    """
-
-    def __init__(
-        self,
-        client: RegistryClient | None,
-        probe: tuple[str, str] | None,
-        reserve: int,
-        poll: float = 5.0,
-    ) -> None:
-        self.client = client
-        self.probe = probe
-        self.reserve = reserve
-        self.poll = poll
-        self.remaining: int | None = None
-        self.spent = 0
-        self.inflight = 0
-        self._lock = asyncio.Lock()
-        self._told = False
-        self._probed = False
-
-    async def refresh(self) -> None:
-        self._probed = True
-        if self.client is None or self.probe is None:
-            return
-        try:
-            await self.client.head_manifest(*self.probe)
-        except RegistryError as exc:
-            log.debug("rate-limit probe failed: %s", exc)
-            return
-        rl = self.client.last_ratelimit
-        if rl is not None and rl.remaining is not None:
-            self.remaining = rl.remaining - self.inflight
-
-    async def spend(self, deadline: float | None, n: int = 1) -> bool:
-        """Reserve ``n`` counted requests; False if the deadline passed while waiting.
-
-        The local count only ever runs ahead of the upstream's (it is decremented for every
-        request that *may* count), so at the reserve the upstream is asked again before
-        waiting: a conservative estimate costs one HEAD, not a wait.
-        """
-        async with self._lock:
-            if not self._probed or (
-                self.remaining is not None and self.remaining - n < self.reserve
-            ):
-                await self.refresh()
-            if not await self._wait_above(deadline, n):
-                return False
-            if self.remaining is not None:
-                self.remaining -= n
-            self.spent += n
-            self.inflight += n
-            return True
-
-    async def wait_available(self, deadline: float | None, n: int = 1) -> bool:
-        """Wait (one log line) until ``n`` requests fit above the reserve; False when the
-        deadline (a ``time.monotonic()`` value) comes first."""
-        async with self._lock:
-            await self.refresh()
-            return await self._wait_above(deadline, n)
-
-    async def _wait_above(self, deadline: float | None, n: int) -> bool:
-        """Poll the upstream until ``n`` requests fit above the reserve (the lock is held)."""
-        while self.remaining is not None and self.remaining - n < self.reserve:
-            if not self._told:
-                log.warning(
-                    "upstream rate limit: %s manifest requests left, keeping %s for CI; "
-                    "waiting for the limit window to reset",
-                    self.remaining,
-                    self.reserve,
-                )
-                self._told = True
-            if deadline is not None and time.monotonic() + self.poll > deadline:
-                return False
-            await asyncio.sleep(self.poll)
-            await self.refresh()
-        return True
-
-    def settle(self, n: int = 1) -> None:
-        """``n`` requests reserved by :meth:`spend` were made (or given up)."""
-        self.inflight = max(0, self.inflight - n)
-
-    async def explain(self, exc: Exception) -> str:
-        """The reason to record for a failed request that may have been rate limited.
-
-        CNCF distribution 2.8 turns its upstream's ``429 TOOMANYREQUESTS`` into ``HTTP 500
-        UNKNOWN`` (the 429 only in a nested detail, no Retry-After), so the upstream itself
-        is asked (HEAD, not counted) whether its limit is spent.
-        """
-        await self.refresh()
-        if self.remaining is not None and self.remaining <= 0:
-            return f"upstream rate limit spent (0 manifest requests left); the mirror said: {exc}"
-        return str(exc)
 
 
 @dataclass
@@ -293,7 +187,7 @@ class Executor:
             if item.state in ("done", "failed", "skipped"):
                 outcome[item.seq] = item.state
                 done_events[item.seq].set()
-        todo = _start_order(
+        todo = start_order(
             [i for i in items if i.state == "pending"], by_size=self.deadline is None
         )
         self._rank = {item.seq: n for n, item in enumerate(todo)}
@@ -402,7 +296,7 @@ class Executor:
         rank = self._rank.get(item.seq, 0)
         # Light items go first but may hold at most half the slots: they wait on round trips,
         # not bandwidth, and the blobs behind them should fill the link meanwhile.
-        gate = link.light_slots if _light(item) else contextlib.nullcontext()
+        gate = link.light_slots if is_light(item) else contextlib.nullcontext()
         async with gate, link.slots.hold(rank):
             if link.bucket is not None and item.parent_cost > 0:
                 if not self._before(deadline, item):
@@ -581,29 +475,3 @@ async def _sleep_until(when: float) -> None:
     delay = when - time.monotonic()
     if delay > 0:
         await asyncio.sleep(delay)
-
-
-def _start_order(items: list[RunItem], *, by_size: bool) -> list[RunItem]:
-    """The order items start in (the plan decided *what*; this only decides *when*).
-
-    Light items first (on at most half the slots): manifests and blobs under ``LIGHT``
-    bytes take round trips, not bandwidth (left to the end they make a tail of idle link),
-    and the child tier's manifests wait for the parent's. Then a
-    digest shared by k repositories of a mirror is k fetches one after the other (each
-    waits for the mirror to store the previous copy), the run's longest chain: those start
-    next. Without a deadline the larger blobs go next (largest first finishes sooner); with
-    one, plan order is kept, so what a deadline cuts is what the plan valued least.
-    """
-    fanout = Counter((i.mirror, i.instance, i.digest) for i in items if i.kind == "blob")
-
-    def key(item: RunItem) -> tuple[int, int, int, int]:
-        if _light(item):
-            return (0, 0, 0, item.seq)
-        k = fanout[(item.mirror, item.instance, item.digest)]
-        return (1, -k if k > 1 else 0, -item.size if by_size else 0, item.seq)
-
-    return sorted(items, key=key)
-
-
-def _light(item: RunItem) -> bool:
-    return item.kind != "blob" or item.size < LIGHT

@@ -23,11 +23,12 @@ from typing import Any
 from warmer import plan as planner
 from warmer.auth import CredentialRef, Credentials, credentials_from_ref
 from warmer.config import Config, ConfigError, CredentialsRef, MirrorConfig
-from warmer.execute import Executor, ProgressHook, RateReserve, RunStats
+from warmer.execute import Executor, ProgressHook, RunStats
 from warmer.ledger import Ledger, utcnow
 from warmer.manifest import ImageTree, Platform
 from warmer.reference import InvalidReference, Reference, parse
 from warmer.registry import RegistryClient, RegistryError
+from warmer.reserve import RateReserve
 
 log = logging.getLogger("warmer.warm")
 RESERVE_REASON = "upstream rate-limit reserve"  # an image held back for CI, not a failure

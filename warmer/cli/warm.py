@@ -32,8 +32,9 @@ from warmer.cli.common import (
 )
 from warmer.cli.config import load_config
 from warmer.config import Config, ConfigError
-from warmer.execute import RateReserve, RunStats
+from warmer.execute import RunStats
 from warmer.ledger import Ledger, RunItem, as_utc, utcnow
+from warmer.reserve import RateReserve
 from warmer.units import UnitError, format_duration, format_size, parse_duration, parse_size
 from warmer.warm import (
     Prepared,

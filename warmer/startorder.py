@@ -1,0 +1,38 @@
+"""When the executor starts a run's items (the planner decided *what*; this, *when*).
+
+Pure: a function of the items alone.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from warmer.ledger import RunItem
+
+LIGHT = 256 * 1024  # bytes: below this a blob's round trips outlast its transfer
+
+
+def start_order(items: list[RunItem], *, by_size: bool) -> list[RunItem]:
+    """The order items start in (the plan decided *what*; this only decides *when*).
+
+    Light items first (on at most half the slots): manifests and blobs under ``LIGHT``
+    bytes take round trips, not bandwidth (left to the end they make a tail of idle link),
+    and the child tier's manifests wait for the parent's. Then a
+    digest shared by k repositories of a mirror is k fetches one after the other (each
+    waits for the mirror to store the previous copy), the run's longest chain: those start
+    next. Without a deadline the larger blobs go next (largest first finishes sooner); with
+    one, plan order is kept, so what a deadline cuts is what the plan valued least.
+    """
+    fanout = Counter((i.mirror, i.instance, i.digest) for i in items if i.kind == "blob")
+
+    def key(item: RunItem) -> tuple[int, int, int, int]:
+        if is_light(item):
+            return (0, 0, 0, item.seq)
+        k = fanout[(item.mirror, item.instance, item.digest)]
+        return (1, -k if k > 1 else 0, -item.size if by_size else 0, item.seq)
+
+    return sorted(items, key=key)
+
+
+def is_light(item: RunItem) -> bool:
+    return item.kind != "blob" or item.size < LIGHT
