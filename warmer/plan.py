@@ -20,6 +20,14 @@ Order
     broken by image name. Within an image, items go top tier first, so a parent's fetch of an
     object always precedes (and is in ``depends_on`` of) its child's request for it.
 
+Retries
+    Greedy alone can leave one large, valuable image out at the budget (or window) edge and
+    fill the room with smaller, lesser ones. So when images are left out, the greedy is run
+    again with each of the ``RETRIES`` most valuable of them (that fit on their own) taken
+    first, and the set of images worth most in total score is kept (ties: the plain greedy).
+    A retried set is then ordered by the same greedy restricted to it, which takes all of it
+    (the set fits, so every marginal cost on the way does too).
+
 Limits
     ``Budget.bytes`` counts the bytes crossing the links of the target chains: the sum of
     ``parent_cost`` over all planned items (central's upstream link and the regional links).
@@ -55,6 +63,7 @@ __all__ = [
 ]
 
 ALREADY_WARM = "already warm"
+RETRIES = 8  # left-out images tried first; each try is one more greedy pass
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,9 @@ class _Candidate:
     def value(self) -> float:
         return math.inf if self.cost == 0 else self.want.score / self.cost
 
+    def copy(self) -> _Candidate:
+        return _Candidate(self.want, dict(self.needed), self.cost, dict(self.link))
+
 
 def _contents(want: WantedImage) -> list[Blob]:
     seen: set[str] = set()
@@ -176,19 +188,14 @@ def _unique(wanted: Sequence[WantedImage]) -> list[WantedImage]:
     return sorted(best.values(), key=lambda w: w.image)
 
 
-class _Planner:
-    def __init__(
-        self, topo: Topology, held: set[Key], budget: Budget, wanted: list[WantedImage]
-    ) -> None:
+class _Pool:
+    """The wanted images as candidates before anything is planned; each greedy pass works on
+    its own copy, so retries do not recompute what every image needs."""
+
+    def __init__(self, topo: Topology, held: set[Key], wanted: list[WantedImage]) -> None:
         self.topo = topo
         self.held = held
-        self.budget = budget
-        self.planned: dict[Key, int] = {}
-        self.items: list[PlanItem] = []
-        self.spent = 0
-        self.link_bytes: dict[str, int] = dict.fromkeys(topo.warm, 0)
-        self.images: list[str] = []
-        self.skipped: dict[str, str] = {}
+        self.skipped: dict[str, str] = {}  # images that are no candidates at all
         self.cands: list[_Candidate] = []
         self.by_key: dict[Key, list[int]] = {}
         for want in wanted:
@@ -222,6 +229,29 @@ class _Planner:
         for key in cand.needed:
             self.by_key.setdefault(key, []).append(cid)
 
+
+class _Planner:
+    """One greedy pass over a copy of the pool. A pass with ``emit`` False only chooses the
+    images (a retry that loses needs no items, and building them is most of a pass's time)."""
+
+    def __init__(self, pool: _Pool, budget: Budget, *, emit: bool = True) -> None:
+        self.emit = emit
+        self.topo = pool.topo
+        self.held = pool.held
+        self.by_key = pool.by_key
+        self.budget = budget
+        self.planned: dict[Key, int] = {}
+        self.items: list[PlanItem] = []
+        self.spent = 0
+        self.link_bytes: dict[str, int] = dict.fromkeys(pool.topo.warm, 0)
+        self.images: list[str] = []
+        self.picked: set[int] = set()
+        self.skipped: dict[str, str] = dict(pool.skipped)
+        self.cands = [cand.copy() for cand in pool.cands]
+
+    def worth(self) -> float:
+        return math.fsum(self.cands[cid].want.score for cid in self.picked)
+
     def misfit(self, cand: _Candidate) -> str | None:
         """Why ``cand`` does not fit what is left, or None when it does."""
         if self.budget.bytes is not None:
@@ -246,55 +276,48 @@ class _Planner:
                 )
         return None
 
-    def run(self) -> None:
-        heap = [(-c.value(), c.want.image, c.version, cid) for cid, c in enumerate(self.cands)]
+    def run(self, first: int | None = None, only: set[int] | None = None) -> _Planner:
+        """Greedy by value per new byte over the candidates in ``only`` (default: all),
+        after taking ``first`` (which must fit alone); the rest get their reasons."""
+        active = set(range(len(self.cands))) if only is None else only
+        if first is not None:
+            assert self.misfit(self.cands[first]) is None, "a first image fits alone"
+            self._pick(first)
+        heap = [
+            (-c.value(), c.want.image, c.version, cid)
+            for cid, c in enumerate(self.cands)
+            if cid in active and cid not in self.picked
+        ]
         heapq.heapify(heap)
-        picked: set[int] = set()
         while heap:
             _, _, version, cid = heapq.heappop(heap)
             cand = self.cands[cid]
-            if cid in picked or version != cand.version or self.misfit(cand) is not None:
+            if cid in self.picked or version != cand.version or self.misfit(cand) is not None:
                 # Stale, or too big now: it is pushed again if its marginal cost drops.
                 continue
-            picked.add(cid)
-            self.images.append(cand.want.image)
-            for cid2 in self._take(cand):
+            for cid2 in self._pick(cid) & active:
                 other = self.cands[cid2]
                 heapq.heappush(heap, (-other.value(), other.want.image, other.version, cid2))
         for cid, cand in enumerate(self.cands):
-            if cid not in picked:
+            if cid not in self.picked:
                 reason = self.misfit(cand)
                 assert reason is not None, "a fitting image is always picked"
                 self.skipped[cand.want.image] = reason
+        return self
+
+    def _pick(self, cid: int) -> set[int]:
+        self.picked.add(cid)
+        self.images.append(self.cands[cid].want.image)
+        return self._take(self.cands[cid])
 
     def _take(self, cand: _Candidate) -> set[int]:
         """Plan all of ``cand``'s new items; return the candidates whose cost dropped."""
-        want = cand.want
         touched: set[int] = set()
         for key, (slot, blob) in list(cand.needed.items()):
             name = slot.node.name
             cost = blob.size * slot.node.fetch_multiplicity
-            top = blob.kind == "manifest" and blob.digest == want.digest
-            order = len(self.items)
-            self.items.append(
-                PlanItem(
-                    order=order,
-                    mirror=name,
-                    instance=slot.instance,
-                    tier=slot.tier,
-                    repository=self.topo.path(name, want.repository),
-                    upstream_repository=want.repository,
-                    kind=blob.kind,
-                    digest=blob.digest,
-                    size=blob.size,
-                    media_type=blob.media_type,
-                    image=want.image,
-                    reference=want.tag if top and want.tag else blob.digest,
-                    parent_cost=cost,
-                    depends_on=self._parents(name, want.repository, blob.digest),
-                )
-            )
-            self.planned[key] = order
+            if self.emit:
+                self._emit(cand.want, key, slot, blob, cost)
             self.spent += cost
             self.link_bytes[name] += cost
             for cid in self.by_key[key]:
@@ -306,6 +329,30 @@ class _Planner:
                     other.version += 1
                     touched.add(cid)
         return touched
+
+    def _emit(self, want: WantedImage, key: Key, slot: Slot, blob: Blob, cost: int) -> None:
+        name = slot.node.name
+        top = blob.kind == "manifest" and blob.digest == want.digest
+        order = len(self.items)
+        self.items.append(
+            PlanItem(
+                order=order,
+                mirror=name,
+                instance=slot.instance,
+                tier=slot.tier,
+                repository=self.topo.path(name, want.repository),
+                upstream_repository=want.repository,
+                kind=blob.kind,
+                digest=blob.digest,
+                size=blob.size,
+                media_type=blob.media_type,
+                image=want.image,
+                reference=want.tag if top and want.tag else blob.digest,
+                parent_cost=cost,
+                depends_on=self._parents(name, want.repository, blob.digest),
+            )
+        )
+        self.planned[key] = order
 
     def _parents(self, name: str, repository: str, digest: str) -> tuple[int, ...]:
         """Orders of the parent's items for this object (every parent instance, since the
@@ -323,6 +370,29 @@ class _Planner:
         return tuple(deps)
 
 
+def _best(pool: _Pool, budget: Budget) -> _Planner:
+    """The plain greedy, or a retry worth more in total score; see "Retries" above."""
+    greedy = _Planner(pool, budget).run()
+    left = [cid for cid in range(len(pool.cands)) if cid not in greedy.picked]
+    if not left:
+        return greedy
+    empty = _Planner(pool, budget, emit=False)
+    firsts = sorted(
+        (cid for cid in left if pool.cands[cid].want.score > 0),
+        key=lambda cid: (-pool.cands[cid].want.score, pool.cands[cid].want.image),
+    )
+    best, worth = greedy, greedy.worth()
+    for cid in [c for c in firsts if empty.misfit(empty.cands[c]) is None][:RETRIES]:
+        trial = _Planner(pool, budget, emit=False).run(first=cid)
+        if trial.worth() > worth:
+            best, worth = trial, trial.worth()
+    if best is greedy:
+        return greedy
+    ordered = _Planner(pool, budget).run(only=best.picked)
+    assert ordered.picked == best.picked, "a set that fits is taken whole"
+    return ordered
+
+
 def plan(
     wanted: Sequence[WantedImage],
     mirrors: Sequence[MirrorNode],
@@ -336,8 +406,8 @@ def plan(
     Raises :class:`PlanError` when the topology is inconsistent.
     """
     topo = Topology(mirrors, targets)
-    planner = _Planner(topo, topo.held_keys(holdings), budget, _unique(wanted))
-    planner.run()
+    pool = _Pool(topo, topo.held_keys(holdings), _unique(wanted))
+    planner = _best(pool, budget)
     bytes_by_mirror = dict.fromkeys(topo.warm, 0)
     for item in planner.items:
         bytes_by_mirror[item.mirror] += item.size
