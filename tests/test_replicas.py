@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -18,10 +19,16 @@ RegistryFactory = Callable[..., Proc]
 
 
 def _stored(proc: Proc, digest: str) -> bool:
-    """Whether the registry's own storage holds the blob (its cache, not a proxied answer)."""
+    """Whether the registry's own storage holds the blob (its cache, not a proxied answer).
+
+    A mirror stores a proxied blob in the background: give it a bounded moment."""
     hexpart = digest.split(":", 1)[1]
     root = Path(proc.log).parent / "data" / "docker" / "registry" / "v2" / "blobs" / "sha256"
-    return (root / hexpart[:2] / hexpart / "data").is_file()
+    for _ in range(50):
+        if (root / hexpart[:2] / hexpart / "data").is_file():
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _config(tmp: Path, front: str, central: str, replicas: list[str], shared: bool) -> Path:

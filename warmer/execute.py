@@ -215,6 +215,10 @@ class Executor:
                     task.result()
             if not self.stats.deadline_hit:
                 await self._confirm_shared(deadline_mono)
+                # End when the mirrors have presumably stored the last blobs read, so what
+                # the ledger calls warm is there for the next client (and `verify`).
+                busy = [t for link in self._links.values() for t in link.busy_until.values()]
+                await _sleep_until(min(max(busy, default=0.0), deadline_mono or float("inf")))
         except asyncio.CancelledError:
             # Cancelled from outside (service shutdown, lost lease): asyncio.wait does not
             # cancel the items, so cancel them here; each goes back to pending.
