@@ -333,22 +333,31 @@ class Executor:
         async def confirm(link: Link, repository: str, digest: str) -> None:
             # Bounded: a HEAD while the mirror still stores the digest for someone else is
             # relayed without being kept; the next one, once nothing is in flight, stores it.
+            # One digest at a time per mirror, as the items: a lost copy's HEAD has the
+            # mirror fetch it, and a second HEAD meanwhile would be relayed again.
             lost = False
             for attempt in range(CONFIRM_TRIES):
-                await _sleep_until(link.busy_until.get(digest, 0.0))
-                if deadline is not None and time.monotonic() >= deadline:
-                    return
-                asked = time.monotonic()
-                async with link.slots.hold(0):
-                    try:
-                        stored = await link.client.blob_stored(repository, digest)
-                    except RegistryError as exc:
-                        log.warning(
-                            "%s: could not confirm %s@%s: %s", link.mirror, repository, digest, exc
-                        )
+                async with link.inflight[digest]:
+                    await _sleep_until(link.busy_until.get(digest, 0.0))
+                    if deadline is not None and time.monotonic() >= deadline:
                         return
-                if stored is not False:
-                    break
+                    asked = time.monotonic()
+                    async with link.slots.hold(0):
+                        try:
+                            stored = await link.client.blob_stored(repository, digest)
+                        except RegistryError as exc:
+                            log.warning(
+                                "%s: could not confirm %s@%s: %s",
+                                link.mirror, repository, digest, exc,
+                            )  # fmt: skip
+                            return
+                    if stored is not False:
+                        return
+                    # Relayed: that HEAD has the mirror store it, unless someone else's store
+                    # is still in flight. Back off (0.25 s doubling to 4 s) before asking again.
+                    took = time.monotonic() - asked
+                    backoff = min(CONFIRM_BACKOFF * 2**attempt, 4.0)
+                    link.busy_until[digest] = time.monotonic() + max(self.settle + took, backoff)
                 if not lost:
                     lost = True
                     self.stats.restored += 1
@@ -359,10 +368,6 @@ class Executor:
                         repository,
                         digest,
                     )
-                # Back off (0.25 s doubling to 4 s): another client's store may take a while.
-                took = time.monotonic() - asked
-                backoff = min(CONFIRM_BACKOFF * 2**attempt, 4.0)
-                link.busy_until[digest] = time.monotonic() + max(self.settle + took, backoff)
 
         checks = [
             confirm(link, repository, digest)
