@@ -28,7 +28,10 @@ def _host(url: str) -> str:
 
 
 def _skopeo(*args: str) -> subprocess.CompletedProcess[bytes]:
-    out = subprocess.run(["skopeo", *args], capture_output=True, timeout=120)
+    # As a CI job pulling through a cold mirror chain would: distribution 2.8 sometimes
+    # answers 500 when a client's HEAD and GET of one cold blob reach a proxy at once.
+    retry = ["--retry-times", "3"] if args and args[0] == "copy" else []
+    out = subprocess.run(["skopeo", *args[:1], *retry, *args[1:]], capture_output=True, timeout=120)
     assert out.returncode == 0, out.stderr.decode(errors="replace")
     return out
 
