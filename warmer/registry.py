@@ -189,7 +189,10 @@ class RegistryClient(RegistryTransport):
             list(zip(chosen, bodies, strict=True)),
         )
 
-    async def _blob_head(self, repository: str, digest: str, scopes: Sequence[str]) -> int | None:
+    async def _blob_head(
+        self, repository: str, digest: str, scopes: Sequence[str]
+    ) -> httpx.Response | None:
+        """HEAD a blob: the response, or ``None`` when the registry does not have it."""
         resp = await self._call(
             "HEAD",
             self._path(repository, "blobs", digest),
@@ -197,13 +200,12 @@ class RegistryClient(RegistryTransport):
             f"blob {repository}@{digest}",
             ok=(200, 404),
         )
-        if resp.status_code == 404:
-            return None
-        return int(resp.headers.get("content-length") or 0)
+        return None if resp.status_code == 404 else resp
 
     async def blob_size(self, repository: str, digest: str) -> int | None:
         """HEAD a blob: its size, or ``None`` when the registry does not have it."""
-        return await self._blob_head(repository, digest, [repository_scope(repository, "pull")])
+        resp = await self._blob_head(repository, digest, [repository_scope(repository, "pull")])
+        return None if resp is None else int(resp.headers.get("content-length") or 0)
 
     async def blob_stored(self, repository: str, digest: str) -> bool | None:
         """HEAD a blob through a pull-through mirror: did it answer from its own storage?
@@ -213,14 +215,8 @@ class RegistryClient(RegistryTransport):
         2.8). ``True``: held; ``False``: relayed (the HEAD itself has the mirror fetch and
         store it); ``None``: not there.
         """
-        resp = await self._call(
-            "HEAD",
-            self._path(repository, "blobs", digest),
-            [repository_scope(repository, "pull")],
-            f"blob {repository}@{digest}",
-            ok=(200, 404),
-        )
-        if resp.status_code == 404:
+        resp = await self._blob_head(repository, digest, [repository_scope(repository, "pull")])
+        if resp is None:
             return None
         return "accept-ranges" in resp.headers or "cache-control" in resp.headers
 
