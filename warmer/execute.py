@@ -149,7 +149,7 @@ class Executor:
         self._rank: dict[int, int] = {}  # seq -> place in start order (slot priority)
 
     def _link(self, mirror: str, instance: str) -> Link:
-        key = f"{mirror}\0{instance}"
+        key = _link_key(mirror, instance)
         link = self._links.get(key)
         if link is None:
             m = self.config.mirrors[mirror]
@@ -291,7 +291,7 @@ class Executor:
         dep = self._items.get(seq)
         if dep is None:
             return 0.0
-        link = self._links.get(f"{dep.mirror}\0{dep.instance}")
+        link = self._links.get(_link_key(dep.mirror, dep.instance))
         return 0.0 if link is None else link.busy_until.get(dep.digest, 0.0)
 
     async def _start(self, item: RunItem, link: Link, deadline: float | None) -> str:
@@ -478,6 +478,10 @@ class Executor:
         assert item.id is not None
         self.ledger.update_item(item.id, state=state, reason=reason[:500], finished_at=utcnow())
         self._progress(state, item)
+
+
+def _link_key(mirror: str, instance: str) -> str:
+    return f"{mirror}\0{instance}"
 
 
 async def _sleep_until(when: float) -> None:
