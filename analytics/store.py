@@ -191,51 +191,6 @@ def add_events(url: str, events: Iterable[Event]) -> int:
     return agg.events
 
 
-# -- file bookkeeping ----------------------------------------------------------------
-@dataclass(frozen=True)
-class FileRecord:
-    head_fp: str
-    path: str
-    tail_fp: str
-    offset: int
-    format: str
-    id: int | None = None
-
-
-def file_records(url: str, head_fp: str) -> list[FileRecord]:
-    """Records whose first KiB matched ``head_fp``, most recently updated first."""
-    with db.engine_for(url).connect() as conn:
-        rows = conn.execute(
-            select(ingested_files)
-            .where(ingested_files.c.head_fp == head_fp)
-            .order_by(ingested_files.c.updated_at.desc())
-        ).all()
-    return [
-        FileRecord(r.head_fp, r.path, r.tail_fp, int(r.offset), r.format, int(r.id)) for r in rows
-    ]
-
-
-def commit_file(url: str, agg: Aggregate, record: FileRecord) -> None:
-    """Store a file's aggregate and its new offset atomically (a crash leaves neither)."""
-    now = datetime.now(UTC)
-    values = {
-        "head_fp": record.head_fp,
-        "path": record.path,
-        "tail_fp": record.tail_fp,
-        "offset": record.offset,
-        "format": record.format,
-        "updated_at": now,
-    }
-    with db.engine_for(url).begin() as conn:
-        write_aggregate(conn, agg)
-        if record.id is None:
-            conn.execute(ingested_files.insert().values(**values))
-        else:
-            conn.execute(
-                ingested_files.update().where(ingested_files.c.id == record.id).values(**values)
-            )
-
-
 # -- static references ---------------------------------------------------------------
 def add_static_refs(
     url: str,
