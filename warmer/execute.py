@@ -60,6 +60,7 @@ MAX_RETRY_AFTER = 300.0  # seconds; a longer Retry-After fails the item (resume 
 # mirror's background copy runs beside ours on the same link and ends a moment later
 # (measured lags: median ~0, rarely up to the read time; the confirmation catches those).
 STORE_LAG = 0.25
+SETTLE = 0.4  # seconds: the fixed part of that busy time
 CONFIRM_TRIES = 8  # HEADs per shared blob at the end of a run (see Executor._confirm_shared)
 CONFIRM_BACKOFF = 0.25  # seconds before the second HEAD, doubling up to 4 s (~16 s in all)
 
@@ -128,7 +129,7 @@ class Executor:
         *,
         deadline: datetime | None = None,
         grace: timedelta | None = None,
-        settle: float = 0.4,
+        settle: float = SETTLE,
         on_progress: ProgressHook | None = None,
         reserve: RateReserve | None = None,
         client_factory: Callable[[str, str], RegistryClient],

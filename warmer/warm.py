@@ -23,7 +23,7 @@ from typing import Any
 from warmer import plan as planner
 from warmer.auth import CredentialRef, Credentials, credentials_from_ref
 from warmer.config import Config, ConfigError, CredentialsRef, MirrorConfig
-from warmer.execute import Executor, ProgressHook, RunStats
+from warmer.execute import SETTLE, Executor, ProgressHook, RunStats
 from warmer.ledger import Ledger, utcnow
 from warmer.manifest import ImageTree, Platform
 from warmer.reference import InvalidReference, Reference, parse
@@ -420,7 +420,7 @@ async def execute(
     deadline: datetime | None,
     reserve: RateReserve | None = None,
     on_progress: ProgressHook | None = None,
-    settle: float = 0.4,
+    settle: float = SETTLE,
 ) -> RunStats:
     """Run (or resume) ``run_id`` and close it in the ledger with its summary.
 
