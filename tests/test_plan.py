@@ -18,6 +18,7 @@ from warmer.plan import (
     PlanError,
     PlanItem,
     WantedImage,
+    merge,
     plan,
 )
 
@@ -746,3 +747,68 @@ def test_random_binding_budgets_do_exercise_the_retry(monkeypatch: pytest.Monkey
         cut += any(s.reason.startswith(("over budget", "window too short")) for s in greedy.skipped)
         won += worth(result, wanted) > worth(greedy, wanted)
     assert cut >= 190 and won >= 10, (cut, won)
+
+
+# Continuation: a run starts on its first images while the rest still resolve.
+
+
+def test_a_continuation_depends_on_the_earlier_part_and_skips_what_it_planned():
+    first = plan([image("a", {"base": 100, "a1": 5})], CHAIN, ["regional"], [], NO_LIMIT, NOW)
+    rest = [
+        image("a", {"base": 100, "a1": 5}),
+        image("b", {"base": 100, "b1": 7}, repository="library/a", tag="b"),
+    ]
+    then = plan(rest, CHAIN, ["regional"], [], NO_LIMIT, NOW, after=first)
+    assert then.images == (rest[1].image,)  # image a is planned already
+    assert [i.order for i in then.items] == list(
+        range(len(first.items), len(first.items) + len(then.items))
+    )
+    # b shares a's repository and base layer: only its manifest and own layer are new, and
+    # the regional copies wait for central's items, whichever part planned them.
+    assert {i.digest.removeprefix("sha256:") for i in then.items} == {"m-b", "b1"}
+    for item in at(then, "regional"):
+        (dep,) = item.depends_on
+        assert dep < item.order
+    assert then.parent_bytes_by_mirror == {"central": 2 * 17, "regional": 2 * 17}
+    whole = merge(first, then)
+    assert whole.images == (*first.images, *then.images)
+    assert whole.parent_bytes_by_mirror["central"] == 2 * (100 + 5 + 10 + 17)
+
+
+def test_a_continuation_counts_the_earlier_bytes_against_the_budget():
+    first = plan([image("a", {"a1": 100})], CHAIN, ["regional"], [], Budget(500, None), NOW)
+    then = plan(
+        [image("b", {"b1": 100}), image("c", {"c1": 20})],
+        CHAIN,
+        ["regional"],
+        [],
+        Budget(500, None),
+        NOW,
+        after=first,
+    )
+    # a took 2 x 2 x 110 = 440 of 500: b (440 more) is over budget, c (120) is not... nor
+    # fits: only 60 are left.
+    assert then.images == ()
+    assert reasons(then)["docker.io/library/b:latest"].startswith("over budget")
+    assert "60 B left" in reasons(then)["docker.io/library/c:latest"]
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_random_continuations_keep_the_invariants_of_one_plan(seed: int):
+    rng = random.Random(1000 + seed)
+    wanted, mirrors, targets, holdings, budget = random_case(rng)
+    cut = rng.randint(0, len(wanted))
+    first = plan(wanted[:cut], mirrors, targets, holdings, budget, NOW)
+    # The rest, plus some of the first part again (a resolved alias, a repeated request).
+    rest = wanted[cut:] + rng.sample(wanted[:cut], rng.randint(0, cut))
+    whole = merge(first, plan(rest, mirrors, targets, holdings, budget, NOW, after=first))
+    check_invariants(whole, wanted, mirrors, targets, holdings, budget)
+    if budget == NO_LIMIT:
+        # Nothing is cut: the same objects as one plan of everything, and nothing left over.
+        single = plan(wanted, mirrors, targets, holdings, NO_LIMIT, NOW)
+        assert set(whole.images) == set(single.images)
+        assert sorted(i.digest + i.mirror + str(i.instance) for i in whole.items) == sorted(
+            i.digest + i.mirror + str(i.instance) for i in single.items
+        )
+        again = plan(wanted, mirrors, targets, [*holdings, *holdings_after(whole)], budget, NOW)
+        assert again.items == ()

@@ -28,6 +28,13 @@ Retries
     A retried set is then ordered by the same greedy restricted to it, which takes all of it
     (the set fits, so every marginal cost on the way does too).
 
+Continuation
+    ``plan(..., after=earlier)`` plans more images into a run that already has ``earlier``'s
+    items (the warm run starts fetching its first images while the rest still resolve):
+    ``earlier``'s objects count as planned (they cost nothing again, a child tier's item
+    depends on them), their bytes count against the budget and the window, the new items
+    are numbered after them, and images ``earlier`` planned are not planned again.
+
 Limits
     ``Budget.bytes`` counts the bytes crossing the links of the target chains: the sum of
     ``parent_cost`` over all planned items (central's upstream link and the regional links).
@@ -59,6 +66,7 @@ __all__ = [
     "PlanItem",
     "Skipped",
     "WantedImage",
+    "merge",
     "plan",
 ]
 
@@ -192,9 +200,24 @@ class _Pool:
     """The wanted images as candidates before anything is planned; each greedy pass works on
     its own copy, so retries do not recompute what every image needs."""
 
-    def __init__(self, topo: Topology, held: set[Key], wanted: list[WantedImage]) -> None:
+    def __init__(
+        self, topo: Topology, held: set[Key], wanted: list[WantedImage], after: Plan | None
+    ) -> None:
         self.topo = topo
         self.held = held
+        # An earlier plan of the same run: its objects are planned already (see Continuation).
+        self.prior: dict[Key, int] = {}
+        self.offset = 0
+        self.spent = 0
+        self.link_bytes: dict[str, int] = dict.fromkeys(topo.warm, 0)
+        if after is not None:
+            for item in after.items:
+                repo = topo.scope_repo(item.mirror, item.upstream_repository)
+                self.prior[(item.mirror, item.instance, repo, item.digest)] = item.order
+                self.offset = max(self.offset, item.order + 1)
+                self.spent += item.parent_cost
+                if item.mirror in self.link_bytes:
+                    self.link_bytes[item.mirror] += item.parent_cost
         self.skipped: dict[str, str] = {}  # images that are no candidates at all
         self.cands: list[_Candidate] = []
         self.by_key: dict[Key, list[int]] = {}
@@ -217,7 +240,7 @@ class _Pool:
             for slot in self.topo.slots(name):
                 for blob in contents:
                     key = (name, slot.instance, repo, blob.digest)
-                    if not is_held(self.held, key):
+                    if not is_held(self.held, key) and key not in self.prior:
                         cand.needed[key] = (slot, blob)
                         cand.cost += blob.size * mult
                         cand.link[name] = cand.link.get(name, 0) + blob.size * mult
@@ -240,10 +263,11 @@ class _Planner:
         self.held = pool.held
         self.by_key = pool.by_key
         self.budget = budget
-        self.planned: dict[Key, int] = {}
+        self.planned: dict[Key, int] = dict(pool.prior)
+        self.offset = pool.offset
         self.items: list[PlanItem] = []
-        self.spent = 0
-        self.link_bytes: dict[str, int] = dict.fromkeys(pool.topo.warm, 0)
+        self.spent = pool.spent
+        self.link_bytes: dict[str, int] = dict(pool.link_bytes)
         self.images: list[str] = []
         self.picked: set[int] = set()
         self.skipped: dict[str, str] = dict(pool.skipped)
@@ -333,7 +357,7 @@ class _Planner:
     def _emit(self, want: WantedImage, key: Key, slot: Slot, blob: Blob, cost: int) -> None:
         name = slot.node.name
         top = blob.kind == "manifest" and blob.digest == want.digest
-        order = len(self.items)
+        order = self.offset + len(self.items)
         self.items.append(
             PlanItem(
                 order=order,
@@ -400,28 +424,68 @@ def plan(
     holdings: Iterable[Holding],
     budget: Budget,
     now: datetime,
+    after: Plan | None = None,
 ) -> Plan:
     """Plan warming ``targets`` and their chains up to the upstream; see the module doc.
 
+    With ``after``, only the continuation is returned (see Continuation above): its items,
+    images, skipped images and bytes; :func:`merge` makes the whole.
     Raises :class:`PlanError` when the topology is inconsistent.
     """
     topo = Topology(mirrors, targets)
-    pool = _Pool(topo, topo.held_keys(holdings), _unique(wanted))
+    earlier = set(after.images) if after is not None else set()
+    fresh = _unique([w for w in wanted if w.image not in earlier])
+    pool = _Pool(topo, topo.held_keys(holdings), fresh, after)
     planner = _best(pool, budget)
     bytes_by_mirror = dict.fromkeys(topo.warm, 0)
     for item in planner.items:
         bytes_by_mirror[item.mirror] += item.size
-    estimate = 0.0
-    for name, sent in planner.link_bytes.items():
-        rate = topo.by_name[name].link_rate
-        if rate is not None:
-            estimate = max(estimate, sent / rate)
+    parent_bytes = {name: sent - pool.link_bytes[name] for name, sent in planner.link_bytes.items()}
     return Plan(
         items=tuple(planner.items),
         skipped=tuple(Skipped(image, planner.skipped[image]) for image in sorted(planner.skipped)),
         images=tuple(planner.images),
         bytes_by_mirror=bytes_by_mirror,
-        parent_bytes_by_mirror=dict(planner.link_bytes),
+        parent_bytes_by_mirror=parent_bytes,
         created_at=now,
-        estimated_seconds=estimate,
+        estimated_seconds=_estimate(topo, parent_bytes),
+    )
+
+
+def _estimate(topo: Topology, parent_bytes: Mapping[str, int]) -> float:
+    """The longest capped link's time: links run in parallel."""
+    estimate = 0.0
+    for name, sent in parent_bytes.items():
+        rate = topo.by_name[name].link_rate
+        if rate is not None:
+            estimate = max(estimate, sent / rate)
+    return estimate
+
+
+def merge(first: Plan, then: Plan) -> Plan:
+    """``first`` and its continuation ``then`` (``plan(..., after=first)``) as one plan.
+
+    Its ``estimated_seconds`` is the sum of both: an upper bound (the slowest link of each
+    part may differ), since a plan keeps no link rates.
+    """
+    again = {s.image for s in then.skipped}
+    bytes_by_mirror = dict(first.bytes_by_mirror)
+    parent_bytes = dict(first.parent_bytes_by_mirror)
+    for name, n in then.bytes_by_mirror.items():
+        bytes_by_mirror[name] = bytes_by_mirror.get(name, 0) + n
+    for name, n in then.parent_bytes_by_mirror.items():
+        parent_bytes[name] = parent_bytes.get(name, 0) + n
+    return Plan(
+        items=first.items + then.items,
+        skipped=tuple(
+            sorted(
+                (*(s for s in first.skipped if s.image not in again), *then.skipped),
+                key=lambda s: s.image,
+            )
+        ),
+        images=first.images + then.images,
+        bytes_by_mirror=bytes_by_mirror,
+        parent_bytes_by_mirror=parent_bytes,
+        created_at=first.created_at,
+        estimated_seconds=first.estimated_seconds + then.estimated_seconds,
     )
