@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -51,6 +52,23 @@ def item(seq: int) -> dict[str, object]:
         "upstream_repository": "library/python", "kind": "blob", "digest": f"sha256:{seq}",
         "size": 1, "image": "docker.io/library/python:3.12", "reference": f"sha256:{seq}",
     }  # fmt: skip
+
+
+def test_add_items_continues_a_run(tmp_path: Path) -> None:
+    lg = ledger(tmp_path)
+    run = lg.create_run(
+        region="eu", items=[item(0)], images=["a"], skipped=[{"image": "b", "reason": "r1"}],
+        now=NOW, deadline=None, owner="host:1",
+    )  # fmt: skip
+    added = lg.add_items(
+        run, items=[item(1), item(2)], images=["b"], skipped=[{"image": "c", "reason": "r2"}]
+    )
+    assert [i.seq for i in added] == [1, 2] and all(i.id is not None for i in added)
+    assert [i.seq for i in lg.items(run)] == [0, 1, 2]
+    stored = lg.run(run)
+    assert stored is not None and json.loads(stored.images) == ["a", "b"]
+    # b was left out of the first part and planned in the second: no longer skipped.
+    assert json.loads(stored.skipped) == [{"image": "c", "reason": "r2"}]
 
 
 def test_reset_inflight_and_unfinished_run(tmp_path: Path) -> None:

@@ -386,6 +386,35 @@ class Ledger:
             s.commit()
             return run.id
 
+    def add_items(
+        self,
+        run_id: int,
+        *,
+        items: Sequence[dict[str, Any]],
+        images: Sequence[str],
+        skipped: Sequence[dict[str, str]],
+    ) -> list[RunItem]:
+        """Append a continuation of the run's plan; returns the new items (with their ids).
+
+        ``skipped`` replaces the run's earlier entry for an image listed again (an image
+        left out first may be planned later, or left out for another reason).
+        """
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                raise KeyError(f"no run {run_id}")
+            planned = [*json.loads(run.images), *images]
+            again = {e["image"] for e in skipped} | set(images)
+            left = [e for e in json.loads(run.skipped) if e["image"] not in again]
+            run.images = json.dumps(planned)
+            run.skipped = json.dumps([*left, *skipped])
+            rows = [RunItem(run_id=run_id, **item) for item in items]
+            s.add_all(rows)
+            s.commit()
+            for row in rows:
+                s.refresh(row)
+            return rows
+
     def run(self, run_id: int) -> Run | None:
         with self.session() as s:
             return s.get(Run, run_id)
