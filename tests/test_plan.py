@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -775,6 +776,26 @@ def test_a_continuation_depends_on_the_earlier_part_and_skips_what_it_planned():
     assert whole.parent_bytes_by_mirror["central"] == 2 * (100 + 5 + 10 + 17)
 
 
+def test_an_alias_of_an_image_of_the_earlier_part_is_planned_as_in_one_plan():
+    # python:3 resolves to the same manifest as python:3.12: in one plan it is picked at no
+    # cost (no item of its own); in a continuation too, not "already warm".
+    first = plan([image("python", {"l1": 50}, tag="3.12")], CHAIN, ["regional"], [], NO_LIMIT, NOW)
+    alias = image("python", {"l1": 50}, tag="3")
+    then = plan([alias], CHAIN, ["regional"], [], NO_LIMIT, NOW, after=first)
+    single = plan(
+        [image("python", {"l1": 50}, tag="3.12"), alias], CHAIN, ["regional"], [], NO_LIMIT, NOW
+    )
+    assert then.items == () and then.skipped == ()
+    assert (
+        set(merge(first, then).images)
+        == set(single.images)
+        == {
+            "docker.io/library/python:3.12",
+            "docker.io/library/python:3",
+        }
+    )
+
+
 def test_a_continuation_counts_the_earlier_bytes_against_the_budget():
     first = plan([image("a", {"a1": 100})], CHAIN, ["regional"], [], Budget(500, None), NOW)
     then = plan(
@@ -799,8 +820,14 @@ def test_random_continuations_keep_the_invariants_of_one_plan(seed: int):
     wanted, mirrors, targets, holdings, budget = random_case(rng)
     cut = rng.randint(0, len(wanted))
     first = plan(wanted[:cut], mirrors, targets, holdings, budget, NOW)
-    # The rest, plus some of the first part again (a resolved alias, a repeated request).
-    rest = wanted[cut:] + rng.sample(wanted[:cut], rng.randint(0, cut))
+    # The rest, plus some of the first part again (a repeated request) and aliases of it
+    # (another tag of the same manifest, resolved later).
+    aliases = [
+        dataclasses.replace(w, image=f"{w.image}-alias", tag=f"{w.tag}-alias")
+        for w in rng.sample(wanted[:cut], rng.randint(0, cut))
+    ]
+    rest = wanted[cut:] + rng.sample(wanted[:cut], rng.randint(0, cut)) + aliases
+    wanted = wanted + aliases
     whole = merge(first, plan(rest, mirrors, targets, holdings, budget, NOW, after=first))
     check_invariants(whole, wanted, mirrors, targets, holdings, budget)
     if budget == NO_LIMIT:

@@ -31,11 +31,14 @@ from aiohttp import ClientSession, web
 from click.testing import CliRunner, Result
 
 from warmer.cli.main import cli
-from warmer.ledger import Ledger, as_utc
+from warmer.config import load
+from warmer.ledger import Ledger, as_utc, utcnow
+from warmer.reference import parse
 from warmer.registry import RegistryClient
 from warmer.sandbox.front import FrontControl
 from warmer.sandbox.procs import Proc, free_port
 from warmer.sandbox.topology import Sandbox
+from warmer.warm import FIRST_BATCH, Prepared, wants_from_args, warm
 
 RegistryFactory = Callable[..., Proc]
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,6 +175,26 @@ def json_out(result: Result) -> Any:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def assert_mirror_minimum(topo: Topo, items: list[Any]) -> None:
+    """Each (repository, blob) crossed the WAN exactly fetch_multiplicity (2) times: no
+    duplicate caused by the warmer (two requests at once, a second tier asking early), and
+    one manifest GET per manifest."""
+    stats = topo.front.stats()
+    pairs = central_blobs(items)
+    repos_of: Counter[str] = Counter(d for _, d in pairs)
+    for digest, n_repos in repos_of.items():
+        assert stats["blobs"][digest]["GET"] == 2 * n_repos, digest
+    assert sum(c.get("GET", 0) for c in stats["blobs"].values()) == 2 * len(pairs)
+    manifests = {(i.upstream_repository, i.digest) for i in items if i.kind == "manifest"}
+    assert stats["requests"]["manifest"]["GET"] == len(manifests)
+    size = {(i.upstream_repository, i.digest): i.size for i in items if i.mirror == "central"}
+    minimum = 2 * sum(size[p] for p in pairs) + sum(size[m] for m in manifests)
+    # Content bytes (per repository); the rest is /v2/ pings of a few bytes each.
+    wan = sum(r["bytes_served"] for r in stats["repositories"].values())
+    print(f"WAN content bytes {wan} / mirror minimum {minimum} = {wan / minimum:.3f}")
+    assert wan == minimum
+
+
 # --- 1. two regions through central at the mirror minimum ---------------------------------
 
 IMAGES = ["python:3.12", "node:20", "redis:7.4"]
@@ -189,22 +212,7 @@ def test_warm_two_regions_at_the_mirror_minimum(topo: Topo) -> None:
     assert {i.mirror for i in items} == {"central", "eu", "us"}
     assert summary["done"] == len(items) and summary["failed"] == 0
 
-    stats = topo.front.stats()
-    pairs = central_blobs(items)
-    repos_of: Counter[str] = Counter(d for _, d in pairs)
-    # Each (repository, blob) crossed the WAN exactly fetch_multiplicity (2) times: no
-    # duplicate caused by the warmer (two requests at once, a second tier asking early).
-    for digest, n_repos in repos_of.items():
-        assert stats["blobs"][digest]["GET"] == 2 * n_repos, digest
-    assert sum(c.get("GET", 0) for c in stats["blobs"].values()) == 2 * len(pairs)
-    manifests = {(i.upstream_repository, i.digest) for i in items if i.kind == "manifest"}
-    assert stats["requests"]["manifest"]["GET"] == len(manifests)
-    size = {(i.upstream_repository, i.digest): i.size for i in items if i.mirror == "central"}
-    minimum = 2 * sum(size[p] for p in pairs) + sum(size[m] for m in manifests)
-    # Content bytes (per repository); the rest is /v2/ pings of a few bytes each.
-    wan = sum(r["bytes_served"] for r in stats["repositories"].values())
-    print(f"WAN content bytes {wan} / mirror minimum {minimum} = {wan / minimum:.3f}")
-    assert wan == minimum
+    assert_mirror_minimum(topo, items)
 
     # Each mirror answers every blob the ledger calls warm from its own storage (python and
     # node share their Debian layers: each repository kept its copy, none was lost to the
@@ -229,6 +237,42 @@ def test_warm_two_regions_at_the_mirror_minimum(topo: Topo) -> None:
     assert {m: h["items"] for m, h in held.items()} == dict(per_mirror)
     text = topo.warmer("status")
     assert "central" in text.stdout and "done" in text.stdout
+
+
+def test_a_run_starts_on_its_first_images_while_the_rest_resolve(topo: Topo) -> None:
+    refs = [f"{t.repository}:{t.tag}" for t in topo.box.catalogue.tags][: FIRST_BATCH + 12]
+    topo.front.configure(latency_ms=40)  # resolving the rest takes round trips meanwhile
+    parts: list[tuple[datetime, Prepared]] = []
+    outcome = asyncio.run(
+        warm(
+            load(topo.config_path),
+            topo.ledger(),
+            "both",
+            wants_from_args(refs),
+            now=utcnow(),
+            on_run=lambda _rid, part: parts.append((utcnow(), part)),
+        )
+    )
+    ((run_id, stats),) = outcome.runs
+    ledger = topo.ledger()
+    items = items_of(ledger, run_id)
+    assert stats.failed == 0 and Counter(i.state for i in items) == {"done": len(items)}
+    # Two parts of one plan: the first images resolved, then the rest, added to the run.
+    assert len(parts) == 2
+    first, rest = parts[0][1].plan, parts[1][1].plan
+    assert len(first.images) == FIRST_BATCH
+    wanted = {str(parse(r)) for r in refs}
+    assert not outcome.passes[0].unresolved and not outcome.passes[0].plan.skipped, outcome.passes
+    assert set(first.images) | set(rest.images) == wanted == set(outcome.passes[0].plan.images)
+    run = ledger.run(run_id)
+    assert run is not None and set(json.loads(run.images)) == wanted
+    # The run was fetching before the rest was planned.
+    started = min(as_utc(i.started_at) for i in items if i.started_at is not None)
+    assert started < parts[1][0]
+    # Parts share base layers and mirrors: still each object asked for once per cache.
+    assert_mirror_minimum(topo, items)
+    again = topo.warmer("plan", "--region", "both", *refs, "--json")
+    assert json_out(again)["items"] == []
 
 
 # --- 2. a real client pulls from a warm regional mirror with the upstream down -------------

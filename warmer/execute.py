@@ -39,7 +39,7 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -148,6 +148,10 @@ class Executor:
         self._buckets: dict[str, TokenBucket] = {}
         self._items: dict[int, RunItem] = {}
         self._rank: dict[int, int] = {}  # seq -> place in start order (slot priority)
+        self._events: dict[int, asyncio.Event] = {}  # seq -> set when the item is settled
+        self._outcome: dict[int, str] = {}  # seq -> final state
+        self._tasks: list[asyncio.Task[None]] = []
+        self._deadline_at: float | None = None  # the deadline as a monotonic time
 
     def _link(self, mirror: str, instance: str) -> Link:
         key = _link_key(mirror, instance)
@@ -176,56 +180,29 @@ class Executor:
             return None
         return time.monotonic() + (self.deadline - utcnow()).total_seconds()
 
-    async def run(self) -> RunStats:
+    async def run(self, more: AsyncIterator[Sequence[RunItem]] | None = None) -> RunStats:
+        """Carry out the run's pending items, and those ``more`` yields while they run
+        (the continuation of a plan whose first images were ready first; see
+        ``warmer.plan``'s Continuation): each batch is started in its own start order,
+        after the items already known."""
         started = time.monotonic()
         self.ledger.reset_inflight(self.run_id)
-        items = self.ledger.items(self.run_id)
-        self._items = {item.seq: item for item in items}
-        done_events: dict[int, asyncio.Event] = {}
-        outcome: dict[int, str] = {}
-        for item in items:
-            done_events[item.seq] = asyncio.Event()
-            if item.state in ("done", "failed", "skipped"):
-                outcome[item.seq] = item.state
-                done_events[item.seq].set()
-        todo = start_order(
-            [i for i in items if i.state == "pending"], by_size=self.deadline is None
-        )
-        self._rank = {item.seq: n for n, item in enumerate(todo)}
         if self.reserve is not None:
             await self.reserve.refresh()
-        deadline_mono = self._deadline_mono()
-        tasks = [
-            asyncio.create_task(self._item(item, done_events, outcome, deadline_mono))
-            for item in todo
-        ]
+        self._deadline_at = self._deadline_mono()
+        self._schedule(self.ledger.items(self.run_id))
         try:
-            if not tasks:
-                pass  # nothing pending (all warm, or all done before a resume)
-            elif deadline_mono is None:
-                await asyncio.gather(*tasks)
-            else:
-                hard = deadline_mono + self.grace.total_seconds() - time.monotonic()
-                finished, pending = await asyncio.wait(tasks, timeout=max(0.0, hard))
-                if pending:
-                    self.stats.deadline_hit = True
-                    for task in pending:
-                        task.cancel()
-                    await asyncio.gather(*pending, return_exceptions=True)
-                for task in finished:
-                    task.result()
-            if not self.stats.deadline_hit:
-                await self._confirm_shared(deadline_mono)
-                # End when the mirrors have presumably stored the last blobs read, so what
-                # the ledger calls warm is there for the next client (and `verify`).
-                busy = [t for link in self._links.values() for t in link.busy_until.values()]
-                await _sleep_until(min(max(busy, default=0.0), deadline_mono or float("inf")))
-        except asyncio.CancelledError:
-            # Cancelled from outside (service shutdown, lost lease): asyncio.wait does not
-            # cancel the items, so cancel them here; each goes back to pending.
-            for task in tasks:
+            if more is not None:
+                async for batch in more:
+                    self._schedule(batch)
+            await self._finish_all()
+        except BaseException:
+            # Cancelled from outside (service shutdown, lost lease) or the feed failed:
+            # asyncio.wait does not cancel the items, so cancel them here; each goes back to
+            # pending.
+            for task in self._tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             raise
         finally:
             await self._close()
@@ -236,6 +213,50 @@ class Executor:
         if self.reserve is not None:
             self.stats.upstream_manifest_gets = self.reserve.spent
         return self.stats
+
+    def _schedule(self, items: Sequence[RunItem]) -> None:
+        """Start a task per pending item of ``items`` not known yet, ranked after the rest."""
+        new = [i for i in items if i.seq not in self._items]
+        for item in new:
+            self._items[item.seq] = item
+            self._events[item.seq] = asyncio.Event()
+            if item.state in ("done", "failed", "skipped"):
+                self._outcome[item.seq] = item.state
+                self._events[item.seq].set()
+        todo = start_order([i for i in new if i.state == "pending"], by_size=self.deadline is None)
+        offset = len(self._rank)
+        for n, item in enumerate(todo):
+            self._rank[item.seq] = offset + n
+            self._tasks.append(
+                asyncio.create_task(
+                    self._item(item, self._events, self._outcome, self._deadline_at)
+                )
+            )
+
+    async def _finish_all(self) -> None:
+        """Wait for every item (the deadline's grace cuts the rest), confirm shared blobs,
+        then wait until the mirrors have presumably stored the last blobs read."""
+        tasks, deadline_mono = self._tasks, self._deadline_at
+        if not tasks:
+            return  # nothing pending (all warm, or all done before a resume)
+        if deadline_mono is None:
+            await asyncio.gather(*tasks)
+        else:
+            hard = deadline_mono + self.grace.total_seconds() - time.monotonic()
+            finished, pending = await asyncio.wait(tasks, timeout=max(0.0, hard))
+            if pending:
+                self.stats.deadline_hit = True
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+            for task in finished:
+                task.result()
+        if not self.stats.deadline_hit:
+            await self._confirm_shared(deadline_mono)
+            # End when the mirrors have presumably stored the last blobs read, so what
+            # the ledger calls warm is there for the next client (and `verify`).
+            busy = [t for link in self._links.values() for t in link.busy_until.values()]
+            await _sleep_until(min(max(busy, default=0.0), deadline_mono or float("inf")))
 
     async def _close(self) -> None:
         for link in self._links.values():

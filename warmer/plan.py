@@ -234,17 +234,20 @@ class _Pool:
             return
         cand = _Candidate(want, {})
         contents = _contents(want)
+        planned = False  # some of it is in the earlier plan of the run
         for name in mirrors:
             repo = self.topo.scope_repo(name, want.repository)
             mult = self.topo.by_name[name].fetch_multiplicity
             for slot in self.topo.slots(name):
                 for blob in contents:
                     key = (name, slot.instance, repo, blob.digest)
-                    if not is_held(self.held, key) and key not in self.prior:
+                    if key in self.prior:
+                        planned = True
+                    elif not is_held(self.held, key):
                         cand.needed[key] = (slot, blob)
                         cand.cost += blob.size * mult
                         cand.link[name] = cand.link.get(name, 0) + blob.size * mult
-        if not cand.needed:
+        if not cand.needed and not planned:
             self.skipped[want.image] = ALREADY_WARM
             return
         cid = len(self.cands)

@@ -24,7 +24,7 @@ from warmer import plan as planner
 from warmer.auth import CredentialRef, Credentials, credentials_from_ref
 from warmer.config import Config, ConfigError, CredentialsRef, MirrorConfig
 from warmer.execute import SETTLE, Executor, ProgressHook, RunStats
-from warmer.ledger import Ledger, utcnow
+from warmer.ledger import Ledger, RunItem, utcnow
 from warmer.manifest import ImageTree, Platform
 from warmer.reference import InvalidReference, Reference, parse
 from warmer.registry import RegistryClient, RegistryError
@@ -32,6 +32,7 @@ from warmer.reserve import RateReserve
 
 log = logging.getLogger("warmer.warm")
 RESERVE_REASON = "upstream rate-limit reserve"  # an image held back for CI, not a failure
+FIRST_BATCH = 16  # images planned before a run starts; the rest join it as they resolve
 
 
 class WarmError(RuntimeError):
@@ -151,6 +152,10 @@ def wants_from_ranking(config: Config, region: str, top: int | None) -> list[Wan
     return out
 
 
+# Images as they resolve (or why not), then None: see ``resolve(ready=...)``.
+Ready = asyncio.Queue[planner.WantedImage | planner.Skipped | None]
+
+
 class _Reserved(Exception):
     """An image left out to keep the rate-limit reserve for CI."""
 
@@ -209,6 +214,7 @@ async def resolve(
     concurrency: int = 16,
     reserve: RateReserve | None = None,
     deadline: float | None = None,
+    ready: Ready | None = None,
 ) -> tuple[list[planner.WantedImage], list[planner.Skipped]]:
     """Resolve each wanted tag through the top tier of the region's chain.
 
@@ -218,6 +224,8 @@ async def resolve(
     first reserves what it may cost upstream (its index and one manifest per platform),
     waiting at the reserve until ``deadline`` (a ``time.monotonic()`` value; None waits for
     the limit window to reset); an image that could not get it is left out with the reason.
+    With ``ready``, each image (or its reason to be left out) is also put there as soon as it
+    is known, and ``None`` at the end.
     """
     reg = config.region(region)
     platforms = [Platform.parse(p) for p in reg.platforms]
@@ -245,15 +253,25 @@ async def resolve(
                 if reserve is not None:
                     reserve.settle(1 + len(platforms))
 
+    def skip(why: planner.Skipped) -> None:
+        skipped.append(why)
+        if ready is not None:
+            ready.put_nowait(why)
+
+    def found(image: planner.WantedImage) -> None:
+        wanted.append(image)
+        if ready is not None:
+            ready.put_nowait(image)
+
     async def one(want: Want) -> None:
         ref = want.ref
         upstream = config.upstream_for_registry(ref.registry)
         if upstream is None:
-            skipped.append(planner.Skipped(str(ref), f"no upstream configured for {ref.registry}"))
+            skip(planner.Skipped(str(ref), f"no upstream configured for {ref.registry}"))
             return
         top = next((t for t in sorted(tops) if config.upstream_of(t) == upstream), None)
         if top is None:
-            skipped.append(planner.Skipped(str(ref), f"no mirror of {region} proxies {upstream}"))
+            skip(planner.Skipped(str(ref), f"no mirror of {region} proxies {upstream}"))
             return
         if top not in clients:
             clients[top] = mirror_client(config, top)
@@ -273,7 +291,7 @@ async def resolve(
             try:
                 tree = await asyncio.shield(trees[key])
             except (_Reserved, _Unresolved) as exc:
-                skipped.append(planner.Skipped(str(ref), str(exc)))
+                skip(planner.Skipped(str(ref), str(exc)))
                 return
         if ref.tag:
             ledger.record_resolution(
@@ -289,7 +307,7 @@ async def resolve(
             planner.Blob(d, size, "manifest", "") for d, size in tree.manifest_digests()
         )
         blobs = tuple(planner.Blob(d.digest, d.size, "blob", d.media_type) for d in tree.blobs())
-        wanted.append(
+        found(
             planner.WantedImage(
                 image=str(ref),
                 upstream=upstream,
@@ -309,6 +327,8 @@ async def resolve(
     finally:
         for c in clients.values():
             await c.aclose()
+        if ready is not None:
+            ready.put_nowait(None)
     wanted.sort(key=lambda w: w.image)
     return wanted, skipped
 
@@ -421,11 +441,12 @@ async def execute(
     reserve: RateReserve | None = None,
     on_progress: ProgressHook | None = None,
     settle: float = SETTLE,
+    more: AsyncIterator[Sequence[RunItem]] | None = None,
 ) -> RunStats:
     """Run (or resume) ``run_id`` and close it in the ledger with its summary.
 
     The caller owns ``reserve`` (it may have served planning in the same event loop) and
-    closes its client.
+    closes its client. ``more`` yields items added to the run while it runs.
     """
     ledger.set_run_state(run_id, "running", owner=owner())
     executor = Executor(
@@ -438,7 +459,7 @@ async def execute(
         settle=settle,
         client_factory=lambda m, url: mirror_client(config, m, url),
     )
-    stats = await executor.run()
+    stats = await executor.run(more)
     state = "done"
     if stats.pending:
         state = "aborted"
@@ -486,6 +507,11 @@ async def warm(
 ) -> WarmOutcome:
     """Plan and run a region's warm, in passes around the upstream's rate limit.
 
+    When nothing can be cut (no byte budget, no window), the run starts as soon as the first
+    ``FIRST_BATCH`` images are resolved and planned, and the rest of the plan is added to it
+    when the others are (see ``_pipelined``). ``on_run`` is called with the run and each
+    part of its plan.
+
     Resolving is where upstream manifest GETs are spent. An image that would dip into the
     reserve is not waited for up front (that would hold back everything else): what fits is
     planned and warmed first; then, while time is left before ``deadline``, the warm waits
@@ -499,18 +525,26 @@ async def warm(
     try:
         while True:
             pass_now = now if not outcome.runs else utcnow()
-            prepared = await prepare(
-                config, ledger, region, todo, now=pass_now, budget=left, window=window,
-                reserve=reserve, deadline=time.monotonic(), renew_within=renew_within,
-            )  # fmt: skip
-            outcome.passes.append(prepared)
-            run_id = start_run(ledger, prepared, pass_now, deadline)
-            if on_run is not None:
-                on_run(run_id, prepared)
-            stats = await execute(
-                config, ledger, run_id, deadline=deadline, reserve=reserve,
-                on_progress=on_progress,
-            )  # fmt: skip
+            if left is None and window is None and len(todo) > FIRST_BATCH:
+                run_id, prepared, stats = await _pipelined(
+                    config, ledger, region, todo, now=pass_now, deadline=deadline,
+                    reserve=reserve, on_progress=on_progress, on_run=on_run,
+                    renew_within=renew_within,
+                )  # fmt: skip
+                outcome.passes.append(prepared)
+            else:
+                prepared = await prepare(
+                    config, ledger, region, todo, now=pass_now, budget=left, window=window,
+                    reserve=reserve, deadline=time.monotonic(), renew_within=renew_within,
+                )  # fmt: skip
+                outcome.passes.append(prepared)
+                run_id = start_run(ledger, prepared, pass_now, deadline)
+                if on_run is not None:
+                    on_run(run_id, prepared)
+                stats = await execute(
+                    config, ledger, run_id, deadline=deadline, reserve=reserve,
+                    on_progress=on_progress,
+                )  # fmt: skip
             outcome.runs.append((run_id, stats))
             held = {s.image for s in outcome.held_back}
             stalled = len(outcome.runs) > 1 and len(held) == len(todo)  # waited, got nowhere
@@ -525,6 +559,96 @@ async def warm(
         if reserve is not None and reserve.client is not None:
             await reserve.client.aclose()
     return outcome
+
+
+async def _pipelined(
+    config: Config,
+    ledger: Ledger,
+    region: str,
+    wants: Sequence[Want],
+    *,
+    now: datetime,
+    deadline: datetime | None,
+    reserve: RateReserve | None,
+    on_progress: ProgressHook | None,
+    on_run: Callable[[int, Prepared], None] | None,
+    renew_within: timedelta | None,
+) -> tuple[int, Prepared, RunStats]:
+    """One run that starts fetching while the tail of ``wants`` still resolves.
+
+    Resolving costs round trips, not bandwidth (about a second for 60 images at 50 ms),
+    and the link would idle meanwhile. So the first ``FIRST_BATCH`` images resolved are
+    planned and the run starts on them; the others are planned as a continuation of that
+    plan (``plan(..., after=...)``: shared objects are not planned twice, a child waits for
+    its parent's item) and added to the running executor. Only without a budget or window,
+    where no image is ever left out for room: with one, a first part planned alone could
+    take room that a later image would put to better use, so everything is planned at once.
+    A run killed before its continuation was added resumes only its first part; the next
+    run plans the rest.
+    """
+    ready: Ready = asyncio.Queue()
+    resolution = resolve(
+        config, ledger, region, wants, now, reserve=reserve, deadline=time.monotonic(), ready=ready
+    )
+    resolving = asyncio.create_task(resolution)
+    nodes, targets = mirror_nodes(config), region_targets(config, region)
+    held = holdings(config, ledger, now, renew_within)
+    unlimited = planner.Budget(bytes=None, window=None)
+    try:
+        images, unresolved, more_left = await _take(ready, FIRST_BATCH)
+        whole = planner.plan(images, nodes, targets, held, unlimited, now)
+        prepared = Prepared(region, whole, unresolved)  # the whole plan once all is in
+        run_id = start_run(ledger, prepared, now, deadline)
+        if on_run is not None:
+            on_run(run_id, Prepared(region, whole, list(unresolved)))
+
+        async def rest() -> AsyncIterator[list[RunItem]]:
+            nonlocal whole
+            if not more_left:
+                return
+            images, skipped, _ = await _take(ready, None)
+            part = planner.plan(images, nodes, targets, held, unlimited, now, after=whole)
+            whole = planner.merge(whole, part)
+            prepared.unresolved.extend(skipped)
+            rows = ledger.add_items(
+                run_id,
+                items=item_rows(part),
+                images=part.images,
+                skipped=[{"image": s.image, "reason": s.reason} for s in (*part.skipped, *skipped)],
+            )
+            if on_run is not None:
+                on_run(run_id, Prepared(region, part, skipped))
+            yield rows
+
+        stats = await execute(
+            config, ledger, run_id, deadline=deadline, reserve=reserve,
+            on_progress=on_progress, more=rest(),
+        )  # fmt: skip
+        await resolving  # done: ``rest`` read its end; raises what resolving raised
+    finally:
+        if not resolving.done():
+            resolving.cancel()
+            await asyncio.gather(resolving, return_exceptions=True)
+    prepared.plan = whole
+    return run_id, prepared, stats
+
+
+async def _take(
+    ready: Ready, n: int | None
+) -> tuple[list[planner.WantedImage], list[planner.Skipped], bool]:
+    """The next ``n`` resolved images (all the rest with None), the images left out on the
+    way, and whether more may follow."""
+    images: list[planner.WantedImage] = []
+    skipped: list[planner.Skipped] = []
+    while n is None or len(images) < n:
+        got = await ready.get()
+        if got is None:
+            return images, skipped, False
+        if isinstance(got, planner.Skipped):
+            skipped.append(got)
+        else:
+            images.append(got)
+    return images, skipped, True
 
 
 def monotonic_deadline(deadline: datetime | None) -> float | None:

@@ -214,7 +214,7 @@ class _Progress:
         return self
 
     def add(self, total_bytes: int) -> None:
-        """A further pass adds its bytes to the bar."""
+        """A further pass, or a part of the plan added to the run, adds its bytes."""
         if self.progress is not None:
             task = self.progress.tasks[0]
             self.progress.update(self.bytes_task, total=(task.total or 0) + total_bytes)
@@ -344,7 +344,7 @@ def run_command(
             outcome = await warm(
                 cfg, ledger, region, wants, now=now, budget=b, window=w,
                 deadline=the_deadline, on_progress=bar.hook,
-                on_run=lambda rid, _p: bar.add(pending_bytes(rid)),
+                on_run=lambda _rid, part: bar.add(sum(i.size for i in part.plan.items)),
             )  # fmt: skip
         unresolved.extend(outcome.unresolved)
         return outcome.runs
