@@ -290,11 +290,16 @@ def backtest(
     return pd.DataFrame(rows)
 
 
+def of_kind(days: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """The rows of ``backtest``'s output for the days of ``kind`` ("all": every day)."""
+    return days if kind == "all" else days[days["kinds"].str.contains(rf"(?:^|,){kind}(?:,|$)")]
+
+
 def summarise(days: pd.DataFrame) -> pd.DataFrame:
     """Hit rates per (kind, strategy), micro-averaged over the days of that kind."""
     out = []
     for kind in KINDS:
-        sel = days if kind == "all" else days[days["kinds"].str.contains(rf"(?:^|,){kind}(?:,|$)")]
+        sel = of_kind(days, kind)
         if sel.empty:
             continue
         g = sel.groupby("strategy")[["pulls", "hit_pulls", "bytes", "hit_bytes"]].sum()
@@ -326,6 +331,35 @@ def margins(summary: pd.DataFrame) -> pd.DataFrame:
             row[f"over_{b}"] = rate["model"] - rate[b]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def margin_interval(
+    days: pd.DataFrame,
+    kind: str,
+    strategy: str,
+    baseline: str,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """95 % paired bootstrap interval of ``strategy``'s byte hit rate minus ``baseline``'s
+    over the days of ``kind``: days are drawn with replacement, and both strategies are
+    scored on the same drawn days (the day's pulls are shared, so the pairing removes
+    how hard each day is). A kind of day has a handful of days, and one day's choice at the
+    budget edge moves its rate by points: the interval says whether a margin is a ranking.
+    """
+    sel = of_kind(days, kind)
+    a = sel[sel["strategy"] == strategy].sort_values("day")
+    b = sel[sel["strategy"] == baseline].sort_values("day")
+    if a.empty or list(a["day"]) != list(b["day"]):
+        return (np.nan, np.nan)
+    hit_a = a["hit_bytes"].to_numpy(dtype=np.float64)
+    hit_b = b["hit_bytes"].to_numpy(dtype=np.float64)
+    req = a["bytes"].to_numpy(dtype=np.float64)
+    draws = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
+    total = req[draws].sum(axis=1)
+    diff = (hit_a[draws].sum(axis=1) - hit_b[draws].sum(axis=1)) / np.where(total > 0, total, 1)
+    lo, hi = np.percentile(diff, [2.5, 97.5])
+    return (float(lo), float(hi))
 
 
 def at_utc(value: datetime | str) -> pd.Timestamp:

@@ -16,6 +16,8 @@ almost everything and no strategy can be told apart; ``--also`` adds other budge
 days per region, and one day's greedy choice at the budget edge moves its byte hit rate by
 several points, so margins under about a point on one seed are not a ranking of the
 strategies; ``robustness`` counts the (region, kind) cells below the best baseline per seed.
+So each cell also reports ``over_best_ci95``, a paired bootstrap interval over its days
+(``analytics.backtest.margin_interval``), and the cells whose whole interval is below zero.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analytics.backtest import backtest, margins, summarise  # noqa: E402
+from analytics.backtest import backtest, margin_interval, margins, summarise  # noqa: E402
 from analytics.frames import usage_from_pulls  # noqa: E402
 from analytics.generate.workload import Params, generate  # noqa: E402
 from warmer.units import parse_size  # noqa: E402
@@ -50,6 +52,7 @@ def run(weeks: int, seed: int, budget: int) -> dict[str, Any]:
         kinds: dict[str, Any] = {}
         for row in table.to_dict("records"):
             best = max(BASELINES, key=lambda b: -row[f"over_{b}"])
+            lo, hi = margin_interval(days, row["kind"], "model", best)
             kinds[row["kind"]] = {
                 "model": round(row["model"], 4),
                 "oracle": round(row["oracle"], 4),
@@ -57,6 +60,7 @@ def run(weeks: int, seed: int, budget: int) -> dict[str, Any]:
                 "margin": {b: round(row[f"over_{b}"], 4) for b in BASELINES},
                 "best_baseline": best,
                 "over_best": round(row[f"over_{best}"], 4),
+                "over_best_ci95": [round(lo, 4), round(hi, 4)],
                 "days": int(summary[summary["kind"] == row["kind"]]["days"].iloc[0]),
             }
         pulls = summary.pivot(index="kind", columns="strategy", values="pull_hit_rate")
@@ -72,6 +76,10 @@ def run(weeks: int, seed: int, budget: int) -> dict[str, Any]:
                 "ge_best_baseline_every_kind": all(v["over_best"] >= 0 for v in kinds.values()),
                 "kinds_below_best_baseline": sorted(
                     k for k, v in kinds.items() if v["over_best"] < 0
+                ),
+                # Below with the whole 95 % interval under zero: not the luck of a few days.
+                "kinds_significantly_below_best_baseline": sorted(
+                    k for k, v in kinds.items() if v["over_best_ci95"][1] < 0
                 ),
             },
         }
@@ -106,6 +114,7 @@ def main() -> None:
         str(s): {
             region: {
                 "below_best_baseline": r["targets"]["kinds_below_best_baseline"],
+                "significantly_below": r["targets"]["kinds_significantly_below_best_baseline"],
                 "all_over_best": r["byte_hit_rate"]["all"]["over_best"],
                 "min_over_best": min(v["over_best"] for v in r["byte_hit_rate"].values()),
             }

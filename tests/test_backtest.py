@@ -10,7 +10,15 @@ from typing import ClassVar
 import pandas as pd
 import pytest
 
-from analytics.backtest import Sizes, backtest, choose, margins, score_day, summarise
+from analytics.backtest import (
+    Sizes,
+    backtest,
+    choose,
+    margin_interval,
+    margins,
+    score_day,
+    summarise,
+)
 from analytics.frames import usage_from_pulls
 from analytics.generate.workload import Params, generate
 from analytics.rankings import latest_ranking
@@ -125,6 +133,37 @@ def test_model_beats_each_baseline_and_stays_below_the_oracle(
     assert rates["oracle"] > 0.5
     table = margins(summary).set_index("kind")
     assert table.loc["all", "of_oracle"] == pytest.approx(rates["model"] / rates["oracle"])
+
+
+def days_of(model: list[float], baseline: list[float], kinds: str = "weekday") -> pd.DataFrame:
+    """Per-day rows as ``backtest`` returns them: hit bytes out of 100 per day."""
+    rows = []
+    for n, (m, b) in enumerate(zip(model, baseline, strict=True)):
+        day = pd.Timestamp("2024-03-04") + pd.Timedelta(days=n)
+        for strategy, hit in (("model", m), ("yesterday", b)):
+            rows.append(
+                {"day": day, "strategy": strategy, "pulls": 1, "hit_pulls": 0,
+                 "bytes": 100.0, "hit_bytes": hit, "kinds": kinds}
+            )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_margin_interval_tells_a_ranking_from_the_luck_of_a_few_days() -> None:
+    # Better on every day: the whole interval is above zero.
+    lo, hi = margin_interval(
+        days_of([90, 91, 92, 90], [85, 86, 85, 84]), "all", "model", "yesterday"
+    )
+    assert 0 < lo <= hi
+    # Below overall (-1 point), but only because of one day out of six: zero is inside.
+    lo, hi = margin_interval(
+        days_of([90, 90, 90, 90, 90, 84], [89, 89, 89, 89, 89, 93]), "weekday", "model", "yesterday"
+    )
+    assert lo < 0 < hi
+    # Worse on every day: the whole interval is below zero.
+    lo, hi = margin_interval(days_of([80, 81, 80], [85, 86, 85]), "all", "model", "yesterday")
+    assert lo <= hi < 0
+    # No day of that kind.
+    assert all(v != v for v in margin_interval(days_of([1], [1]), "release", "model", "yesterday"))
 
 
 def test_day_kinds_are_reported(small_history: tuple[pd.DataFrame, pd.DataFrame]) -> None:
