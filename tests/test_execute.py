@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import pytest
 from test_warm import RegistryFactory, Topo, topo  # noqa: F401 (topo is a fixture)
 
 from warmer import warm
 from warmer.config import Config, load
-from warmer.ledger import Ledger, utcnow
+from warmer.ledger import Ledger, RunItem, utcnow
 
 
 def start(t: Topo, region: str, images: list[str]) -> tuple[Config, Ledger, int]:
@@ -97,3 +99,20 @@ def test_retry_after_is_honoured(topo: Topo) -> None:  # noqa: F811
     items = ledger.items(run_id)
     assert stats.done == len(items) and stats.failed == 0
     assert max(i.attempts for i in items if i.kind == "manifest") >= 2
+
+
+def test_a_failing_feed_leaves_nothing_running_and_the_run_resumable(topo: Topo) -> None:  # noqa: F811
+    cfg, ledger, run_id = start(topo, "eu", ["redis:7.4"])
+
+    async def feed() -> AsyncIterator[list[RunItem]]:
+        await asyncio.sleep(0.05)  # the first items are under way
+        raise RuntimeError("resolution broke")
+        yield []  # an async generator
+
+    with pytest.raises(RuntimeError, match="resolution broke"):
+        asyncio.run(warm.execute(cfg, ledger, run_id, deadline=None, settle=0, more=feed()))
+    items = ledger.items(run_id)
+    assert {i.state for i in items} <= {"pending", "done"}
+    assert ledger.unfinished_run("eu") is not None
+    stats = asyncio.run(warm.execute(cfg, ledger, run_id, deadline=None, settle=0))
+    assert stats.done == len(items) and ledger.run(run_id).state == "done"
