@@ -215,7 +215,13 @@ class Executor:
         return self.stats
 
     def _schedule(self, items: Sequence[RunItem]) -> None:
-        """Start a task per pending item of ``items`` not known yet, ranked after the rest."""
+        """Start a task per pending item of ``items`` not known yet.
+
+        The start order is computed again over every item not finished yet, so a later
+        part's light items and its chains of shared blobs (a digest the earlier part fetches
+        under other repositories counts in the chain) go before the earlier part's bulk
+        rather than after all of it. Items already queued for a slot keep their place.
+        """
         new = [i for i in items if i.seq not in self._items]
         for item in new:
             self._items[item.seq] = item
@@ -223,10 +229,14 @@ class Executor:
             if item.state in ("done", "failed", "skipped"):
                 self._outcome[item.seq] = item.state
                 self._events[item.seq].set()
-        todo = start_order([i for i in new if i.state == "pending"], by_size=self.deadline is None)
-        offset = len(self._rank)
-        for n, item in enumerate(todo):
-            self._rank[item.seq] = offset + n
+        unfinished = [
+            i for i in self._items.values() if i.seq not in self._outcome and i.state == "pending"
+        ]
+        order = start_order(unfinished, by_size=self.deadline is None)
+        self._rank.update({item.seq: n for n, item in enumerate(order)})
+        # Created in start order: the first to ask for a free slot get it without queueing.
+        fresh = [i for i in new if i.seq in self._rank and i.seq not in self._outcome]
+        for item in sorted(fresh, key=lambda i: self._rank[i.seq]):
             self._tasks.append(
                 asyncio.create_task(
                     self._item(item, self._events, self._outcome, self._deadline_at)
