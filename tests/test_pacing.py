@@ -1,4 +1,4 @@
-"""TokenBucket on a fake time line: average rate, first come first served, debt."""
+"""TokenBucket on a fake time line: average rate, arrival order, priority, debt."""
 
 from __future__ import annotations
 
@@ -67,3 +67,49 @@ async def test_zero_and_bad_rates() -> None:
     assert b.taken == 0 and t.now == 100.0
     with pytest.raises(ValueError):
         TokenBucket(0)
+
+
+async def test_a_better_priority_goes_first_while_others_wait_for_the_debt() -> None:
+    b, _ = bucket(100.0, burst=10)
+    order: list[str] = []
+    await b.take(500)  # in debt for ~5 s
+
+    async def worker(name: str, n: float, priority: int) -> None:
+        await b.take(n, priority)
+        order.append(name)
+
+    bulk = asyncio.create_task(worker("bulk", 400, priority=5))
+    await asyncio.sleep(0)  # the bulk item waits for the debt to clear
+    chain = asyncio.create_task(worker("chain", 20, priority=1))
+    await asyncio.gather(bulk, chain)
+    # The chain item arrived later but is served first, as soon as the debt is paid, and
+    # not after the bulk item's own charge (another 4 s).
+    assert order == ["chain", "bulk"]
+    assert b.taken == 920
+
+
+async def test_a_cancelled_waiter_is_not_charged() -> None:
+    b, _ = bucket(100.0, burst=10)
+    await b.take(500)
+    waiter = asyncio.create_task(b.take(50))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    await b.take(10)
+    assert b.taken == 510
+
+
+async def test_reprioritize_reorders_the_waiters() -> None:
+    b, _ = bucket(100.0, burst=10)
+    order: list[str] = []
+    await b.take(500)
+
+    async def worker(name: str, priority: tuple[int, int]) -> None:
+        await b.take(50, priority)
+        order.append(name)
+
+    tasks = [asyncio.create_task(worker(n, (5, i))) for i, n in enumerate(["a", "b", "c"])]
+    await asyncio.sleep(0)
+    b.reprioritize(lambda p: (1, 2) if p == (5, 2) else p)
+    await asyncio.gather(*tasks)
+    assert order == ["c", "a", "b"]

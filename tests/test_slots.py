@@ -69,3 +69,24 @@ async def test_a_cancelled_waiter_does_not_leak_its_slot() -> None:
 def test_size_must_be_positive() -> None:
     with pytest.raises(ValueError):
         PrioritySlots(0)
+
+
+async def test_reprioritize_reorders_the_waiters() -> None:
+    slots = PrioritySlots(1)
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def worker(name: str, priority: tuple[int, int]) -> None:
+        async with slots.hold(priority):
+            order.append(name)
+            await gate.wait()
+
+    first = asyncio.create_task(worker("first", (0, 0)))
+    await asyncio.sleep(0)
+    waiters = [asyncio.create_task(worker(n, (5, i))) for i, n in enumerate(["a", "b", "c"])]
+    await asyncio.sleep(0)
+    # "c" became urgent (a later part of the plan made it the head of a chain).
+    slots.reprioritize(lambda p: (1, 2) if p == (5, 2) else p)
+    gate.set()
+    await asyncio.gather(first, *waiters)
+    assert order == ["first", "c", "a", "b"]

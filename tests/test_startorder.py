@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from warmer.ledger import RunItem
-from warmer.startorder import LIGHT, start_order
+from warmer.startorder import LIGHT, start_keys, start_order
 
 MB = 1_000_000
 
@@ -52,3 +52,12 @@ def test_light_threshold() -> None:
         item(2, "blob", "z", LIGHT),
     ]
     assert seqs(start_order(edge, by_size=True)) == [1, 0, 2]
+
+
+def test_keys_of_a_later_part_compare_with_the_earlier_part() -> None:
+    first = start_keys(ITEMS[:2], by_size=True)  # "shared" once only: no chain yet
+    later = start_keys([*ITEMS, item(7, "blob", "shared", 5 * MB, repo="d")], by_size=True)
+    # With the later part, item 1 heads a chain of three: it now goes before the big blob
+    # the first part put ahead of it, and each key still names its item.
+    assert first[1] > first[0] and later[1] < later[0]
+    assert all(key[-1] == seq for seq, key in later.items())

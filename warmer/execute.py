@@ -49,8 +49,8 @@ from warmer.ledger import Ledger, RunItem, utcnow
 from warmer.pacing import TokenBucket
 from warmer.registry import DigestMismatch, RateLimited, RegistryClient, RegistryError
 from warmer.reserve import RateReserve
-from warmer.slots import PrioritySlots
-from warmer.startorder import is_light, start_order
+from warmer.slots import Priority, PrioritySlots
+from warmer.startorder import StartKey, is_light, start_keys
 
 log = logging.getLogger("warmer.execute")
 
@@ -61,6 +61,7 @@ MAX_RETRY_AFTER = 300.0  # seconds; a longer Retry-After fails the item (resume 
 # (measured lags: median ~0, rarely up to the read time; the confirmation catches those).
 STORE_LAG = 0.25
 SETTLE = 0.4  # seconds: the fixed part of that busy time
+CHAIN_SLOTS = 2  # slots of a link that blobs on no chain of shared blobs leave free
 CONFIRM_TRIES = 8  # HEADs per shared blob at the end of a run (see Executor._confirm_shared)
 CONFIRM_BACKOFF = 0.25  # seconds before the second HEAD, doubling up to 4 s (~16 s in all)
 
@@ -108,6 +109,7 @@ class Link:
     client: RegistryClient
     slots: PrioritySlots
     light_slots: asyncio.Semaphore  # manifests and small blobs: at most half the slots
+    bulk_slots: PrioritySlots  # blobs on no chain: all but CHAIN_SLOTS of the slots
     bucket: TokenBucket | None
     ttl: timedelta | None
     scope: str
@@ -147,7 +149,7 @@ class Executor:
         self._links: dict[str, Link] = {}
         self._buckets: dict[str, TokenBucket] = {}
         self._items: dict[int, RunItem] = {}
-        self._rank: dict[int, int] = {}  # seq -> place in start order (slot priority)
+        self._rank: dict[int, StartKey] = {}  # seq -> start key (slot and link priority)
         self._events: dict[int, asyncio.Event] = {}  # seq -> set when the item is settled
         self._outcome: dict[int, str] = {}  # seq -> final state
         self._tasks: list[asyncio.Task[None]] = []
@@ -168,6 +170,9 @@ class Executor:
                 client=self._client_factory(mirror, instance or m.url),
                 slots=PrioritySlots(m.link.concurrency),
                 light_slots=asyncio.Semaphore(max(1, m.link.concurrency // 2)),
+                bulk_slots=PrioritySlots(
+                    max(1, m.link.concurrency - min(CHAIN_SLOTS, m.link.concurrency // 2))
+                ),
                 bucket=bucket,
                 ttl=m.ttl,
                 scope=m.cache_scope,
@@ -217,10 +222,11 @@ class Executor:
     def _schedule(self, items: Sequence[RunItem]) -> None:
         """Start a task per pending item of ``items`` not known yet.
 
-        The start order is computed again over every item not finished yet, so a later
+        The start keys are computed again over every item not finished yet, so a later
         part's light items and its chains of shared blobs (a digest the earlier part fetches
         under other repositories counts in the chain) go before the earlier part's bulk
-        rather than after all of it. Items already queued for a slot keep their place.
+        rather than after all of it. Keys are absolute: an item queued for a slot or for the
+        link with its earlier key compares with the new ones.
         """
         new = [i for i in items if i.seq not in self._items]
         for item in new:
@@ -232,8 +238,17 @@ class Executor:
         unfinished = [
             i for i in self._items.values() if i.seq not in self._outcome and i.state == "pending"
         ]
-        order = start_order(unfinished, by_size=self.deadline is None)
-        self._rank.update({item.seq: n for n, item in enumerate(order)})
+        self._rank.update(start_keys(unfinished, by_size=self.deadline is None))
+        if len(new) < len(self._items):  # a later part: requeue the waiters with new keys
+
+            def update(key: Priority) -> Priority:
+                return self._rank.get(key[-1], key) if isinstance(key, tuple) else key
+
+            for link in self._links.values():
+                link.slots.reprioritize(update)
+                link.bulk_slots.reprioritize(update)
+            for bucket in self._buckets.values():
+                bucket.reprioritize(update)
         # Created in start order: the first to ask for a free slot get it without queueing.
         fresh = [i for i in new if i.seq in self._rank and i.seq not in self._outcome]
         for item in sorted(fresh, key=lambda i: self._rank[i.seq]):
@@ -329,15 +344,23 @@ class Executor:
     async def _start(self, item: RunItem, link: Link, deadline: float | None) -> str:
         """Take a slot and the link's bytes, then fetch; "pending" when the window ended first."""
         assert item.id is not None
-        rank = self._rank.get(item.seq, 0)
+        key = self._rank[item.seq]
         # Light items go first but may hold at most half the slots: they wait on round trips,
-        # not bandwidth, and the blobs behind them should fill the link meanwhile.
-        gate = link.light_slots if is_light(item) else contextlib.nullcontext()
-        async with gate, link.slots.hold(rank):
+        # not bandwidth, and the blobs behind them should fill the link meanwhile. Blobs on
+        # no chain leave CHAIN_SLOTS to the chains: a bulk blob holds its slot while it
+        # waits for the link's bytes, and the next copy of a shared blob must not wait for
+        # a whole round of them.
+        gate: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+        if is_light(item):
+            gate = link.light_slots
+        elif key[1] == 0:
+            gate = link.bulk_slots.hold(key)
+        async with gate, link.slots.hold(key):
             if link.bucket is not None and item.parent_cost > 0:
                 if not self._before(deadline, item):
                     return "pending"
-                await link.bucket.take(item.parent_cost, rank)
+                # Its key now: a part of the plan that joined meanwhile may have changed it.
+                await link.bucket.take(item.parent_cost, self._rank[item.seq])
             if not self._before(deadline, item):
                 # The link was busy until past the deadline: no blob starts after it.
                 return "pending"

@@ -12,8 +12,12 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+
+# Lower goes first. One queue compares its waiters' priorities with each other, so all of
+# them use the same kind: ints, or tuples (the executor's start keys).
+Priority = int | tuple[int, ...]
 
 
 class PrioritySlots:
@@ -21,11 +25,11 @@ class PrioritySlots:
         if size < 1:
             raise ValueError("size must be >= 1")
         self._free = size
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[Priority, int, asyncio.Future[None]]] = []
         self._tie = itertools.count()
 
     @asynccontextmanager
-    async def hold(self, priority: int) -> AsyncIterator[None]:
+    async def hold(self, priority: Priority) -> AsyncIterator[None]:
         """Hold a slot; among waiters the lowest ``priority`` gets the next free one."""
         await self._acquire(priority)
         try:
@@ -33,7 +37,7 @@ class PrioritySlots:
         finally:
             self._release()
 
-    async def _acquire(self, priority: int) -> None:
+    async def _acquire(self, priority: Priority) -> None:
         if self._free > 0 and not self._waiters:
             self._free -= 1
             return
@@ -45,6 +49,12 @@ class PrioritySlots:
             if future.done() and not future.cancelled():
                 self._release()  # handed a slot just as it was cancelled: pass it on
             raise
+
+    def reprioritize(self, update: Callable[[Priority], Priority]) -> None:
+        """Give every waiter the priority ``update`` maps its own to (a run's start keys
+        change when a later part of the plan joins it)."""
+        self._waiters = [(update(p), tie, fut) for p, tie, fut in self._waiters]
+        heapq.heapify(self._waiters)
 
     def _release(self) -> None:
         while self._waiters:

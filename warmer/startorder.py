@@ -12,6 +12,9 @@ from warmer.ledger import RunItem
 LIGHT = 256 * 1024  # bytes: below this a blob's round trips outlast its transfer
 
 
+StartKey = tuple[int, int, int, int]
+
+
 def start_order(items: list[RunItem], *, by_size: bool) -> list[RunItem]:
     """The order items start in (the plan decided *what*; this only decides *when*).
 
@@ -23,15 +26,24 @@ def start_order(items: list[RunItem], *, by_size: bool) -> list[RunItem]:
     next. Without a deadline the larger blobs go next (largest first finishes sooner); with
     one, plan order is kept, so what a deadline cuts is what the plan valued least.
     """
+    keys = start_keys(items, by_size=by_size)
+    return sorted(items, key=lambda i: keys[i.seq])
+
+
+def start_keys(items: list[RunItem], *, by_size: bool) -> dict[int, StartKey]:
+    """Each item's (by ``seq``) sort key for :func:`start_order`. The keys are absolute,
+    not places in a list: keys computed for a later part of a run compare with the
+    earlier part's (the executor uses them as slot and bandwidth priorities). A key ends
+    with the item's ``seq``, so it also names its item."""
     fanout = Counter((i.mirror, i.instance, i.digest) for i in items if i.kind == "blob")
 
-    def key(item: RunItem) -> tuple[int, int, int, int]:
+    def key(item: RunItem) -> StartKey:
         if is_light(item):
             return (0, 0, 0, item.seq)
         k = fanout[(item.mirror, item.instance, item.digest)]
         return (1, -k if k > 1 else 0, -item.size if by_size else 0, item.seq)
 
-    return sorted(items, key=key)
+    return {item.seq: key(item) for item in items}
 
 
 def is_light(item: RunItem) -> bool:
