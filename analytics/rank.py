@@ -122,6 +122,19 @@ def _day_estimates(
     return est * factor, factor
 
 
+RECENT_DAYS = 3  # days behind the split between tags, each worth half the next
+
+
+def _recent(daily: np.ndarray) -> np.ndarray:
+    """Pulls of the last ``RECENT_DAYS`` days, each day worth half the next: the current
+    split between a repository's tags during a migration. Not by kind of day: the last two
+    weekend days are a week old on a Saturday, from before a migration that began on
+    Monday, and gave the new tag no share at all."""
+    days = daily[:, 1 : 1 + RECENT_DAYS]
+    weights = 0.5 ** np.arange(days.shape[1], dtype=np.float64)
+    return np.asarray(days @ weights, dtype=np.float64)
+
+
 def _peak(profile: np.ndarray) -> str:
     """The busiest hours: the run of hours around the top one with at least half its mass."""
     top = int(np.argmax(profile))
@@ -197,11 +210,8 @@ def rank(
         day += DAY
     out = info.assign(score=score, window_score=window_score, dow_factor=factor)
     out["pulls_7d"] = daily[:, 1:8].sum(axis=1).astype(np.int64) if len(info) else 0
-    # Pulls on the last two days of the target's kind: the current split between tags.
-    kind_days = [
-        a for a in ages[1:] if ((target - int(a) * DAY).dayofweek >= 5) == (target.dayofweek >= 5)
-    ]
-    out["recent"] = daily[:, kind_days[:2]].sum(axis=1) if len(info) else 0.0
+    # Decayed pulls of the last days: the current split between a repository's tags.
+    out["recent"] = _recent(daily) if len(info) else 0.0
     out["peak"] = [_peak(row) for row in profile]
     out["reasons_extra"] = ""
     out = _static_adjust(out, st, regions, now_ts, w_start, w_end, p)
@@ -328,9 +338,10 @@ def _migrate(
     """Split a migrating repository's demand by the tags' pulls on the latest days.
 
     Triggered by a tag of the repository named in files for the first time recently. The
-    repository's predicted total is kept; its split between tags follows the last two days
-    of the same kind (a rising new tag takes demand from the old one as it happens), since
-    files are not per region and their count says nothing about how busy each user is.
+    repository's predicted total is kept (by kind of day); its split between tags follows
+    the latest days, most recent first (a rising new tag takes demand from the old one as
+    it happens; see ``_recent``), since files are not per region and their count says
+    nothing about how busy each user is.
     """
     total, wtotal = out.loc[rows, "score"].sum(), out.loc[rows, "window_score"].sum()
     latest = out.loc[rows, "recent"].astype(float)
@@ -394,6 +405,8 @@ def _finish(
         kind="stable",
     )
     out["rank"] = out.groupby("region").cumcount() + 1
-    out["score"] = out["score"].astype(float).round(3)
-    out["window_score"] = out["window_score"].astype(float).round(3)
+    # Not rounded: the floors of long-memory and old static-prior images are ~1e-4, and a
+    # score rounded to 0 is no candidate at all (spare budget would not take them).
+    out["score"] = out["score"].astype(float)
+    out["window_score"] = out["window_score"].astype(float)
     return out[OUTPUT_COLUMNS].reset_index(drop=True)
