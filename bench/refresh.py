@@ -49,9 +49,10 @@ from warmer.manifest import (  # noqa: E402
 from warmer.reference import parse  # noqa: E402
 from warmer.refresh import refresh  # noqa: E402
 from warmer.registry import RegistryClient  # noqa: E402
+from warmer.resolve import Want  # noqa: E402
 from warmer.sandbox.front import FrontControl  # noqa: E402
 from warmer.sandbox.procs import Proc, free_port, spawn, start_registry, wait_ready  # noqa: E402
-from warmer.warm import Want, execute, prepare, start_run  # noqa: E402
+from warmer.warm import execute, prepare, start_run  # noqa: E402
 
 PLATFORMS = (("linux", "amd64"), ("linux", "arm64"))
 

@@ -33,16 +33,8 @@ from warmer.execute import RunStats
 from warmer.ledger import Ledger, Run, RunItem, as_utc, utcnow
 from warmer.reference import try_parse
 from warmer.reserve import RateReserve
-from warmer.warm import (
-    Want,
-    execute,
-    monotonic_deadline,
-    prepare,
-    rate_reserve,
-    start_run,
-    wants_from_args,
-    wants_from_ranking,
-)
+from warmer.resolve import Want, wants_from_args, wants_from_ranking
+from warmer.warm import execute, monotonic_deadline, prepare, rate_reserve, start_run
 from warmer.windows import Window, WindowSpec, current_window
 
 log = logging.getLogger("jobs.tasks")

@@ -12,12 +12,13 @@ from test_warm import RegistryFactory, Topo, topo  # noqa: F401 (topo is a fixtu
 from warmer import warm
 from warmer.config import Config, load
 from warmer.ledger import Ledger, RunItem, utcnow
+from warmer.resolve import wants_from_args
 
 
 def start(t: Topo, region: str, images: list[str]) -> tuple[Config, Ledger, int]:
     """Plan and record a run (nothing fetched but manifests through the top tier)."""
     cfg, ledger = load(t.config_path), t.ledger()
-    wants = warm.wants_from_args(images)
+    wants = wants_from_args(images)
     prepared = asyncio.run(warm.prepare(cfg, ledger, region, wants, now=utcnow()))
     assert prepared.plan.items and not prepared.unresolved
     return cfg, ledger, warm.start_run(ledger, prepared, utcnow(), None)
@@ -65,7 +66,7 @@ def test_429_through_mirror_is_failed_with_clear_reason(
         topo.write()
         cfg = load(topo.config_path)
         topo.front.configure(ratelimit_limit=0, ratelimit_reset=True)
-        reserve = warm.rate_reserve(cfg, "eu", warm.wants_from_args(["nginx:1.27"])[0])
+        reserve = warm.rate_reserve(cfg, "eu", wants_from_args(["nginx:1.27"])[0])
         assert reserve is not None
 
         async def go() -> None:

@@ -30,11 +30,12 @@ from warmer.config import load
 from warmer.ledger import Ledger, as_utc
 from warmer.refresh import refresh
 from warmer.registry import RegistryClient
+from warmer.resolve import wants_from_args
 from warmer.sandbox.catalogue import Catalogue, Tag, build
 from warmer.sandbox.front import FrontControl, FrontServer, start_front
 from warmer.sandbox.procs import Proc
 from warmer.sandbox.seed import move_tag, seed
-from warmer.warm import execute, prepare, start_run, wants_from_args
+from warmer.warm import execute, prepare, start_run
 
 RegistryFactory = Callable[..., Proc]
 T = TypeVar("T")

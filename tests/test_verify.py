@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from test_refresh import Chain, RegistryFactory, StaleFront, make_chain
 
+from warmer.resolve import wants_from_args
 from warmer.verify import verify
-from warmer.warm import prepare, wants_from_args
+from warmer.warm import prepare
 
 
 @pytest.fixture

@@ -35,10 +35,11 @@ from warmer.config import load
 from warmer.ledger import Ledger, as_utc, utcnow
 from warmer.reference import parse
 from warmer.registry import RegistryClient
+from warmer.resolve import wants_from_args
 from warmer.sandbox.front import FrontControl
 from warmer.sandbox.procs import Proc, free_port
 from warmer.sandbox.topology import Sandbox
-from warmer.warm import FIRST_BATCH, Prepared, wants_from_args, warm
+from warmer.warm import FIRST_BATCH, Prepared, warm
 
 RegistryFactory = Callable[..., Proc]
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ from warmer.config import Config
 from warmer.ledger import Ledger, as_utc
 from warmer.reference import Reference
 from warmer.registry import RegistryClient, RegistryError
-from warmer.warm import upstream_client
+from warmer.resolve import upstream_client
 
 
 @dataclass

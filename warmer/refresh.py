@@ -42,14 +42,8 @@ from warmer.invalidate import run_hook
 from warmer.ledger import Holding, Ledger, as_utc
 from warmer.reference import InvalidReference, Reference, parse
 from warmer.registry import RegistryClient, RegistryError
-from warmer.warm import (
-    Want,
-    mirror_client,
-    monotonic_deadline,
-    upstream_client,
-    wants_from_ranking,
-    warm,
-)
+from warmer.resolve import Want, mirror_client, upstream_client, wants_from_ranking
+from warmer.warm import monotonic_deadline, warm
 
 log = logging.getLogger("warmer.refresh")
 

@@ -21,7 +21,7 @@ class RateReserve:
     Mirrors do not pass the upstream's rate-limit headers on, so the remaining count is read
     with a HEAD to the upstream (HEAD is not counted by Docker Hub) and decremented locally
     for each manifest GET the top tier may make upstream. Those are made while resolving
-    through the top tier (:func:`warmer.warm.resolve`), which keeps the reserve; the
+    through the top tier (:func:`warmer.resolve.resolve`), which keeps the reserve; the
     executor's manifest requests that follow are answered from the top tier's cache (a GET
     by tag makes it send the upstream a HEAD, which is not counted), so the executor only
     uses :meth:`explain` when a top-tier request fails.

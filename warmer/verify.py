@@ -30,7 +30,7 @@ from warmer.config import Config
 from warmer.ledger import Holding, Ledger, as_utc
 from warmer.reference import InvalidReference, parse
 from warmer.registry import DigestMismatch, NotFound, RegistryClient, RegistryError
-from warmer.warm import mirror_client, upstream_client
+from warmer.resolve import mirror_client, upstream_client
 
 PER_TIER = 4  # objects re-read at once through one mirror instance
 

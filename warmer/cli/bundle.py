@@ -85,7 +85,7 @@ def select_images(
         config = optional_config(ctx)
         if config is None:
             raise BadInput("--region needs a config (--config PATH) and a stored ranking")
-        from warmer.warm import wants_from_ranking
+        from warmer.resolve import wants_from_ranking
 
         try:
             config.region(region)
@@ -120,7 +120,7 @@ async def _sources(
             return
         if config is None:
             raise BadInput("no --from URL and no config to find each image's upstream")
-        from warmer.warm import upstream_client
+        from warmer.resolve import upstream_client
 
         names: dict[Reference, str] = {}
         for ref in refs:

@@ -35,17 +35,15 @@ from warmer.config import Config, ConfigError
 from warmer.execute import RunStats
 from warmer.ledger import Ledger, RunItem, as_utc, utcnow
 from warmer.reserve import RateReserve
+from warmer.resolve import Want, wants_from_args, wants_from_ranking
 from warmer.units import UnitError, format_duration, format_size, parse_duration, parse_size
 from warmer.warm import (
     Prepared,
-    Want,
     WarmError,
     current_window_deadline,
     execute,
     prepare,
     rate_reserve,
-    wants_from_args,
-    wants_from_ranking,
     warm,
 )
 
