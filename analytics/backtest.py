@@ -16,7 +16,10 @@ Strategies: ``model`` (``analytics.rank``), ``yesterday`` (the set pulled the da
 ``frequency`` (all-time top by pulls), ``static`` (images named in files, by file count) and
 ``oracle`` (that day's actual pulls). All share one selector (greedy by predicted bytes
 served per new byte, retried with each large image it left out taken first), so
-differences come from the predictions alone.
+differences come from the predictions alone; the model's include ``stay`` (the share of a
+tag's pulls before its expected weekly move), which only the image's own layers are
+weighted by. The oracle is that selector with perfect knowledge, not an upper bound: a
+greedy choice at the budget edge can lose to another strategy's on a day.
 """
 
 from __future__ import annotations
@@ -71,19 +74,20 @@ def choose(
 ) -> set[str]:
     """Warm set of whole images within ``budget`` distinct layer bytes.
 
-    A layer is worth its size times the predicted pulls of every candidate containing it
-    (a shared base layer serves them all). The greedy takes, each round, the image whose
-    not yet warm layers are worth most per byte. Greedy alone can leave a large valuable
-    image out at the budget edge and fill the room with lesser small ones, so the greedy is
-    also run with each of the ``tries`` most valuable images it left out taken first, and
-    the set worth most is kept. Hand-written: tens to hundreds of images need no solver,
-    and it is the same for every strategy.
-    """
+    A layer is worth its size times the predicted pulls of every candidate containing it (a
+    shared base layer serves them all); with a ``stay`` column (the model's share of a tag's
+    pulls before its predicted move), a layer of one image only is worth that share. The
+    greedy takes, each round, the image whose not yet warm layers are worth most per byte.
+    Greedy alone can leave a large valuable image out at the budget edge and fill the room
+    with lesser small ones, so the greedy is also run with each of the ``tries`` most
+    valuable images it left out taken first, and the set worth most is kept. Hand-written:
+    tens to hundreds of images need no solver, and it is the same for every strategy."""
     cands = candidates[candidates["score"] > 0]
     index: dict[str, int] = {}
     layer_sizes: list[int] = []
     members: list[list[int]] = []
     scores: list[float] = []
+    stays: list[float] = []
     for row in cands.itertuples(index=False):
         # A tag is warmed as it resolves at ``at``; only a digest-pinned candidate keeps its digest.
         digest = "" if row.tag else str(getattr(row, "digest", "") or "")
@@ -95,13 +99,18 @@ def choose(
             ids.append(index[d])
         members.append(ids)
         scores.append(float(row.score))
+        stays.append(float(getattr(row, "stay", 1.0)))
     if not members:
         return set()
     incidence = np.zeros((len(layer_sizes), len(members)))
     for j, ids in enumerate(members):
         incidence[ids, j] = 1.0
     size = np.asarray(layer_sizes, dtype=np.float64)
-    worth = size * (incidence @ np.asarray(scores))  # bytes times pulls served, per layer
+    # A layer only this image has is its own top layer: after a predicted tag move the
+    # pulls get new ones, so it serves the ``stay`` share of them (shared base layers stay).
+    own = incidence.sum(axis=1) == 1
+    weights = np.where(own[:, None], incidence * np.asarray(stays)[None, :], incidence)
+    worth = size * (weights @ np.asarray(scores))  # bytes times pulls served, per layer
     layers = np.asarray(list(index))
     best = _greedy(incidence, size, worth, budget, None)
     # The most valuable images the greedy left out that fit on their own: try each first.
@@ -185,7 +194,7 @@ def _model(params: RankParams) -> Strategy:
         before: pd.DataFrame, static: pd.DataFrame, day: pd.Timestamp, actual: pd.DataFrame
     ) -> pd.DataFrame:
         ranked = rank(before, static, day, params=params)
-        return ranked[["image", "tag", "digest", "score"]]
+        return ranked[["image", "tag", "digest", "score", "stay"]]
 
     return run
 

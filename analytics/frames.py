@@ -119,14 +119,15 @@ def usage_from_pulls(pulls: pd.DataFrame) -> pd.DataFrame:
 class Features:
     """Per (region, image, tag or pinned digest) key, from one pass over a usage frame.
 
-    ``info`` has one row per key: region, image, tag, pin (the digest of a digest-only
-    pull whose digest was never seen under a tag, else ""), digest (newest seen), last_seen,
+    ``info`` has one row per key: region, image, tag, pin (the digest of a digest-only pull
+    whose digest was never seen under a tag, else ""), digest (newest seen), last_seen,
     digests (distinct digests seen), pipelines (distinct pipelines on the busiest of the
-    last 7 days, summed over sources). ``daily[k, a]`` is pulls ``a`` days before the target
-    day (column 0 unused), ``hourly[k, h]`` pulls by UTC hour over the lookback.
-    ``region_start`` is each region's first day; ``older`` aggregates tagged pulls before
-    the lookback per (region, image, tag): pulls and last day.
-    """
+    last 7 days, summed over sources), moves (the (age in days, UTC hour) at which each
+    digest after the key's first one in the lookback was first pulled: the tag's moves).
+    ``daily[k, a]`` is pulls ``a`` days before the target day (column 0 unused), ``hourly[k,
+    h]`` pulls by UTC hour over the lookback. ``region_start`` is each region's first day;
+    ``older`` aggregates tagged pulls before the lookback per (region, image, tag): pulls
+    and last day."""
 
     info: pd.DataFrame
     daily: np.ndarray
@@ -227,6 +228,20 @@ def usage_features(
     info = keys.copy()
     info["digest"] = newest["digest"].reindex(range(n)).fillna("").to_numpy()
     info["last_seen"] = pd.to_datetime(newest["t"].reindex(range(n)).to_numpy())
+    # When each later digest of a key was first pulled: the tag moved then.
+    first4 = pd.Series(stamp[recent]).groupby(k4[recent]).min()
+    firsts = pd.DataFrame(
+        {"k3": k3_of_k4[first4.index], "t": first4.to_numpy(), "digest": digs[first4.index]}
+    )
+    firsts = firsts[firsts["digest"] != ""].sort_values(["k3", "t"])
+    later = firsts[firsts.duplicated("k3", keep="first")]
+    move_day = later["t"].to_numpy() // 86_400_000_000_000 * 86_400_000_000_000
+    move_age = (target.value - move_day) // 86_400_000_000_000
+    move_hour = (later["t"].to_numpy() - move_day) // 3_600_000_000_000
+    moves: dict[int, list[tuple[int, int]]] = {}
+    for k, a, h in zip(later["k3"].to_numpy(), move_age, move_hour, strict=True):
+        moves.setdefault(int(k), []).append((int(a), int(h)))
+    info["moves"] = [moves.get(k, []) for k in range(n)]
     named = per4[per4["digest"] != ""]
     info["digests"] = (
         named.groupby("k3")["digest"].nunique().reindex(range(n), fill_value=0).to_numpy()

@@ -19,7 +19,10 @@ Pure functions over frames; ``now`` is always passed in. For every (region, imag
   with the age of the reference;
 * **tag moves**: pulls are counted per tag whatever digest they resolved to (a moved tag
   sends every consumer to the new digest); a digest-only pull of a digest once seen under
-  a tag counts for that tag; the ``digest`` column is the newest digest seen;
+  a tag counts for that tag; the ``digest`` column is the newest digest seen. A tag rebuilt
+  on a weekly schedule is expected to move again on that weekday at that hour: ``stay`` is
+  the share of the day's pulls expected before the move (after it, the new digest's own
+  layers were not warmed at midnight), 1 for tags with no such pattern;
 * **migrations**: when files name a newer tag of a repository recently, that tag gets at
   least its share of the files naming the repository, taken from the other tags.
 """
@@ -50,6 +53,7 @@ OUTPUT_COLUMNS = [
     "pipelines",
     "files",
     "last_seen",
+    "stay",
 ]
 
 
@@ -135,6 +139,37 @@ def _recent(daily: np.ndarray) -> np.ndarray:
     return np.asarray(days @ weights, dtype=np.float64)
 
 
+def _stay(
+    info: pd.DataFrame, profile: np.ndarray, target: pd.Timestamp, first_valid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Share of the target day's pulls expected to resolve to the digest the tag has at
+    midnight, and the usual UTC hour of the tag's move on that weekday (-1: none).
+
+    A tag rebuilt weekly (official images, internal ``latest``) moves on the same weekday at
+    about the same hour: its pulls after the move fetch the new digest, whose own layers
+    nobody warmed at midnight. The chance of a move is the share of the last four same
+    weekdays (those inside the key's history, at least two) with one; the pulls after it
+    are the key's hourly profile from the usual hour on.
+    """
+    stay = np.ones(len(info))
+    move_at = np.full(len(info), -1, dtype=np.int64)
+    if "moves" not in info.columns:
+        return stay, move_at
+    weeks = (7, 14, 21, 28)
+    for k, moves in enumerate(info["moves"]):
+        if not moves:
+            continue
+        valid = [a for a in weeks if a <= first_valid[k]]
+        hours = [h for a, h in moves if a in valid]
+        if len(valid) < 2 or not hours:
+            continue
+        chance = len(hours) / len(valid)
+        hour = int(np.median(hours))
+        stay[k] = 1.0 - chance * float(profile[k, hour:].sum())
+        move_at[k] = hour if chance >= 0.5 else -1
+    return stay, move_at
+
+
 def _peak(profile: np.ndarray) -> str:
     """The busiest hours: the run of hours around the top one with at least half its mass."""
     top = int(np.argmax(profile))
@@ -208,7 +243,10 @@ def rank(
         est, _ = _day_estimates(daily, valid, target, day, p, groups)
         window_score += est * (profile @ hours)
         day += DAY
-    out = info.assign(score=score, window_score=window_score, dow_factor=factor)
+    stay, move_at = _stay(info, profile, target, first_valid)
+    out = info.assign(
+        score=score, window_score=window_score, dow_factor=factor, stay=stay, move_at=move_at
+    )
     out["pulls_7d"] = daily[:, 1:8].sum(axis=1).astype(np.int64) if len(info) else 0
     # Decayed pulls of the last days: the current split between a repository's tags.
     out["recent"] = _recent(daily) if len(info) else 0.0
@@ -372,6 +410,9 @@ def _finish(
     files.columns = ["n", "docker"]
     out = out.join(files, on=["image", "tag"])
     out["files"] = out["n"].fillna(0).astype(np.int64)
+    # Rows of the static prior and long memory have no moves of their own.
+    out["stay"] = out["stay"].fillna(1.0).astype(float)
+    out["move_at"] = out["move_at"].fillna(-1).astype(np.int64)
     reasons = []
     weekday = "weekday" if target.dayofweek < 5 else "weekend"
     for row in out.itertuples(index=False):
@@ -388,6 +429,11 @@ def _finish(
             parts.append(f"last pulled {_age(now - row.last_seen)} ago")
         if getattr(row, "digests", 0) and row.digests > 1 and row.pin == "":
             parts.append(f"tag moved ({int(row.digests)} digests), now {row.digest[:19]}")
+        if row.move_at >= 0:
+            parts.append(
+                f"moves {_DOW[target.dayofweek]}s ~{int(row.move_at):02d}h UTC "
+                f"({1 - row.stay:.0%} of pulls after, to layers not warmed)"
+            )
         if row.pin:
             parts.append("pinned by digest")
         if row.files and not str(row.reasons_extra).startswith("named in"):

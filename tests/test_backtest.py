@@ -51,6 +51,20 @@ def test_shared_layers_are_counted_once() -> None:
     assert warm == {"base", "a", "b"}  # 120 MB for two images; c (90 MB) no longer fits
 
 
+def test_a_tag_about_to_move_is_worth_its_pulls_before_the_move() -> None:
+    sizes = Sizes(Layers())
+    day = datetime(2024, 1, 2)
+    # Room for one image with the base: a (5 pulls) goes before b (4.9).
+    moving = cands([("a", 5), ("b", 4.9), ("c", 4)]).assign(stay=1.0)
+    assert choose(moving, sizes, day, 110 * MB) == {"base", "a"}
+    # a's tag moves at noon: its own layer serves a tenth of its pulls; the base, which
+    # b shares (and the next digest of a keeps), still serves them all. Now b is worth more.
+    moving["stay"] = [0.1, 1.0, 1.0]
+    assert choose(moving, sizes, day, 110 * MB) == {"base", "b"}
+    # Baselines have no ``stay``: every layer serves all the pulls.
+    assert choose(moving.drop(columns="stay"), sizes, day, 110 * MB) == {"base", "a"}
+
+
 def test_a_large_image_left_out_by_the_greedy_is_tried_first() -> None:
     class Big:
         table: ClassVar[dict[str, list[tuple[str, int]]]] = {

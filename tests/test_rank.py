@@ -220,3 +220,26 @@ def test_long_memory_keeps_old_images_below_recent_ones() -> None:
     assert out.loc[PY, "rank"] == 1
     assert 0 < out.loc[GO, "score"] < 0.2 * out.loc[PY, "score"]
     assert "long memory" in out.loc[GO, "reasons"]
+
+
+def test_a_tag_rebuilt_every_tuesday_is_expected_to_move_on_tuesdays() -> None:
+    # python:3.12 gets a new digest every Tuesday at 13h UTC; pulls are spread 8h-19h.
+    rows = []
+    digest = 0
+    for day in WEEKS:
+        for hour in range(8, 20):
+            if day.dayofweek == 1 and hour == 13:
+                digest += 1
+            rows.append(
+                usage([(str(day.date()), hour, PY, "3.12", 2)], digest=f"sha256:{digest:064d}")
+            )
+    rows.append(usage(daily(NODE, "20", WEEKS, 24)))
+    frame = pd.concat(rows, ignore_index=True)
+    tuesday = rank(frame, None, pd.Timestamp("2024-04-02")).set_index("image")
+    # Half of a day's pulls (13h-19h of 8h-19h, shrunk a little toward the region) come
+    # after the move and get layers nobody warmed at midnight.
+    assert 0.4 < tuesday.loc[PY, "stay"] < 0.6
+    assert "moves Tues ~13h UTC" in tuesday.loc[PY, "reasons"]
+    assert tuesday.loc[NODE, "stay"] == 1.0
+    wednesday = rank(frame, None, pd.Timestamp("2024-04-03")).set_index("image")
+    assert wednesday.loc[PY, "stay"] == 1.0 and "moves" not in wednesday.loc[PY, "reasons"]
