@@ -219,20 +219,18 @@ def usage_features(
     hourly = np.bincount(k3[recent] * 24 + hour[recent], weights=pulls[recent], minlength=n * 24)
     hourly = hourly.reshape(n, 24)
 
-    # Newest digest and last time per key, over the lookback.
-    last4 = pd.Series(stamp[recent]).groupby(k4[recent]).max()
+    # First and last pull of each (key, digest), over the lookback: one pass for both.
+    span = pd.Series(stamp[recent]).groupby(k4[recent]).agg(["min", "max"])
+    # Newest digest and last time per key.
     per4 = pd.DataFrame(
-        {"k3": k3_of_k4[last4.index], "t": last4.to_numpy(), "digest": digs[last4.index]}
+        {"k3": k3_of_k4[span.index], "t": span["max"].to_numpy(), "digest": digs[span.index]}
     )
     newest = per4.sort_values("t").drop_duplicates("k3", keep="last").set_index("k3")
     info = keys.copy()
     info["digest"] = newest["digest"].reindex(range(n)).fillna("").to_numpy()
     info["last_seen"] = pd.to_datetime(newest["t"].reindex(range(n)).to_numpy())
     # When each later digest of a key was first pulled: the tag moved then.
-    first4 = pd.Series(stamp[recent]).groupby(k4[recent]).min()
-    firsts = pd.DataFrame(
-        {"k3": k3_of_k4[first4.index], "t": first4.to_numpy(), "digest": digs[first4.index]}
-    )
+    firsts = per4.assign(t=span["min"].to_numpy())
     firsts = firsts[firsts["digest"] != ""].sort_values(["k3", "t"])
     later = firsts[firsts.duplicated("k3", keep="first")]
     move_day = later["t"].to_numpy() // 86_400_000_000_000 * 86_400_000_000_000
