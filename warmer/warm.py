@@ -12,7 +12,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -141,9 +141,13 @@ def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def skipped_rows(*groups: Iterable[planner.Skipped]) -> list[dict[str, str]]:
+    """Images left out, as the ledger stores them on a run."""
+    return [{"image": s.image, "reason": s.reason} for group in groups for s in group]
+
+
 def start_run(ledger: Ledger, prepared: Prepared, now: datetime, deadline: datetime | None) -> int:
-    skipped = [{"image": s.image, "reason": s.reason} for s in prepared.plan.skipped]
-    skipped += [{"image": s.image, "reason": s.reason} for s in prepared.unresolved]
+    skipped = skipped_rows(prepared.plan.skipped, prepared.unresolved)
     return ledger.create_run(
         region=prepared.region,
         items=item_rows(prepared.plan),
@@ -353,7 +357,7 @@ async def _pipelined(
                 run_id,
                 items=item_rows(part),
                 images=part.images,
-                skipped=[{"image": s.image, "reason": s.reason} for s in (*part.skipped, *skipped)],
+                skipped=skipped_rows(part.skipped, skipped),
             )
             if on_run is not None:
                 on_run(run_id, Prepared(region, part, skipped))

@@ -44,6 +44,7 @@ from warmer.warm import (
     execute,
     prepare,
     rate_reserve,
+    skipped_rows,
     warm,
 )
 
@@ -104,8 +105,7 @@ def _plan_json(prepared: Prepared) -> dict[str, Any]:
             }
             for i in p.items
         ],
-        "skipped": [{"image": s.image, "reason": s.reason} for s in p.skipped]
-        + [{"image": s.image, "reason": s.reason} for s in prepared.unresolved],
+        "skipped": skipped_rows(p.skipped, prepared.unresolved),
         "bytes_by_mirror": dict(p.bytes_by_mirror),
         "parent_bytes_by_mirror": dict(p.parent_bytes_by_mirror),
         "estimated_seconds": p.estimated_seconds,
