@@ -20,6 +20,11 @@ differences come from the predictions alone; the model's include ``stay`` (the s
 tag's pulls before its expected weekly move), which only the image's own layers are
 weighted by. The oracle is that selector with perfect knowledge, not an upper bound: a
 greedy choice at the budget edge can lose to another strategy's on a day.
+
+With ``expected`` (a day's expected demand, known for a generated workload: see
+``analytics.generate.expected``), every warm set is also scored against that expectation
+(``exp_bytes``, ``exp_hit_bytes``: the day's random draw removed), and the ``ideal``
+strategy ranks by it: a predictor that knows the workload's rates but not the day's draw.
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ from analytics.rank import RankParams, rank
 DAY = pd.Timedelta(days=1)
 Layer = tuple[str, int]
 DEFAULT_IMAGE_BYTES = 250_000_000  # size model for an image without layer data
-STRATEGIES = ("model", "yesterday", "frequency", "static", "oracle")
+STRATEGIES = ("model", "yesterday", "frequency", "static", "oracle", "ideal")
+BASELINES = ("yesterday", "frequency", "static")
+Demand = Callable[[pd.Timestamp], pd.DataFrame]  # a day -> image, tag, pulls, real, stay
 KINDS = (
     "all",
     "weekday",
@@ -181,6 +188,26 @@ def score_day(actual: pd.DataFrame, warm: set[str], sizes: Sizes) -> dict[str, f
     return {"pulls": pulls, "hit_pulls": hit_pulls, "bytes": req, "hit_bytes": hit}
 
 
+def expected_score(
+    demand: pd.DataFrame, warm: set[str], sizes: Sizes, day: pd.Timestamp
+) -> dict[str, float]:
+    """Expected bytes pulled and served by ``warm`` under a day's expected ``demand``.
+
+    A tag's ``real`` pulls fetch the digest it has at midnight, except the ``1 - stay``
+    share made after it moves that day, which fetch the digest it has at the day's end."""
+    start = day.to_pydatetime()
+    end = (day + DAY - pd.Timedelta(minutes=1)).to_pydatetime()
+    req = hit = 0.0
+    for row in demand.itertuples(index=False):
+        for at, share in ((start, float(row.stay)), (end, 1.0 - float(row.stay))):
+            if share <= 0:
+                continue
+            layers = sizes(str(row.image), str(row.tag), "", at)
+            req += row.real * share * sum(s for _, s in layers)
+            hit += row.real * share * sum(s for d, s in layers if d in warm)
+    return {"exp_bytes": req, "exp_hit_bytes": hit}
+
+
 def _by_tag(frame: pd.DataFrame, weight: str = "pulls") -> pd.DataFrame:
     g = frame.groupby(["image", "tag"], as_index=False)[weight].sum()
     return g.rename(columns={weight: "score"}).assign(digest="")
@@ -234,6 +261,25 @@ def _oracle(
     )
 
 
+def _ideal(demand: Demand) -> Strategy:
+    def run(
+        before: pd.DataFrame, static: pd.DataFrame, day: pd.Timestamp, actual: pd.DataFrame
+    ) -> pd.DataFrame:
+        d = demand(day)
+        # Ties broken by all uses, as the oracle's: a present-only image still ranks.
+        return pd.DataFrame(
+            {
+                "image": d["image"],
+                "tag": d["tag"],
+                "digest": "",
+                "score": d["real"] + 1e-3 * d["pulls"],
+                "stay": d["stay"],
+            }
+        )
+
+    return run
+
+
 def derive_kinds(
     usage: pd.DataFrame, region: str, days: list[pd.Timestamp]
 ) -> dict[pd.Timestamp, set[str]]:
@@ -263,8 +309,10 @@ def backtest(
     labels: Mapping[tuple[str, pd.Timestamp], set[str]] | None = None,
     params: RankParams | None = None,
     default_bytes: int = DEFAULT_IMAGE_BYTES,
+    expected: Demand | None = None,
 ) -> pd.DataFrame:
-    """One row per (day, strategy): pulls, hits, bytes, hit bytes and the day's kinds."""
+    """One row per (day, strategy): pulls, hits, bytes, hit bytes and the day's kinds; with
+    ``expected``, also the expected bytes and hit bytes, and the ``ideal`` strategy."""
     u = normalise_usage(usage)
     u = u[u["region"] == region]
     st = normalise_static(static)
@@ -283,6 +331,9 @@ def backtest(
         "static": _static,
         "oracle": _oracle,
     }
+    if expected is not None:
+        demand = _memo(expected)
+        strategies["ideal"] = _ideal(demand)
     rows = []
     for day in days:
         before = u[u["day"] < day]
@@ -295,8 +346,21 @@ def backtest(
             cands = strategy(before, st, day, actual)
             warm = choose(cands, sizes, day.to_pydatetime(), budget)
             result = score_day(actual, warm, sizes)
+            if expected is not None:
+                result |= expected_score(demand(day), warm, sizes, day)
             rows.append({"day": day, "strategy": name, **result, "kinds": ",".join(sorted(kinds))})
     return pd.DataFrame(rows)
+
+
+def _memo(demand: Demand) -> Demand:
+    cache: dict[pd.Timestamp, pd.DataFrame] = {}
+
+    def get(day: pd.Timestamp) -> pd.DataFrame:
+        if day not in cache:
+            cache[day] = demand(day)
+        return cache[day]
+
+    return get
 
 
 def of_kind(days: pd.DataFrame, kind: str) -> pd.DataFrame:
@@ -305,39 +369,51 @@ def of_kind(days: pd.DataFrame, kind: str) -> pd.DataFrame:
 
 
 def summarise(days: pd.DataFrame) -> pd.DataFrame:
-    """Hit rates per (kind, strategy), micro-averaged over the days of that kind."""
+    """Hit rates per (kind, strategy), micro-averaged over the days of that kind; with
+    expected scores, ``expected_byte_hit_rate`` as well."""
+    cols = ["pulls", "hit_pulls", "bytes", "hit_bytes"]
+    has_expected = "exp_bytes" in days.columns
+    if has_expected:
+        cols += ["exp_bytes", "exp_hit_bytes"]
     out = []
     for kind in KINDS:
         sel = of_kind(days, kind)
         if sel.empty:
             continue
-        g = sel.groupby("strategy")[["pulls", "hit_pulls", "bytes", "hit_bytes"]].sum()
+        g = sel.groupby("strategy")[cols].sum()
         for strategy, r in g.iterrows():
-            out.append(
-                {
-                    "kind": kind,
-                    "strategy": strategy,
-                    "days": int(sel["day"].nunique()),
-                    "pull_hit_rate": float(r["hit_pulls"] / r["pulls"]) if r["pulls"] else np.nan,
-                    "byte_hit_rate": float(r["hit_bytes"] / r["bytes"]) if r["bytes"] else np.nan,
-                }
-            )
+            row = {
+                "kind": kind,
+                "strategy": strategy,
+                "days": int(sel["day"].nunique()),
+                "pull_hit_rate": float(r["hit_pulls"] / r["pulls"]) if r["pulls"] else np.nan,
+                "byte_hit_rate": float(r["hit_bytes"] / r["bytes"]) if r["bytes"] else np.nan,
+            }
+            if has_expected:
+                row["expected_byte_hit_rate"] = (
+                    float(r["exp_hit_bytes"] / r["exp_bytes"]) if r["exp_bytes"] else np.nan
+                )
+            out.append(row)
     return pd.DataFrame(out)
 
 
-def margins(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per kind: model byte hit rate, its ratio to the oracle, margin over each baseline."""
+def margins(
+    summary: pd.DataFrame, strategy: str = "model", rate: str = "byte_hit_rate"
+) -> pd.DataFrame:
+    """Per kind: the strategy's ``rate`` (a column of ``summarise``), its ratio to the
+    oracle's, and its margin over each baseline. The columns are named for the model
+    (``model``, ``of_oracle``, ``over_<baseline>``) whichever strategy is asked for."""
     rows = []
     for kind, sel in summary.groupby("kind", sort=False):
-        rate = dict(zip(sel["strategy"], sel["byte_hit_rate"], strict=True))
+        rates = dict(zip(sel["strategy"], sel[rate], strict=True))
         row: dict[str, object] = {
             "kind": kind,
-            "model": rate.get("model"),
-            "oracle": rate.get("oracle"),
+            "model": rates.get(strategy),
+            "oracle": rates.get("oracle"),
         }
-        row["of_oracle"] = rate["model"] / rate["oracle"] if rate.get("oracle") else np.nan
-        for b in ("yesterday", "frequency", "static"):
-            row[f"over_{b}"] = rate["model"] - rate[b]
+        row["of_oracle"] = rates[strategy] / rates["oracle"] if rates.get("oracle") else np.nan
+        for b in BASELINES:
+            row[f"over_{b}"] = rates[strategy] - rates[b]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -349,6 +425,8 @@ def margin_interval(
     baseline: str,
     resamples: int = 2000,
     seed: int = 0,
+    hit: str = "hit_bytes",
+    total: str = "bytes",
 ) -> tuple[float, float]:
     """95 % paired bootstrap interval of ``strategy``'s byte hit rate minus ``baseline``'s
     over the days of ``kind``: days are drawn with replacement, and both strategies are
@@ -361,12 +439,12 @@ def margin_interval(
     b = sel[sel["strategy"] == baseline].sort_values("day")
     if a.empty or list(a["day"]) != list(b["day"]):
         return (np.nan, np.nan)
-    hit_a = a["hit_bytes"].to_numpy(dtype=np.float64)
-    hit_b = b["hit_bytes"].to_numpy(dtype=np.float64)
-    req = a["bytes"].to_numpy(dtype=np.float64)
+    hit_a = a[hit].to_numpy(dtype=np.float64)
+    hit_b = b[hit].to_numpy(dtype=np.float64)
+    req = a[total].to_numpy(dtype=np.float64)
     draws = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
-    total = req[draws].sum(axis=1)
-    diff = (hit_a[draws].sum(axis=1) - hit_b[draws].sum(axis=1)) / np.where(total > 0, total, 1)
+    drawn = req[draws].sum(axis=1)
+    diff = (hit_a[draws].sum(axis=1) - hit_b[draws].sum(axis=1)) / np.where(drawn > 0, drawn, 1)
     lo, hi = np.percentile(diff, [2.5, 97.5])
     return (float(lo), float(hi))
 

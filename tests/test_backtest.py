@@ -14,12 +14,14 @@ from analytics.backtest import (
     Sizes,
     backtest,
     choose,
+    expected_score,
     margin_interval,
     margins,
     score_day,
     summarise,
 )
 from analytics.frames import usage_from_pulls
+from analytics.generate.expected import expected_demand
 from analytics.generate.workload import Params, generate
 from analytics.rankings import latest_ranking
 
@@ -221,3 +223,57 @@ def test_cli_generate_ingest_rank_backtest(tmp_path: Path) -> None:
     bad = runner.invoke(cli, ["backtest", "--region", "eu", "--budget", "lots", "--db", url])
     assert bad.exit_code == 2
     assert "--budget" in bad.output and "Traceback" not in bad.output
+
+
+class Rebuilt:
+    """``a:1`` gets a new top layer at noon (a weekly rebuild); the base stays."""
+
+    def layers(
+        self, image: str, tag: str, digest: str, at: datetime
+    ) -> list[tuple[str, int]] | None:
+        top = "a-old" if at.hour < 12 else "a-new"
+        return [("base", 100 * MB), (top, 10 * MB)]
+
+
+def test_expected_score_follows_the_pulls_before_and_after_a_tag_moves() -> None:
+    demand = pd.DataFrame([{"image": "a", "tag": "1", "pulls": 12.0, "real": 10.0, "stay": 0.5}])
+    day = pd.Timestamp("2024-03-05")
+    got = expected_score(demand, {"base", "a-old"}, Sizes(Rebuilt()), day)
+    assert got["exp_bytes"] == pytest.approx(10 * 110 * MB)
+    # Half the pulls fetch the old top layer (warm), half the new one (not warmed).
+    assert got["exp_hit_bytes"] == pytest.approx(10 * (0.5 * 110 + 0.5 * 100) * MB)
+    unmoved = expected_score(demand.assign(stay=1.0), {"base", "a-old"}, Sizes(Rebuilt()), day)
+    assert unmoved["exp_hit_bytes"] == pytest.approx(10 * 110 * MB)
+
+
+@pytest.fixture(scope="module")
+def expected_history() -> pd.DataFrame:
+    work = generate(Params(weeks=3, seed=3, pipelines_per_region=15))
+    return backtest(
+        usage_from_pulls(work.pulls),
+        work.static,
+        "eu",
+        1_500 * MB,
+        work.catalogue,
+        labels=work.labels,
+        expected=lambda day: expected_demand(work, "eu", day),
+    )
+
+
+def test_expected_scores_and_the_ideal_predictor(expected_history: pd.DataFrame) -> None:
+    days = expected_history
+    assert set(days["strategy"]) == {"model", "yesterday", "frequency", "static", "oracle", "ideal"}
+    # One expected demand per day, whatever the strategy warmed.
+    assert (days.groupby("day")["exp_bytes"].nunique() == 1).all()
+    assert (days["exp_hit_bytes"] <= days["exp_bytes"]).all()
+    summary = summarise(days)
+    exp = summary[summary["kind"] == "all"].set_index("strategy")["expected_byte_hit_rate"]
+    # The ideal knows the rates: in expectation it beats every strategy that guesses them,
+    # and the model beats every baseline.
+    for other in ("model", "yesterday", "frequency", "static"):
+        assert exp["ideal"] >= exp[other], other
+    for baseline in ("yesterday", "frequency", "static"):
+        assert exp["model"] >= exp[baseline], baseline
+    table = margins(summary, "ideal", "expected_byte_hit_rate").set_index("kind")
+    assert table.loc["all", "model"] == pytest.approx(exp["ideal"])
+    assert table.loc["all", "over_yesterday"] == pytest.approx(exp["ideal"] - exp["yesterday"])

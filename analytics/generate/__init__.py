@@ -36,6 +36,9 @@ is shared between images.
 * ``present_probability``: share of pulls that find the image already on the runner
   (ephemeral GitHub runners never do; kubelet and Jenkins agents often do).
 
+``expected.expected_demand`` gives a day's expected pulls per tag (the rates behind the
+draw): the backtest bench scores warm sets against it and ranks the ``ideal`` strategy by it.
+
 The generator is not tuned to any model: its parameters come from the facts above, and
 the backtest reports whatever the model makes of it.
 """

@@ -6,6 +6,7 @@ registry-workload facts (see the package docstring).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -16,6 +17,7 @@ from analytics.generate.catalogue import IMAGES, MIGRATIONS, Catalogue, build, c
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
+ADHOC_ROLES = ("lang", "base", "service", "tool")
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class Workload:
     pulls: pd.DataFrame  # timestamp, region, pipeline, run, image, tag, digest, source, pulled
     static: pd.DataFrame  # file, line, reference, image, tag, first_seen, removed
     labels: dict[tuple[str, pd.Timestamp], set[str]]  # (region, day) -> kinds
+    adhoc_share: dict[str, float] = field(default_factory=dict)  # ref -> share of ad-hoc pulls
 
 
 # Office-hour profile (local hours 0..23): ramps up at 8, peaks 9-11 and 14-16.
@@ -147,10 +150,21 @@ class _Gen:
         self.end = p.start + timedelta(weeks=p.weeks)
         self.adopted: set[tuple[str, str]] = set()
 
-    def zipf_pick(self, role: str, exclude: set[str] = frozenset()) -> str:  # type: ignore[assignment]
+    def zipf_weights(
+        self, role: str, exclude: Collection[str] = frozenset()
+    ) -> tuple[list[str], np.ndarray]:
         refs = [r for r in self.pool[role] if r not in exclude] or self.pool[role]
         w = 1.0 / np.arange(1, len(refs) + 1) ** self.p.zipf_s
-        return str(refs[self.rng.choice(len(refs), p=w / w.sum())])
+        return refs, w / w.sum()
+
+    def zipf_pick(self, role: str, exclude: Collection[str] = frozenset()) -> str:
+        refs, w = self.zipf_weights(role, exclude)
+        return str(refs[self.rng.choice(len(refs), p=w)])
+
+    def not_hub(self, role: str) -> set[str]:
+        """The role's images not on Docker Hub: ad-hoc pulls go through the regional mirror,
+        which proxies Docker Hub, so its log shows docker.io pulls only."""
+        return {r for r in self.pool[role] if not r.startswith("docker.io/")}
 
     def office_time(self, day: datetime, offset: int) -> datetime:
         hour = int(self.rng.choice(24, p=_OFFICE / _OFFICE.sum()))
@@ -329,20 +343,12 @@ def generate(params: Params | None = None) -> Workload:
             ):
                 for _ in range(int(c)):
                     run_id += 1
-                    role = str(rng.choice(["lang", "base", "service", "tool"]))
+                    role = str(rng.choice(ADHOC_ROLES))
                     t = day + timedelta(
                         hours=hour - offsets[region], minutes=float(rng.uniform(0, 60))
                     )
-                    # The regional mirror proxies Docker Hub: its log shows docker.io pulls.
-                    other = {r for r in g.pool[role] if not r.startswith("docker.io/")}
-                    pull(
-                        t,
-                        "",
-                        region,
-                        run_id,
-                        Use(g.zipf_pick(role, other), "adhoc", t),
-                        "distribution",
-                    )
+                    ref = g.zipf_pick(role, g.not_hub(role))
+                    pull(t, "", region, run_id, Use(ref, "adhoc", t), "distribution")
             day += DAY
     pulls = pd.DataFrame(
         rows,
@@ -383,7 +389,13 @@ def generate(params: Params | None = None) -> Workload:
             if wd == p.move_weekday:
                 label(region, day, "tag_move")
         day += DAY
-    return Workload(p, g.catalogue, pipelines, pulls, static_refs(pipelines), labels)
+    # Each tag's share of the ad-hoc pulls (a role drawn uniformly, then Zipf within it).
+    adhoc_share: dict[str, float] = {}
+    for role in ADHOC_ROLES:
+        refs, weights = g.zipf_weights(role, g.not_hub(role))
+        for ref, w in zip(refs, weights, strict=True):
+            adhoc_share[ref] = adhoc_share.get(ref, 0.0) + float(w) / len(ADHOC_ROLES)
+    return Workload(p, g.catalogue, pipelines, pulls, static_refs(pipelines), labels, adhoc_share)
 
 
 _FILES = {"base": "Dockerfile", "service": "docker-compose.yml", "deploy": "k8s/deployment.yaml"}
