@@ -125,13 +125,15 @@ class Features:
     last 7 days, summed over sources), moves (the (age in days, UTC hour) at which each
     digest after the key's first one in the lookback was first pulled: the tag's moves).
     ``daily[k, a]`` is pulls ``a`` days before the target day (column 0 unused), ``hourly[k,
-    h]`` pulls by UTC hour over the lookback. ``region_start`` is each region's first day;
+    h]`` pulls by UTC hour over the lookback, ``weekday_hourly`` the same over its weekdays
+    (Monday to Friday). ``region_start`` is each region's first day;
     ``older`` aggregates tagged pulls before the lookback per (region, image, tag): pulls
     and last day."""
 
     info: pd.DataFrame
     daily: np.ndarray
     hourly: np.ndarray
+    weekday_hourly: np.ndarray
     region_start: dict[str, pd.Timestamp]
     older: pd.DataFrame
 
@@ -218,6 +220,10 @@ def usage_features(
     daily = daily.reshape(n, width)
     hourly = np.bincount(k3[recent] * 24 + hour[recent], weights=pulls[recent], minlength=n * 24)
     hourly = hourly.reshape(n, 24)
+    weekday = recent & ((day // 86_400_000_000_000 + 3) % 7 < 5)  # 1970-01-01 was a Thursday
+    weekday_hourly = np.bincount(
+        k3[weekday] * 24 + hour[weekday], weights=pulls[weekday], minlength=n * 24
+    ).reshape(n, 24)
 
     # First and last pull of each (key, digest), over the lookback: one pass for both.
     span = pd.Series(stamp[recent]).groupby(k4[recent]).agg(["min", "max"])
@@ -278,6 +284,7 @@ def usage_features(
         info[active].reset_index(drop=True),
         daily[active],
         hourly[active],
+        weekday_hourly[active],
         region_start,
         older.reset_index(drop=True),
     )

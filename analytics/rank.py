@@ -5,6 +5,9 @@ Pure functions over frames; ``now`` is always passed in. For every (region, imag
 * **decayed frequency** of daily pulls (half-life ``half_life_days``), computed over the days
   of the same kind as the day predicted (weekdays for a weekday, weekend days for a
   weekend day), so a Monday is predicted from last week's working days, not the weekend;
+  a weekend day leans on the weekdays hour by hour (scheduled jobs run every day, people
+  push on weekdays: each hour keeps the region's weekend share of its weekday pulls), as
+  two weekend days a week are too few to tell a nightly job from a quiet one;
 * **day-of-week** factor (weekly release trains pull on one day only), shrunk toward 1;
 * **hour-of-day** profile, for the share of a day's pulls that falls inside a window;
 * **recency**: the decay itself, plus the last pull shown in the reasons; a key's history
@@ -23,8 +26,8 @@ Pure functions over frames; ``now`` is always passed in. For every (region, imag
   on a weekly schedule is expected to move again on that weekday at that hour: ``stay`` is
   the share of the day's pulls expected before the move (after it, the new digest's own
   layers were not warmed at midnight), 1 for tags with no such pattern;
-* **migrations**: when files name a newer tag of a repository recently, that tag gets at
-  least its share of the files naming the repository, taken from the other tags.
+* **migrations**: when files name a newer tag of a repository within the lookback, the
+  repository's predicted pulls are split between its tags by their pulls of the last days.
 """
 
 from __future__ import annotations
@@ -63,8 +66,11 @@ class RankParams:
     lookback_days: int = 28
     dow_shrink: float = 3.0  # pseudo-weeks pulling the day-of-week factor toward 1
     kind_shrink: float = 1.0  # pseudo-days pulling a weekday/weekend mean toward all days
+    weekend_shrink: float = 40.0  # pseudo-days pulling a weekend mean toward the weekdays'
     hour_shrink: float = 24.0  # pseudo-pulls pulling an image's hours toward the region's
-    migration_days: int = 14  # a newer tag named this recently is a migration in progress
+    # A newer tag named this recently is a migration in progress: as long as the lookback,
+    # since the old tag's decayed history outlives a migration spread over two weeks.
+    migration_days: int = 28
     prior_half_life_days: float = 7.0
     long_memory: float = 0.01  # weight of the daily rate of images not pulled in the lookback
     key_history: bool = True  # a key's history starts at its first pull in the lookback
@@ -83,38 +89,42 @@ def _day_estimates(
     day: pd.Timestamp,
     p: RankParams,
     groups: np.ndarray,
+    weekend: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Expected pulls on ``day`` per key, and the day-of-week factor applied.
 
     The decayed mean over days of the same kind (weekday or weekend) is shrunk toward the
     decayed mean over all days times the region's ratio between the two (``groups`` holds
-    each key's region number), so a thin weekend history borrows from the week.
+    each key's region number), so a thin weekend history borrows from the week. For a
+    weekend day, ``weekend`` (``_weekend_from_weekdays``, -1 where unknown) is the target
+    instead: two weekend days a week are too few to tell a nightly job from a quiet one.
     """
     ages = np.arange(daily.shape[1])
     dows = np.array([(target - int(a) * DAY).dayofweek for a in ages])
-    weekend = day.dayofweek >= 5
-    same = ((dows >= 5) == weekend) & (ages >= 1)
+    is_weekend = day.dayofweek >= 5
+    same = ((dows >= 5) == is_weekend) & (ages >= 1)
     weights = np.where(same, 0.5 ** ((ages - 1) / p.half_life_days), 0.0)
     w = valid * weights  # valid: (keys, ages) days inside the region's history
     denom = w.sum(axis=1)
-    same_est = np.divide((daily * w).sum(axis=1), denom, out=np.zeros(len(daily)), where=denom > 0)
+    zeros = np.zeros(len(daily))
+    same_est = np.divide((daily * w).sum(axis=1), denom, out=zeros.copy(), where=denom > 0)
     w_all = valid * np.where(ages >= 1, 0.5 ** ((ages - 1) / p.half_life_days), 0.0)
     d_all = w_all.sum(axis=1)
-    all_est = np.divide(
-        (daily * w_all).sum(axis=1), d_all, out=np.zeros(len(daily)), where=d_all > 0
-    )
+    all_est = np.divide((daily * w_all).sum(axis=1), d_all, out=zeros.copy(), where=d_all > 0)
     n_groups = int(groups.max()) + 1 if len(groups) else 0
     num = np.bincount(groups, weights=same_est, minlength=n_groups)
     den = np.bincount(groups, weights=all_est, minlength=n_groups)
     ratio = np.divide(num, den, out=np.ones(n_groups), where=den > 0)[groups]
     c = p.kind_shrink
     est = (denom * same_est + c * ratio * all_est) / (denom + c)
+    if is_weekend and weekend is not None:
+        c = p.weekend_shrink
+        est = np.where(weekend >= 0, (denom * same_est + c * weekend) / (denom + c), est)
     # Day-of-week factor: the decayed mean on that weekday over the decayed mean on days
     # of its kind, shrunk toward 1 by ``dow_shrink`` pseudo-weeks.
     w_dow = w * (dows == day.dayofweek)
     n_dow = (valid * (same & (dows == day.dayofweek))).sum(axis=1)
     sum_dow = w_dow.sum(axis=1)
-    zeros = np.zeros(len(daily))
     mean_dow = np.divide((daily * w_dow).sum(axis=1), sum_dow, out=zeros.copy(), where=sum_dow > 0)
     k = p.dow_shrink
     factor = np.divide(
@@ -124,6 +134,51 @@ def _day_estimates(
         where=est > 0,
     )
     return est * factor, factor
+
+
+def _weekend_from_weekdays(
+    daily: np.ndarray,
+    valid: np.ndarray,
+    target: pd.Timestamp,
+    weekday_hourly: np.ndarray,
+    hourly: np.ndarray,
+    groups: np.ndarray,
+    p: RankParams,
+) -> np.ndarray:
+    """A weekend day's pulls per key from its weekdays, hour by hour (-1: no weekdays).
+
+    Scheduled jobs run every day at their hour; people push on weekdays. So each UTC hour
+    keeps, on a weekend day, the share of its weekday pulls that the whole region keeps
+    in that hour (about all of them at night, a few at the office peak), and a key's
+    weekend day is its decayed weekday rate spread over its weekday hours, each hour
+    weighted by that share: a key pulled at 3 a.m. keeps its rate, one pulled at 10 a.m.
+    keeps a few per cent, whatever its own two weekend days a week happened to show.
+    """
+    ages = np.arange(daily.shape[1])
+    dows = np.array([(target - int(a) * DAY).dayofweek for a in ages])
+    weekday = valid * ((dows < 5) & (ages >= 1))
+    weekend = valid * ((dows >= 5) & (ages >= 1))
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    keep = np.zeros((n_groups, 24))
+    weekend_hourly = np.maximum(hourly - weekday_hourly, 0.0)
+    for g in range(n_groups):
+        mine = groups == g
+        # The region's days: those of its longest-lived key.
+        n_weekdays = max(float(weekday[mine].sum(axis=1).max()), 1.0)
+        n_weekend = max(float(weekend[mine].sum(axis=1).max()), 1.0)
+        per_weekday = weekday_hourly[mine].sum(axis=0) / n_weekdays
+        per_weekend = weekend_hourly[mine].sum(axis=0) / n_weekend
+        keep[g] = np.divide(per_weekend, per_weekday, out=np.zeros(24), where=per_weekday > 0)
+    w = weekday * 0.5 ** (np.maximum(ages - 1, 0) / p.half_life_days)
+    denom = w.sum(axis=1)
+    zeros = np.zeros(len(daily))
+    rate = np.divide((daily * w).sum(axis=1), denom, out=zeros.copy(), where=denom > 0)
+    total = weekday_hourly.sum(axis=1)
+    share = np.divide(
+        weekday_hourly, total[:, None], out=np.zeros_like(weekday_hourly), where=total[:, None] > 0
+    )
+    kept = (share * keep[groups]).sum(axis=1) if len(daily) else zeros
+    return np.where((total > 0) & (denom > 0), rate * kept, -1.0)
 
 
 RECENT_DAYS = 3  # days behind the split between tags, each worth half the next
@@ -220,7 +275,8 @@ def rank(
     groups = (
         pd.factorize(info["region"])[0].astype(np.int64) if len(info) else np.zeros(0, np.int64)
     )
-    score, factor = _day_estimates(daily, valid, target, target, p, groups)
+    weekend = _weekend_from_weekdays(daily, valid, target, feats.weekday_hourly, hourly, groups, p)
+    score, factor = _day_estimates(daily, valid, target, target, p, groups, weekend)
     region_prof = pd.DataFrame(hourly).groupby(info["region"].to_numpy()).sum()
     window_score = np.zeros(len(info))
     profile = np.zeros_like(hourly)
@@ -240,7 +296,7 @@ def rank(
             int(np.ceil((hi - day) / pd.Timedelta(hours=1))),
         )
         hours[first_h:last_h] = 1.0
-        est, _ = _day_estimates(daily, valid, target, day, p, groups)
+        est, _ = _day_estimates(daily, valid, target, day, p, groups, weekend)
         window_score += est * (profile @ hours)
         day += DAY
     stay, move_at = _stay(info, profile, target, first_valid)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analytics.rank import rank, target_day
+from analytics.rank import RankParams, rank, target_day
 from analytics.rankings import latest_ranking, save_ranking
 
 PY = "docker.io/library/python"
@@ -103,6 +103,27 @@ def test_weekday_and_weekend_seasonality() -> None:
     assert saturday.set_index("image").loc[PY, "score"] < 1.4
 
 
+def test_a_weekend_day_follows_the_hours_that_run_every_day() -> None:
+    weekdays = pd.DatetimeIndex([d for d in WEEKS if d.dayofweek < 5])
+    weekends = pd.DatetimeIndex([d for d in WEEKS if d.dayofweek >= 5])
+    rows = (
+        daily(PY, "3.12", weekdays, 14)  # people: 14 a weekday at 10h ...
+        + daily(PY, "3.12", weekends, 1)  # ... and one on a weekend day
+        + daily(NODE, "20", WEEKS, 10, hour=2)  # a nightly job: 10 at 2h, every day
+        + daily(GO, "1.22", weekdays, 14)  # people again, but yesterday (Saturday) a
+        + [("2024-03-30", 10, GO, "1.22", 8)]  # retry storm: 8 pulls on a weekend day
+    )
+    sunday = pd.Timestamp("2024-03-31T00:00Z")
+    out = rank(usage(rows), None, sunday).set_index("image")
+    # Each hour keeps the region's weekend share of its weekday pulls: all of them at 2h,
+    # a fourteenth at 10h. So the nightly job keeps its rate and the storm is one day.
+    assert out.loc[NODE, "score"] == pytest.approx(10, rel=0.15)
+    assert out.loc[PY, "score"] == pytest.approx(1, rel=0.5)
+    assert out.loc[GO, "score"] < 2.5
+    own = rank(usage(rows), None, sunday, params=RankParams(weekend_shrink=0.0))
+    assert out.loc[GO, "score"] < own.set_index("image").loc[GO, "score"] / 2
+
+
 def test_weekly_release_train_day_of_week_factor() -> None:
     thursdays = [d for d in WEEKS if d.dayofweek == 3]
     frame = usage(daily(GO, "1.22", pd.DatetimeIndex(thursdays), 30) + daily(PY, "3.12", WEEKS, 3))
@@ -194,6 +215,23 @@ def test_migration_to_newer_tag_shifts_demand() -> None:
     plain = rank(frame, None, NOW).set_index("tag")
     assert plain.loc["3.12", "score"] < 0.8 * plain.loc["3.11", "score"]
     assert "migration" not in plain.loc["3.12", "reasons"]
+
+
+def test_a_migration_named_three_weeks_ago_still_splits_by_the_latest_pulls() -> None:
+    # Named on 8 March; users moved over two weeks; by April 3.11 is nearly gone, but its
+    # decayed history from mid-March would still give it a third of the repository.
+    days = list(WEEKS)
+    old = [(str(d.date()), 10, PY, "3.11", max(1, 20 - 2 * n)) for n, d in enumerate(days)]
+    new = [(str(d.date()), 10, PY, "3.12", min(19, 2 * n)) for n, d in enumerate(days) if n]
+    refs = static(
+        [
+            ("a/Dockerfile", PY, "3.12", "2024-03-08T10:00Z"),
+            ("b/Dockerfile", PY, "3.11", "2023-01-01T00:00Z"),
+        ]
+    )
+    out = rank(usage(old + new), refs, NOW).set_index("tag")
+    assert out.loc["3.11", "score"] < 0.1 * out.loc["3.12", "score"]
+    assert "migration 3.11->3.12" in out.loc["3.12", "reasons"]
 
 
 def test_target_day() -> None:
