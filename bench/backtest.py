@@ -70,6 +70,7 @@ def _cells(summary: Any, days: Any, strategy: str, rate: str) -> dict[str, Any]:
             "margin": {b: round(row[f"over_{b}"], 4) for b in BASELINES},
             "best_baseline": best,
             "over_best": round(row[f"over_{best}"], 4),
+            "below_best": bool(row[f"over_{best}"] < 0),  # unrounded
             "over_best_ci95": [round(lo, 4), round(hi, 4)],
             "days": int(summary[summary["kind"] == row["kind"]]["days"].iloc[0]),
         }
@@ -77,7 +78,7 @@ def _cells(summary: Any, days: Any, strategy: str, rate: str) -> dict[str, Any]:
 
 
 def _below(cells: dict[str, Any]) -> list[str]:
-    return sorted(k for k, v in cells.items() if v["over_best"] < 0)
+    return sorted(k for k, v in cells.items() if v["below_best"])
 
 
 def run(weeks: int, seed: int, budget: int) -> dict[str, Any]:
@@ -121,7 +122,7 @@ def run(weeks: int, seed: int, budget: int) -> dict[str, Any]:
             "expected_over_best": {k: v["over_best"] for k, v in expected.items()},
             "targets": {
                 "of_oracle_ge_0.9_every_kind": all(v["of_oracle"] >= 0.9 for v in kinds.values()),
-                "ge_best_baseline_every_kind": all(v["over_best"] >= 0 for v in kinds.values()),
+                "ge_best_baseline_every_kind": not _below(kinds),
                 "kinds_below_best_baseline": _below(kinds),
                 # Below with the whole 95 % interval under zero: not the luck of a few days.
                 "kinds_significantly_below_best_baseline": sorted(
