@@ -8,7 +8,8 @@ Pure functions over frames; ``now`` is always passed in. For every (region, imag
   a weekend day leans on the weekdays hour by hour (scheduled jobs run every day, people
   push on weekdays: each hour keeps the region's weekend share of its weekday pulls), as
   two weekend days a week are too few to tell a nightly job from a quiet one;
-* **day-of-week** factor (weekly release trains pull on one day only), shrunk toward 1;
+* **day-of-week** factor (weekly release trains pull on one day only), shrunk toward 1,
+  and only where the weekday differs from its kind by more than Poisson noise;
 * **hour-of-day** profile, for the share of a day's pulls that falls inside a window;
 * **recency**: the decay itself, plus the last pull shown in the reasons; a key's history
   starts at its first pull in the lookback, so an image adopted on Wednesday is not
@@ -65,6 +66,7 @@ class RankParams:
     half_life_days: float = 4.0
     lookback_days: int = 28
     dow_shrink: float = 3.0  # pseudo-weeks pulling the day-of-week factor toward 1
+    dow_z: float = 3.0  # Poisson deviations a weekday must differ by to get a factor at all
     kind_shrink: float = 1.0  # pseudo-days pulling a weekday/weekend mean toward all days
     weekend_shrink: float = 40.0  # pseudo-days pulling a weekend mean toward the weekdays'
     hour_shrink: float = 24.0  # pseudo-pulls pulling an image's hours toward the region's
@@ -121,9 +123,14 @@ def _day_estimates(
         c = p.weekend_shrink
         est = np.where(weekend >= 0, (denom * same_est + c * weekend) / (denom + c), est)
     # Day-of-week factor: the decayed mean on that weekday over the decayed mean on days
-    # of its kind, shrunk toward 1 by ``dow_shrink`` pseudo-weeks.
-    w_dow = w * (dows == day.dayofweek)
-    n_dow = (valid * (same & (dows == day.dayofweek))).sum(axis=1)
+    # of its kind, shrunk toward 1 by ``dow_shrink`` pseudo-weeks; kept only where the
+    # weekday's pulls over the lookback differ from what the mean of its kind gives by more
+    # than ``dow_z`` Poisson deviations. A release train (3-5 times its weekday mean)
+    # passes at once; the week-to-week noise of a busy image on an ordinary weekday does
+    # not, where it used to move big images across the budget edge.
+    on = valid * (same & (dows == day.dayofweek))
+    w_dow = w * on
+    n_dow = on.sum(axis=1)
     sum_dow = w_dow.sum(axis=1)
     mean_dow = np.divide((daily * w_dow).sum(axis=1), sum_dow, out=zeros.copy(), where=sum_dow > 0)
     k = p.dow_shrink
@@ -133,6 +140,12 @@ def _day_estimates(
         out=np.ones(len(daily)),
         where=est > 0,
     )
+    of_kind = valid * same
+    n_kind = of_kind.sum(axis=1)
+    mean_kind = np.divide((daily * of_kind).sum(axis=1), n_kind, out=zeros.copy(), where=n_kind > 0)
+    usual = n_dow * mean_kind
+    deviation = np.abs((daily * on).sum(axis=1) - usual) / np.sqrt(np.maximum(usual, 1.0))
+    factor = np.where(deviation > p.dow_z, factor, 1.0)
     return est * factor, factor
 
 

@@ -135,6 +135,19 @@ def test_weekly_release_train_day_of_week_factor() -> None:
     assert friday.loc[GO, "score"] < out.loc[GO, "score"] / 3
 
 
+def test_a_weekday_within_poisson_noise_gets_no_factor() -> None:
+    # 20 a weekday, 24 on Thursdays: over four Thursdays 16 pulls above the usual 80, which
+    # Poisson noise on 80 pulls gives as often as not. A busy image at the budget edge must
+    # not move on so little evidence.
+    weekdays = pd.DatetimeIndex([d for d in WEEKS if d.dayofweek < 5])
+    rows = [(str(d.date()), 10, PY, "3.12", 24 if d.dayofweek == 3 else 20) for d in weekdays]
+    thursday = pd.Timestamp("2024-03-28T00:00Z")
+    out = rank(usage(rows), None, thursday).iloc[0]
+    assert out["score"] == pytest.approx(20.8, rel=0.03)
+    noisy = rank(usage(rows), None, thursday, params=RankParams(dow_z=0.0)).iloc[0]
+    assert noisy["score"] > out["score"] + 0.5
+
+
 def test_only_data_before_now_is_used() -> None:
     frame = usage([*daily(PY, "3.12", WEEKS, 5), ("2024-04-01", 3, NODE, "20", 1000)])
     out = rank(frame, None, NOW)
