@@ -221,9 +221,12 @@ def usage_features(
     hourly = np.bincount(k3[recent] * 24 + hour[recent], weights=pulls[recent], minlength=n * 24)
     hourly = hourly.reshape(n, 24)
     weekday = recent & ((day // 86_400_000_000_000 + 3) % 7 < 5)  # 1970-01-01 was a Thursday
-    weekday_hourly = np.bincount(
-        k3[weekday] * 24 + hour[weekday], weights=pulls[weekday], minlength=n * 24
-    ).reshape(n, 24)
+    # float64 even without a weekday pull (bincount of nothing with weights gives int64).
+    weekday_hourly = (
+        np.bincount(k3[weekday] * 24 + hour[weekday], weights=pulls[weekday], minlength=n * 24)
+        .astype(np.float64)
+        .reshape(n, 24)
+    )
 
     # First and last pull of each (key, digest), over the lookback: one pass for both.
     span = pd.Series(stamp[recent]).groupby(k4[recent]).agg(["min", "max"])

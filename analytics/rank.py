@@ -116,7 +116,9 @@ def _day_estimates(
     n_groups = int(groups.max()) + 1 if len(groups) else 0
     num = np.bincount(groups, weights=same_est, minlength=n_groups)
     den = np.bincount(groups, weights=all_est, minlength=n_groups)
-    ratio = np.divide(num, den, out=np.ones(n_groups), where=den > 0)[groups]
+    # A region with no day of that kind yet (logs of one weekend) has no ratio: 1.
+    seen_kind = np.bincount(groups, weights=denom > 0, minlength=n_groups) > 0
+    ratio = np.divide(num, den, out=np.ones(n_groups), where=(den > 0) & seen_kind)[groups]
     c = p.kind_shrink
     est = (denom * same_est + c * ratio * all_est) / (denom + c)
     if is_weekend and weekend is not None:

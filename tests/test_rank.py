@@ -124,6 +124,16 @@ def test_a_weekend_day_follows_the_hours_that_run_every_day() -> None:
     assert out.loc[GO, "score"] < own.set_index("image").loc[GO, "score"] / 2
 
 
+def test_a_history_of_weekend_days_only_ranks() -> None:
+    # Logs of one weekend: no weekday pull anywhere in the lookback. Monday is predicted
+    # from the weekend as it is (no ratio between the kinds to scale it by), not as zero.
+    rows = [("2024-03-30", 10, PY, "3.12", 3), ("2024-03-30", 2, NODE, "20", 5)]
+    for now in ("2024-03-31T00:00Z", "2024-04-01T00:00Z"):
+        out = rank(usage(rows), None, pd.Timestamp(now))
+        assert set(out["image"]) == {PY, NODE}
+        assert (out["score"] > 0).all()
+
+
 def test_weekly_release_train_day_of_week_factor() -> None:
     thursdays = [d for d in WEEKS if d.dayofweek == 3]
     frame = usage(daily(GO, "1.22", pd.DatetimeIndex(thursdays), 30) + daily(PY, "3.12", WEEKS, 3))
