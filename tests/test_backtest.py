@@ -133,6 +133,7 @@ def small_history() -> tuple[pd.DataFrame, pd.DataFrame]:
         1_500 * MB,
         work.catalogue,
         labels=work.labels,
+        expected=lambda day: expected_demand(work, "eu", day),
     )
     return days, summarise(days)
 
@@ -246,27 +247,14 @@ def test_expected_score_follows_the_pulls_before_and_after_a_tag_moves() -> None
     assert unmoved["exp_hit_bytes"] == pytest.approx(10 * 110 * MB)
 
 
-@pytest.fixture(scope="module")
-def expected_history() -> pd.DataFrame:
-    work = generate(Params(weeks=3, seed=3, pipelines_per_region=15))
-    return backtest(
-        usage_from_pulls(work.pulls),
-        work.static,
-        "eu",
-        1_500 * MB,
-        work.catalogue,
-        labels=work.labels,
-        expected=lambda day: expected_demand(work, "eu", day),
-    )
-
-
-def test_expected_scores_and_the_ideal_predictor(expected_history: pd.DataFrame) -> None:
-    days = expected_history
+def test_expected_scores_and_the_ideal_predictor(
+    small_history: tuple[pd.DataFrame, pd.DataFrame],
+) -> None:
+    days, summary = small_history
     assert set(days["strategy"]) == {"model", "yesterday", "frequency", "static", "oracle", "ideal"}
     # One expected demand per day, whatever the strategy warmed.
     assert (days.groupby("day")["exp_bytes"].nunique() == 1).all()
     assert (days["exp_hit_bytes"] <= days["exp_bytes"]).all()
-    summary = summarise(days)
     exp = summary[summary["kind"] == "all"].set_index("strategy")["expected_byte_hit_rate"]
     # The ideal knows the rates: in expectation it beats every strategy that guesses them,
     # and the model beats every baseline.
