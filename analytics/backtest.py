@@ -400,15 +400,15 @@ def summarise(days: pd.DataFrame) -> pd.DataFrame:
 def margins(
     summary: pd.DataFrame, strategy: str = "model", rate: str = "byte_hit_rate"
 ) -> pd.DataFrame:
-    """Per kind: the strategy's ``rate`` (a column of ``summarise``), its ratio to the
-    oracle's, and its margin over each baseline. The columns are named for the model
-    (``model``, ``of_oracle``, ``over_<baseline>``) whichever strategy is asked for."""
+    """Per kind: the strategy's ``rate`` (a column of ``summarise``) in a column named for
+    the strategy, its ratio to the oracle's (``of_oracle``), and its margin over each
+    baseline (``over_<baseline>``)."""
     rows = []
     for kind, sel in summary.groupby("kind", sort=False):
         rates = dict(zip(sel["strategy"], sel[rate], strict=True))
         row: dict[str, object] = {
             "kind": kind,
-            "model": rates.get(strategy),
+            strategy: rates.get(strategy),
             "oracle": rates.get("oracle"),
         }
         row["of_oracle"] = rates[strategy] / rates["oracle"] if rates.get("oracle") else np.nan

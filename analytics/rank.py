@@ -186,13 +186,12 @@ def _weekend_from_weekdays(
         keep[g] = np.divide(per_weekend, per_weekday, out=np.zeros(24), where=per_weekday > 0)
     w = weekday * 0.5 ** (np.maximum(ages - 1, 0) / p.half_life_days)
     denom = w.sum(axis=1)
-    zeros = np.zeros(len(daily))
-    rate = np.divide((daily * w).sum(axis=1), denom, out=zeros.copy(), where=denom > 0)
+    rate = np.divide((daily * w).sum(axis=1), denom, out=np.zeros(len(daily)), where=denom > 0)
     total = weekday_hourly.sum(axis=1)
     share = np.divide(
         weekday_hourly, total[:, None], out=np.zeros_like(weekday_hourly), where=total[:, None] > 0
     )
-    kept = (share * keep[groups]).sum(axis=1) if len(daily) else zeros
+    kept = (share * keep[groups]).sum(axis=1)
     return np.where((total > 0) & (denom > 0), rate * kept, -1.0)
 
 

@@ -64,7 +64,7 @@ def _cells(summary: Any, days: Any, strategy: str, rate: str) -> dict[str, Any]:
         best = max(BASELINES, key=lambda b: -row[f"over_{b}"])
         lo, hi = margin_interval(days, row["kind"], strategy, best, hit=hit, total=total)
         cells[row["kind"]] = {
-            strategy: round(row["model"], 4),
+            strategy: round(row[strategy], 4),
             "oracle": round(row["oracle"], 4),
             "of_oracle": round(row["of_oracle"], 4),
             "margin": {b: round(row[f"over_{b}"], 4) for b in BASELINES},

@@ -263,5 +263,5 @@ def test_expected_scores_and_the_ideal_predictor(
     for baseline in ("yesterday", "frequency", "static"):
         assert exp["model"] >= exp[baseline], baseline
     table = margins(summary, "ideal", "expected_byte_hit_rate").set_index("kind")
-    assert table.loc["all", "model"] == pytest.approx(exp["ideal"])
+    assert table.loc["all", "ideal"] == pytest.approx(exp["ideal"])
     assert table.loc["all", "over_yesterday"] == pytest.approx(exp["ideal"] - exp["yesterday"])
