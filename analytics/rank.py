@@ -346,16 +346,15 @@ def _static_adjust(
     # A tag first named anywhere recently: a migration in progress toward it.
     recent = earliest[earliest >= now - p.migration_days * DAY]
     window_frac = min(1.0, (w_end - w_start) / DAY)
+    migrating = set(recent.index.get_level_values(0))
     extra: list[dict[str, object]] = []
     for reg in regions:
         mine = out["region"] == reg
         used = out[mine & (out["pin"] == "")]
         per_pipe = (used["score"] / used["pipelines"].clip(lower=1)).replace(0, np.nan).median()
         prior_rate = float(per_pipe) if per_pipe == per_pipe else 1.0
-        for image, tags in used.groupby("image").groups.items():
-            named_all = files.loc[image] if image in files.index.get_level_values(0) else None
-            if named_all is None or not any((image, t) in recent.index for t in named_all.index):
-                continue
+        for image, tags in used[used["image"].isin(migrating)].groupby("image").groups.items():
+            named_all = files.loc[image]
             for variant in {_variant(t) for t in named_all.index if (image, t) in recent.index}:
                 named = named_all[[_variant(t) == variant for t in named_all.index]]
                 rows = [i for i in tags if _variant(out.at[i, "tag"]) == variant]
