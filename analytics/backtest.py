@@ -25,10 +25,17 @@ With ``expected`` (a day's expected demand, known for a generated workload: see
 ``analytics.generate.expected``), every warm set is also scored against that expectation
 (``exp_bytes``, ``exp_hit_bytes``: the day's random draw removed), and the ``ideal``
 strategy ranks by it: a predictor that knows the workload's rates but not the day's draw.
+``ideal_noisy`` ranks by the same rates blurred by the Poisson noise of as many days of
+data as the model's decayed mean effectively holds (``effective_days``): a predictor that
+knows everything about the workload but must measure each image's level from one history,
+as any predictor must. It is a yardstick, not a strategy to run: the cells where it falls
+below a baseline in expectation show how many a perfect model of the workload loses to
+the noise of its data.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,7 +50,7 @@ from analytics.rank import RankParams, rank
 DAY = pd.Timedelta(days=1)
 Layer = tuple[str, int]
 DEFAULT_IMAGE_BYTES = 250_000_000  # size model for an image without layer data
-STRATEGIES = ("model", "yesterday", "frequency", "static", "oracle", "ideal")
+STRATEGIES = ("model", "yesterday", "frequency", "static", "oracle", "ideal", "ideal_noisy")
 BASELINES = ("yesterday", "frequency", "static")
 Demand = Callable[[pd.Timestamp], pd.DataFrame]  # a day -> image, tag, pulls, real, stay
 KINDS = (
@@ -280,6 +287,30 @@ def _ideal(demand: Demand) -> Strategy:
     return run
 
 
+def effective_days(p: RankParams) -> float:
+    """Days of data the model's decayed mean holds: the effective sample size of its weights
+    over the lookback, (sum w)^2 / sum w^2, times the share of days of one kind (5 in 7)."""
+    ages = np.arange(1, p.lookback_days + 1)
+    w = 0.5 ** ((ages - 1) / p.half_life_days)
+    return float(w.sum() ** 2 / (w**2).sum() * 5 / 7)
+
+
+def noisy_ideal(demand: Demand, days: float, region: str) -> Strategy:
+    ideal = _ideal(demand)
+
+    def run(
+        before: pd.DataFrame, static: pd.DataFrame, day: pd.Timestamp, actual: pd.DataFrame
+    ) -> pd.DataFrame:
+        out = ideal(before, static, day, actual)
+        d = demand(day)
+        # One draw per (region, day), the same in every run.
+        rng = np.random.default_rng([zlib.crc32(region.encode()), int(day.value // 10**9)])
+        seen = rng.poisson(d["real"].to_numpy() * days) / days
+        return out.assign(score=seen + 1e-3 * d["pulls"].to_numpy())
+
+    return run
+
+
 def derive_kinds(
     usage: pd.DataFrame, region: str, days: list[pd.Timestamp]
 ) -> dict[pd.Timestamp, set[str]]:
@@ -312,7 +343,8 @@ def backtest(
     expected: Demand | None = None,
 ) -> pd.DataFrame:
     """One row per (day, strategy): pulls, hits, bytes, hit bytes and the day's kinds; with
-    ``expected``, also the expected bytes and hit bytes, and the ``ideal`` strategy."""
+    ``expected``, also the expected bytes and hit bytes, and the ``ideal`` and
+    ``ideal_noisy`` strategies."""
     u = normalise_usage(usage)
     u = u[u["region"] == region]
     st = normalise_static(static)
@@ -334,6 +366,9 @@ def backtest(
     if expected is not None:
         demand = _memo(expected)
         strategies["ideal"] = _ideal(demand)
+        strategies["ideal_noisy"] = noisy_ideal(
+            demand, effective_days(params or RankParams()), region
+        )
     rows = []
     for day in days:
         before = u[u["day"] < day]

@@ -196,11 +196,11 @@ def report(
             if w.end > day_end:
                 break
             lo, hi = real(w.start), real(w.end)
-            used = [
+            in_window = [
                 r.id for r in runs
                 if r.region == region and (s := as_utc(r.started_at)) and lo <= s < hi
             ]  # fmt: skip
-            out.append({"start": w.start.isoformat(), "runs": used})
+            out.append({"start": w.start.isoformat(), "runs": in_window})
         windows[region] = out
     intervals: list[tuple[str, str, float, float]] = []
     outcomes: Counter[str] = Counter()

@@ -14,15 +14,18 @@ from analytics.backtest import (
     Sizes,
     backtest,
     choose,
+    effective_days,
     expected_score,
     margin_interval,
     margins,
+    noisy_ideal,
     score_day,
     summarise,
 )
 from analytics.frames import usage_from_pulls
 from analytics.generate.expected import expected_demand
 from analytics.generate.workload import Params, generate
+from analytics.rank import RankParams
 from analytics.rankings import latest_ranking
 
 MB = 1_000_000
@@ -251,17 +254,71 @@ def test_expected_scores_and_the_ideal_predictor(
     small_history: tuple[pd.DataFrame, pd.DataFrame],
 ) -> None:
     days, summary = small_history
-    assert set(days["strategy"]) == {"model", "yesterday", "frequency", "static", "oracle", "ideal"}
+    assert set(days["strategy"]) == {
+        "model",
+        "yesterday",
+        "frequency",
+        "static",
+        "oracle",
+        "ideal",
+        "ideal_noisy",
+    }
     # One expected demand per day, whatever the strategy warmed.
     assert (days.groupby("day")["exp_bytes"].nunique() == 1).all()
     assert (days["exp_hit_bytes"] <= days["exp_bytes"]).all()
     exp = summary[summary["kind"] == "all"].set_index("strategy")["expected_byte_hit_rate"]
     # The ideal knows the rates: in expectation it beats every strategy that guesses them,
     # and the model beats every baseline.
-    for other in ("model", "yesterday", "frequency", "static"):
+    for other in ("model", "yesterday", "frequency", "static", "ideal_noisy"):
         assert exp["ideal"] >= exp[other], other
     for baseline in ("yesterday", "frequency", "static"):
         assert exp["model"] >= exp[baseline], baseline
     table = margins(summary, "ideal", "expected_byte_hit_rate").set_index("kind")
     assert table.loc["all", "ideal"] == pytest.approx(exp["ideal"])
     assert table.loc["all", "over_yesterday"] == pytest.approx(exp["ideal"] - exp["yesterday"])
+
+
+def test_effective_days_of_the_models_decayed_mean() -> None:
+    # Equal weights: every weekday of the lookback counts (5 of each 7 days).
+    flat = RankParams(half_life_days=1e9, lookback_days=28)
+    assert effective_days(flat) == pytest.approx(20.0)
+    # The default half-life of 4 days holds about 8 days of data; a shorter one fewer.
+    assert effective_days(RankParams()) == pytest.approx(8.14, abs=0.01)
+    assert effective_days(RankParams(half_life_days=2.0)) < effective_days(RankParams())
+
+
+def test_the_noisy_ideal_blurs_the_rates_by_the_data_it_would_have() -> None:
+    real = [400.0, 40.0, 4.0]
+    demand = pd.DataFrame(
+        {"image": ["a", "b", "c"], "tag": "1", "pulls": real, "real": real, "stay": 1.0}
+    )
+
+    def rates(day: pd.Timestamp) -> pd.DataFrame:
+        return demand
+
+    empty = pd.DataFrame()
+    day = pd.Timestamp("2024-03-05")
+    eu = noisy_ideal(rates, 8.0, "eu")
+    first = eu(empty, empty, day, empty)
+    # The same draw every run, another one in another region or on another day.
+    assert first["score"].tolist() == eu(empty, empty, day, empty)["score"].tolist()
+    assert (
+        first["score"].tolist()
+        != noisy_ideal(rates, 8.0, "us")(empty, empty, day, empty)["score"].tolist()
+    )
+    # Around the rates, by Poisson deviations of 8 days' counts (sd of 400/day: 7 per day).
+    draws = pd.concat(
+        [eu(empty, empty, day + pd.Timedelta(days=k), empty) for k in range(200)]
+    ).groupby("image")["score"]
+    assert draws.mean().to_numpy() == pytest.approx([400.4, 40.04, 4.004], rel=0.02)
+    assert draws.std().to_numpy() == pytest.approx(
+        [400**0.5 / 8**0.5, 40**0.5 / 8**0.5, 4**0.5 / 8**0.5], rel=0.2
+    )
+    # More data, less noise.
+    sharp = noisy_ideal(rates, 80.0, "eu")
+    sharp_sd = (
+        pd.concat([sharp(empty, empty, day + pd.Timedelta(days=k), empty) for k in range(200)])
+        .groupby("image")["score"]
+        .std()
+    )
+    assert (sharp_sd < draws.std()).all()
