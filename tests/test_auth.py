@@ -249,8 +249,8 @@ class TokenServer:
         authz = request.headers.get("Authorization")
         self.requests.append({"scopes": scopes, "auth": authz is not None})
         if self.users:
-            ok = authz is not None and authz.startswith("Basic ")
-            if ok:
+            ok = False
+            if authz is not None and authz.startswith("Basic "):
                 user, _, pw = base64.b64decode(authz.split(" ", 1)[1]).decode().partition(":")
                 ok = self.users.get(user) == pw
             if not ok:

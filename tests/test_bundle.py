@@ -356,7 +356,7 @@ mirrors = ["central"]
          "--to", str(dest), "--json"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    bundle = loads((dest / BUNDLE_FILE).read_text())
+    bundle = loads((dest / BUNDLE_FILE).read_bytes())
     names = sorted(f"{i.repository}:{i.tag}" for i in bundle.images)
     assert names == ["library/debian:12", "library/python:3.12"]  # the top 2, not the third
     debian = catalogue.tag("library/debian", "12").image("linux/amd64")

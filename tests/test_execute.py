@@ -24,6 +24,12 @@ def start(t: Topo, region: str, images: list[str]) -> tuple[Config, Ledger, int]
     return cfg, ledger, warm.start_run(ledger, prepared, utcnow(), None)
 
 
+def run_state(ledger: Ledger, run_id: int) -> str:
+    run = ledger.run(run_id)
+    assert run is not None, f"run {run_id} is not in the ledger"
+    return run.state
+
+
 def test_failed_parent_skips_child(topo: Topo) -> None:  # noqa: F811
     cfg, ledger, run_id = start(topo, "eu", ["redis:7.4"])
     layer = topo.box.catalogue.tag("library/redis", "7.4").image().layers[0]
@@ -35,7 +41,7 @@ def test_failed_parent_skips_child(topo: Topo) -> None:  # noqa: F811
     assert parent.state == "failed" and "not found" in parent.reason
     assert child.state == "skipped" and f"parent item {parent.seq}" in child.reason
     assert stats.failed == 1 and stats.skipped == 1 and stats.done == len(items) - 2
-    assert ledger.run(run_id).state == "failed"
+    assert run_state(ledger, run_id) == "failed"
 
 
 def test_parent_pending_at_deadline_keeps_child_pending(topo: Topo) -> None:  # noqa: F811
@@ -47,11 +53,11 @@ def test_parent_pending_at_deadline_keeps_child_pending(topo: Topo) -> None:  # 
     assert all(i.state == "pending" and i.attempts == 0 for i in items)
     assert {i.reason for i in items if i.mirror == "central"} == {"window ended before it started"}
     assert all(i.reason.startswith("waits for item") for i in items if i.mirror == "eu")
-    assert ledger.run(run_id).state == "aborted"
+    assert run_state(ledger, run_id) == "aborted"
     assert ledger.unfinished_run("eu") is not None
     # Resumed without a deadline, everything completes.
     stats = asyncio.run(warm.execute(cfg, ledger, run_id, deadline=None, settle=0))
-    assert stats.done == len(items) and ledger.run(run_id).state == "done"
+    assert stats.done == len(items) and run_state(ledger, run_id) == "done"
 
 
 def test_429_through_mirror_is_failed_with_clear_reason(
@@ -85,7 +91,7 @@ def test_429_through_mirror_is_failed_with_clear_reason(
     # distribution 2.8 answers HTTP 500 for its upstream's 429; the reason says what it was.
     assert top.state == "failed" and "upstream rate limit spent" in top.reason
     assert "HTTP 500" in top.reason
-    assert ledger.run(run_id).state == "failed"
+    assert run_state(ledger, run_id) == "failed"
 
 
 def test_retry_after_is_honoured(topo: Topo) -> None:  # noqa: F811
@@ -116,4 +122,4 @@ def test_a_failing_feed_leaves_nothing_running_and_the_run_resumable(topo: Topo)
     assert {i.state for i in items} <= {"pending", "done"}
     assert ledger.unfinished_run("eu") is not None
     stats = asyncio.run(warm.execute(cfg, ledger, run_id, deadline=None, settle=0))
-    assert stats.done == len(items) and ledger.run(run_id).state == "done"
+    assert stats.done == len(items) and run_state(ledger, run_id) == "done"

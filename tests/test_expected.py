@@ -40,7 +40,7 @@ def both(work: Workload) -> pd.DataFrame:
 
 def _close(expected: float, drawn: float) -> bool:
     # Five Poisson standard deviations plus 5 %: release trains draw 8-30 runs, not Poisson.
-    return abs(drawn - expected) <= 5 * np.sqrt(max(expected, 1.0)) + 0.05 * expected
+    return bool(abs(drawn - expected) <= 5 * np.sqrt(max(expected, 1.0)) + 0.05 * expected)
 
 
 def test_expected_pulls_match_the_drawn_ones_per_region_and_kind_of_day(

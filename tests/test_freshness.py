@@ -7,6 +7,7 @@ import re
 import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -16,6 +17,16 @@ from warmer.config import ConfigError, InvalidateHook, RefreshConfig, load, pars
 T0 = datetime(2024, 6, 1, tzinfo=UTC)
 H = timedelta(hours=1)
 A, B, C = "sha256:" + "a" * 64, "sha256:" + "b" * 64, "sha256:" + "c" * 64
+
+
+class PinPlace(TypedDict):
+    """The arguments of ``pin_advice`` that are the same for every reference of a test."""
+
+    file: str
+    line: int
+    name: str
+    tag: str | None
+    now: datetime
 
 
 def test_unchanged_tag_is_no_drift() -> None:
@@ -76,19 +87,25 @@ def test_moved_away_at_and_pin_advice() -> None:
     assert fr.moved_away_at(history, C) is None
     assert fr.moved_away_at(history, "sha256:" + "d" * 64) is None
     now = T0 + 26 * H
-    common = {"file": "Dockerfile", "line": 1, "name": "python:3.12", "tag": "3.12", "now": now}
-    moved = fr.pin_advice(reference="r", pinned=A, current=C, history=history, **common)  # type: ignore[arg-type]
+    common: PinPlace = {
+        "file": "Dockerfile",
+        "line": 1,
+        "name": "python:3.12",
+        "tag": "3.12",
+        "now": now,
+    }
+    moved = fr.pin_advice(reference="r", pinned=A, current=C, history=history, **common)
     assert moved.status == "moved" and moved.moved_at == T0 + 2 * H
     assert moved.ago_seconds == 24 * 3600 and moved.pin == f"python:3.12@{C}"
-    same = fr.pin_advice(reference="r", pinned=C, current=C, history=history, **common)  # type: ignore[arg-type]
+    same = fr.pin_advice(reference="r", pinned=C, current=C, history=history, **common)
     assert same.status == "current"
-    loose = fr.pin_advice(reference="r", pinned=None, current=C, history=[], **common)  # type: ignore[arg-type]
+    loose = fr.pin_advice(reference="r", pinned=None, current=C, history=[], **common)
     assert loose.status == "unpinned" and loose.pin == f"python:3.12@{C}"
     lost = fr.pin_advice(
         reference="r", pinned=None, current=None, history=[], error="404", **common
-    )  # type: ignore[arg-type]
+    )
     assert lost.status == "unknown" and lost.pin is None and lost.as_dict()["error"] == "404"
-    unknown_when = fr.pin_advice(reference="r", pinned=B, current=A, history=[], **common)  # type: ignore[arg-type]
+    unknown_when = fr.pin_advice(reference="r", pinned=B, current=A, history=[], **common)
     assert unknown_when.status == "moved" and unknown_when.moved_at is None
 
 

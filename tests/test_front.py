@@ -14,8 +14,8 @@ import httpx
 import pytest
 from conftest import RegistryFactory
 
-from warmer.sandbox.front import FrontConfig, FrontServer, classify, start_front
-from warmer.sandbox.frontstate import Stats, window_rates
+from warmer.sandbox.front import FrontServer, start_front
+from warmer.sandbox.frontstate import FrontConfig, Stats, classify, window_rates
 from warmer.sandbox.procs import Proc
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -50,8 +50,9 @@ def pushed(plain_registry: Proc) -> Pushed:
     repo = "fronttest/app"
     blob = random.Random(7).randbytes(300_000)
     config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [_digest(blob)]}}).encode()  # fmt: skip
-    layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "size": len(blob)}
-    layer["digest"] = _push_blob(plain_registry.url, repo, blob)
+    blob_digest = _push_blob(plain_registry.url, repo, blob)
+    layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "size": len(blob),
+             "digest": blob_digest}  # fmt: skip
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "size": len(config),
@@ -61,7 +62,7 @@ def pushed(plain_registry: Proc) -> Pushed:
     r = httpx.put(f"{plain_registry.url}/v2/{repo}/manifests/v1", content=manifest,
                   headers={"Content-Type": OCI_MANIFEST})  # fmt: skip
     assert r.status_code == 201, r.text
-    return Pushed(repo, blob, layer["digest"], manifest, _digest(manifest))
+    return Pushed(repo, blob, blob_digest, manifest, _digest(manifest))
 
 
 @pytest.fixture

@@ -90,7 +90,9 @@ def reasons(result: Plan) -> dict[str, str]:
     ("scope", "base_fetches"),
     [("repository", 2), ("global", 1)],
 )
-def test_dedupe_per_repository_or_global(scope: Literal["repository", "global"], base_fetches: int):
+def test_dedupe_per_repository_or_global(
+    scope: Literal["repository", "global"], base_fetches: int
+) -> None:
     wanted = [
         image("python", {"base": 100, "py": 50}),
         image("node", {"base": 100, "nd": 50}),
@@ -105,7 +107,7 @@ def test_dedupe_per_repository_or_global(scope: Literal["repository", "global"],
     assert result.created_at == NOW
 
 
-def test_top_down_order_and_depends_on():
+def test_top_down_order_and_depends_on() -> None:
     wanted = [image("python", {"base": 100, "py": 50}, platforms=2)]
     result = plan(wanted, CHAIN, ["regional"], [], NO_LIMIT, NOW)
     central, regional = at(result, "central"), at(result, "regional")
@@ -121,7 +123,7 @@ def test_top_down_order_and_depends_on():
         assert by_order[dep].mirror == "central" and by_order[dep].digest == item.digest
 
 
-def test_top_manifest_by_tag_the_rest_by_digest():
+def test_top_manifest_by_tag_the_rest_by_digest() -> None:
     wanted = [
         image("python", {"l": 5}, platforms=2, tag="3.12"),
         image("node", {"n": 5}, tag=None),
@@ -142,7 +144,7 @@ def short(name: str) -> str:
     return name.rsplit("/", 1)[-1].split(":")[0].split("@")[0]
 
 
-def test_shared_base_layers_make_the_next_image_cheap():
+def test_shared_base_layers_make_the_next_image_cheap() -> None:
     # Alone: a=10/1020, c=5/520 and b=6/1020, so a, c, b would be the static order. Once a
     # is planned, b (same repository) costs only its manifest and its own layer: a, b, c.
     wanted = [
@@ -158,7 +160,7 @@ def test_shared_base_layers_make_the_next_image_cheap():
     assert b_digests == ["sha256:m-b", "sha256:b"]  # the base layer is not fetched again
 
 
-def test_shared_layers_in_another_repository_are_not_free_under_repository_scope():
+def test_shared_layers_in_another_repository_are_not_free_under_repository_scope() -> None:
     wanted = [
         image("c", {"c": 510}, score=5),
         image("b", {"base": 1000, "b": 10}, score=6),
@@ -187,7 +189,9 @@ def test_shared_layers_in_another_repository_are_not_free_under_repository_scope
         (100, [], {"c": "over budget: needs 1020 B, 100 B left"}),
     ],
 )
-def test_budget_cut_with_reasons(budget: int | None, planned: list[str], skipped: dict[str, str]):
+def test_budget_cut_with_reasons(
+    budget: int | None, planned: list[str], skipped: dict[str, str]
+) -> None:
     # Multiplicity 2. a: 10+1000+10 -> 2040. b shares a's repository and base layer:
     # 2220 alone, 220 after a. c: 10+500 -> 1020. Value order: a, then b (cheap now), then c.
     wanted = [
@@ -218,7 +222,7 @@ def test_budget_cut_with_reasons(budget: int | None, planned: list[str], skipped
         (timedelta(seconds=5), set(), "window too short: "),
     ],
 )
-def test_window_cut(window: timedelta | None, planned: set[str], reason_start: str | None):
+def test_window_cut(window: timedelta | None, planned: set[str], reason_start: str | None) -> None:
     # central pulls at 40 B/s with multiplicity 2: a costs 2040 B (51 s), b 1020 B (25.5 s).
     # The regional link is uncapped, so only central's link limits the window.
     mirrors = [mirror("central", mult=2, rate=40), mirror("regional", "central")]
@@ -232,7 +236,7 @@ def test_window_cut(window: timedelta | None, planned: set[str], reason_start: s
         assert result.estimated_seconds <= window.total_seconds()
 
 
-def test_window_limits_each_link_by_its_own_rate():
+def test_window_limits_each_link_by_its_own_rate() -> None:
     # central fast, regional slow: the regional link decides.
     mirrors = [mirror("central", rate=1000), mirror("regional", "central", rate=10)]
     wanted = [image("a", {"a": 90}, score=2), image("b", {"b": 90}, score=1)]
@@ -254,7 +258,7 @@ def test_window_limits_each_link_by_its_own_rate():
         [mirror("central", prefix="hub"), mirror("regional", "central", instances=("r1", "r2"))],
     ],
 )
-def test_replanning_after_a_successful_run_yields_nothing(mirrors: list[MirrorNode]):
+def test_replanning_after_a_successful_run_yields_nothing(mirrors: list[MirrorNode]) -> None:
     wanted = [
         image("python", {"base": 100, "py": 50}, score=3, platforms=2),
         image("node", {"base": 100, "nd": 50}, score=2),
@@ -269,7 +273,7 @@ def test_replanning_after_a_successful_run_yields_nothing(mirrors: list[MirrorNo
     assert sum(again.parent_bytes_by_mirror.values()) == 0
 
 
-def test_holdings_make_held_objects_free():
+def test_holdings_make_held_objects_free() -> None:
     wanted = [image("python", {"base": 100, "py": 50})]
     held = [
         Holding("central", "library/python", "sha256:base"),
@@ -291,7 +295,7 @@ def test_holdings_make_held_objects_free():
     )
 
 
-def test_instances_are_warmed_one_by_one():
+def test_instances_are_warmed_one_by_one() -> None:
     mirrors = [
         mirror("central", instances=("c1", "c2")),
         mirror("regional", "central", instances=("r1", "r2", "r3")),
@@ -330,7 +334,7 @@ def test_instances_are_warmed_one_by_one():
     assert {i.mirror for i in again.items} == {"central"}
 
 
-def test_harbor_style_prefix_applies_to_repository_only():
+def test_harbor_style_prefix_applies_to_repository_only() -> None:
     mirrors = [
         mirror("central", prefix="dockerhub-proxy"),
         mirror("regional", "central"),
@@ -347,7 +351,7 @@ def test_harbor_style_prefix_applies_to_repository_only():
     assert {i.mirror: i.tier for i in result.items} == {"central": 0, "regional": 1, "edge": 2}
 
 
-def test_multiplicity_in_parent_cost():
+def test_multiplicity_in_parent_cost() -> None:
     mirrors = [mirror("central", mult=2), mirror("regional", "central", mult=1)]
     result = plan([image("python", {"l": 1000})], mirrors, ["regional"], [], NO_LIMIT, NOW)
     costs = {(i.mirror, i.digest): i.parent_cost for i in result.items}
@@ -367,7 +371,7 @@ def test_multiplicity_in_parent_cost():
     assert cut.items == () and cut.skipped[0].reason.startswith("over budget: needs 3.0 KiB")
 
 
-def test_two_regions_share_the_central_fetch():
+def test_two_regions_share_the_central_fetch() -> None:
     mirrors = [*CHAIN, mirror("regional-b", "central")]
     result = plan(
         [image("python", {"l": 100})], mirrors, ["regional", "regional-b"], [], NO_LIMIT, NOW
@@ -375,7 +379,7 @@ def test_two_regions_share_the_central_fetch():
     assert Counter(i.mirror for i in result.items) == {"central": 2, "regional": 2, "regional-b": 2}
 
 
-def test_upstreams_a_chain_does_not_proxy_are_skipped():
+def test_upstreams_a_chain_does_not_proxy_are_skipped() -> None:
     mirrors = [mirror("hub", upstreams=("docker.io",)), mirror("gh", upstreams=("ghcr.io",))]
     wanted = [
         image("python", {"l": 1}),
@@ -392,14 +396,14 @@ def test_upstreams_a_chain_does_not_proxy_are_skipped():
     }
 
 
-def test_nothing_resolved_is_skipped_with_a_reason():
+def test_nothing_resolved_is_skipped_with_a_reason() -> None:
     empty = WantedImage("docker.io/library/gone:1", "docker.io", "library/gone", "1", "", 5, (), ())
     result = plan([empty], [mirror("m")], ["m"], [], NO_LIMIT, NOW)
     assert result.items == ()
     assert reasons(result) == {"docker.io/library/gone:1": "nothing to fetch: no manifest resolved"}
 
 
-def test_same_content_under_two_tags_is_fetched_once():
+def test_same_content_under_two_tags_is_fetched_once() -> None:
     a = image("python", {"l": 100}, tag="3.12", score=1)
     b = WantedImage(
         "docker.io/library/python:3",
@@ -428,12 +432,14 @@ def test_same_content_under_two_tags_is_fetched_once():
         ([mirror("m", rate=0)], ["m"], "link_rate must be positive"),
     ],
 )
-def test_bad_topology_is_a_clear_error(mirrors: list[MirrorNode], targets: list[str], message: str):
+def test_bad_topology_is_a_clear_error(
+    mirrors: list[MirrorNode], targets: list[str], message: str
+) -> None:
     with pytest.raises(PlanError, match=message):
         plan([image("python", {"l": 1})], mirrors, targets, [], NO_LIMIT, NOW)
 
 
-def test_ties_are_broken_by_image_name_whatever_the_input_order():
+def test_ties_are_broken_by_image_name_whatever_the_input_order() -> None:
     wanted = [image(n, {n: 100}, score=1) for n in ("delta", "alpha", "charlie", "bravo")]
     results = [
         plan(order, CHAIN, ["regional"], [], NO_LIMIT, NOW) for order in (wanted, wanted[::-1])
@@ -560,7 +566,7 @@ def check_invariants(
 
 
 @pytest.mark.parametrize("seed", range(300))
-def test_random_plans_keep_the_invariants(seed: int):
+def test_random_plans_keep_the_invariants(seed: int) -> None:
     rng = random.Random(seed)
     wanted, mirrors, targets, holdings, budget = random_case(rng)
     result = plan(wanted, mirrors, targets, holdings, budget, NOW)
@@ -617,7 +623,7 @@ def test_retry_takes_a_big_image_worth_more_than_the_small_ones(
     planned: list[str],
     skipped: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
-):
+) -> None:
     wanted = big_and_smalls(big_score, big_layer)
     mirrors = [mirror("m", rate=10)]
     result = plan(wanted, mirrors, ["m"], [], budget, NOW)
@@ -635,7 +641,9 @@ def test_retry_takes_a_big_image_worth_more_than_the_small_ones(
     assert [short(i) for i in greedy.images] == ["s1", "s2", "s3"]
 
 
-def test_retry_only_tries_the_most_valuable_left_out_images(monkeypatch: pytest.MonkeyPatch):
+def test_retry_only_tries_the_most_valuable_left_out_images(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     wanted = big_and_smalls(10)
     budget = Budget(1000, None)
     monkeypatch.setattr("warmer.plan.RETRIES", 1)
@@ -656,7 +664,7 @@ def test_retry_only_tries_the_most_valuable_left_out_images(monkeypatch: pytest.
 @pytest.mark.parametrize("seed", range(100))
 def test_no_binding_budget_plans_exactly_as_the_plain_greedy(
     seed: int, monkeypatch: pytest.MonkeyPatch
-):
+) -> None:
     wanted, mirrors, targets, holdings, _ = random_case(random.Random(seed))
     full = plan(wanted, mirrors, targets, holdings, NO_LIMIT, NOW)
     spent = sum(full.parent_bytes_by_mirror.values())
@@ -706,7 +714,7 @@ def binding_case(
 @pytest.mark.parametrize("seed", range(200))
 def test_random_binding_budgets_keep_the_invariants_with_retries(
     seed: int, monkeypatch: pytest.MonkeyPatch
-):
+) -> None:
     wanted, mirrors, targets, holdings, budget = binding_case(seed)
     result = plan(wanted, mirrors, targets, holdings, budget, NOW)
     check_invariants(result, wanted, mirrors, targets, holdings, budget)
@@ -736,7 +744,7 @@ def test_random_binding_budgets_keep_the_invariants_with_retries(
     check_invariants(again, wanted, mirrors, targets, [*holdings, *holdings_after(result)], budget)
 
 
-def test_random_binding_budgets_do_exercise_the_retry(monkeypatch: pytest.MonkeyPatch):
+def test_random_binding_budgets_do_exercise_the_retry(monkeypatch: pytest.MonkeyPatch) -> None:
     """The seeds above include cut plans where a retry wins (else they would prove little)."""
     cut = won = 0
     for seed in range(200):
@@ -753,7 +761,7 @@ def test_random_binding_budgets_do_exercise_the_retry(monkeypatch: pytest.Monkey
 # Continuation: a run starts on its first images while the rest still resolve.
 
 
-def test_a_continuation_depends_on_the_earlier_part_and_skips_what_it_planned():
+def test_a_continuation_depends_on_the_earlier_part_and_skips_what_it_planned() -> None:
     first = plan([image("a", {"base": 100, "a1": 5})], CHAIN, ["regional"], [], NO_LIMIT, NOW)
     rest = [
         image("a", {"base": 100, "a1": 5}),
@@ -776,7 +784,7 @@ def test_a_continuation_depends_on_the_earlier_part_and_skips_what_it_planned():
     assert whole.parent_bytes_by_mirror["central"] == 2 * (100 + 5 + 10 + 17)
 
 
-def test_an_alias_of_an_image_of_the_earlier_part_is_planned_as_in_one_plan():
+def test_an_alias_of_an_image_of_the_earlier_part_is_planned_as_in_one_plan() -> None:
     # python:3 resolves to the same manifest as python:3.12: in one plan it is picked at no
     # cost (no item of its own); in a continuation too, not "already warm".
     first = plan([image("python", {"l1": 50}, tag="3.12")], CHAIN, ["regional"], [], NO_LIMIT, NOW)
@@ -796,7 +804,7 @@ def test_an_alias_of_an_image_of_the_earlier_part_is_planned_as_in_one_plan():
     )
 
 
-def test_a_continuation_counts_the_earlier_bytes_against_the_budget():
+def test_a_continuation_counts_the_earlier_bytes_against_the_budget() -> None:
     first = plan([image("a", {"a1": 100})], CHAIN, ["regional"], [], Budget(500, None), NOW)
     then = plan(
         [image("b", {"b1": 100}), image("c", {"c1": 20})],
@@ -815,7 +823,7 @@ def test_a_continuation_counts_the_earlier_bytes_against_the_budget():
 
 
 @pytest.mark.parametrize("seed", range(100))
-def test_random_continuations_keep_the_invariants_of_one_plan(seed: int):
+def test_random_continuations_keep_the_invariants_of_one_plan(seed: int) -> None:
     rng = random.Random(1000 + seed)
     wanted, mirrors, targets, holdings, budget = random_case(rng)
     cut = rng.randint(0, len(wanted))

@@ -43,7 +43,9 @@ def usage(
     )
 
 
-def daily(image: str, tag: str, days: pd.DatetimeIndex, pulls: int, hour: int = 10) -> list:
+def daily(
+    image: str, tag: str, days: pd.DatetimeIndex, pulls: int, hour: int = 10
+) -> list[tuple[str, int, str, str, int]]:
     return [(str(d.date()), hour, image, tag, pulls) for d in days]
 
 

@@ -276,18 +276,24 @@ def test_sigterm_mid_warm_stops_checkpointed_and_the_run_resumes(
     assert a.proc.wait(timeout=10) == 0  # the requirement: stopped within 10 s
     print(f"stopped {time.monotonic() - sent:.2f}s after SIGTERM")
     run = ledger.recent_runs(1, "eu")[0]
+    run_id = run.id
+    assert run_id is not None
     states = _states(ledger)
     assert run.state == "running"  # not closed: resumable
     assert states["running"] == 0  # in-flight items went back to pending
     assert states["pending"] > 0 and states["done"] >= 4
     assert any(e.get("event") == "stopped" for e in a.events())
-    done_before = {i.seq: i for i in ledger.items(run.id) if i.state == "done"}
+    done_before = {i.seq: i for i in ledger.items(run_id) if i.state == "done"}
 
     topo.box.front.configure(bandwidth=None, latency_ms=0)
     b = topo.serve_proc("b", "--region", "eu")
     stopper.append(b)
-    wait_for("the run resumed to its end", lambda: ledger.run(run.id).state == "done", 60, [b])
-    after = {i.seq: i for i in ledger.items(run.id)}
+    wait_for(
+        "the run resumed to its end",
+        lambda: (r := ledger.run(run_id)) is not None and r.state == "done",
+        60, [b],
+    )  # fmt: skip
+    after = {i.seq: i for i in ledger.items(run_id)}
     assert all(i.state == "done" for i in after.values())
     assert all(after[s].attempts == 1 for s in done_before)
     assert len(ledger.recent_runs(10, "eu")) == 1

@@ -13,6 +13,7 @@ import pandas as pd
 
 from analytics import store
 from analytics.events import Event
+from analytics.frames import USAGE_COLUMNS
 from analytics.ingest import Options, ingest
 from analytics.staticrefs import StaticRef
 from warmer.reference import parse
@@ -34,7 +35,7 @@ def test_frame_columns_and_types(tmp_path: Path) -> None:
     url = url_for(tmp_path)
     ingest([LOGS / "github-job.log"], Options(default_time=AT), url=url)
     f = store.usage_frame(url)
-    assert list(f.columns) == store.USAGE_COLUMNS
+    assert list(f.columns) == USAGE_COLUMNS
     assert str(f["day"].dtype) == "datetime64[ns]"
     assert {str(f[c].dtype) for c in ("hour", "pulls", "present", "pipelines")} == {"int64"}
     row = f[f["image"] == "docker.io/library/alpine"].iloc[0]

@@ -268,7 +268,7 @@ def test_a_run_starts_on_its_first_images_while_the_rest_resolve(topo: Topo) -> 
     run = ledger.run(run_id)
     assert run is not None and set(json.loads(run.images)) == wanted
     # The run was fetching before the rest was planned.
-    started = min(as_utc(i.started_at) for i in items if i.started_at is not None)
+    started = min(at for i in items if (at := as_utc(i.started_at)) is not None)
     assert started < parts[1][0]
     # Parts share base layers and mirrors: still each object asked for once per cache.
     assert_mirror_minimum(topo, items)
@@ -350,7 +350,8 @@ def test_kill_9_mid_run_then_resume(topo: Topo) -> None:
     assert result.exit_code == 0, result.output + result.stderr
     after = {i.seq: i for i in items_of(ledger, run.id)}
     assert all(i.state == "done" for i in after.values())
-    assert ledger.run(run.id).state == "done"
+    resumed = ledger.run(run.id)
+    assert resumed is not None and resumed.state == "done"
     # Nothing done before the kill was asked for again ...
     for seq in done_before:
         assert after[seq].attempts == before[seq].attempts == 1
@@ -392,15 +393,16 @@ def test_deadline_cuts_run_then_resume(topo: Topo) -> None:
     assert run.state == "aborted"
     cut = Counter(i.state for i in items_of(ledger, run.id))
     assert cut["pending"] == summary["pending"] and cut["running"] == 0
-    late = [i for i in items_of(ledger, run.id) if i.started_at is not None]
+    starts = [at for i in items_of(ledger, run.id) if (at := as_utc(i.started_at)) is not None]
     # No item started after the deadline (one that started may be cut and left pending).
-    assert all(as_utc(i.started_at) <= datetime.fromisoformat(deadline) for i in late)
+    assert all(at <= datetime.fromisoformat(deadline) for at in starts)
 
     topo.front.configure(bandwidth=None)
     again = topo.warmer("run", "--region", "eu", "--resume", "--json")
     assert again.exit_code == 0, again.output + again.stderr
     assert json_out(again)["done"] == sum(cut.values())
-    assert ledger.run(run.id).state == "done"
+    finished = ledger.run(run.id)
+    assert finished is not None and finished.state == "done"
     print(f"deadline left {cut['pending']} of {sum(cut.values())} items pending")
 
 
