@@ -128,7 +128,10 @@ class Features:
     h]`` pulls by UTC hour over the lookback, ``weekday_hourly`` the same over its weekdays
     (Monday to Friday). ``region_start`` is each region's first day;
     ``older`` aggregates tagged pulls before the lookback per (region, image, tag): pulls
-    and last day."""
+    and last day. ``bump_hours`` are, per region, the UTC hours of the target's weekday in
+    which the region pulls markedly more than in the same hour of its other weekdays, week
+    after week (a weekly release train; see ``bump_hours``), and ``bump_daily[k, a]`` the
+    key's pulls in its region's bump hours ``a`` days before the target."""
 
     info: pd.DataFrame
     daily: np.ndarray
@@ -136,6 +139,47 @@ class Features:
     weekday_hourly: np.ndarray
     region_start: dict[str, pd.Timestamp]
     older: pd.DataFrame
+    bump_daily: np.ndarray
+    bump_hours: dict[str, list[int]]
+
+
+BUMP_Z = 4.0  # Poisson deviations of a region's hour on the weekday over its other weekdays
+BUMP_RATIO = 1.2  # and at least this many times their pulls in that hour
+BUMP_WEEKS = 0.75  # in at least this share of the weekday's days (a burst is one day)
+BUMP_MIN_DAYS = 3  # days of that weekday needed to tell a weekly bump at all
+
+
+def bump_hours(
+    same: np.ndarray,
+    other_sum: np.ndarray,
+    per_day: np.ndarray,
+    n_same: np.ndarray,
+    n_other: np.ndarray,
+) -> np.ndarray:
+    """Per region, the hours of a weekday in which a weekly bump recurs.
+
+    ``same[g, h]`` is region ``g``'s pulls in UTC hour ``h`` over the days of that weekday,
+    ``other_sum[g, h]`` over its other weekdays, ``n_same[g]`` and ``n_other[g]`` the days of
+    each; ``per_day[g, h, a]`` the pulls of hour ``h`` on the day ``a`` days back (-inf for a
+    day not of that weekday). An hour is a bump where it holds far more pulls than the same
+    hour of the other weekdays (``BUMP_Z`` Poisson deviations and ``BUMP_RATIO`` times) and
+    more than their mean on most of the weekday's days (``BUMP_WEEKS``): a weekly train,
+    not one retry storm.
+    """
+    other = np.divide(
+        other_sum, n_other[:, None], out=np.zeros_like(other_sum), where=n_other[:, None] > 0
+    )
+    usual = n_same[:, None] * other
+    z = (same - usual) / np.sqrt(np.maximum(usual, 1.0))
+    weeks = (per_day > other[:, :, None]).sum(axis=2)
+    bump: np.ndarray = (
+        (z > BUMP_Z)
+        & (same > BUMP_RATIO * usual)
+        & (weeks >= BUMP_WEEKS * n_same[:, None])
+        & (n_same[:, None] >= BUMP_MIN_DAYS)
+        & (n_other[:, None] > 0)
+    )
+    return bump
 
 
 def _codes(values: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -188,10 +232,11 @@ def usage_features(
     age = (target.value - day) // 86_400_000_000_000
 
     # Each region's first day (a handful of regions: one pass each beats a groupby).
+    first_day = np.array([day[r == k].min() if (r == k).any() else -1 for k in range(len(r_u))])
     region_start = {
-        str(name): pd.Timestamp(int(day[r == k].min()))
+        str(name): pd.Timestamp(int(first_day[k]))
         for k, name in enumerate(r_u)
-        if (r == k).any()
+        if first_day[k] >= 0
     }
 
     # Key of four codes, then the small table of distinct keys.
@@ -235,6 +280,44 @@ def usage_features(
         np.bincount(k3[weekday] * 24 + hour[weekday], weights=pulls[weekday], minlength=n * 24)
         .astype(np.float64)
         .reshape(n, 24)
+    )
+
+    # Weekly bump hours of the target's weekday, per region, and each key's pulls in them.
+    g_n = len(r_u)
+    bumps = np.zeros((g_n, 24), dtype=bool)
+    if target.dayofweek < 5 and g_n:
+        ages = np.arange(1, width)
+        dows = (target.dayofweek - ages) % 7
+        start_age = (target.value - first_day) // 86_400_000_000_000  # region's oldest day
+        in_history = ages[None, :] <= np.minimum(start_age, lookback)[:, None]
+        same_day = in_history & (dows == target.dayofweek)[None, :]
+        n_same = same_day.sum(axis=1).astype(np.float64)
+        n_other = (
+            (in_history & (dows < 5) & (dows != target.dayofweek)).sum(axis=1).astype(np.float64)
+        )
+        dow = (day // 86_400_000_000_000 + 3) % 7
+        on = recent & (dow == target.dayofweek)
+        off = weekday & (dow != target.dayofweek)
+        same_sum = np.bincount(r[on] * 24 + hour[on], weights=pulls[on], minlength=g_n * 24)
+        other_sum = np.bincount(r[off] * 24 + hour[off], weights=pulls[off], minlength=g_n * 24)
+        per_day = np.bincount(
+            (r[on] * 24 + hour[on]) * width + age[on], weights=pulls[on], minlength=g_n * 24 * width
+        ).reshape(g_n, 24, width)
+        # A day of the weekday without a pull in that hour is a zero; other days do not count.
+        same_cols = np.pad(same_day, ((0, 0), (1, 0)))  # by age, column 0 unused
+        per_day = np.where(same_cols[:, None, :], per_day, -np.inf)
+        bumps = bump_hours(
+            same_sum.astype(np.float64).reshape(g_n, 24),  # bincount of nothing: int64
+            other_sum.astype(np.float64).reshape(g_n, 24),
+            per_day,
+            n_same,
+            n_other,
+        )
+    bumped = recent & bumps[r, hour] if len(r) else np.zeros(0, dtype=bool)
+    bump_daily = (
+        np.bincount(k3[bumped] * width + age[bumped], weights=pulls[bumped], minlength=n * width)
+        .astype(np.float64)
+        .reshape(n, width)
     )
 
     # First and last pull of each (key, digest), over the lookback: one pass for both.
@@ -299,4 +382,10 @@ def usage_features(
         weekday_hourly[active],
         region_start,
         older.reset_index(drop=True),
+        bump_daily[active],
+        {
+            str(r_u[g]): [int(h) for h in np.flatnonzero(bumps[g])]
+            for g in range(g_n)
+            if bumps[g].any()
+        },
     )

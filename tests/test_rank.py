@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from analytics.frames import usage_features
 from analytics.rank import RankParams, rank, target_day
 from analytics.rankings import latest_ranking, save_ranking
 
@@ -145,6 +146,56 @@ def test_weekly_release_train_day_of_week_factor() -> None:
     assert "Thu x" in out.loc[GO, "reasons"]
     friday = rank(frame, None, thursday + pd.Timedelta(days=1)).set_index("image")
     assert friday.loc[GO, "score"] < out.loc[GO, "score"] / 3
+
+
+def _train_history(trains: list[pd.Timestamp]) -> pd.DataFrame:
+    """Office hours every weekday: node 6 pulls an hour, python 4 (8-17h UTC). On each
+    day of ``trains``, a release train pulls golang 30 times an hour at 14-16h UTC, and
+    node 4 more times an hour: 72 node pulls that day instead of 60."""
+    rows = []
+    for d in WEEKS:
+        if d.dayofweek >= 5:
+            continue
+        day = str(d.date())
+        for hour in range(8, 18):
+            train = d in trains and 14 <= hour < 17
+            rows.append((day, hour, NODE, "20", 6 + (4 if train else 0)))
+            rows.append((day, hour, PY, "3.12", 4))
+            if train:
+                rows.append((day, hour, GO, "1.22", 30))
+    return usage(rows)
+
+
+def test_a_release_train_is_seen_in_its_hours() -> None:
+    # Over the whole day node's Thursdays (72 against 60) are within 3 Poisson deviations
+    # of its usual; in the train's hours (30 against 18) they are far outside.
+    thursday = pd.Timestamp("2024-03-28T00:00Z")
+    trains = [d for d in WEEKS if d.dayofweek == 3 and d < thursday.tz_localize(None)]
+    frame = _train_history(trains)
+    features = usage_features(frame, thursday, thursday, 28, None)
+    assert features.bump_hours == {"eu": [14, 15, 16]}
+    out = rank(frame, None, thursday).set_index("image")
+    assert out.loc[NODE, "score"] == pytest.approx(72, rel=0.03)
+    assert "Thu x1.1" in out.loc[NODE, "reasons"]
+    assert "weekly bump 14-17h UTC" in out.loc[NODE, "reasons"]
+    # python is pulled in those hours too, as on every weekday: no bump of its own.
+    assert out.loc[PY, "score"] == pytest.approx(40, rel=0.01)
+    assert "weekly bump" not in out.loc[PY, "reasons"]
+    # The whole-day factor alone leaves node near its weekday mean.
+    plain = rank(frame, None, thursday, params=RankParams(bumps=False)).set_index("image")
+    assert plain.loc[NODE, "score"] < 66
+    # The next day is an ordinary weekday: no bump hours, node back to its mean.
+    friday = thursday + pd.Timedelta(days=1)
+    assert usage_features(frame, friday, friday, 28, None).bump_hours == {}
+    assert rank(frame, None, friday).set_index("image").loc[NODE, "score"] < 66
+
+
+def test_a_retry_storm_on_one_thursday_is_not_a_weekly_bump() -> None:
+    thursday = pd.Timestamp("2024-03-28T00:00Z")
+    frame = _train_history([pd.Timestamp("2024-03-21")])  # one Thursday of three
+    assert usage_features(frame, thursday, thursday, 28, None).bump_hours == {}
+    out = rank(frame, None, thursday).set_index("image")
+    assert "weekly bump" not in out.loc[NODE, "reasons"]
 
 
 def test_a_weekday_within_poisson_noise_gets_no_factor() -> None:
