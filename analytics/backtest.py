@@ -296,6 +296,9 @@ def effective_days(p: RankParams) -> float:
 
 
 def noisy_ideal(demand: Demand, days: float, region: str) -> Strategy:
+    """The ideal predictor with each tag's expected real pulls replaced by a Poisson count
+    over ``days`` days, divided by ``days``: the rates as one history of that length shows
+    them (see the module docstring)."""
     ideal = _ideal(demand)
 
     def run(
