@@ -274,7 +274,8 @@ def usage_features(
     daily = daily.reshape(n, width)
     hourly = np.bincount(k3[recent] * 24 + hour[recent], weights=pulls[recent], minlength=n * 24)
     hourly = hourly.reshape(n, 24)
-    weekday = recent & ((day // 86_400_000_000_000 + 3) % 7 < 5)  # 1970-01-01 was a Thursday
+    dow = (day // 86_400_000_000_000 + 3) % 7  # Monday 0: 1970-01-01 was a Thursday
+    weekday = recent & (dow < 5)
     # float64 even without a weekday pull (bincount of nothing with weights gives int64).
     weekday_hourly = (
         np.bincount(k3[weekday] * 24 + hour[weekday], weights=pulls[weekday], minlength=n * 24)
@@ -295,7 +296,6 @@ def usage_features(
         n_other = (
             (in_history & (dows < 5) & (dows != target.dayofweek)).sum(axis=1).astype(np.float64)
         )
-        dow = (day // 86_400_000_000_000 + 3) % 7
         on = recent & (dow == target.dayofweek)
         off = weekday & (dow != target.dayofweek)
         same_sum = np.bincount(r[on] * 24 + hour[on], weights=pulls[on], minlength=g_n * 24)
