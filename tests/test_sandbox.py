@@ -30,8 +30,18 @@ def _host(url: str) -> str:
 def _skopeo(*args: str) -> subprocess.CompletedProcess[bytes]:
     # As a CI job pulling through a cold mirror chain would: distribution 2.8 sometimes
     # answers 500 when a client's HEAD and GET of one cold blob reach a proxy at once.
-    retry = ["--retry-times", "3"] if args and args[0] == "copy" else []
-    out = subprocess.run(["skopeo", *args[:1], *retry, *args[1:]], capture_output=True, timeout=120)
+    # skopeo's --retry-times does not retry a blob read that got a 500 ("reading blob ...:
+    # invalid status code from registry 500"), so such a copy is run again, twice at most,
+    # as a CI job's retry would; any other failure fails at once.
+    copy = bool(args) and args[0] == "copy"
+    retry = ["--retry-times", "3"] if copy else []
+    for attempt in range(3):
+        out = subprocess.run(
+            ["skopeo", *args[:1], *retry, *args[1:]], capture_output=True, timeout=120
+        )
+        race = b"invalid status code from registry 500" in out.stderr
+        if out.returncode == 0 or not (copy and race) or attempt == 2:
+            break
     assert out.returncode == 0, out.stderr.decode(errors="replace")
     return out
 
