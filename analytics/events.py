@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from warmer.reference import Reference
+from warmer.oci.reference import Reference
 
 SOURCES = (
     "docker",

@@ -52,7 +52,7 @@ def load_static(url: str) -> pd.DataFrame:
 
 def load_rankings(url: str, regions: Iterable[str]) -> pd.DataFrame:
     """Each region's latest stored ranking (``warmer rank``), best first per region."""
-    from analytics.rankings import COLUMNS, latest_ranking
+    from warmer.store.rankings import COLUMNS, latest_ranking
 
     frames = [latest_ranking(require_database(url), r) for r in regions]
     frames = [f for f in frames if not f.empty]
@@ -103,7 +103,7 @@ def load_backtest(
 
 def load_runs(url: str, limit: int = 1000) -> pd.DataFrame:
     """Warm runs, oldest first, with their stored summary figures."""
-    from warmer.ledger import Ledger, as_utc
+    from warmer.store.ledger import Ledger, as_utc
 
     rows = []
     for run in Ledger(require_database(url)).recent_runs(limit=limit):
@@ -137,7 +137,7 @@ ITEM_COLUMNS += ["bytes", "parent_cost", "started_at", "finished_at"]
 
 def load_items(url: str, runs: Iterable[int]) -> pd.DataFrame:
     """Every item of the given runs: state, bytes, parent-link cost, start and finish."""
-    from warmer.ledger import Ledger
+    from warmer.store.ledger import Ledger
 
     ledger = Ledger(require_database(url))
     fields = ["run_id", *ITEM_COLUMNS[1:]]
@@ -150,7 +150,7 @@ def load_items(url: str, runs: Iterable[int]) -> pd.DataFrame:
 
 def load_incidents(url: str) -> pd.DataFrame:
     """Incidents, oldest first: when, run, mirror, repository, digest, kind, detail."""
-    from warmer.ledger import Ledger
+    from warmer.store.ledger import Ledger
 
     cols = ["at", "run", "mirror", "repository", "digest", "kind", "detail"]
     rows = [
@@ -164,7 +164,7 @@ def load_incidents(url: str) -> pd.DataFrame:
 
 def load_holdings(url: str) -> pd.DataFrame:
     """Per mirror and state: items and bytes the ledger says it holds."""
-    from warmer.ledger import Ledger
+    from warmer.store.ledger import Ledger
 
     rows = Ledger(require_database(url)).holdings_summary()
     return pd.DataFrame(rows, columns=["mirror", "state", "items", "bytes"])
@@ -180,7 +180,7 @@ def load_drift(url: str) -> pd.DataFrame:
     ``at`` is when the move was detected, ``stale_tiers`` the tiers found serving the old
     digest (a list of dicts) and ``stale_seconds`` the longest any of them stayed stale.
     """
-    from warmer.ledger import Ledger, as_utc
+    from warmer.store.ledger import Ledger, as_utc
 
     rows = []
     for d in Ledger(require_database(url)).drifts():

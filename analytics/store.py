@@ -1,7 +1,8 @@
 """The analytics store: hourly usage aggregates, distinct pipelines, static references, and
 the bookkeeping that makes re-ingesting a file idempotent. Raw log lines are never kept.
 
-Tables (SQLAlchemy Core on ``warmer.db``; SQLite by default, PostgreSQL too):
+Tables (SQLAlchemy Core, declared and migrated in ``warmer.store.schema``; SQLite by
+default, PostgreSQL too):
 
 - ``analytics_usage``: pulls and already-present uses per (day, hour, region, image, tag,
   digest, source); an ingest adds to the counts with a dialect upsert.
@@ -24,88 +25,29 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    Date,
-    DateTime,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    and_,
-    delete,
-    func,
-    select,
-)
+from sqlalchemy import Table, and_, delete, func, select
 from sqlalchemy.engine import Connection
 
 from analytics.events import Event
 from analytics.frames import USAGE_COLUMNS
-from warmer import db
+from warmer.store import db
+from warmer.store.schema import USAGE_KEY as _KEY
+from warmer.store.schema import ingested_files, static_refs, usage, usage_pipelines
 
-metadata = MetaData()
-_KEY = ("day", "hour", "region", "image", "tag", "digest", "source")
-
-
-def _key_columns() -> list[Column[Any]]:
-    return [
-        Column("day", Date, primary_key=True),
-        Column("hour", Integer, primary_key=True),
-        Column("region", String(128), primary_key=True),
-        Column("image", String(512), primary_key=True),
-        Column("tag", String(128), primary_key=True),
-        Column("digest", String(160), primary_key=True),
-        Column("source", String(32), primary_key=True),
-    ]
-
-
-usage = Table(
-    "analytics_usage",
-    metadata,
-    *_key_columns(),
-    Column("pulls", BigInteger, nullable=False),
-    Column("present", BigInteger, nullable=False),
-)
-usage_pipelines = Table(
-    "analytics_usage_pipelines",
-    metadata,
-    *_key_columns(),
-    Column("pipeline", String(16), primary_key=True),
-)
-static_refs = Table(
-    "analytics_static_refs",
-    metadata,
-    Column("file", String(1024), primary_key=True),
-    Column("line", Integer, primary_key=True),
-    Column("reference", String(700), primary_key=True),
-    Column("image", String(512), nullable=False),
-    Column("tag", String(128), nullable=False),
-    Column("digest", String(160), nullable=False),
-    Column("kind", String(32), nullable=False),
-    Column("platform", String(64), nullable=False),
-    Column("first_seen", DateTime(timezone=True), nullable=False),
-    Column("last_seen", DateTime(timezone=True), nullable=False),
-)
-ingested_files = Table(
-    "analytics_ingested_files",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("head_fp", String(64), nullable=False, index=True),
-    Column("path", String(1024), nullable=False),
-    Column("tail_fp", String(64), nullable=False),
-    Column("offset", BigInteger, nullable=False),
-    Column("format", String(32), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-)
-
-
-def _migration_1(conn: Connection) -> None:
-    # The first schema. Later changes are new migrations (ALTER ...), never edits here.
-    metadata.create_all(conn, tables=[usage, usage_pipelines, static_refs, ingested_files])
-
-
-db.register("analytics", [_migration_1])
+__all__ = [
+    "Aggregate",
+    "add_events",
+    "add_static_refs",
+    "ingested_files",
+    "pipeline_hash",
+    "pipelines_frame",
+    "static_frame",
+    "static_refs",
+    "usage",
+    "usage_frame",
+    "usage_pipelines",
+    "write_aggregate",
+]
 
 
 def _insert(conn: Connection, table: Table) -> Any:

@@ -38,21 +38,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from warmer.config import load  # noqa: E402
-from warmer.ledger import Ledger  # noqa: E402
-from warmer.manifest import (  # noqa: E402
+from warmer.oci.manifest import (  # noqa: E402
     DOCKER_CONFIG,
     DOCKER_LAYER,
     DOCKER_MANIFEST,
     OCI_INDEX,
     sha256_digest,
 )
-from warmer.reference import parse  # noqa: E402
-from warmer.refresh import refresh  # noqa: E402
-from warmer.registry import RegistryClient  # noqa: E402
-from warmer.resolve import Want  # noqa: E402
+from warmer.oci.reference import parse  # noqa: E402
+from warmer.oci.registry import RegistryClient  # noqa: E402
 from warmer.sandbox.front import FrontControl  # noqa: E402
 from warmer.sandbox.procs import Proc, free_port, spawn, start_registry, wait_ready  # noqa: E402
-from warmer.warm import execute, prepare, start_run  # noqa: E402
+from warmer.store.ledger import Ledger  # noqa: E402
+from warmer.upkeep.refresh import refresh  # noqa: E402
+from warmer.warm.resolve import Want  # noqa: E402
+from warmer.warm.run import execute, prepare, start_run  # noqa: E402
 
 PLATFORMS = (("linux", "amd64"), ("linux", "arm64"))
 
@@ -143,7 +143,7 @@ def start_front(base: Path, upstream: str) -> Proc:
 def config_text(base: Path, front: str, central: str, eu: str) -> str:
     return f"""
 [database]
-url = "sqlite:///{base}/warmer.db"
+url = "sqlite:///{base}/warmer.store.db"
 [upstreams.dockerhub]
 url = "{front}"
 aliases = ["docker.io"]

@@ -39,9 +39,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from warmer.ledger import Ledger, as_utc  # noqa: E402
 from warmer.sandbox.postgres import create_database, start_postgres  # noqa: E402
 from warmer.sandbox.topology import Sandbox  # noqa: E402
+from warmer.store.ledger import Ledger, as_utc  # noqa: E402
 from warmer.windows import WindowSpec, next_windows  # noqa: E402
 
 ORIGIN = datetime(2024, 6, 3, 0, 0, tzinfo=UTC)  # a Monday

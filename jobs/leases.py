@@ -30,31 +30,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
-from warmer import db
+from warmer.store import db
+from warmer.store.schema import LEASE_TABLE
 
 log = logging.getLogger("jobs.leases")
 
-TABLE = "job_lease"
-
-
-def _v1(conn: Connection) -> None:
-    md = sa.MetaData()
-    sa.Table(
-        TABLE,
-        md,
-        sa.Column("name", sa.String(200), primary_key=True),
-        sa.Column("owner", sa.String(300), nullable=False),
-        sa.Column("token", sa.String(64), nullable=False),
-        sa.Column("acquired_at", sa.Float, nullable=False),  # seconds since the epoch (DB clock)
-        sa.Column("renewed_at", sa.Float, nullable=False),
-        sa.Column("expires_at", sa.Float, nullable=False),
-    )
-    md.create_all(conn)
-
-
-db.register("jobs", [_v1])
+TABLE = LEASE_TABLE
 
 
 def _now_sql(engine: Engine) -> str:
@@ -77,9 +60,6 @@ class Leases:
 
     def __init__(self, url: str) -> None:
         self.engine = db.engine_for(url)
-        # engine_for may have created (and migrated) the engine before this module was
-        # imported and registered its table: migrate again (a no-op when up to date).
-        db.migrate(self.engine)
         now = _now_sql(self.engine)
         self._acquire = sa.text(
             f"INSERT INTO {TABLE} (name, owner, token, acquired_at, renewed_at, expires_at) "

@@ -20,8 +20,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlmodel import col
 
-from warmer import db
-from warmer.ledger import Run, RunItem
+from warmer.store import db
+from warmer.store.ledger import Run, RunItem
 
 log = logging.getLogger("jobs.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -42,8 +42,8 @@ from jobs.metrics import Metrics, start_server
 from jobs.schedule import Clock, CronStartTrigger, EveryTrigger, WindowTrigger
 from jobs.tasks import Context, Summary
 from warmer.config import Config
-from warmer.ledger import Ledger, utcnow
-from warmer.warm import owner
+from warmer.store.ledger import Ledger, utcnow
+from warmer.warm.run import owner
 from warmer.windows import WindowSpec
 
 log = logging.getLogger("jobs.service")

@@ -27,14 +27,14 @@ from sqlmodel import col
 
 from jobs.metrics import Metrics
 from jobs.schedule import Clock
-from warmer import db
 from warmer.config import Config, ConfigError
-from warmer.execute import RunStats
-from warmer.ledger import Ledger, Run, RunItem, as_utc, utcnow
-from warmer.reference import try_parse
-from warmer.reserve import RateReserve
-from warmer.resolve import Want, wants_from_args, wants_from_ranking
-from warmer.warm import execute, monotonic_deadline, prepare, rate_reserve, start_run
+from warmer.oci.reference import try_parse
+from warmer.store import db
+from warmer.store.ledger import Ledger, Run, RunItem, as_utc, utcnow
+from warmer.warm.execute import RunStats
+from warmer.warm.reserve import RateReserve
+from warmer.warm.resolve import Want, wants_from_args, wants_from_ranking
+from warmer.warm.run import execute, monotonic_deadline, prepare, rate_reserve, start_run
 from warmer.windows import Window, WindowSpec, current_window
 
 log = logging.getLogger("jobs.tasks")
@@ -276,7 +276,7 @@ async def rank(ctx: Context) -> Summary:
 
         from analytics import store
         from analytics.rank import rank as rank_frame
-        from analytics.rankings import save_ranking
+        from warmer.store.rankings import save_ranking
 
         now = utcnow()
         since = (pd.Timestamp(now) - pd.Timedelta(days=35)).date()
@@ -303,8 +303,8 @@ def _as_dict(report: Any) -> dict[str, Any]:
 
 
 async def refresh(ctx: Context, region: str) -> Summary:
-    """Re-resolve the region's tracked tags (HEAD only); see ``warmer.refresh``."""
-    from warmer.refresh import refresh as run_refresh
+    """Re-resolve the region's tracked tags (HEAD only); see ``warmer.upkeep.refresh``."""
+    from warmer.upkeep.refresh import refresh as run_refresh
 
     now = utcnow()
     # Inside a window, its end bounds the refresh's warm of moved tags. Outside one, the
@@ -319,8 +319,8 @@ async def refresh(ctx: Context, region: str) -> Summary:
 
 
 async def verify(ctx: Context, region: str) -> Summary:
-    """Re-fetch a sample of what the ledger says is warm; see ``warmer.verify``."""
-    from warmer.verify import verify as run_verify
+    """Re-fetch a sample of what the ledger says is warm; see ``warmer.upkeep.verify``."""
+    from warmer.upkeep.verify import verify as run_verify
 
     sample = ctx.config.serve.verify.sample
     report = await run_verify(ctx.config, ctx.ledger, region=region, sample=sample, now=utcnow())

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.oid import NameOID
 
-from warmer.auth import (
+from warmer.oci.auth import (
     Challenge,
     CredentialRef,
     Credentials,
@@ -39,7 +39,7 @@ from warmer.auth import (
     parse_www_authenticate,
     token_request,
 )
-from warmer.registry import RegistryClient, Unauthorized
+from warmer.oci.registry import RegistryClient, Unauthorized
 from warmer.sandbox.procs import Proc
 
 PASSWORD = "pw-Zq8-never-shown"

@@ -26,7 +26,7 @@ from analytics.frames import usage_from_pulls
 from analytics.generate.expected import expected_demand
 from analytics.generate.workload import Params, generate
 from analytics.rank import RankParams
-from analytics.rankings import latest_ranking
+from warmer.store.rankings import latest_ranking
 
 MB = 1_000_000
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 from warmer.bundle.bundlefile import BUNDLE_FILE, loads
 from warmer.bundle.ocilayout import OciLayout, blob_relpath
 from warmer.cli.main import cli
-from warmer.registry import RegistryClient
+from warmer.oci.registry import RegistryClient
 from warmer.sandbox.catalogue import Catalogue, build
 from warmer.sandbox.procs import Proc
 from warmer.sandbox.seed import move_tag, run_sync, seed
@@ -314,7 +314,7 @@ def test_export_region_takes_the_stored_ranking(
 ) -> None:
     import pandas as pd
 
-    from analytics.rankings import save_ranking
+    from warmer.store.rankings import save_ranking
 
     db = f"sqlite:///{tmp_path / 'w.db'}"
     config = tmp_path / "warmer.toml"

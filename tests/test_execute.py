@@ -9,10 +9,10 @@ from datetime import timedelta
 import pytest
 from test_warm import RegistryFactory, Topo, topo  # noqa: F401 (topo is a fixture)
 
-from warmer import warm
 from warmer.config import Config, load
-from warmer.ledger import Ledger, RunItem, utcnow
-from warmer.resolve import wants_from_args
+from warmer.store.ledger import Ledger, RunItem, utcnow
+from warmer.warm import run as warm
+from warmer.warm.resolve import wants_from_args
 
 
 def start(t: Topo, region: str, images: list[str]) -> tuple[Config, Ledger, int]:

@@ -11,8 +11,8 @@ from typing import TypedDict
 
 import pytest
 
-from warmer import freshness as fr
 from warmer.config import ConfigError, InvalidateHook, RefreshConfig, load, parse_config
+from warmer.upkeep import freshness as fr
 
 T0 = datetime(2024, 6, 1, tzinfo=UTC)
 H = timedelta(hours=1)

@@ -20,10 +20,10 @@ from jobs import tasks
 from jobs.schedule import Clock, CronStartTrigger, EveryTrigger, WindowTrigger
 from jobs.service import job_specs
 from jobs.tasks import Context, prune_before
-from warmer import db
 from warmer.cli.main import cli
 from warmer.config import ConfigError, ServeConfig, parse_config
-from warmer.ledger import Ledger
+from warmer.store import db
+from warmer.store.ledger import Ledger
 from warmer.windows import WindowSpec, current_window
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,8 +194,8 @@ def test_prune_deletes_old_history_and_keeps_what_may_resume(tmp_path: Path) -> 
 async def test_refresh_and_verify_jobs_call_the_freshness_functions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import warmer.refresh
-    import warmer.verify
+    import warmer.upkeep.refresh
+    import warmer.upkeep.verify
 
     calls: list[tuple[str, dict[str, Any]]] = []
 
@@ -213,8 +213,8 @@ async def test_refresh_and_verify_jobs_call_the_freshness_functions(
 
         return run
 
-    monkeypatch.setattr(warmer.refresh, "refresh", fake("refresh", True))
-    monkeypatch.setattr(warmer.verify, "verify", fake("verify", False))
+    monkeypatch.setattr(warmer.upkeep.refresh, "refresh", fake("refresh", True))
+    monkeypatch.setattr(warmer.upkeep.verify, "verify", fake("verify", False))
     ctx = _ctx(tmp_path, "[serve.verify]\ncron = '0 6 * * 0'\nsample = 0.25\n")
     assert (await tasks.refresh(ctx, "eu"))["outcome"] == "ok"
     got = await tasks.verify(ctx, "eu")
@@ -288,8 +288,8 @@ def test_a_run_with_nothing_left_to_fetch_is_closed_without_the_executor(tmp_pat
 async def test_ingest_job_reads_the_configured_paths_then_rank_stores_a_ranking(
     tmp_path: Path,
 ) -> None:
-    from analytics.rankings import latest_ranking
     from analytics.store import usage_frame
+    from warmer.store.rankings import latest_ranking
 
     logs = tmp_path / "logs"
     logs.mkdir()

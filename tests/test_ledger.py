@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from warmer.ledger import Ledger
+from warmer.store.ledger import Ledger
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from warmer.manifest import (
+from warmer.oci.manifest import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
     DOCKER_SCHEMA1,

@@ -10,7 +10,7 @@ from jobs.metrics import Metrics, start_server
 from jobs.schedule import Clock
 from jobs.tasks import Context, _progress_hook
 from warmer.config import Config, DatabaseConfig
-from warmer.ledger import Ledger, utcnow
+from warmer.store.ledger import Ledger, utcnow
 
 
 def _item(seq: int, mirror: str, tier: int) -> dict[str, object]:

@@ -19,8 +19,8 @@ from conftest import PodmanEngine, PodmanFactory
 
 from warmer import nodes
 from warmer.cli.main import cli
-from warmer.reference import parse
-from warmer.registry import RegistryClient
+from warmer.oci.reference import parse
+from warmer.oci.registry import RegistryClient
 from warmer.sandbox.procs import Proc
 from warmer.sandbox.seed import run_sync
 

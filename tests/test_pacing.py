@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from warmer.pacing import TokenBucket
+from warmer.warm.pacing import TokenBucket
 
 pytestmark = pytest.mark.timeout(10)
 

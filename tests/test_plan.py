@@ -10,7 +10,7 @@ from typing import Literal
 
 import pytest
 
-from warmer.plan import (
+from warmer.warm.plan import (
     Blob,
     Budget,
     Holding,
@@ -636,7 +636,7 @@ def test_retry_takes_a_big_image_worth_more_than_the_small_ones(
     assert spent == sum(result.parent_bytes_by_mirror.values()) <= 1000
     assert [i.order for i in result.items] == list(range(len(result.items)))
     # Without retries, the plain greedy keeps the small ones.
-    monkeypatch.setattr("warmer.plan.RETRIES", 0)
+    monkeypatch.setattr("warmer.warm.plan.RETRIES", 0)
     greedy = plan(wanted, mirrors, ["m"], [], budget, NOW)
     assert [short(i) for i in greedy.images] == ["s1", "s2", "s3"]
 
@@ -646,7 +646,7 @@ def test_retry_only_tries_the_most_valuable_left_out_images(
 ) -> None:
     wanted = big_and_smalls(10)
     budget = Budget(1000, None)
-    monkeypatch.setattr("warmer.plan.RETRIES", 1)
+    monkeypatch.setattr("warmer.warm.plan.RETRIES", 1)
     assert [short(i) for i in plan(wanted, [mirror("m")], ["m"], [], budget, NOW).images] == [
         "s1",
         "big",
@@ -656,7 +656,7 @@ def test_retry_only_tries_the_most_valuable_left_out_images(
     decoy = image("decoy", {"decoy": 990}, score=10.5)
     result = plan([*wanted, decoy], [mirror("m")], ["m"], [], budget, NOW)
     assert [short(i) for i in result.images] == ["decoy"]
-    monkeypatch.setattr("warmer.plan.RETRIES", 2)
+    monkeypatch.setattr("warmer.warm.plan.RETRIES", 2)
     result = plan([*wanted, decoy], [mirror("m")], ["m"], [], budget, NOW)
     assert [short(i) for i in result.images] == ["s1", "big"]
 
@@ -671,7 +671,7 @@ def test_no_binding_budget_plans_exactly_as_the_plain_greedy(
     roomy = Budget(spent, timedelta(days=1))  # exactly the bytes of everything: fits
     results = [plan(wanted, mirrors, targets, holdings, b, NOW) for b in (NO_LIMIT, roomy)]
     assert results[1].items == full.items and results[1].skipped == full.skipped
-    monkeypatch.setattr("warmer.plan.RETRIES", 0)
+    monkeypatch.setattr("warmer.warm.plan.RETRIES", 0)
     assert [plan(wanted, mirrors, targets, holdings, b, NOW) for b in (NO_LIMIT, roomy)] == results
 
 
@@ -732,7 +732,7 @@ def test_random_binding_budgets_keep_the_invariants_with_retries(
     chosen = [w for w in wanted if w.image in result.images]
     alone = plan(chosen, mirrors, targets, holdings, budget, NOW)
     assert alone.items == result.items and alone.images == result.images
-    monkeypatch.setattr("warmer.plan.RETRIES", 0)
+    monkeypatch.setattr("warmer.warm.plan.RETRIES", 0)
     greedy = plan(wanted, mirrors, targets, holdings, budget, NOW)
     check_invariants(greedy, wanted, mirrors, targets, holdings, budget)
     assert worth(result, wanted) >= worth(greedy, wanted)
@@ -751,7 +751,7 @@ def test_random_binding_budgets_do_exercise_the_retry(monkeypatch: pytest.Monkey
         wanted, mirrors, targets, holdings, budget = binding_case(seed)
         result = plan(wanted, mirrors, targets, holdings, budget, NOW)
         with monkeypatch.context() as m:
-            m.setattr("warmer.plan.RETRIES", 0)
+            m.setattr("warmer.warm.plan.RETRIES", 0)
             greedy = plan(wanted, mirrors, targets, holdings, budget, NOW)
         cut += any(s.reason.startswith(("over budget", "window too short")) for s in greedy.skipped)
         won += worth(result, wanted) > worth(greedy, wanted)

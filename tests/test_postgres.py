@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 from analytics import store
 from analytics.events import Event
-from warmer import db
-from warmer.ledger import Ledger
-from warmer.reference import parse
+from warmer.oci.reference import parse
+from warmer.store import db
+from warmer.store.ledger import Ledger
 
 
 def test_migrations_and_ledger_on_postgres(pg_url: str) -> None:

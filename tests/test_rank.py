@@ -9,7 +9,7 @@ import pytest
 
 from analytics.frames import usage_features
 from analytics.rank import RankParams, rank, target_day
-from analytics.rankings import latest_ranking, save_ranking
+from warmer.store.rankings import latest_ranking, save_ranking
 
 PY = "docker.io/library/python"
 NODE = "docker.io/library/node"

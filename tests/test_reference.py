@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from warmer.cli.main import cli
-from warmer.reference import InvalidReference, parse
+from warmer.oci.reference import InvalidReference, parse
 
 H = "a" * 64
 D = f"sha256:{H}"

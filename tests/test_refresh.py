@@ -27,15 +27,15 @@ from click.testing import CliRunner, Result
 
 from warmer.cli.main import cli
 from warmer.config import load
-from warmer.ledger import Ledger, as_utc
-from warmer.refresh import refresh
-from warmer.registry import RegistryClient
-from warmer.resolve import wants_from_args
+from warmer.oci.registry import RegistryClient
 from warmer.sandbox.catalogue import Catalogue, Tag, build
 from warmer.sandbox.front import FrontControl, FrontServer, start_front
 from warmer.sandbox.procs import Proc
 from warmer.sandbox.seed import move_tag, seed
-from warmer.warm import execute, prepare, start_run
+from warmer.store.ledger import Ledger, as_utc
+from warmer.upkeep.refresh import refresh
+from warmer.warm.resolve import wants_from_args
+from warmer.warm.run import execute, prepare, start_run
 
 RegistryFactory = Callable[..., Proc]
 T = TypeVar("T")
@@ -158,7 +158,7 @@ class Chain:
 
     @property
     def db_url(self) -> str:
-        return f"sqlite:///{self.tmp / 'warmer.db'}"
+        return f"sqlite:///{self.tmp / 'warmer.store.db'}"
 
     @property
     def config_path(self) -> Path:
@@ -437,7 +437,7 @@ def test_refresh_cli_json_and_bad_region(chain: Chain) -> None:
 
 def test_invalidate_command_hook(tmp_path: Path) -> None:
     from warmer.config import InvalidateHook
-    from warmer.invalidate import run_hook
+    from warmer.upkeep.invalidate import run_hook
 
     out = tmp_path / "purged"
     hook = InvalidateHook(
@@ -459,7 +459,7 @@ def test_invalidate_command_hook(tmp_path: Path) -> None:
 
 def test_hook_never_leaks_the_header_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from warmer.config import InvalidateHook
-    from warmer.invalidate import run_hook
+    from warmer.upkeep.invalidate import run_hook
 
     monkeypatch.setenv("PURGE_TOKEN_T", "s3cr3t-value")
     seen: list[str] = []

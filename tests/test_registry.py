@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from warmer.manifest import (
+from warmer.oci.manifest import (
     DOCKER_CONFIG,
     DOCKER_LAYER,
     DOCKER_LIST,
@@ -24,8 +24,8 @@ from warmer.manifest import (
     Platform,
     sha256_digest,
 )
-from warmer.ratelimit import RateLimit, parse_ratelimit
-from warmer.registry import (
+from warmer.oci.ratelimit import RateLimit, parse_ratelimit
+from warmer.oci.registry import (
     DigestMismatch,
     NoMatchingPlatform,
     NotFound,
@@ -400,7 +400,7 @@ async def test_reset_mid_blob_resumes_without_duplicates(serve: Serve, honour_ra
 
 
 async def test_redirect_to_other_host_drops_authorization(serve: Serve) -> None:
-    from warmer.auth import Credentials
+    from warmer.oci.auth import Credentials
 
     data = blob("redirected", 9000)
     digest = sha256_digest(data)

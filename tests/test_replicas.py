@@ -11,9 +11,9 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from warmer.cli.main import cli
-from warmer.ledger import Ledger
 from warmer.sandbox.procs import Proc
 from warmer.sandbox.topology import Sandbox
+from warmer.store.ledger import Ledger
 
 RegistryFactory = Callable[..., Proc]
 

@@ -20,10 +20,10 @@ from analytics.events import Event
 from analytics.generate.workload import Params, Workload, generate
 from analytics.generate.write import write_meta
 from analytics.rank import rank
-from analytics.rankings import save_ranking
 from analytics.staticrefs import StaticRef, classify
-from warmer.ledger import Ledger
-from warmer.reference import Reference, parse
+from warmer.oci.reference import Reference, parse
+from warmer.store.ledger import Ledger
+from warmer.store.rankings import save_ranking
 
 PARAMS = Params(weeks=2, pipelines_per_region=5, seed=1)
 RUN_START = datetime(2024, 3, 18, 1, 0, tzinfo=UTC)
@@ -144,7 +144,7 @@ def record_drift(url: str) -> None:
 def build_sample(root: Path) -> Sample:
     """The small database (and catalogue, config) the notebooks and these tests read."""
     root.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{root / 'warmer.db'}"
+    url = f"sqlite:///{root / 'warmer.store.db'}"
     work = generate(PARAMS)
     store.add_events(url, _events(work))
     store.add_static_refs(url, _static(work), now=PARAMS.start - timedelta(days=1))
@@ -203,7 +203,7 @@ def test_static_against_observed_classifies_each_tag(sample: Sample) -> None:
 
 
 def test_missing_sqlite_database_is_named_and_not_created(tmp_path: Path) -> None:
-    path = tmp_path / "nowhere" / "warmer.db"
+    path = tmp_path / "nowhere" / "warmer.store.db"
     with pytest.raises(report.MissingDatabase, match="warmer demo"):
         report.load_usage(f"sqlite:///{path}")
     assert not path.exists()

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from warmer.config import load
-from warmer.manifest import MANIFEST_ACCEPT
+from warmer.oci.manifest import MANIFEST_ACCEPT
 from warmer.sandbox.catalogue import OCI_INDEX, build, moved
 from warmer.sandbox.procs import Proc
 from warmer.sandbox.seed import move_tag, run_sync, seed

@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from warmer.ledger import Ledger, as_utc
 from warmer.sandbox.procs import Proc, free_port
 from warmer.sandbox.topology import Sandbox
+from warmer.store.ledger import Ledger, as_utc
 
 ROOT = Path(__file__).resolve().parents[1]
 MANY = [
@@ -187,7 +187,9 @@ def pg_topo(
 def sqlite_topo(
     sandbox: Sandbox, registry_factory: RegistryFactory, tmp_path: Path
 ) -> Iterator[ServeTopo]:
-    yield from _topo(sandbox, registry_factory, tmp_path, f"sqlite:///{tmp_path / 'warmer.db'}")
+    yield from _topo(
+        sandbox, registry_factory, tmp_path, f"sqlite:///{tmp_path / 'warmer.store.db'}"
+    )
 
 
 def _states(ledger: Ledger) -> Counter[str]:

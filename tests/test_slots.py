@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from warmer.slots import PrioritySlots
+from warmer.warm.slots import PrioritySlots
 
 
 async def test_waiters_are_served_by_priority_not_arrival() -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from warmer.ledger import RunItem
-from warmer.startorder import LIGHT, start_keys, start_order
+from warmer.store.ledger import RunItem
+from warmer.warm.startorder import LIGHT, start_keys, start_order
 
 MB = 1_000_000
 

@@ -16,7 +16,7 @@ from analytics.events import Event
 from analytics.frames import USAGE_COLUMNS
 from analytics.ingest import Options, ingest
 from analytics.staticrefs import StaticRef
-from warmer.reference import parse
+from warmer.oci.reference import parse
 from warmer.sandbox.procs import Proc
 
 LOGS = Path(__file__).parent / "data" / "logs"
@@ -24,7 +24,7 @@ AT = datetime(2024, 5, 1, 12, tzinfo=UTC)
 
 
 def url_for(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'warmer.db'}"
+    return f"sqlite:///{tmp_path / 'warmer.store.db'}"
 
 
 def total(url: str) -> int:

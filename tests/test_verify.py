@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from test_refresh import Chain, RegistryFactory, StaleFront, make_chain
 
-from warmer.resolve import wants_from_args
-from warmer.verify import verify
-from warmer.warm import prepare
+from warmer.upkeep.verify import verify
+from warmer.warm.resolve import wants_from_args
+from warmer.warm.run import prepare
 
 
 @pytest.fixture

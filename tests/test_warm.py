@@ -32,14 +32,14 @@ from click.testing import CliRunner, Result
 
 from warmer.cli.main import cli
 from warmer.config import load
-from warmer.ledger import Ledger, as_utc, utcnow
-from warmer.reference import parse
-from warmer.registry import RegistryClient
-from warmer.resolve import wants_from_args
+from warmer.oci.reference import parse
+from warmer.oci.registry import RegistryClient
 from warmer.sandbox.front import FrontControl
 from warmer.sandbox.procs import Proc, free_port
 from warmer.sandbox.topology import Sandbox
-from warmer.warm import FIRST_BATCH, Prepared, warm
+from warmer.store.ledger import Ledger, as_utc, utcnow
+from warmer.warm.resolve import wants_from_args
+from warmer.warm.run import FIRST_BATCH, Prepared, warm
 
 RegistryFactory = Callable[..., Proc]
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ class Topo:
 
     @property
     def db_url(self) -> str:
-        return f"sqlite:///{self.tmp / 'warmer.db'}"
+        return f"sqlite:///{self.tmp / 'warmer.store.db'}"
 
     @property
     def config_path(self) -> Path:
@@ -323,7 +323,7 @@ def _states(db: Path, kind: str | None = None) -> Counter[str]:
 def test_kill_9_mid_run_then_resume(topo: Topo) -> None:
     topo.front.configure(bandwidth="300KB/s", latency_ms=20)
     proc = topo.warmer_proc("run", "--region", "eu", *MANY)
-    db = topo.tmp / "warmer.db"
+    db = topo.tmp / "warmer.store.db"
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
@@ -617,7 +617,7 @@ def test_unreachable_mirror_fails_items_without_leaking(topo: Topo) -> None:
     assert failed and {i.mirror for i in failed} == {"eu"}
     assert all("cannot reach" in i.reason for i in failed)
     assert {i.state for i in items if i.mirror == "central"} == {"done"}
-    assert secret not in (topo.tmp / "warmer.db").read_bytes().decode(errors="replace")
+    assert secret not in (topo.tmp / "warmer.store.db").read_bytes().decode(errors="replace")
     assert "failed" in result.stderr and result.stderr.strip().splitlines()[-1].startswith("error:")
 
 

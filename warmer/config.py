@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from warmer.db import DEFAULT_URL
+from warmer.store.db import DEFAULT_URL
 from warmer.units import UnitError, parse_duration, parse_rate, parse_size
 
 

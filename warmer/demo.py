@@ -189,7 +189,7 @@ class Demo:
     def _proof(self, box: Sandbox, front: FrontControl, runs: dict[str, Any]) -> None:
         """skopeo pulls a warmed image from a regional mirror while the upstream answers 503."""
         from warmer.config import load
-        from warmer.ledger import Ledger
+        from warmer.store.ledger import Ledger
 
         cfg = load(self.config)
         ledger = Ledger(cfg.database.url)

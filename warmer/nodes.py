@@ -19,7 +19,7 @@ import docker
 import docker.errors
 from docker.models.images import Image
 
-from warmer.reference import Reference
+from warmer.oci.reference import Reference
 
 log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 600.0

@@ -218,7 +218,7 @@ class Catalogue:
 
 def canonical(short: str) -> str:
     """``python:3.12`` -> ``docker.io/library/python:3.12`` (via the shared parser)."""
-    from warmer.reference import parse
+    from warmer.oci.reference import parse
 
     return str(parse(short))
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from warmer.reference import parse
+from warmer.oci.reference import parse
 
 _NOISE = [
     "npm WARN deprecated inflight@1.0.6: This module is not supported, and leaks memory.",

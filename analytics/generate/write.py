@@ -30,7 +30,7 @@ import pandas as pd
 
 from analytics.generate.logs import UNTIMED, WRITERS, Pull, Run
 from analytics.generate.workload import Pipeline, Workload
-from warmer.reference import parse
+from warmer.oci.reference import parse
 
 _RUNNER = {
     "github": "{r}-runner-{n:02d}",

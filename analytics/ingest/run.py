@@ -33,7 +33,7 @@ from analytics.ingest.reader import (
 )
 from analytics.ingest.select import selector
 from analytics.regions import RegionRules
-from warmer.reference import Reference, try_parse
+from warmer.oci.reference import Reference, try_parse
 
 log = logging.getLogger(__name__)
 DETECT_BYTES = 64 << 10

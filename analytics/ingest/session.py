@@ -154,7 +154,7 @@ class _Batch:
         from sqlalchemy import select
 
         from analytics import store
-        from warmer import db
+        from warmer.store import db
 
         t = store.ingested_files
         with db.engine_for(self.url).connect() as conn:
@@ -223,7 +223,7 @@ class _Batch:
         from sqlalchemy import bindparam
 
         from analytics import store
-        from warmer import db
+        from warmer.store import db
 
         dirty = [r for recs in self.known.values() for r in recs if r.dirty]
         if not dirty and not len(self.agg):

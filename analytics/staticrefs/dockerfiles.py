@@ -15,7 +15,7 @@ import dockerfile
 
 from analytics.staticrefs.model import Found, StaticRef, Warn
 from analytics.staticrefs.variables import Unresolved, substitute
-from warmer.reference import InvalidReference, parse
+from warmer.oci.reference import InvalidReference, parse
 
 _SYNTAX = re.compile(r"^#\s*syntax\s*=\s*(\S+)\s*$", re.IGNORECASE)
 _DIRECTIVE = re.compile(r"^#\s*[a-zA-Z]+\s*=")

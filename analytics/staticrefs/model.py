@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from warmer.reference import Reference
+from warmer.oci.reference import Reference
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from analytics.staticrefs.model import Found, StaticRef, Warn
 from analytics.staticrefs.variables import Unresolved, substitute
-from warmer.reference import InvalidReference, parse
+from warmer.oci.reference import InvalidReference, parse
 
 try:
     _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]

@@ -38,14 +38,14 @@ from warmer.bundle.ocilayout import (
     blob_relpath,
     hash_file,
 )
-from warmer.manifest import Descriptor, ImageTree, Manifest, Platform, sha256_digest
-from warmer.reference import Reference
+from warmer.oci.manifest import Descriptor, ImageTree, Manifest, Platform, sha256_digest
+from warmer.oci.reference import Reference
 
 log = logging.getLogger(__name__)
 
 
 class Source(Protocol):
-    """The part of :class:`warmer.registry.RegistryClient` an export uses."""
+    """The part of :class:`warmer.oci.registry.RegistryClient` an export uses."""
 
     async def resolve(
         self, repository: str, reference: str, platforms: Sequence[Platform]

@@ -17,7 +17,7 @@ from typing import Any
 from warmer.bundle.bundlefile import Bundle, file_problems
 from warmer.bundle.ocilayout import blob_relpath
 from warmer.bundle.source import BundleSource, actual_checksums, read_bundle
-from warmer.registry import NotFound, RegistryClient
+from warmer.oci.registry import NotFound, RegistryClient
 
 
 class BundleInvalid(Exception):

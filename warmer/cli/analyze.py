@@ -19,7 +19,7 @@ _db = click.option(
     "--db",
     "db_url",
     default=None,
-    help="Database URL (default: the config's [database] url, else warmer.db).",
+    help="Database URL (default: the config's [database] url, else warmer.store.db).",
 )
 
 
@@ -64,7 +64,7 @@ def rank_command(
     """
     from analytics import store
     from analytics.rank import RankParams, rank
-    from analytics.rankings import save_ranking
+    from warmer.store.rankings import save_ranking
 
     url = database_url(ctx, db_url)
     now = _time(at, "--at")

@@ -25,9 +25,9 @@ from warmer.bundle.ocilayout import LayoutError
 from warmer.bundle.source import open_source
 from warmer.cli.common import CONTEXT_SETTINGS, BadInput, WorkFailed, emit_json, json_option
 from warmer.config import Config, ConfigError, load
-from warmer.manifest import Platform
-from warmer.reference import InvalidReference, Reference, parse
-from warmer.registry import RegistryClient, RegistryError
+from warmer.oci.manifest import Platform
+from warmer.oci.reference import InvalidReference, Reference, parse
+from warmer.oci.registry import RegistryClient, RegistryError
 from warmer.units import format_size
 
 
@@ -85,7 +85,7 @@ def select_images(
         config = optional_config(ctx)
         if config is None:
             raise BadInput("--region needs a config (--config PATH) and a stored ranking")
-        from warmer.resolve import wants_from_ranking
+        from warmer.warm.resolve import wants_from_ranking
 
         try:
             config.region(region)
@@ -120,7 +120,7 @@ async def _sources(
             return
         if config is None:
             raise BadInput("no --from URL and no config to find each image's upstream")
-        from warmer.resolve import upstream_client
+        from warmer.warm.resolve import upstream_client
 
         names: dict[Reference, str] = {}
         for ref in refs:

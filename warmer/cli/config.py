@@ -71,6 +71,6 @@ def database_url(ctx: click.Context, override: str | None) -> str:
     path = Path(ctx.find_root().obj.get("config_path") or "warmer.toml")
     if path.is_file():
         return load_config(ctx).database.url
-    from warmer.db import DEFAULT_URL
+    from warmer.store.db import DEFAULT_URL
 
     return DEFAULT_URL

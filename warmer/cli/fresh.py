@@ -20,12 +20,12 @@ from warmer.cli.common import (
 )
 from warmer.cli.config import load_config
 from warmer.config import ConfigError
-from warmer.ledger import Ledger, as_utc, utcnow
+from warmer.store.ledger import Ledger, as_utc, utcnow
 from warmer.units import UnitError, format_duration, parse_duration
 
 
 def _short(digest: str | None) -> str:
-    from warmer.freshness import short
+    from warmer.upkeep.freshness import short
 
     return short(digest)
 
@@ -53,7 +53,7 @@ def refresh_command(
     and its invalidation hook called. Exit 1 when a tag could not be checked or warmed.
     """
 
-    from warmer.refresh import refresh
+    from warmer.upkeep.refresh import refresh
 
     cfg = load_config(ctx)
     try:
@@ -147,7 +147,7 @@ def pins_command(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> 
     """Each tag's current digest for the references in Dockerfiles, compose, Kubernetes and
     CI files; references pinned to a digest their tag has moved away from; the exact
     `image:tag@sha256:...` to pin to. Exit 1 when a tag could not be resolved."""
-    from warmer.pins import pins
+    from warmer.upkeep.pins import pins
 
     cfg = load_config(ctx)
     missing = [str(p) for p in paths if not p.exists()]
@@ -197,7 +197,7 @@ def verify_command(
     """GET and hash warmed blobs and manifests at each tier; compare each tier's answer for a
     tag with the upstream's. Any mismatch is an incident: recorded, printed with what differs
     and where, exit 1; the item stops counting as warm and is planned again."""
-    from warmer.verify import verify
+    from warmer.upkeep.verify import verify
 
     cfg = load_config(ctx)
     if not 0 < sample <= 1:

@@ -9,13 +9,13 @@ from typing import Any
 
 import click
 
-from warmer.auth import Credentials, CredentialsError, credentials_from_docker_config
 from warmer.cli.common import CONTEXT_SETTINGS, BadInput, WorkFailed, emit_json, json_option
-from warmer.manifest import ImageTree, Platform
-from warmer.ratelimit import RateLimit
-from warmer.reference import InvalidReference, Reference, parse
-from warmer.registry import RegistryClient, RegistryError
-from warmer.transport import check_base_url
+from warmer.oci.auth import Credentials, CredentialsError, credentials_from_docker_config
+from warmer.oci.manifest import ImageTree, Platform
+from warmer.oci.ratelimit import RateLimit
+from warmer.oci.reference import InvalidReference, Reference, parse
+from warmer.oci.registry import RegistryClient, RegistryError
+from warmer.oci.transport import check_base_url
 from warmer.units import format_size
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,8 @@ def _credentials(config_path: str | None, url: str) -> tuple[Credentials | None,
     host = url.split("://", 1)[-1].split("/", 1)[0]
     if config_path and Path(config_path).is_file():
         # Imported here: the config model is only needed when a config file is present.
-        from warmer.auth import credentials_from_ref
         from warmer.config import ConfigError, MirrorConfig, UpstreamConfig, load
+        from warmer.oci.auth import credentials_from_ref
 
         try:
             config = load(config_path)

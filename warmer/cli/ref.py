@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from warmer.cli.common import CONTEXT_SETTINGS, BadInput, emit_json, json_option
-from warmer.reference import InvalidReference, parse
+from warmer.oci.reference import InvalidReference, parse
 
 
 @click.command("ref", context_settings=CONTEXT_SETTINGS)

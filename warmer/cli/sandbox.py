@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from warmer.cli.common import CONTEXT_SETTINGS, BadInput, WorkFailed, emit_json, json_option
-from warmer.registry import RegistryError
+from warmer.oci.registry import RegistryError
 from warmer.sandbox.procs import SandboxError
 from warmer.sandbox.topology import Sandbox
 from warmer.units import format_size, parse_rate

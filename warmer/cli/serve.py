@@ -11,7 +11,7 @@ import click
 from warmer.cli.common import CONTEXT_SETTINGS, BadInput, configure_logging, emit_json, json_option
 from warmer.cli.config import load_config
 from warmer.config import Config, ConfigError
-from warmer.ledger import utcnow
+from warmer.store.ledger import utcnow
 
 _regions = click.option(
     "--region",

@@ -32,12 +32,12 @@ from warmer.cli.common import (
 )
 from warmer.cli.config import load_config
 from warmer.config import Config, ConfigError
-from warmer.execute import RunStats
-from warmer.ledger import Ledger, RunItem, as_utc, utcnow
-from warmer.reserve import RateReserve
-from warmer.resolve import Want, wants_from_args, wants_from_ranking
+from warmer.store.ledger import Ledger, RunItem, as_utc, utcnow
 from warmer.units import UnitError, format_duration, format_size, parse_duration, parse_size
-from warmer.warm import (
+from warmer.warm.execute import RunStats
+from warmer.warm.reserve import RateReserve
+from warmer.warm.resolve import Want, wants_from_args, wants_from_ranking
+from warmer.warm.run import (
     Prepared,
     WarmError,
     current_window_deadline,
@@ -372,7 +372,7 @@ async def _close(reserve: RateReserve | None) -> None:
 
 
 def _first_image(ledger: Ledger, run_id: int) -> Any:
-    from warmer.reference import try_parse
+    from warmer.oci.reference import try_parse
 
     for item in ledger.items(run_id):
         ref = try_parse(item.image)

@@ -13,7 +13,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from warmer.registry import DigestMismatch, RegistryClient
+from warmer.oci.registry import DigestMismatch, RegistryClient
 from warmer.sandbox.catalogue import Catalogue, Image, Layer, Tag, moved
 
 T = TypeVar("T")

@@ -17,16 +17,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from warmer import plan as planner
-from warmer.auth import CredentialRef, Credentials, credentials_from_ref
 from warmer.config import Config, ConfigError, CredentialsRef, MirrorConfig
-from warmer.ledger import Ledger
-from warmer.manifest import ImageTree, Platform
-from warmer.reference import InvalidReference, Reference, parse
-from warmer.registry import RegistryClient, RegistryError
-from warmer.reserve import RateReserve
+from warmer.oci.auth import CredentialRef, Credentials, credentials_from_ref
+from warmer.oci.manifest import ImageTree, Platform
+from warmer.oci.reference import InvalidReference, Reference, parse
+from warmer.oci.registry import RegistryClient, RegistryError
+from warmer.store.ledger import Ledger
+from warmer.warm import plan as planner
+from warmer.warm.reserve import RateReserve
 
-log = logging.getLogger("warmer.resolve")
+log = logging.getLogger("warmer.warm.resolve")
 
 RESERVE_REASON = "upstream rate-limit reserve"  # an image held back for CI, not a failure
 
@@ -92,7 +92,7 @@ def wants_from_args(images: Sequence[str]) -> list[Want]:
 def wants_from_ranking(config: Config, region: str, top: int | None) -> list[Want]:
     """The stored ranking of ``region`` (from ``warmer rank``), best first."""
     try:
-        from analytics.rankings import latest_ranking
+        from warmer.store.rankings import latest_ranking
     except ImportError:  # pragma: no cover - analytics is part of the distribution
         return []
     frame = latest_ranking(config.database.url, region)

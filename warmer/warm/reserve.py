@@ -1,6 +1,6 @@
 """The upstream rate-limit reserve: requests that would count upstream wait at the reserve.
 
-Kept apart from the executor, which holds one per run; resolution (``warmer.warm``) and the
+Kept apart from the executor, which holds one per run; resolution (``warmer.warm.run``) and the
 service's jobs share it too.
 """
 
@@ -10,9 +10,9 @@ import asyncio
 import logging
 import time
 
-from warmer.registry import RegistryClient, RegistryError
+from warmer.oci.registry import RegistryClient, RegistryError
 
-log = logging.getLogger("warmer.execute")
+log = logging.getLogger("warmer.warm.execute")
 
 
 class RateReserve:
@@ -21,7 +21,7 @@ class RateReserve:
     Mirrors do not pass the upstream's rate-limit headers on, so the remaining count is read
     with a HEAD to the upstream (HEAD is not counted by Docker Hub) and decremented locally
     for each manifest GET the top tier may make upstream. Those are made while resolving
-    through the top tier (:func:`warmer.resolve.resolve`), which keeps the reserve; the
+    through the top tier (:func:`warmer.warm.resolve.resolve`), which keeps the reserve; the
     executor's manifest requests that follow are answered from the top tier's cache (a GET
     by tag makes it send the upstream a HEAD, which is not counted), so the executor only
     uses :meth:`explain` when a top-tier request fails.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from warmer.ledger import RunItem
+from warmer.store.ledger import RunItem
 
 LIGHT = 256 * 1024  # bytes: below this a blob's round trips outlast its transfer
 

@@ -1,7 +1,7 @@
 """An async client for the OCI distribution API: manifests, blobs, tags, pushes.
 
 :class:`RegistryClient` adds the distribution API's operations to
-:class:`warmer.transport.RegistryTransport` (challenge auth, retries with jittered backoff,
+:class:`warmer.oci.transport.RegistryTransport` (challenge auth, retries with jittered backoff,
 redirects that never carry the Authorization header to another host, rate-limit headers).
 Every manifest and blob read is checked against its digest.
 """
@@ -18,8 +18,8 @@ from typing import IO
 
 import httpx
 
-from warmer.auth import Credentials, repository_scope
-from warmer.manifest import (
+from warmer.oci.auth import Credentials, repository_scope
+from warmer.oci.manifest import (
     MANIFEST_ACCEPT,
     SCHEMA1_TYPES,
     Descriptor,
@@ -34,8 +34,8 @@ from warmer.manifest import (
     select_platforms,
     sha256_digest,
 )
-from warmer.ratelimit import RateLimit
-from warmer.transport import (
+from warmer.oci.ratelimit import RateLimit
+from warmer.oci.transport import (
     DigestMismatch,
     NoMatchingPlatform,
     NotFound,

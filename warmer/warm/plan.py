@@ -53,8 +53,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
-from warmer.plantopo import Key, PlanError, Slot, Topology, is_held
 from warmer.units import format_duration, format_size
+from warmer.warm.topology import Key, PlanError, Slot, Topology, is_held
 
 __all__ = [
     "Blob",

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from warmer import freshness as fr
 from warmer.config import Config
-from warmer.ledger import Holding, Ledger, as_utc
-from warmer.reference import InvalidReference, parse
-from warmer.registry import DigestMismatch, NotFound, RegistryClient, RegistryError
-from warmer.resolve import mirror_client, upstream_client
+from warmer.oci.reference import InvalidReference, parse
+from warmer.oci.registry import DigestMismatch, NotFound, RegistryClient, RegistryError
+from warmer.store.ledger import Holding, Ledger, as_utc
+from warmer.upkeep import freshness as fr
+from warmer.warm.resolve import mirror_client, upstream_client
 
 PER_TIER = 4  # objects re-read at once through one mirror instance
 

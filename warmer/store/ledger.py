@@ -1,7 +1,7 @@
 """The ledger: what each mirror holds, tag resolutions, runs, run items and incidents.
 
 Tables are SQLModel classes; the schema is created by the numbered migrations of
-``warmer.ledger_migrations`` (frozen SQLAlchemy table definitions, so a later change to a
+``warmer.store.schema`` (frozen SQLAlchemy table definitions, so a later change to a
 model never alters what an old migration does). Times are stored as UTC.
 """
 
@@ -15,8 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, Session, SQLModel, col, select
 
-import warmer.ledger_migrations  # noqa: F401  (registers the schema's migrations)
-from warmer import db
+from warmer.store import db
 
 RUN_STATES = ("running", "done", "failed", "aborted")
 ITEM_STATES = ("pending", "running", "done", "failed", "skipped")
@@ -138,7 +137,7 @@ class Drift(SQLModel, table=True):
     )
 
 
-# The schema is created by the migrations in warmer.ledger_migrations (registered on import).
+# The tables are created by the ledger's migrations in warmer.store.schema.
 
 # -- access ---------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The mirror topology as the planner sees it: chains, tiers, path prefixes, cache keys.
 
-Pure helpers for :mod:`warmer.plan`; nothing here does I/O.
+Pure helpers for :mod:`warmer.warm.plan`; nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from warmer.plan import Holding, MirrorNode
+    from warmer.warm.plan import Holding, MirrorNode
 
 # (mirror, instance, repository or "" under global scope, digest): one cached object.
 Key = tuple[str, str | None, str, str]

@@ -5,7 +5,7 @@ Credentials come by reference: environment variable names, a password file, or a
 :class:`Secret`, whose ``repr``/``str`` never show the value, so a ``Credentials`` object can
 be logged or put in an exception without leaking anything.
 
-The HTTP side (sending token requests, retrying) lives in :mod:`warmer.registry`; here are
+The HTTP side (sending token requests, retrying) lives in :mod:`warmer.oci.registry`; here are
 the parsers and builders it uses: ``WWW-Authenticate`` challenges, token requests and
 responses, and a token cache keyed by scope.
 """

@@ -22,7 +22,7 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable
 
-from warmer.slots import Priority
+from warmer.warm.slots import Priority
 
 
 class TokenBucket:

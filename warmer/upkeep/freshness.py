@@ -2,8 +2,8 @@
 since when, what must be renewed before it expires, and how a pinned reference stands.
 
 Pure: no network, clock or database; ``now`` and every observation are passed in. The
-I/O shells are :mod:`warmer.refresh` (HEADs, ledger, warm runs), :mod:`warmer.verify` and
-:mod:`warmer.pins`.
+I/O shells are :mod:`warmer.upkeep.refresh` (HEADs, ledger, warm runs),
+:mod:`warmer.upkeep.verify` and :mod:`warmer.upkeep.pins`.
 
 Words
     An *observation* (:class:`Seen`) is one resolution of a tag: the digest a place answered

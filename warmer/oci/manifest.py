@@ -1,6 +1,6 @@
 """Manifests as data: media types, descriptors, platforms, parsing and platform selection.
 
-Everything here is pure (no I/O): :mod:`warmer.registry` fetches bytes and hands them to
+Everything here is pure (no I/O): :mod:`warmer.oci.registry` fetches bytes and hands them to
 :func:`parse_manifest`; :func:`select_platforms` picks the entries of an index.
 """
 

@@ -1,6 +1,6 @@
 """Carry out a plan: parallel, capped, tier-ordered, verified fetches through the mirrors.
 
-The executor decides nothing about *what* to fetch (that is ``warmer.plan``); it only
+The executor decides nothing about *what* to fetch (that is ``warmer.warm.plan``); it only
 carries run items out, in plan order, under these rules:
 
 * a bounded number of requests per mirror instance (the link's ``concurrency``);
@@ -45,14 +45,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from warmer.config import Config
-from warmer.ledger import Ledger, RunItem, utcnow
-from warmer.pacing import TokenBucket
-from warmer.registry import DigestMismatch, RateLimited, RegistryClient, RegistryError
-from warmer.reserve import RateReserve
-from warmer.slots import Priority, PrioritySlots
-from warmer.startorder import StartKey, is_light, start_keys
+from warmer.oci.registry import DigestMismatch, RateLimited, RegistryClient, RegistryError
+from warmer.store.ledger import Ledger, RunItem, utcnow
+from warmer.warm.pacing import TokenBucket
+from warmer.warm.reserve import RateReserve
+from warmer.warm.slots import Priority, PrioritySlots
+from warmer.warm.startorder import StartKey, is_light, start_keys
 
-log = logging.getLogger("warmer.execute")
+log = logging.getLogger("warmer.warm.execute")
 
 ProgressHook = Callable[[str, RunItem, int], None]
 MAX_RETRY_AFTER = 300.0  # seconds; a longer Retry-After fails the item (resume later)
@@ -188,7 +188,7 @@ class Executor:
     async def run(self, more: AsyncIterator[Sequence[RunItem]] | None = None) -> RunStats:
         """Carry out the run's pending items, and those ``more`` yields while they run
         (the continuation of a plan whose first images were ready first; see
-        ``warmer.plan``'s Continuation): each batch is started in its own start order,
+        ``warmer.warm.plan``'s Continuation): each batch is started in its own start order,
         after the items already known."""
         started = time.monotonic()
         self.ledger.reset_inflight(self.run_id)

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 
 from warmer.config import InvalidateHook
-from warmer.transport import safe_url
+from warmer.oci.transport import safe_url
 
-log = logging.getLogger("warmer.invalidate")
+log = logging.getLogger("warmer.upkeep.invalidate")
 EXCERPT = 200
 
 

@@ -1,8 +1,9 @@
-"""Database engine and schema migrations, shared by the ledger and the analytics store.
+"""The database: one engine per URL, migrated to the newest schema on first use.
 
 SQLite (WAL, one file) by default, PostgreSQL by URL. Migrations are numbered per
-component (``ledger``, ``analytics`` ...) and recorded in ``schema_migrations``; each is a
-function over a connection, run once, in order, inside a transaction. A tiny runner is
+component (``ledger``, ``analytics`` ...; all in ``warmer.store.schema``) and recorded in
+``schema_migrations``; each is a function over a connection, run once, in order, inside a
+transaction. A tiny runner is
 used instead of Alembic because the schema ships inside the package and must migrate
 itself at start-up without a separate tool or script directory.
 """
@@ -10,35 +11,21 @@ itself at start-up without a separate tool or script directory.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
-DEFAULT_URL = "sqlite:///warmer.db"
+from warmer.store.schema import MIGRATIONS
 
-Migration = Callable[[Connection], None]
+DEFAULT_URL = "sqlite:///warmer.store.db"
 
-
-@dataclass(frozen=True)
-class Component:
-    name: str
-    migrations: tuple[Migration, ...]
-
-
-_COMPONENTS: dict[str, Component] = {}
 _ENGINES: dict[str, Engine] = {}
 _LOCK = threading.Lock()
-
-
-def register(name: str, migrations: list[Migration]) -> None:
-    """Declare a component's migrations, oldest first. Append; never edit a shipped one."""
-    _COMPONENTS[name] = Component(name, tuple(migrations))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -87,9 +74,7 @@ def dispose_all() -> None:
 def migrate(engine: Engine) -> dict[str, int]:
     """Bring every registered component to its newest schema; returns the versions."""
     # Import the modules that register components, so any entry point migrates everything.
-    import analytics.rankings
     import analytics.store  # noqa: F401
-    import warmer.ledger  # noqa: F401
 
     versions: dict[str, int] = {}
     with engine.begin() as conn:
@@ -103,23 +88,23 @@ def migrate(engine: Engine) -> dict[str, int]:
                 " PRIMARY KEY (component, version))"
             )
         )
-        for comp in _COMPONENTS.values():
+        for component, steps in MIGRATIONS.items():
             done = {
                 row[0]
                 for row in conn.execute(
                     text("SELECT version FROM schema_migrations WHERE component = :c"),
-                    {"c": comp.name},
+                    {"c": component},
                 )
             }
-            for number, step in enumerate(comp.migrations, start=1):
+            for number, step in enumerate(steps, start=1):
                 if number in done:
                     continue
                 step(conn)
                 conn.execute(
                     text("INSERT INTO schema_migrations (component, version) VALUES (:c, :v)"),
-                    {"c": comp.name, "v": number},
+                    {"c": component, "v": number},
                 )
-            versions[comp.name] = len(comp.migrations)
+            versions[component] = len(steps)
     return versions
 
 

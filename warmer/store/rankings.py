@@ -1,7 +1,8 @@
 """Stored rankings for the planner: the ``rankings`` table, its writer and reader.
 
-The I/O edge of ``analytics.rank``. Each ``save_ranking`` call stores one computed
-ranking (all its rows share ``computed_at``); ``latest_ranking`` returns a region's newest.
+The I/O edge of ``analytics.rank`` (the table is declared in ``warmer.store.schema``).
+Each ``save_ranking`` call stores one computed ranking (all its rows share ``computed_at``);
+``latest_ranking`` returns a region's newest.
 """
 
 from __future__ import annotations
@@ -10,41 +11,11 @@ from datetime import UTC, datetime
 
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
 
-from warmer import db
+from warmer.store import db
+from warmer.store.schema import rankings
 
-_meta = sa.MetaData()
-rankings = sa.Table(
-    "rankings",
-    _meta,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("computed_at", sa.DateTime, nullable=False),
-    sa.Column("region", sa.String(64), nullable=False),
-    sa.Column("image", sa.String(512), nullable=False),
-    sa.Column("tag", sa.String(128), nullable=False),
-    sa.Column("digest", sa.String(160), nullable=False),
-    sa.Column("score", sa.Float, nullable=False),
-    sa.Column("window_score", sa.Float, nullable=False),
-    sa.Column("rank", sa.Integer, nullable=False),
-    sa.Column("reasons", sa.Text, nullable=False),
-    sa.Index("ix_rankings_region_computed", "region", "computed_at"),
-)
 COLUMNS = ["region", "image", "tag", "digest", "score", "window_score", "rank", "reasons"]
-
-
-def _migration_1(conn: Connection) -> None:
-    # Frozen copy of the table as first shipped; later changes get their own migration.
-    rankings.create(conn, checkfirst=True)
-
-
-db.register("analytics_rank", [_migration_1])
-
-
-def _engine(url: str) -> Engine:
-    engine = db.engine_for(url)
-    db.migrate(engine)  # idempotent: creates this component's table if the engine predates it
-    return engine
 
 
 def save_ranking(url: str, ranking: pd.DataFrame, computed_at: datetime | None = None) -> int:
@@ -65,7 +36,7 @@ def save_ranking(url: str, ranking: pd.DataFrame, computed_at: datetime | None =
         for r in ranking.itertuples(index=False)
     ]
     if rows:
-        with _engine(url).begin() as conn:
+        with db.engine_for(url).begin() as conn:
             conn.execute(rankings.insert(), rows)
     return len(rows)
 
@@ -82,7 +53,7 @@ def latest_ranking(url: str, region: str) -> pd.DataFrame:
         .where(rankings.c.region == region, rankings.c.computed_at == newest)
         .order_by(rankings.c.rank)
     )
-    with _engine(url).connect() as conn:
+    with db.engine_for(url).connect() as conn:
         rows = conn.execute(q).all()
     frame = pd.DataFrame([tuple(r) for r in rows], columns=[*COLUMNS, "computed_at"])
     frame["computed_at"] = pd.to_datetime(frame["computed_at"], utc=True)

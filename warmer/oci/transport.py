@@ -1,4 +1,4 @@
-"""The transport under :class:`warmer.registry.RegistryClient`, and the registry errors.
+"""The transport under :class:`warmer.oci.registry.RegistryClient`, and the registry errors.
 
 :class:`RegistryTransport` talks to one registry base URL (an upstream or a mirror). It
 authenticates by challenge (anonymous, Basic, Bearer tokens cached per scope), retries
@@ -28,9 +28,9 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from warmer import auth
-from warmer.auth import Credentials, CredentialsError, TokenCache
-from warmer.ratelimit import RateLimit, parse_ratelimit
+from warmer.oci import auth
+from warmer.oci.auth import Credentials, CredentialsError, TokenCache
+from warmer.oci.ratelimit import RateLimit, parse_ratelimit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from analytics.staticrefs import StaticRef, scan_paths
-from warmer import freshness as fr
 from warmer.config import Config
-from warmer.ledger import Ledger, as_utc
-from warmer.reference import Reference
-from warmer.registry import RegistryClient, RegistryError
-from warmer.resolve import upstream_client
+from warmer.oci.reference import Reference
+from warmer.oci.registry import RegistryClient, RegistryError
+from warmer.store.ledger import Ledger, as_utc
+from warmer.upkeep import freshness as fr
+from warmer.warm.resolve import upstream_client
 
 
 @dataclass

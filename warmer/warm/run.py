@@ -1,9 +1,9 @@
-"""The warm job's shell: resolve what is wanted (``warmer.resolve``), plan it, record the
+"""The warm job's shell: resolve what is wanted (``warmer.warm.resolve``), plan it, record the
 run, execute it.
 
 This is the imperative shell around the pure planner: every piece of I/O of a warm run
 (reading the ranking, resolving manifests through the top tier, the ledger, the clock)
-happens here, and ``warmer.plan.plan`` gets plain values.
+happens here, and ``warmer.warm.plan.plan`` gets plain values.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from warmer import plan as planner
 from warmer.config import Config
-from warmer.execute import SETTLE, Executor, ProgressHook, RunStats
-from warmer.ledger import Ledger, RunItem, utcnow
-from warmer.reserve import RateReserve
-from warmer.resolve import (
+from warmer.store.ledger import Ledger, RunItem, utcnow
+from warmer.warm import plan as planner
+from warmer.warm.execute import SETTLE, Executor, ProgressHook, RunStats
+from warmer.warm.reserve import RateReserve
+from warmer.warm.resolve import (
     RESERVE_REASON,
     Ready,
     Want,

@@ -1,6 +1,6 @@
 """``warmer refresh``: re-resolve tracked tags with HEAD only, and warm what moved.
 
-The imperative shell around :mod:`warmer.freshness`. For every mutable tag the stored
+The imperative shell around :mod:`warmer.upkeep.freshness`. For every mutable tag the stored
 ranking or the ledger tracks:
 
 1. HEAD the upstream (not counted by Docker Hub's rate limit; never a GET) and record it;
@@ -12,7 +12,7 @@ ranking or the ledger tracks:
 4. a tag that moved, is served stale, or whose warm content expires within
    ``[refresh] renew_before`` (only tags still ranked, or every tracked tag when the region
    has no stored ranking) is warmed through the tiers by the warm engine
-   (:func:`warmer.warm.prepare` / ``start_run`` / ``execute``): inside the region's budget,
+   (:func:`warmer.warm.run.prepare` / ``start_run`` / ``execute``): inside the region's budget,
    the links' bandwidth caps and the upstream rate-limit reserve, held content not fetched
    again. Through a top tier that still serves the tag stale, the new digest is warmed by
    digest;
@@ -36,16 +36,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from warmer import freshness as fr
 from warmer.config import Config, ConfigError
-from warmer.invalidate import run_hook
-from warmer.ledger import Holding, Ledger, as_utc
-from warmer.reference import InvalidReference, Reference, parse
-from warmer.registry import RegistryClient, RegistryError
-from warmer.resolve import Want, mirror_client, upstream_client, wants_from_ranking
-from warmer.warm import monotonic_deadline, warm
+from warmer.oci.reference import InvalidReference, Reference, parse
+from warmer.oci.registry import RegistryClient, RegistryError
+from warmer.store.ledger import Holding, Ledger, as_utc
+from warmer.upkeep import freshness as fr
+from warmer.upkeep.invalidate import run_hook
+from warmer.warm.resolve import Want, mirror_client, upstream_client, wants_from_ranking
+from warmer.warm.run import monotonic_deadline, warm
 
-log = logging.getLogger("warmer.refresh")
+log = logging.getLogger("warmer.upkeep.refresh")
 
 
 @dataclass
