@@ -13,7 +13,7 @@ import pytest
 from warmer.warm.plan import (
     Blob,
     Budget,
-    Holding,
+    Held,
     MirrorNode,
     Plan,
     PlanError,
@@ -73,9 +73,9 @@ def mirror(
 CHAIN = (mirror("central", mult=2), mirror("regional", "central", mult=2))
 
 
-def holdings_after(result: Plan) -> list[Holding]:
+def holdings_after(result: Plan) -> list[Held]:
     """What the ledger holds after the executor carried ``result`` out successfully."""
-    return [Holding(i.mirror, i.upstream_repository, i.digest, i.instance) for i in result.items]
+    return [Held(i.mirror, i.upstream_repository, i.digest, i.instance) for i in result.items]
 
 
 def at(result: Plan, mirror_name: str) -> list[PlanItem]:
@@ -276,9 +276,9 @@ def test_replanning_after_a_successful_run_yields_nothing(mirrors: list[MirrorNo
 def test_holdings_make_held_objects_free() -> None:
     wanted = [image("python", {"base": 100, "py": 50})]
     held = [
-        Holding("central", "library/python", "sha256:base"),
-        Holding("central", "library/node", "sha256:py"),  # other repository: not held here
-        Holding("regional", "library/python", "sha256:py"),
+        Held("central", "library/python", "sha256:base"),
+        Held("central", "library/node", "sha256:py"),  # other repository: not held here
+        Held("regional", "library/python", "sha256:py"),
     ]
     result = plan(wanted, CHAIN, ["regional"], held, NO_LIMIT, NOW)
     got = {(i.mirror, i.digest): i for i in result.items}
@@ -301,7 +301,7 @@ def test_instances_are_warmed_one_by_one() -> None:
         mirror("regional", "central", instances=("r1", "r2", "r3")),
     ]
     wanted = [image("python", {"base": 100})]
-    held = [Holding("regional", "library/python", "sha256:base", "r2")]
+    held = [Held("regional", "library/python", "sha256:base", "r2")]
     result = plan(wanted, mirrors, ["regional"], held, NO_LIMIT, NOW)
     per = Counter((i.mirror, i.instance, i.digest) for i in result.items)
     assert per == Counter(
@@ -321,15 +321,13 @@ def test_instances_are_warmed_one_by_one() -> None:
             wanted,
             mirrors,
             ["regional"],
-            [Holding("regional", "library/python", "sha256:base", "")],
+            [Held("regional", "library/python", "sha256:base", "")],
             NO_LIMIT,
             NOW,
         ).parent_bytes_by_mirror["regional"]
         == 30
     )
-    all_held = [
-        Holding("regional", "library/python", d) for d in ("sha256:m-python", "sha256:base")
-    ]
+    all_held = [Held("regional", "library/python", d) for d in ("sha256:m-python", "sha256:base")]
     again = plan(wanted, mirrors, ["regional"], all_held, NO_LIMIT, NOW)
     assert {i.mirror for i in again.items} == {"central"}
 
@@ -456,7 +454,7 @@ SIZES = {f"l{i}": (i * 37) % 500 + 1 for i in range(12)}
 
 def random_case(
     rng: random.Random,
-) -> tuple[list[WantedImage], list[MirrorNode], list[str], list[Holding], Budget]:
+) -> tuple[list[WantedImage], list[MirrorNode], list[str], list[Held], Budget]:
     mirrors: list[MirrorNode] = []
     for n in range(rng.randint(1, 5)):
         parent = rng.choice([None, *[m.name for m in mirrors]])
@@ -482,7 +480,7 @@ def random_case(
             )
         )
     holdings = [
-        Holding(
+        Held(
             rng.choice(mirrors).name,
             rng.choice(["library/a", "library/b", "org/c"]),
             "sha256:" + rng.choice([*SIZES, "m-img0", "m-img1"]),
@@ -502,7 +500,7 @@ def check_invariants(
     wanted: list[WantedImage],
     mirrors: list[MirrorNode],
     targets: list[str],
-    holdings: list[Holding],
+    holdings: list[Held],
     budget: Budget,
 ) -> None:
     nodes = {m.name: m for m in mirrors}
@@ -682,7 +680,7 @@ def worth(result: Plan, wanted: list[WantedImage]) -> float:
 
 def binding_case(
     seed: int,
-) -> tuple[list[WantedImage], list[MirrorNode], list[str], list[Holding], Budget]:
+) -> tuple[list[WantedImage], list[MirrorNode], list[str], list[Held], Budget]:
     """A random case whose budget or window leaves out part of what it wants."""
     rng = random.Random(seed)
     wanted, mirrors, targets, holdings, _ = random_case(rng)

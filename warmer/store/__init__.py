@@ -6,7 +6,7 @@ Public surface, by module:
   migrated on first use (SQLite by default, PostgreSQL when replicas share it);
 - ``schema``: every table and ``MIGRATIONS``: the ledger's, the analytics store's, the
   stored rankings' and the job leases';
-- ``ledger``: ``Ledger`` and its rows (``Held``, ``Run``, ``RunItem``, ``Resolution``,
+- ``ledger``: ``Ledger`` and its rows (``Holding``, ``Run``, ``RunItem``, ``Resolution``,
   ``Incident``, ``Drift``): what each mirror holds, runs and their items;
 - ``writer``: ``LedgerWriter``: the executor's bookkeeping, batched off the event loop;
 - ``rankings``: ``save_ranking``, ``latest_ranking``: the rankings the planner reads.

@@ -54,12 +54,12 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from warmer.units import format_duration, format_size
-from warmer.warm.topology import Key, PlanError, Slot, Topology, is_held
+from warmer.warm.topology import Held, Key, MirrorNode, PlanError, Slot, Topology, is_held
 
 __all__ = [
     "Blob",
     "Budget",
-    "Holding",
+    "Held",
     "MirrorNode",
     "Plan",
     "PlanError",
@@ -92,29 +92,6 @@ class WantedImage:
     score: float  # predicted pulls (value)
     manifests: tuple[Blob, ...]  # index first (if any), then platform manifests, fetch order
     blobs: tuple[Blob, ...]  # configs + layers of the selected platforms, de-duplicated
-
-
-@dataclass(frozen=True)
-class MirrorNode:
-    name: str
-    parent: str | None  # parent mirror name; None when its parent is the upstream
-    path_prefix: str  # "" plain; "dockerhub-proxy" for Harbor-style "<prefix>/<repository>"
-    cache_scope: Literal["repository", "global"]
-    fetch_multiplicity: int  # bytes pulled over its parent link per cold byte
-    link_rate: int | None  # bytes/s cap on its parent link (None = uncapped)
-    instances: tuple[str, ...] = ()  # replicas with their own caches (each is warmed)
-    upstreams: tuple[str, ...] = ()  # upstream names it proxies (empty = any)
-
-
-@dataclass(frozen=True)
-class Holding:
-    """Warm and unexpired per the ledger. ``repository`` is as seen at the upstream and is
-    ignored under global scope; ``instance`` None means every instance of the mirror."""
-
-    mirror: str
-    repository: str
-    digest: str
-    instance: str | None = None
 
 
 @dataclass(frozen=True)
@@ -424,7 +401,7 @@ def plan(
     wanted: Sequence[WantedImage],
     mirrors: Sequence[MirrorNode],
     targets: Sequence[str],
-    holdings: Iterable[Holding],
+    holdings: Iterable[Held],
     budget: Budget,
     now: datetime,
     after: Plan | None = None,

@@ -74,12 +74,12 @@ def region_targets(config: Config, region: str) -> list[str]:
 
 def holdings(
     config: Config, ledger: Ledger, now: datetime, renew_within: timedelta | None = None
-) -> list[planner.Holding]:
+) -> list[planner.Held]:
     """What the planner may count as held; with ``renew_within``, content whose ledger
     entry expires within that margin counts as not held (it is re-warmed before it expires)."""
     rows = ledger.holdings(config.mirrors.keys(), now + (renew_within or timedelta(0)))
     return [
-        planner.Holding(
+        planner.Held(
             mirror=h.mirror, repository=h.repository, digest=h.digest, instance=h.instance or None
         )
         for h in rows

@@ -1,19 +1,41 @@
 """The mirror topology as the planner sees it: chains, tiers, path prefixes, cache keys.
 
-Pure helpers for :mod:`warmer.warm.plan`; nothing here does I/O.
+Pure helpers for :mod:`warmer.warm.plan`, and the two values that describe the mirrors to it:
+``MirrorNode`` (a mirror as configured) and ``Held`` (an object the ledger says a mirror
+holds). Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from warmer.warm.plan import Holding, MirrorNode
+from typing import Literal
 
 # (mirror, instance, repository or "" under global scope, digest): one cached object.
 Key = tuple[str, str | None, str, str]
+
+
+@dataclass(frozen=True)
+class MirrorNode:
+    name: str
+    parent: str | None  # parent mirror name; None when its parent is the upstream
+    path_prefix: str  # "" plain; "dockerhub-proxy" for Harbor-style "<prefix>/<repository>"
+    cache_scope: Literal["repository", "global"]
+    fetch_multiplicity: int  # bytes pulled over its parent link per cold byte
+    link_rate: int | None  # bytes/s cap on its parent link (None = uncapped)
+    instances: tuple[str, ...] = ()  # replicas with their own caches (each is warmed)
+    upstreams: tuple[str, ...] = ()  # upstream names it proxies (empty = any)
+
+
+@dataclass(frozen=True)
+class Held:
+    """Warm and unexpired per the ledger. ``repository`` is as seen at the upstream and is
+    ignored under global scope; ``instance`` None means every instance of the mirror."""
+
+    mirror: str
+    repository: str
+    digest: str
+    instance: str | None = None
 
 
 class PlanError(ValueError):
@@ -105,7 +127,7 @@ class Topology:
     def scope_repo(self, name: str, repository: str) -> str:
         return repository if self.by_name[name].cache_scope == "repository" else ""
 
-    def held_keys(self, holdings: Iterable[Holding]) -> set[Key]:
+    def held_keys(self, holdings: Iterable[Held]) -> set[Key]:
         """Ledger holdings as cache keys. A holding without an instance counts for every
         instance of the mirror (a ledger that does not track instances); so does ``""``."""
         keys: set[Key] = set()
