@@ -139,7 +139,11 @@ def drift_command(ctx: click.Context, since: str, as_json: bool) -> None:
             )
 
 
-@click.command("pins", context_settings=CONTEXT_SETTINGS)
+@click.command(
+    "pins",
+    context_settings=CONTEXT_SETTINGS,
+    short_help="Stale digest pins in Dockerfiles and manifests, and what to pin to.",
+)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @json_option
 @click.pass_context
@@ -179,7 +183,11 @@ def pins_command(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> 
         raise WorkFailed(f"{len(unknown)} reference(s) could not be resolved")
 
 
-@click.command("verify", context_settings=CONTEXT_SETTINGS)
+@click.command(
+    "verify",
+    context_settings=CONTEXT_SETTINGS,
+    short_help="Re-read and hash what the tiers hold; compare their tags with the upstream.",
+)
 @click.option("--region", "-r", help="Only this region's chains (default: every region).")
 @click.option(
     "--sample",

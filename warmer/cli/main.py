@@ -10,32 +10,88 @@ import click
 
 from warmer.cli.common import CONTEXT_SETTINGS, Usage, configure_logging
 
-# Command name -> the module under warmer.cli that defines it (in ``commands``). Modules are
-# imported only when their command runs, so `warmer ref` does not pay for pandas.
-COMMANDS: dict[str, str] = {
-    "demo": "warmer.cli.demo",
-    "ref": "warmer.cli.ref",
-    "inspect": "warmer.cli.inspect",
-    "sandbox": "warmer.cli.sandbox",
-    "config": "warmer.cli.config",
-    "plan": "warmer.cli.warm",
-    "run": "warmer.cli.warm",
-    "status": "warmer.cli.warm",
-    "windows": "warmer.cli.windows",
-    "ingest": "warmer.cli.ingest",
-    "refs": "warmer.cli.ingest",
-    "rank": "warmer.cli.analyze",
-    "backtest": "warmer.cli.analyze",
-    "generate": "warmer.cli.analyze",
-    "export": "warmer.cli.bundle",
-    "import": "warmer.cli.bundle",
-    "nodes": "warmer.cli.nodes",
-    "refresh": "warmer.cli.fresh",
-    "drift": "warmer.cli.fresh",
-    "pins": "warmer.cli.fresh",
-    "verify": "warmer.cli.fresh",
-    "serve": "warmer.cli.serve",
-    "jobs": "warmer.cli.serve",
+# Command name -> (the module under warmer.cli that defines it in ``commands``, its summary).
+# Modules are imported only when their command runs, so `warmer ref` and `warmer --help` do
+# not pay for pandas; the summaries are what `--help` lists (a test keeps them equal to the
+# commands' own).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "warmer.cli.demo",
+        "Run the whole story on real registries on 127.0.0.1, printing each command.",
+    ),
+    "ref": ("warmer.cli.ref", "Normalise image references as Docker does."),
+    "inspect": (
+        "warmer.cli.inspect",
+        "Show what IMAGE resolves to: digest, media type, platforms, layers and sizes.",
+    ),
+    "sandbox": (
+        "warmer.cli.sandbox",
+        "Start, stop and check a sandbox of real registries on 127.0.0.1.",
+    ),
+    "config": ("warmer.cli.config", "Inspect and validate the configuration."),
+    "plan": (
+        "warmer.cli.warm",
+        "Show what a warm run would fetch, mirror by mirror, without fetching it.",
+    ),
+    "run": (
+        "warmer.cli.warm",
+        "Warm the region's mirrors: plan, then fetch through each tier, top down.",
+    ),
+    "status": ("warmer.cli.warm", "Recent runs, what each mirror holds, and incidents."),
+    "windows": ("warmer.cli.windows", "Show the coming maintenance windows in local time and UTC."),
+    "ingest": ("warmer.cli.ingest", "Read CI, kubelet and registry logs into hourly usage counts."),
+    "refs": (
+        "warmer.cli.ingest",
+        "List image references named in Dockerfiles, compose, Kubernetes and CI files.",
+    ),
+    "rank": (
+        "warmer.cli.analyze",
+        "Predicted pulls per image tag for the next day and window, with the reasons.",
+    ),
+    "backtest": (
+        "warmer.cli.analyze",
+        "Rolling-origin backtest: model vs yesterday, frequency, static and the oracle.",
+    ),
+    "generate": (
+        "warmer.cli.analyze",
+        "Write a synthetic CI workload: logs in every format, repositories, catalogue.json.",
+    ),
+    "export": (
+        "warmer.cli.bundle",
+        "Write images into an OCI image layout with a bundle.json of checksums.",
+    ),
+    "import": (
+        "warmer.cli.bundle",
+        "Verify a bundle and push it into a registry (never a pull-through mirror).",
+    ),
+    "nodes": (
+        "warmer.cli.nodes",
+        "Pre-pull images onto CI nodes through their Docker API (pulls go via their mirror).",
+    ),
+    "refresh": (
+        "warmer.cli.fresh",
+        "Re-resolve tracked tags (HEAD only) and warm what moved or expires soon.",
+    ),
+    "drift": (
+        "warmer.cli.fresh",
+        "The drift history: tags that moved upstream and tiers that served them stale.",
+    ),
+    "pins": (
+        "warmer.cli.fresh",
+        "Stale digest pins in Dockerfiles and manifests, and what to pin to.",
+    ),
+    "verify": (
+        "warmer.cli.fresh",
+        "Re-read and hash what the tiers hold; compare their tags with the upstream.",
+    ),
+    "serve": (
+        "warmer.cli.serve",
+        "Run the scheduler service: ingest, rank, warm in windows, refresh, verify, prune.",
+    ),
+    "jobs": (
+        "warmer.cli.serve",
+        "List the service's jobs, their next run times and who holds their lease now.",
+    ),
 }
 
 
@@ -46,14 +102,30 @@ class LazyGroup(click.Group):
         return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        module = COMMANDS.get(cmd_name)
-        if module is None:
+        if cmd_name not in COMMANDS:
             return None
+        module = COMMANDS[cmd_name][0]
         commands: list[click.Command] = importlib.import_module(module).commands
         for command in commands:
             if command.name == cmd_name:
                 return command
         raise RuntimeError(f"{module} does not define the command {cmd_name!r}")
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from the summaries above, importing no command module."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = [(name, _shorten(COMMANDS[name][1], limit)) for name in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` cut at a word to fit ``limit`` characters, with "..." when cut (as click does)."""
+    if len(text) <= limit:
+        return text
+    cut = text[: max(limit - 3, 1)].rsplit(" ", 1)[0].rstrip(",;:")
+    return cut + "..."
 
 
 @click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)

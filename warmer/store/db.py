@@ -72,10 +72,8 @@ def dispose_all() -> None:
 
 
 def migrate(engine: Engine) -> dict[str, int]:
-    """Bring every registered component to its newest schema; returns the versions."""
-    # Import the modules that register components, so any entry point migrates everything.
-    import analytics.store  # noqa: F401
-
+    """Bring every component of ``schema.MIGRATIONS`` to its newest schema; returns the
+    versions."""
     versions: dict[str, int] = {}
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
