@@ -135,7 +135,7 @@ def _day_estimates(
     # weekday's pulls over the lookback differ from what the mean of its kind gives by more
     # than ``dow_z`` Poisson deviations. A release train (3-5 times its weekday mean)
     # passes at once; the week-to-week noise of a busy image on an ordinary weekday does
-    # not, where it used to move big images across the budget edge.
+    # not, since an unfounded factor moves big images across the budget edge.
     on = valid * (same & (dows == day.dayofweek))
     w_dow = w * on
     n_dow = on.sum(axis=1)
