@@ -3,16 +3,23 @@
 Tables are SQLModel classes; the schema is created by the numbered migrations of
 ``warmer.store.schema`` (frozen SQLAlchemy table definitions, so a later change to a
 model never alters what an old migration does). Times are stored as UTC.
+
+The writes a run makes (item updates, holdings, incidents, the reset of a killed run's
+items) also exist as values (``ItemUpdate``, ``HoldingRecord``, ...): ``Ledger.apply``
+commits a sequence of them in one transaction, which is how ``warmer.store.writer`` keeps
+the executor's bookkeeping off its event loop.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from warmer.store import db
@@ -139,6 +146,57 @@ class Drift(SQLModel, table=True):
 
 # The tables are created by the ledger's migrations in warmer.store.schema.
 
+# -- writes as values ------------------------------------------------------------------------
+# What the executor writes, as values: ``Ledger.apply`` commits a sequence of them in one
+# transaction, so ``warmer.store.writer`` can batch them off the event loop in order.
+
+
+@dataclass(frozen=True, slots=True)
+class ItemUpdate:
+    """Set ``values`` (column -> value) on run item ``item_id``."""
+
+    item_id: int
+    values: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class HoldingRecord:
+    """A mirror (instance) now holds this object, warmed and verified at ``now``."""
+
+    mirror: str
+    instance: str
+    repository: str
+    kind: str
+    digest: str
+    size: int
+    now: datetime
+    ttl: timedelta | None
+    run_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentRecord:
+    """Content that did not match its digest: recorded, and its holdings at the mirror
+    marked 'incident' so nothing counts it warm."""
+
+    mirror: str
+    repository: str
+    digest: str
+    kind: str
+    detail: str
+    now: datetime
+    run_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class InflightReset:
+    """Items of ``run_id`` left 'running' (by a killed process) go back to 'pending'."""
+
+    run_id: int
+
+
+LedgerOp = ItemUpdate | HoldingRecord | IncidentRecord | InflightReset
+
 # -- access ---------------------------------------------------------------------------------
 
 
@@ -180,34 +238,11 @@ class Ledger:
         ttl: timedelta | None,
         run_id: int | None,
     ) -> None:
-        with self.session() as s:
-            row = s.exec(
-                select(Holding).where(
-                    Holding.mirror == mirror,
-                    Holding.instance == instance,
-                    Holding.repository == repository,
-                    Holding.digest == digest,
-                )
-            ).first()
-            if row is None:
-                row = Holding(
-                    mirror=mirror,
-                    instance=instance,
-                    repository=repository,
-                    kind=kind,
-                    digest=digest,
-                    size=size,
-                    warmed_at=now,
-                    verified=True,
-                )
-            row.warmed_at = now
-            row.verified = True
-            row.state = "warm"
-            row.size = size
-            row.expires_at = now + ttl if ttl else None
-            row.run_id = run_id
-            s.add(row)
-            s.commit()
+        record = HoldingRecord(
+            mirror=mirror, instance=instance, repository=repository, kind=kind, digest=digest,
+            size=size, now=now, ttl=ttl, run_id=run_id,
+        )  # fmt: skip
+        self.apply([record])
 
     def mark_holdings(self, mirror: str, digest: str, state: str) -> int:
         """Stop counting a digest as warm at a mirror (incident, superseded)."""
@@ -488,20 +523,11 @@ class Ledger:
         now: datetime,
         run_id: int | None,
     ) -> None:
-        with self.session() as s:
-            s.add(
-                Incident(
-                    at=now,
-                    run_id=run_id,
-                    mirror=mirror,
-                    repository=repository,
-                    digest=digest,
-                    kind=kind,
-                    detail=detail,
-                )
-            )
-            s.commit()
-        self.mark_holdings(mirror, digest, "incident")
+        record = IncidentRecord(
+            mirror=mirror, repository=repository, digest=digest, kind=kind, detail=detail,
+            now=now, run_id=run_id,
+        )  # fmt: skip
+        self.apply([record])
 
     def incidents(self, since: datetime | None = None) -> list[Incident]:
         with self.session() as s:
@@ -524,3 +550,85 @@ class Ledger:
         return [
             {"mirror": m, "state": st, "items": int(n), "bytes": int(b)} for m, st, n, b in rows
         ]
+
+    # batched writes ---------------------------------------------------------------------------
+
+    def apply(self, ops: Sequence[LedgerOp]) -> None:
+        """Commit ``ops`` in order, in one transaction: all of them or none.
+
+        Each op is what the method of the same meaning does (``update_item``,
+        ``record_holding``, ``record_incident``, ``reset_inflight``). Core statements, not
+        the ORM: ``warmer.store.writer`` applies a run's whole bookkeeping here, in a
+        thread that shares the interpreter with the event loop moving the bytes.
+        """
+        if not ops:
+            return
+        with self.engine.begin() as conn:
+            for op in ops:
+                _apply_one(conn, op)
+
+
+_RUN_ITEM = SQLModel.metadata.tables[RunItem.__tablename__]
+_HOLDING = SQLModel.metadata.tables[Holding.__tablename__]
+_INCIDENT = SQLModel.metadata.tables[Incident.__tablename__]
+_HOLDING_KEY = ("mirror", "instance", "repository", "digest")
+
+
+def _apply_one(conn: sa.Connection, op: LedgerOp) -> None:
+    if isinstance(op, ItemUpdate):
+        conn.execute(_RUN_ITEM.update().where(_RUN_ITEM.c.id == op.item_id).values(**op.values))
+    elif isinstance(op, HoldingRecord):
+        _put_holding(conn, op)
+    elif isinstance(op, IncidentRecord):
+        conn.execute(
+            _INCIDENT.insert().values(
+                at=op.now,
+                run_id=op.run_id,
+                mirror=op.mirror,
+                repository=op.repository,
+                digest=op.digest,
+                kind=op.kind,
+                detail=op.detail,
+            )
+        )
+        conn.execute(
+            _HOLDING.update()
+            .where(_HOLDING.c.mirror == op.mirror, _HOLDING.c.digest == op.digest)
+            .values(state="incident")
+        )
+    else:
+        conn.execute(
+            _RUN_ITEM.update()
+            .where(_RUN_ITEM.c.run_id == op.run_id, _RUN_ITEM.c.state == "running")
+            .values(state="pending")
+        )
+
+
+def _put_holding(conn: sa.Connection, op: HoldingRecord) -> None:
+    """Insert the row of one object at one mirror instance, or refresh it (its ``kind``
+    stays). One upsert: replicas sharing a PostgreSQL ledger may record the same object
+    at once."""
+    fresh = {
+        "size": op.size,
+        "warmed_at": op.now,
+        "verified": True,
+        "expires_at": op.now + op.ttl if op.ttl else None,
+        "state": "warm",
+        "run_id": op.run_id,
+    }
+    key = {
+        "mirror": op.mirror,
+        "instance": op.instance,
+        "repository": op.repository,
+        "digest": op.digest,
+    }
+    if conn.dialect.name == "postgresql":
+        pg = postgresql.insert(_HOLDING).values(**key, kind=op.kind, **fresh)
+        conn.execute(pg.on_conflict_do_update(index_elements=_HOLDING_KEY, set_=fresh))
+    elif conn.dialect.name == "sqlite":
+        lite = sqlite.insert(_HOLDING).values(**key, kind=op.kind, **fresh)
+        conn.execute(lite.on_conflict_do_update(index_elements=_HOLDING_KEY, set_=fresh))
+    else:  # no upsert in SQLAlchemy's generic dialect: update, or insert when missing
+        where = [_HOLDING.c[k] == v for k, v in key.items()]
+        if not conn.execute(_HOLDING.update().where(*where).values(**fresh)).rowcount:
+            conn.execute(_HOLDING.insert().values(**key, kind=op.kind, **fresh))

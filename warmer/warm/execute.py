@@ -1,12 +1,14 @@
 """Carry out a plan: parallel, capped, tier-ordered, verified fetches through the mirrors.
 
 The executor decides nothing about *what* to fetch (that is ``warmer.warm.plan``); it only
-carries run items out, in plan order, under these rules:
+carries run items out, in plan order, under these rules (their decisions are the pure
+functions of ``warmer.warm.policy``; this module does the I/O and reads the clock):
 
-* a bounded number of requests per mirror instance (the link's ``concurrency``);
-* a token bucket per link, charged with what a request will cost the mirror's parent link
-  (``parent_cost``: a cold blob through CNCF distribution 2.8 is pulled twice, at full
-  speed, whatever our read rate) before it starts;
+* one :class:`Lane` per mirror instance: its client and a bounded number of requests
+  (the mirror's ``link.concurrency``);
+* a token bucket per mirror's parent *link*, shared by its instances, charged with what a
+  request will cost that link (``parent_cost``: a cold blob through CNCF distribution 2.8
+  is pulled twice, at full speed, whatever our read rate) before it starts;
 * never two requests for the same digest through the same mirror instance at once, and
   none until the mirror has presumably stored the last one: CNCF distribution 2.8 stores a
   cold blob in a background fetch that may end a second after our read, and while it runs
@@ -28,7 +30,12 @@ carries run items out, in plan order, under these rules:
 * the upstream rate-limit reserve: cold manifest fetches at the top tier count upstream;
   when the remaining count reaches the reserve they wait (one log line) until it recovers
   or the deadline passes;
-* every state change goes to the ledger, so a killed run loses at most what was in flight.
+* the event loop never waits for the database: every state change is handed to a
+  ``warmer.store.writer.LedgerWriter``, which commits them in order, in batches, on its
+  own thread; the few reads (the run's items at the start, the counts at the end) run in
+  a thread too. When :meth:`Executor.run` returns or raises, the writer has committed
+  everything (or its error is what ``run`` raises), so a killed run loses at most the
+  blobs in flight and the last batch of bookkeeping (see the writer's durability note).
 """
 
 from __future__ import annotations
@@ -39,15 +46,27 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from warmer.config import Config
 from warmer.oci.registry import DigestMismatch, RateLimited, RegistryClient, RegistryError
-from warmer.store.ledger import Ledger, RunItem, utcnow
+from warmer.store.ledger import (
+    HoldingRecord,
+    IncidentRecord,
+    InflightReset,
+    ItemUpdate,
+    Ledger,
+    LedgerOp,
+    RunItem,
+    utcnow,
+)
+from warmer.store.writer import LedgerWriter
+from warmer.warm import policy
 from warmer.warm.pacing import TokenBucket
+from warmer.warm.policy import CONFIRM_TRIES, SETTLE
 from warmer.warm.reserve import RateReserve
 from warmer.warm.slots import Priority, PrioritySlots
 from warmer.warm.startorder import StartKey, is_light, start_keys
@@ -55,15 +74,9 @@ from warmer.warm.startorder import StartKey, is_light, start_keys
 log = logging.getLogger("warmer.warm.execute")
 
 ProgressHook = Callable[[str, RunItem, int], None]
-MAX_RETRY_AFTER = 300.0  # seconds; a longer Retry-After fails the item (resume later)
-# A cold blob's digest stays busy for settle + STORE_LAG x our read time after the read: the
-# mirror's background copy runs beside ours on the same link and ends a moment later
-# (measured lags: median ~0, rarely up to the read time; the confirmation catches those).
-STORE_LAG = 0.25
-SETTLE = 0.4  # seconds: the fixed part of that busy time
-CHAIN_SLOTS = 2  # slots of a link that blobs on no chain of shared blobs leave free
-CONFIRM_TRIES = 8  # HEADs per shared blob at the end of a run (see Executor._confirm_shared)
-CONFIRM_BACKOFF = 0.25  # seconds before the second HEAD, doubling up to 4 s (~16 s in all)
+ABORTED = "aborted at the deadline"  # the reason of an item cancelled in flight
+
+__all__ = ["SETTLE", "Executor", "Lane", "ProgressHook", "RunStats"]
 
 
 @dataclass
@@ -101,16 +114,17 @@ class RunStats:
 
 
 @dataclass
-class Link:
-    """One mirror instance's side of a run: its client, its concurrency and its parent link."""
+class Lane:
+    """One mirror instance's side of a run: its client, its slots, and the token bucket of
+    its mirror's parent link (shared with the mirror's other instances)."""
 
     mirror: str
     instance: str
     client: RegistryClient
     slots: PrioritySlots
-    light_slots: asyncio.Semaphore  # manifests and small blobs: at most half the slots
-    bulk_slots: PrioritySlots  # blobs on no chain: all but CHAIN_SLOTS of the slots
-    bucket: TokenBucket | None
+    light_slots: asyncio.Semaphore  # manifests and small blobs: see policy.LaneSlots
+    bulk_slots: PrioritySlots  # blobs on no chain of shared blobs
+    bucket: TokenBucket | None  # the parent link's; None when the link has no cap
     ttl: timedelta | None
     scope: str
     inflight: dict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
@@ -146,73 +160,88 @@ class Executor:
         self.reserve = reserve
         self.stats = RunStats()
         self._client_factory = client_factory
-        self._links: dict[str, Link] = {}
-        self._buckets: dict[str, TokenBucket] = {}
+        self._lanes: dict[str, Lane] = {}
+        self._buckets: dict[str, TokenBucket] = {}  # mirror -> its parent link's bucket
         self._items: dict[int, RunItem] = {}
         self._rank: dict[int, StartKey] = {}  # seq -> start key (slot and link priority)
         self._events: dict[int, asyncio.Event] = {}  # seq -> set when the item is settled
         self._outcome: dict[int, str] = {}  # seq -> final state
         self._tasks: list[asyncio.Task[None]] = []
-        self._deadline_at: float | None = None  # the deadline as a monotonic time
+        self._until: float | None = None  # the deadline on the monotonic clock
+        self._writer: LedgerWriter | None = None  # while ``run`` runs
 
-    def _link(self, mirror: str, instance: str) -> Link:
-        key = _link_key(mirror, instance)
-        link = self._links.get(key)
-        if link is None:
+    def _lane(self, mirror: str, instance: str) -> Lane:
+        key = _lane_key(mirror, instance)
+        lane = self._lanes.get(key)
+        if lane is None:
             m = self.config.mirrors[mirror]
             # All instances of a mirror pull over the same parent link: one bucket for them.
             bucket = self._buckets.get(mirror)
             if bucket is None and m.link.bandwidth:
                 bucket = self._buckets[mirror] = TokenBucket(m.link.bandwidth)
-            link = Link(
+            slots = policy.lane_slots(m.link.concurrency)
+            lane = Lane(
                 mirror=mirror,
                 instance=instance,
                 client=self._client_factory(mirror, instance or m.url),
-                slots=PrioritySlots(m.link.concurrency),
-                light_slots=asyncio.Semaphore(max(1, m.link.concurrency // 2)),
-                bulk_slots=PrioritySlots(
-                    max(1, m.link.concurrency - min(CHAIN_SLOTS, m.link.concurrency // 2))
-                ),
+                slots=PrioritySlots(slots.total),
+                light_slots=asyncio.Semaphore(slots.light),
+                bulk_slots=PrioritySlots(slots.bulk),
                 bucket=bucket,
                 ttl=m.ttl,
                 scope=m.cache_scope,
             )
-            self._links[key] = link
-        return link
+            self._lanes[key] = lane
+        return lane
 
-    def _deadline_mono(self) -> float | None:
-        if self.deadline is None:
-            return None
-        return time.monotonic() + (self.deadline - utcnow()).total_seconds()
+    def _record(self, op: LedgerOp) -> None:
+        """Hand a write to the ledger writer (never waits for the database)."""
+        assert self._writer is not None, "ledger writes happen while run() runs"
+        self._writer.submit(op)
 
     async def run(self, more: AsyncIterator[Sequence[RunItem]] | None = None) -> RunStats:
         """Carry out the run's pending items, and those ``more`` yields while they run
         (the continuation of a plan whose first images were ready first; see
         ``warmer.warm.plan``'s Continuation): each batch is started in its own start order,
-        after the items already known."""
+        after the items already known.
+
+        Returns (or raises) once every write of the run is committed; a write that could
+        not be committed raises ``warmer.store.writer.LedgerWriteError``."""
         started = time.monotonic()
-        self.ledger.reset_inflight(self.run_id)
-        if self.reserve is not None:
-            await self.reserve.refresh()
-        self._deadline_at = self._deadline_mono()
-        self._schedule(self.ledger.items(self.run_id))
+        writer = self._writer = LedgerWriter(self.ledger)
         try:
-            if more is not None:
-                async for batch in more:
-                    self._schedule(batch)
-            await self._finish_all()
-        except BaseException:
-            # Cancelled from outside (service shutdown, lost lease) or the feed failed:
-            # asyncio.wait does not cancel the items, so cancel them here; each goes back to
-            # pending.
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            raise
+            try:
+                # Items a killed process left running are pending again: in memory now, in
+                # the ledger with the writer's first batch (reads need no write lock).
+                self._record(InflightReset(self.run_id))
+                items = await asyncio.to_thread(self.ledger.items, self.run_id)
+                for item in items:
+                    if item.state == "running":
+                        item.state = "pending"
+                if self.reserve is not None:
+                    await self.reserve.refresh()
+                self._until = policy.monotonic_deadline(
+                    self.deadline, now=utcnow(), now_mono=time.monotonic()
+                )
+                self._schedule(items)
+                if more is not None:
+                    async for batch in more:
+                        self._schedule(batch)
+                await self._finish_all()
+            except BaseException:
+                # Cancelled from outside (service shutdown, lost lease), the feed failed or
+                # the ledger could not be written: asyncio.wait does not cancel the items,
+                # so cancel them here; each goes back to pending.
+                for task in self._tasks:
+                    task.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+                raise
+            finally:
+                await self._close()
         finally:
-            await self._close()
+            await _to_the_end(asyncio.to_thread(writer.close))
         self.stats.seconds = time.monotonic() - started
-        final = Counter(i.state for i in self.ledger.items(self.run_id))
+        final = Counter(i.state for i in await asyncio.to_thread(self.ledger.items, self.run_id))
         self.stats.done, self.stats.failed = final["done"], final["failed"]
         self.stats.skipped, self.stats.pending = final["skipped"], final["pending"]
         if self.reserve is not None:
@@ -244,31 +273,29 @@ class Executor:
             def update(key: Priority) -> Priority:
                 return self._rank.get(key[-1], key) if isinstance(key, tuple) else key
 
-            for link in self._links.values():
-                link.slots.reprioritize(update)
-                link.bulk_slots.reprioritize(update)
+            for lane in self._lanes.values():
+                lane.slots.reprioritize(update)
+                lane.bulk_slots.reprioritize(update)
             for bucket in self._buckets.values():
                 bucket.reprioritize(update)
         # Created in start order: the first to ask for a free slot get it without queueing.
         fresh = [i for i in new if i.seq in self._rank and i.seq not in self._outcome]
         for item in sorted(fresh, key=lambda i: self._rank[i.seq]):
             self._tasks.append(
-                asyncio.create_task(
-                    self._item(item, self._events, self._outcome, self._deadline_at)
-                )
+                asyncio.create_task(self._item(item, self._events, self._outcome, self._until))
             )
 
     async def _finish_all(self) -> None:
         """Wait for every item (the deadline's grace cuts the rest), confirm shared blobs,
         then wait until the mirrors have presumably stored the last blobs read."""
-        tasks, deadline_mono = self._tasks, self._deadline_at
+        tasks, until = self._tasks, self._until
         if not tasks:
             return  # nothing pending (all warm, or all done before a resume)
-        if deadline_mono is None:
+        if until is None:
             await asyncio.gather(*tasks)
         else:
-            hard = deadline_mono + self.grace.total_seconds() - time.monotonic()
-            finished, pending = await asyncio.wait(tasks, timeout=max(0.0, hard))
+            hard = policy.grace_left(time.monotonic(), until, self.grace.total_seconds())
+            finished, pending = await asyncio.wait(tasks, timeout=hard)
             if pending:
                 self.stats.deadline_hit = True
                 for task in pending:
@@ -277,15 +304,15 @@ class Executor:
             for task in finished:
                 task.result()
         if not self.stats.deadline_hit:
-            await self._confirm_shared(deadline_mono)
+            await self._confirm_shared(until)
             # End when the mirrors have presumably stored the last blobs read, so what
             # the ledger calls warm is there for the next client (and `verify`).
-            busy = [t for link in self._links.values() for t in link.busy_until.values()]
-            await _sleep_until(min(max(busy, default=0.0), deadline_mono or float("inf")))
+            busy = [t for lane in self._lanes.values() for t in lane.busy_until.values()]
+            await _sleep_until(min(max(busy, default=0.0), until or float("inf")))
 
     async def _close(self) -> None:
-        for link in self._links.values():
-            await link.client.aclose()
+        for lane in self._lanes.values():
+            await lane.client.aclose()
 
     def _progress(self, what: str, item: RunItem, n: int = 0) -> None:
         if self.on_progress is not None:
@@ -296,35 +323,34 @@ class Executor:
         item: RunItem,
         events: dict[int, asyncio.Event],
         outcome: dict[int, str],
-        deadline: float | None,
+        until: float | None,
     ) -> None:
         assert item.id is not None
         try:
-            deps = json.loads(item.depends_on)
+            deps: list[int] = json.loads(item.depends_on)
             for dep in deps:
                 if dep in events:
                     await events[dep].wait()
-            waiting = [d for d in deps if outcome.get(d) == "pending"]
-            if waiting:
+            verdict, parent = policy.after_parents(deps, outcome)
+            if verdict == "wait":
                 # The parent tier's item was cut by the deadline: stay pending for --resume.
-                self.ledger.update_item(item.id, reason=f"waits for item {waiting[0]}")
+                self._record(ItemUpdate(item.id, {"reason": f"waits for item {parent}"}))
                 return
-            bad = [d for d in deps if outcome.get(d, "done") != "done"]
-            if bad:
-                self._finish(item, "skipped", f"parent item {bad[0]} did not complete")
+            if verdict == "skip":
+                self._finish(item, "skipped", f"parent item {parent} did not complete")
                 outcome[item.seq] = "skipped"
                 return
             await _sleep_until(max((self._busy_until(d) for d in deps), default=0.0))
-            link = self._link(item.mirror, item.instance)
+            lane = self._lane(item.mirror, item.instance)
             # The digest lock first: a task waiting for another repository's fetch of the same
             # blob must not sit on one of the mirror's slots meanwhile.
-            async with link.inflight[item.digest]:
-                await _sleep_until(link.busy_until.get(item.digest, 0.0))
-                state = await self._start(item, link, deadline)
+            async with lane.inflight[item.digest]:
+                await _sleep_until(lane.busy_until.get(item.digest, 0.0))
+                state = await self._start(item, lane, until)
             outcome[item.seq] = state
         except asyncio.CancelledError:
             # Aborted past the deadline's grace: back to pending for --resume.
-            self.ledger.update_item(item.id, state="pending", reason="aborted at the deadline")
+            self._record(ItemUpdate(item.id, {"state": "pending", "reason": ABORTED}))
             raise
         finally:
             if item.seq in events and item.seq in outcome:
@@ -338,113 +364,109 @@ class Executor:
         dep = self._items.get(seq)
         if dep is None:
             return 0.0
-        link = self._links.get(_link_key(dep.mirror, dep.instance))
-        return 0.0 if link is None else link.busy_until.get(dep.digest, 0.0)
+        lane = self._lanes.get(_lane_key(dep.mirror, dep.instance))
+        return 0.0 if lane is None else lane.busy_until.get(dep.digest, 0.0)
 
-    async def _start(self, item: RunItem, link: Link, deadline: float | None) -> str:
+    async def _start(self, item: RunItem, lane: Lane, until: float | None) -> str:
         """Take a slot and the link's bytes, then fetch; "pending" when the window ended first."""
         assert item.id is not None
         key = self._rank[item.seq]
-        # Light items go first but may hold at most half the slots: they wait on round trips,
-        # not bandwidth, and the blobs behind them should fill the link meanwhile. Blobs on
-        # no chain leave CHAIN_SLOTS to the chains: a bulk blob holds its slot while it
-        # waits for the link's bytes, and the next copy of a shared blob must not wait for
-        # a whole round of them.
+        share = policy.slot_share(is_light(item), key[1])
         gate: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
-        if is_light(item):
-            gate = link.light_slots
-        elif key[1] == 0:
-            gate = link.bulk_slots.hold(key)
-        async with gate, link.slots.hold(key):
-            if link.bucket is not None and item.parent_cost > 0:
-                if not self._before(deadline, item):
+        if share == "light":
+            gate = lane.light_slots
+        elif share == "bulk":
+            gate = lane.bulk_slots.hold(key)
+        async with gate, lane.slots.hold(key):
+            bucket = lane.bucket
+            charge = policy.link_charge(item.parent_cost, capped=bucket is not None)
+            if bucket is not None and charge:
+                if not self._before(until, item):
                     return "pending"
                 # Its key now: a part of the plan that joined meanwhile may have changed it.
-                await link.bucket.take(item.parent_cost, self._rank[item.seq])
-            if not self._before(deadline, item):
+                await bucket.take(charge, self._rank[item.seq])
+            if not self._before(until, item):
                 # The link was busy until past the deadline: no blob starts after it.
                 return "pending"
             started = time.monotonic()
-            state = await self._fetch(item, link, deadline)
+            state = await self._fetch(item, lane, until)
             if state == "done" and item.kind == "blob":
-                took = time.monotonic() - started
-                link.busy_until[item.digest] = time.monotonic() + self.settle + STORE_LAG * took
-                link.fetched[item.digest].add(item.repository)
+                now = time.monotonic()
+                lane.busy_until[item.digest] = policy.busy_after_read(
+                    now, now - started, self.settle
+                )
+                lane.fetched[item.digest].add(item.repository)
             return state
 
-    def _before(self, deadline: float | None, item: RunItem) -> bool:
+    def _before(self, until: float | None, item: RunItem) -> bool:
         assert item.id is not None
-        if deadline is None or time.monotonic() < deadline:
+        if policy.may_start(time.monotonic(), until):
             return True
         self.stats.deadline_hit = True
-        self.ledger.update_item(item.id, reason="window ended before it started")
+        self._record(ItemUpdate(item.id, {"reason": "window ended before it started"}))
         self._progress("deadline", item)
         return False
 
-    async def _confirm_shared(self, deadline: float | None) -> None:
+    async def _confirm_shared(self, until: float | None) -> None:
         """HEAD each blob that several repositories of a per-repository cache asked for in
         this run: one whose copy was lost to the mirror's in-flight race is fetched again."""
 
-        async def confirm(link: Link, repository: str, digest: str) -> None:
+        async def confirm(lane: Lane, repository: str, digest: str) -> None:
             # Bounded: a HEAD while the mirror still stores the digest for someone else is
             # relayed without being kept; the next one, once nothing is in flight, stores it.
             # One digest at a time per mirror, as the items: a lost copy's HEAD has the
             # mirror fetch it, and a second HEAD meanwhile would be relayed again.
             lost = False
             for attempt in range(CONFIRM_TRIES):
-                async with link.inflight[digest]:
-                    await _sleep_until(link.busy_until.get(digest, 0.0))
-                    if deadline is not None and time.monotonic() >= deadline:
+                async with lane.inflight[digest]:
+                    await _sleep_until(lane.busy_until.get(digest, 0.0))
+                    if not policy.may_start(time.monotonic(), until):
                         return
                     asked = time.monotonic()
-                    async with link.slots.hold(0):
+                    async with lane.slots.hold(0):
                         try:
-                            stored = await link.client.blob_stored(repository, digest)
+                            stored = await lane.client.blob_stored(repository, digest)
                         except RegistryError as exc:
                             log.warning(
                                 "%s: could not confirm %s@%s: %s",
-                                link.mirror, repository, digest, exc,
+                                lane.mirror, repository, digest, exc,
                             )  # fmt: skip
                             return
-                    if stored is not False:
+                    if not policy.ask_again(stored):
                         return
-                    # Relayed: that HEAD has the mirror store it, unless someone else's store
-                    # is still in flight. Back off (0.25 s doubling to 4 s) before asking again.
-                    took = time.monotonic() - asked
-                    backoff = min(CONFIRM_BACKOFF * 2**attempt, 4.0)
-                    link.busy_until[digest] = time.monotonic() + max(self.settle + took, backoff)
+                    now = time.monotonic()
+                    lane.busy_until[digest] = policy.busy_after_relay(
+                        now, now - asked, attempt, self.settle
+                    )
                 if not lost:
                     lost = True
                     self.stats.restored += 1
                     log.warning(
                         "%s had not kept %s@%s (it was storing the same blob for another "
                         "repository); asking again",
-                        link.mirror,
+                        lane.mirror,
                         repository,
                         digest,
                     )
 
         checks = [
-            confirm(link, repository, digest)
-            for link in self._links.values()
-            if link.scope == "repository"
-            for digest, repositories in link.fetched.items()
-            if len(repositories) > 1
-            for repository in sorted(repositories)
+            confirm(lane, repository, digest)
+            for lane in self._lanes.values()
+            for repository, digest in policy.shared_copies(lane.scope, lane.fetched)
         ]
         await asyncio.gather(*checks)
 
-    async def _fetch(self, item: RunItem, link: Link, deadline: float | None) -> str:
+    async def _fetch(self, item: RunItem, lane: Lane, until: float | None) -> str:
         """Fetch one item, waiting out a 429's Retry-After while the deadline allows."""
         assert item.id is not None
         for _ in range(self.config.run.retries + 1):
             try:
-                return await self._fetch_once(item, link)
+                return await self._fetch_once(item, lane)
             except RateLimited as exc:
-                wait = exc.retry_after
-                late = deadline is not None and time.monotonic() + (wait or 0) >= deadline
-                if wait is None or wait > MAX_RETRY_AFTER or late:
-                    why = f"; Retry-After {wait:.0f}s" if wait is not None else ""
+                wait = policy.retry_wait(exc.retry_after, now=time.monotonic(), until=until)
+                if wait is None:
+                    told = exc.retry_after
+                    why = f"; Retry-After {told:.0f}s" if told is not None else ""
                     self._finish(item, "failed", f"{exc}{why}")
                     log.warning("%s %s@%s: %s", item.mirror, item.repository, item.digest, exc)
                     return "failed"
@@ -458,16 +480,24 @@ class Executor:
         self._finish(item, "failed", "rate limited: still refused after waiting out Retry-After")
         return "failed"
 
-    async def _fetch_once(self, item: RunItem, link: Link) -> str:
+    async def _fetch_once(self, item: RunItem, lane: Lane) -> str:
         assert item.id is not None
         item.attempts += 1
-        self.ledger.update_item(
-            item.id, state="running", attempts=item.attempts, started_at=utcnow(), reason=""
+        self._record(
+            ItemUpdate(
+                item.id,
+                {
+                    "state": "running",
+                    "attempts": item.attempts,
+                    "started_at": utcnow(),
+                    "reason": "",
+                },
+            )
         )
         self._progress("start", item)
         try:
             if item.kind == "manifest":
-                manifest = await link.client.get_manifest(item.repository, item.reference)
+                manifest = await lane.client.get_manifest(item.repository, item.reference)
                 got, n = manifest.digest, len(manifest.body)
                 if got != item.digest:
                     # A tag that moved since planning: warm, but say so; the planner sees
@@ -485,17 +515,18 @@ class Executor:
                 async def counted(k: int) -> None:
                     self._progress("bytes", item, k)
 
-                n = await link.client.fetch_blob(item.repository, item.digest, on_bytes=counted)
+                n = await lane.client.fetch_blob(item.repository, item.digest, on_bytes=counted)
         except DigestMismatch as exc:
-            now = utcnow()
-            self.ledger.record_incident(
-                mirror=item.mirror,
-                repository=item.upstream_repository,
-                digest=item.digest,
-                kind="digest-mismatch",
-                detail=str(exc),
-                now=now,
-                run_id=self.run_id,
+            self._record(
+                IncidentRecord(
+                    mirror=item.mirror,
+                    repository=item.upstream_repository,
+                    digest=item.digest,
+                    kind="digest-mismatch",
+                    detail=str(exc),
+                    now=utcnow(),
+                    run_id=self.run_id,
+                )
             )
             self.stats.incidents += 1
             log.error("INCIDENT %s %s@%s: %s", item.mirror, item.repository, item.digest, exc)
@@ -511,18 +542,22 @@ class Executor:
             log.warning("%s %s@%s failed: %s", item.mirror, item.repository, item.digest, reason)
             return "failed"
         now = utcnow()
-        self.ledger.record_holding(
-            mirror=item.mirror,
-            instance=item.instance,
-            repository=item.upstream_repository,
-            kind=item.kind,
-            digest=item.digest,
-            size=n,
-            now=now,
-            ttl=link.ttl,
-            run_id=self.run_id,
+        # The holding before the item's state: the ledger is always a prefix of these
+        # writes, so an item it shows done has its holding recorded.
+        self._record(
+            HoldingRecord(
+                mirror=item.mirror,
+                instance=item.instance,
+                repository=item.upstream_repository,
+                kind=item.kind,
+                digest=item.digest,
+                size=n,
+                now=now,
+                ttl=lane.ttl,
+                run_id=self.run_id,
+            )
         )
-        self.ledger.update_item(item.id, state="done", bytes=n, finished_at=now)
+        self._record(ItemUpdate(item.id, {"state": "done", "bytes": n, "finished_at": now}))
         self.stats.bytes_by_mirror[item.mirror] += n
         self.stats.bytes_by_tier[item.tier] += n
         self.stats.parent_bytes_by_mirror[item.mirror] += item.parent_cost
@@ -531,11 +566,12 @@ class Executor:
 
     def _finish(self, item: RunItem, state: str, reason: str) -> None:
         assert item.id is not None
-        self.ledger.update_item(item.id, state=state, reason=reason[:500], finished_at=utcnow())
+        values = {"state": state, "reason": reason[:500], "finished_at": utcnow()}
+        self._record(ItemUpdate(item.id, values))
         self._progress(state, item)
 
 
-def _link_key(mirror: str, instance: str) -> str:
+def _lane_key(mirror: str, instance: str) -> str:
     return f"{mirror}\0{instance}"
 
 
@@ -543,3 +579,23 @@ async def _sleep_until(when: float) -> None:
     delay = when - time.monotonic()
     if delay > 0:
         await asyncio.sleep(delay)
+
+
+async def _to_the_end(work: Awaitable[None]) -> None:
+    """Await ``work`` to its end even if cancelled meanwhile, then re-raise the cancel.
+
+    For closing the ledger writer: ``Executor.run`` promises a complete ledger when it
+    returns or raises, a second cancel (a service shutting down) included."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            cancelled = True
+            continue
+        break
+    if cancelled:
+        raise asyncio.CancelledError
