@@ -43,7 +43,7 @@ from jobs.schedule import Clock, CronStartTrigger, EveryTrigger, WindowTrigger
 from jobs.tasks import Context, Summary
 from warmer.config import Config
 from warmer.store.ledger import Ledger, utcnow
-from warmer.warm.run import owner
+from warmer.warm.prepared import owner
 from warmer.windows import WindowSpec
 
 log = logging.getLogger("jobs.service")

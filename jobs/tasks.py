@@ -28,13 +28,12 @@ from sqlmodel import col
 from jobs.metrics import Metrics
 from jobs.schedule import Clock
 from warmer.config import Config, ConfigError
-from warmer.oci.reference import try_parse
 from warmer.store import db
 from warmer.store.ledger import Ledger, Run, RunItem, as_utc, utcnow
-from warmer.warm.execute import RunStats
-from warmer.warm.reserve import RateReserve
+from warmer.warm.plan import ALREADY_WARM
 from warmer.warm.resolve import Want, wants_from_args, wants_from_ranking
-from warmer.warm.run import execute, monotonic_deadline, prepare, rate_reserve, start_run
+from warmer.warm.run import Resume, WarmOutcome
+from warmer.warm.run import warm as warm_region
 from warmer.windows import Window, WindowSpec, current_window
 
 log = logging.getLogger("jobs.tasks")
@@ -86,99 +85,90 @@ def wanted(ctx: Context, region: str) -> list[Want]:
     return wants + [w for w in extra if str(w.ref) not in seen]
 
 
-def served_demand(ledger: Ledger, run_id: int, wants: Sequence[Want]) -> tuple[float, float]:
-    """(predicted, served) pulls: a wanted image is served when nothing of it is left
-    undone in the run and it was not left out of the plan."""
-    run = ledger.run(run_id)
-    bad = {i.image for i in ledger.items(run_id) if i.state != "done"}
-    if run is not None:
-        bad |= {s.get("image", "") for s in json.loads(run.skipped or "[]")}
+def served_demand(
+    ledger: Ledger, run_ids: Sequence[int], wants: Sequence[Want]
+) -> tuple[float, float]:
+    """(predicted, served) pulls: a wanted image is served when the last of ``run_ids`` (in
+    order) that names it left nothing of it undone, or found it already warm.
+
+    An image held back at the rate-limit reserve is left out of one pass's run and planned
+    in the next one: the later run has the last word.
+    """
+    served_images: dict[str, bool] = {}
+    for run_id in run_ids:
+        run = ledger.run(run_id)
+        if run is None:
+            continue
+        for left_out in json.loads(run.skipped or "[]"):
+            served_images[left_out.get("image", "")] = left_out.get("reason") == ALREADY_WARM
+        undone = {item.image for item in ledger.items(run_id) if item.state != "done"}
+        for image in json.loads(run.images or "[]"):
+            served_images[image] = image not in undone
     predicted = sum(w.score for w in wants)
-    served = sum(w.score for w in wants if str(w.ref) not in bad)
+    served = sum(w.score for w in wants if served_images.get(str(w.ref), False))
     return predicted, served
 
 
 async def warm(ctx: Context, region: str) -> Summary:
     """Warm ``region`` in its open window, the window's end as the deadline.
 
-    Resumes the region's unfinished run (killed replica, window cut) first; otherwise
-    starts a run unless one already started in this window. Outside a window: nothing.
+    Decides only *whether* to warm: never outside a window, and once a run started in this
+    window and finished, not again in it. The run itself is ``warmer run``'s
+    (:func:`warmer.warm.run.warm`): the region's unfinished run (a killed replica's, one a
+    window cut) is resumed first, else a new run starts on its first images while the rest
+    resolve and warms what the upstream's rate-limit reserve held back in further passes.
     """
     now = utcnow()
     window = window_of(ctx, region, now)
     if window is None:
         return {"outcome": "outside-window"}
     deadline = ctx.clock.real(window.end)
-    opened = ctx.clock.real(window.start)
     ledger = ctx.ledger
-    unfinished = ledger.unfinished_run(region)
     wants = wanted(ctx, region)
-    if unfinished is not None and unfinished.id is not None:
-        run_id: int | None = unfinished.id
-        probe = _first_image(ledger, unfinished.id)
-        log.info(
-            "warm %s: resuming run %s (left by %s)",
-            region,
-            run_id,
-            unfinished.owner or "?",
-            extra={"fields": {"region": region, "run": run_id, "previous_owner": unfinished.owner}},
-        )
-    else:
+    # A run to resume always goes on (a killed replica's, in this window or an earlier one);
+    # only with none is a run that started in this window "served".
+    if ledger.unfinished_run(region) is None:
         recent = ledger.recent_runs(1, region)
         started = as_utc(recent[0].started_at) if recent else None
-        if started is not None and started >= opened - timedelta(seconds=1):
+        if started is not None and started >= ctx.clock.real(window.start) - timedelta(seconds=1):
             return {"outcome": "served", "run": recent[0].id}
         if not wants:
             return {"outcome": "nothing-to-warm"}
-        run_id = None
-        probe = wants[0]
-    reserve = rate_reserve(ctx.config, region, probe)
     began = time.monotonic()
     try:
-        if run_id is None:
-            prepared = await prepare(
-                ctx.config, ledger, region, wants, now=now, reserve=reserve,
-                deadline=monotonic_deadline(deadline),
-            )  # fmt: skip
-            run_id = start_run(ledger, prepared, now, deadline)
-        stats = _close_if_empty(ledger, run_id) or await execute(
-            ctx.config, ledger, run_id, deadline=deadline, reserve=reserve,
-            on_progress=_progress_hook(ctx),
+        outcome = await warm_region(
+            ctx.config, ledger, region, wants, now=now, resume=Resume.FIRST,
+            deadline=deadline, on_progress=_progress_hook(ctx),
         )  # fmt: skip
     finally:
         _account_window(ctx, region, window, time.monotonic() - began)
-        await _after_reserve(ctx, region, reserve)
-    if ctx.metrics is not None and wants:
-        predicted, served = served_demand(ledger, run_id, wants)
-        ctx.metrics.demand.labels(region, "predicted").set(predicted)
-        ctx.metrics.demand.labels(region, "served").set(served)
-    outcome = "ok" if not (stats.failed or stats.incidents) else "failed"
-    return {
-        "outcome": outcome,
-        "run": run_id,
-        "resumed": unfinished is not None,
-        "deadline": deadline.isoformat(),
-        **stats.as_dict(),
+    _record_metrics(ctx, region, outcome, wants)
+    return _summary(outcome, deadline)
+
+
+def _summary(outcome: WarmOutcome, deadline: datetime) -> Summary:
+    """The warm job's summary: the runs' figures added up, and each run's own (one run per
+    pass: more than one when the rate-limit reserve held images back)."""
+    runs = [{"run": run_id, **stats.as_dict()} for run_id, stats in outcome.runs]
+    totals = {
+        key: sum(row[key] for row in runs)
+        for key in ("done", "failed", "skipped", "pending", "incidents")
     }
-
-
-def _close_if_empty(ledger: Ledger, run_id: int) -> RunStats | None:
-    """Close a run with nothing left to fetch (everything already warm) without the
-    executor, whose deadline wait refuses an empty set of items."""
-    states = Counter(i.state for i in ledger.items(run_id))
-    if states["pending"] or states["running"]:
-        return None
-    stats = RunStats(done=states["done"], failed=states["failed"], skipped=states["skipped"])
-    ledger.finish_run(run_id, "failed" if stats.failed else "done", stats.as_dict(), utcnow())
-    return stats
-
-
-def _first_image(ledger: Ledger, run_id: int) -> Want | None:
-    for item in ledger.items(run_id):
-        ref = try_parse(item.image)
-        if ref is not None:
-            return Want(ref)
-    return None
+    bytes_by_mirror: Counter[str] = Counter()
+    for _, stats in outcome.runs:
+        bytes_by_mirror.update(stats.bytes_by_mirror)
+    return {
+        "outcome": "failed" if totals["failed"] or totals["incidents"] else "ok",
+        "run": outcome.runs[-1][0] if outcome.runs else None,
+        "resumed": outcome.resumed is not None,
+        "deadline": deadline.isoformat(),
+        **totals,
+        "bytes_by_mirror": dict(bytes_by_mirror),
+        "deadline_hit": any(stats.deadline_hit for _, stats in outcome.runs),
+        "held_back": len(outcome.held_back),
+        "unresolved": len(outcome.unresolved),
+        "runs": runs,
+    }
 
 
 def _progress_hook(ctx: Context) -> Any:
@@ -207,17 +197,19 @@ def _account_window(ctx: Context, region: str, window: Window, seconds: float) -
         ctx.metrics.window_seconds.labels(region).inc(seconds)
 
 
-async def _after_reserve(ctx: Context, region: str, reserve: RateReserve | None) -> None:
-    if reserve is None:
+def _record_metrics(ctx: Context, region: str, outcome: WarmOutcome, wants: Sequence[Want]) -> None:
+    """Demand served, and what the warm left and spent of the upstream's rate limit."""
+    metrics = ctx.metrics
+    if metrics is None:
         return
-    if ctx.metrics is not None:
-        reg = ctx.config.region(region)
-        upstream = ctx.config.upstream_of(reg.mirrors[0])
-        if reserve.remaining is not None:
-            ctx.metrics.ratelimit_remaining.labels(upstream).set(reserve.remaining)
-        ctx.metrics.upstream_requests.labels(upstream).inc(reserve.spent)
-    if reserve.client is not None:
-        await reserve.client.aclose()
+    if wants:
+        predicted, served = served_demand(ctx.ledger, [r for r, _ in outcome.runs], wants)
+        metrics.demand.labels(region, "predicted").set(predicted)
+        metrics.demand.labels(region, "served").set(served)
+    if outcome.upstream is not None:
+        if outcome.ratelimit_remaining is not None:
+            metrics.ratelimit_remaining.labels(outcome.upstream).set(outcome.ratelimit_remaining)
+        metrics.upstream_requests.labels(outcome.upstream).inc(outcome.upstream_requests)
 
 
 # -- analytics ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ hooks, the [serve] config and `warmer jobs`. (Window rules themselves: tests/tes
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
@@ -15,15 +16,20 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 from pydantic import BaseModel
+from test_warm import Topo, topo  # noqa: F401 (topo is a fixture)
 
 from jobs import tasks
+from jobs.metrics import Metrics
 from jobs.schedule import Clock, CronStartTrigger, EveryTrigger, WindowTrigger
 from jobs.service import job_specs
 from jobs.tasks import Context, prune_before
 from warmer.cli.main import cli
 from warmer.config import ConfigError, ServeConfig, parse_config
+from warmer.oci.reference import parse
 from warmer.store import db
-from warmer.store.ledger import Ledger
+from warmer.store.ledger import Ledger, RunItem, as_utc, utcnow
+from warmer.warm.resolve import RESERVE_REASON
+from warmer.warm.run import FIRST_BATCH, execute
 from warmer.windows import WindowSpec, current_window
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,16 +279,141 @@ def test_jobs_command_lists_jobs_and_next_runs(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "unknown region 'mars'" in bad.stderr
 
 
-def test_a_run_with_nothing_left_to_fetch_is_closed_without_the_executor(tmp_path: Path) -> None:
-    ledger = Ledger(f"sqlite:///{tmp_path / 'e.db'}")
+ITEM = {
+    "seq": 0, "mirror": "central", "tier": 0, "repository": "library/python",
+    "upstream_repository": "library/python", "kind": "manifest", "digest": "sha256:" + "a" * 64,
+    "size": 10, "image": "docker.io/library/python:3.12", "reference": "3.12",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "states", [[], ["done"], ["done", "failed"]], ids=["empty", "done", "failed"]
+)
+def test_the_executor_closes_a_run_with_nothing_pending(tmp_path: Path, states: list[str]) -> None:
+    # Everything already warm, or everything done before a resume: the executor starts
+    # nothing and closes the run, even with its deadline past (an empty wait once raised).
+    ctx = _ctx(tmp_path, "[run]\nretries = 0\n")
     now = datetime.now(UTC)
-    rid = ledger.create_run(
-        region="eu", items=[], images=[], skipped=[], now=now, deadline=now, owner="x:1"
-    )
-    stats = tasks._close_if_empty(ledger, rid)
-    run = ledger.run(rid)
-    assert stats is not None and run is not None and run.state == "done"
-    assert ledger.unfinished_run("eu") is None  # not resumed at every poll
+    rid = ctx.ledger.create_run(
+        region="eu", items=[{**ITEM, "seq": n} for n in range(len(states))], images=[],
+        skipped=[], now=now, deadline=now, owner="x:1",
+    )  # fmt: skip
+    for item, state in zip(ctx.ledger.items(rid), states, strict=True):
+        assert item.id is not None
+        ctx.ledger.update_item(item.id, state=state)
+    stats = asyncio.run(execute(ctx.config, ctx.ledger, rid, deadline=now - timedelta(seconds=1)))
+    run = ctx.ledger.run(rid)
+    assert run is not None and run.state == ("failed" if "failed" in states else "done")
+    assert (stats.done, stats.failed, stats.pending) == (
+        states.count("done"), states.count("failed"), 0,
+    )  # fmt: skip
+    assert ctx.ledger.unfinished_run("eu") is None  # not resumed at every poll
+
+
+async def test_the_service_resumes_a_run_with_nothing_left_and_closes_it(tmp_path: Path) -> None:
+    # A replica killed after the last item was done, before the run was closed.
+    clock = Clock.make(datetime.now(UTC), origin=utc(2024, 6, 3, 0, 30))  # inside eu's window
+    ctx = _ctx(tmp_path, '[run]\nretries = 0\n[serve.warm]\nimages = ["python:3.12"]\n', clock)
+    now = datetime.now(UTC)
+    rid = ctx.ledger.create_run(
+        region="eu", items=[ITEM], images=[str(ITEM["image"])], skipped=[],
+        now=now - timedelta(days=1), deadline=now - timedelta(hours=20), owner="gone:1",
+    )  # fmt: skip
+    (item,) = ctx.ledger.items(rid)
+    assert item.id is not None
+    ctx.ledger.update_item(item.id, state="done")
+    summary = await tasks.warm(ctx, "eu")
+    assert summary["outcome"] == "ok" and summary["resumed"] and summary["run"] == rid, summary
+    assert summary["done"] == 1 and summary["pending"] == 0
+    run = ctx.ledger.run(rid)
+    assert run is not None and run.state == "done"
+    # The next poll in the window starts the window's own run (mirrors unreachable here).
+    again = await tasks.warm(ctx, "eu")
+    assert not again["resumed"] and again["run"] != rid
+
+
+# -- the service's warm is `warmer run`'s, over the sandbox ---------------------------------
+
+
+class WatchedLedger(Ledger):
+    """Notes each part of a run's plan as it is recorded: (images, when)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.parts: list[tuple[int, datetime]] = []
+
+    def create_run(self, **kwargs: Any) -> int:
+        self.parts.append((len(kwargs["images"]), utcnow()))
+        return super().create_run(**kwargs)
+
+    def add_items(self, run_id: int, **kwargs: Any) -> list[RunItem]:
+        self.parts.append((len(kwargs["images"]), utcnow()))
+        return super().add_items(run_id, **kwargs)
+
+
+def _service_ctx(topology: Topo, region: str, images: list[str]) -> Context:
+    """The service's context over a test topology: ``region`` in a window open for 12 h."""
+    raw = tomllib.loads(topology.config_path.read_text())
+    raw["regions"][region]["windows"] = [{"cron": "0 0 * * *", "duration": "12h"}]
+    raw["serve"] = {"warm": {"images": images}}
+    cfg = parse_config(raw)
+    clock = Clock.make(datetime.now(UTC), origin=utc(2024, 1, 1, 0, 0, 5))
+    metrics = Metrics(topology.db_url, [region])
+    return Context(cfg, WatchedLedger(topology.db_url), clock, [region], metrics)
+
+
+async def test_the_service_warm_starts_on_its_first_images_while_the_rest_resolve(
+    topo: Topo,  # noqa: F811
+) -> None:
+    refs = [f"{t.repository}:{t.tag}" for t in topo.box.catalogue.tags][: FIRST_BATCH + 12]
+    topo.front.configure(latency_ms=40)  # resolving the rest takes round trips meanwhile
+    ctx = _service_ctx(topo, "both", refs)
+    summary = await tasks.warm(ctx, "both")
+    assert summary["outcome"] == "ok" and summary["failed"] == 0, summary
+    ledger = ctx.ledger
+    assert isinstance(ledger, WatchedLedger)
+    (run,) = ledger.recent_runs(5, "both")
+    assert run.id == summary["run"] and run.state == "done"
+    items = ledger.items(summary["run"])
+    assert items and {i.state for i in items} == {"done"}
+    assert set(json.loads(run.images)) == {str(parse(r)) for r in refs}
+    # Recorded in two parts: the first FIRST_BATCH images, then the rest, added to the run
+    # once it was already fetching.
+    assert [images for images, _ in ledger.parts] == [FIRST_BATCH, len(refs) - FIRST_BATCH]
+    started = min(at for i in items if (at := as_utc(i.started_at)) is not None)
+    assert started < ledger.parts[1][1]
+
+
+async def test_the_service_warm_warms_what_the_reserve_held_back_in_a_later_pass(
+    topo: Topo,  # noqa: F811
+) -> None:
+    topo.reserve = 10
+    topo.run["ratelimit_poll"] = "1s"
+    topo.write()
+    # 4 GETs above the reserve in a 4-second sliding window: two images now (index + amd64
+    # each), the third once the first GETs have left the window.
+    topo.front.configure(ratelimit_limit=14, ratelimit_window=4, ratelimit_reset=True)
+    images = ["python:3.12", "node:20", "redis:7.4"]
+    ctx = _service_ctx(topo, "eu", images)
+    summary = await tasks.warm(ctx, "eu")
+    assert summary["outcome"] == "ok" and summary["held_back"] == 0, summary
+    first, second = reversed(ctx.ledger.recent_runs(5, "eu"))  # one run per pass
+    assert [r["run"] for r in summary["runs"]] == [first.id, second.id]
+    (held,) = json.loads(first.skipped)
+    assert held["reason"].startswith(RESERVE_REASON)
+    assert json.loads(second.images) == [held["image"]]
+    assert first.state == second.state == "done"
+    assert topo.front.stats()["throttled"] == 0  # the limit itself was never hit
+    # The image warmed in the second pass counts as served demand.
+    assert ctx.metrics is not None
+    demand = {
+        kind: ctx.metrics.registry.get_sample_value(
+            "warmer_demand_pulls", {"region": "eu", "kind": kind}
+        )
+        for kind in ("predicted", "served")
+    }
+    assert demand == {"predicted": 3.0, "served": 3.0}
+    assert await tasks.warm(ctx, "eu") == {"outcome": "served", "run": second.id}
 
 
 async def test_ingest_job_reads_the_configured_paths_then_rank_stores_a_ranking(

@@ -244,6 +244,11 @@ def test_a_run_starts_on_its_first_images_while_the_rest_resolve(topo: Topo) -> 
     refs = [f"{t.repository}:{t.tag}" for t in topo.box.catalogue.tags][: FIRST_BATCH + 12]
     topo.front.configure(latency_ms=40)  # resolving the rest takes round trips meanwhile
     parts: list[tuple[datetime, Prepared]] = []
+
+    def on_run(_rid: int, part: Prepared | None) -> None:
+        assert part is not None  # a new run, not a resumed one
+        parts.append((utcnow(), part))
+
     outcome = asyncio.run(
         warm(
             load(topo.config_path),
@@ -251,7 +256,7 @@ def test_a_run_starts_on_its_first_images_while_the_rest_resolve(topo: Topo) -> 
             "both",
             wants_from_args(refs),
             now=utcnow(),
-            on_run=lambda _rid, part: parts.append((utcnow(), part)),
+            on_run=on_run,
         )
     )
     ((run_id, stats),) = outcome.runs
@@ -398,11 +403,16 @@ def test_deadline_cuts_run_then_resume(topo: Topo) -> None:
     assert all(at <= datetime.fromisoformat(deadline) for at in starts)
 
     topo.front.configure(bandwidth=None)
+    # A resumed run keeps its plan: there is no new one to show.
+    dry = topo.warmer("run", "--region", "eu", "--resume", "--dry-run")
+    assert dry.exit_code == 2 and "--resume" in dry.stderr
     again = topo.warmer("run", "--region", "eu", "--resume", "--json")
     assert again.exit_code == 0, again.output + again.stderr
     assert json_out(again)["done"] == sum(cut.values())
     finished = ledger.run(run.id)
     assert finished is not None and finished.state == "done"
+    nothing = topo.warmer("run", "--region", "eu", "--resume")
+    assert nothing.exit_code == 2 and "no unfinished run for region 'eu'" in nothing.stderr
     print(f"deadline left {cut['pending']} of {sum(cut.values())} items pending")
 
 
@@ -435,6 +445,10 @@ def test_reserve_holds_back_and_logs_once(topo: Topo) -> None:
     plan = topo.warmer("plan", "--region", "eu", held_back[0]["image"], "--json")
     assert plan.exit_code == 0  # planning never waits: it says why
     assert "rate-limit reserve" in json_out(plan)["skipped"][0]["reason"]
+    # `warmer run --dry-run` plans the same way, and records nothing.
+    dry = topo.warmer("run", "--region", "eu", held_back[0]["image"], "--dry-run", "--json")
+    assert dry.exit_code == 0 and json_out(dry) == json_out(plan)
+    assert last_run(topo.ledger()).id == run.id
 
 
 def test_held_back_images_are_warmed_in_a_later_pass_when_the_limit_resets(topo: Topo) -> None:

@@ -1,11 +1,16 @@
-"""``warmer plan``, ``warmer run`` and ``warmer status``: the warm job from the command line."""
+"""``warmer plan``, ``warmer run`` and ``warmer status``: the warm job from the command line.
+
+A thin shell over :mod:`warmer.warm.run`: ``warmer plan`` and ``warmer run --dry-run`` show
+``plan_region``'s plan, ``warmer run`` (``--resume`` too) is one call of ``warm``, the entry
+point refresh and the service use as well. What is here is parsing options, the deadline,
+the progress bar and printing.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sys
-import time
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,27 +40,27 @@ from warmer.config import Config, ConfigError
 from warmer.store.ledger import Ledger, RunItem, as_utc, utcnow
 from warmer.units import UnitError, format_duration, format_size, parse_duration, parse_size
 from warmer.warm.execute import RunStats
-from warmer.warm.reserve import RateReserve
+from warmer.warm.prepared import Prepared, skipped_rows
 from warmer.warm.resolve import Want, wants_from_args, wants_from_ranking
 from warmer.warm.run import (
-    Prepared,
+    NothingToResume,
+    Resume,
     WarmError,
+    WarmOutcome,
     current_window_deadline,
-    execute,
-    prepare,
-    rate_reserve,
-    skipped_rows,
+    plan_region,
     warm,
 )
 
 
 def _parse_opts(budget: str | None, window: str | None) -> tuple[int | None, timedelta | None]:
+    """``--budget`` and ``--window`` as bytes and a length (exit 2 naming a bad unit)."""
     try:
-        b = parse_size(budget) if budget else None
-        w = parse_duration(window) if window else None
+        budget_bytes = parse_size(budget) if budget else None
+        window_length = parse_duration(window) if window else None
     except UnitError as exc:
         raise BadInput(str(exc)) from None
-    return b, w
+    return budget_bytes, window_length
 
 
 def _wants(cfg: Config, region: str, images: tuple[str, ...], top: int | None) -> list[Want]:
@@ -74,75 +79,91 @@ def _wants(cfg: Config, region: str, images: tuple[str, ...], top: int | None) -
     return wants
 
 
-def plan_options(f: Any) -> Any:
-    f = click.argument("images", nargs=-1)(f)
-    f = click.option("--top", type=int, help="Take the N best-ranked images.")(f)
-    f = click.option("--window", help="Window length, e.g. 2h: caps time x link rate.")(f)
-    f = click.option("--budget", help="Byte budget, e.g. 20GiB (default: the region's).")(f)
-    f = click.option("--region", "-r", required=True, help="Region to warm (from the config).")(f)
-    return f
+def plan_options(command: Any) -> Any:
+    """The options ``warmer plan`` and ``warmer run`` share (they plan the same way)."""
+    options = [
+        click.argument("images", nargs=-1),
+        click.option("--top", type=int, help="Take the N best-ranked images."),
+        click.option("--window", help="Window length, e.g. 2h: caps time x link rate."),
+        click.option("--budget", help="Byte budget, e.g. 20GiB (default: the region's)."),
+        click.option("--region", "-r", required=True, help="Region to warm (from the config)."),
+    ]
+    for option in options:
+        command = option(command)
+    return command
 
 
 def _plan_json(prepared: Prepared) -> dict[str, Any]:
-    p = prepared.plan
+    plan = prepared.plan
     return {
         "region": prepared.region,
-        "images": list(p.images),
+        "images": list(plan.images),
         "items": [
             {
-                "order": i.order,
-                "mirror": i.mirror,
-                "instance": i.instance,
-                "tier": i.tier,
-                "kind": i.kind,
-                "repository": i.repository,
-                "reference": i.reference,
-                "digest": i.digest,
-                "size": i.size,
-                "parent_cost": i.parent_cost,
-                "depends_on": list(i.depends_on),
-                "image": i.image,
+                "order": item.order,
+                "mirror": item.mirror,
+                "instance": item.instance,
+                "tier": item.tier,
+                "kind": item.kind,
+                "repository": item.repository,
+                "reference": item.reference,
+                "digest": item.digest,
+                "size": item.size,
+                "parent_cost": item.parent_cost,
+                "depends_on": list(item.depends_on),
+                "image": item.image,
             }
-            for i in p.items
+            for item in plan.items
         ],
-        "skipped": skipped_rows(p.skipped, prepared.unresolved),
-        "bytes_by_mirror": dict(p.bytes_by_mirror),
-        "parent_bytes_by_mirror": dict(p.parent_bytes_by_mirror),
-        "estimated_seconds": p.estimated_seconds,
+        "skipped": skipped_rows(plan.skipped, prepared.unresolved),
+        "bytes_by_mirror": dict(plan.bytes_by_mirror),
+        "parent_bytes_by_mirror": dict(plan.parent_bytes_by_mirror),
+        "estimated_seconds": plan.estimated_seconds,
         "budget": prepared.budget,
     }
 
 
 def _print_plan(prepared: Prepared, console: Console) -> None:
-    p = prepared.plan
+    plan = prepared.plan
     per_image: dict[str, Counter[str]] = {}
-    for i in p.items:
-        c = per_image.setdefault(i.image, Counter())
-        c["items"] += 1
-        c["bytes"] += i.size
-        c["wan"] += i.parent_cost if i.tier == 0 else 0
-        c[i.mirror] += 1
+    for item in plan.items:
+        counts = per_image.setdefault(item.image, Counter())
+        counts["items"] += 1
+        counts["bytes"] += item.size
+        counts["wan"] += item.parent_cost if item.tier == 0 else 0
     table = Table(title=f"plan for region {prepared.region}", show_lines=False)
-    for col in ("#", "image", "items", "bytes read", "top-tier parent bytes"):
-        table.add_column(col, justify="right" if col != "image" else "left")
-    for n, image in enumerate(p.images, 1):
-        c = per_image.get(image, Counter())
+    for column in ("#", "image", "items", "bytes read", "top-tier parent bytes"):
+        table.add_column(column, justify="right" if column != "image" else "left")
+    for n, image in enumerate(plan.images, 1):
+        counts = per_image.get(image, Counter())
         table.add_row(
-            str(n), image, str(c["items"]), format_size(c["bytes"]), format_size(c["wan"])
+            str(n),
+            image,
+            str(counts["items"]),
+            format_size(counts["bytes"]),
+            format_size(counts["wan"]),
         )
     console.print(table)
-    for mirror, b in sorted(p.bytes_by_mirror.items()):
-        parent = p.parent_bytes_by_mirror.get(mirror, 0)
+    for mirror, read in sorted(plan.bytes_by_mirror.items()):
+        parent = plan.parent_bytes_by_mirror.get(mirror, 0)
         console.print(
-            f"  {mirror}: read {format_size(b)}, pulls {format_size(parent)} over its parent link"
+            f"  {mirror}: read {format_size(read)}, "
+            f"pulls {format_size(parent)} over its parent link"
         )
-    eta = format_duration(timedelta(seconds=p.estimated_seconds))
+    eta = format_duration(timedelta(seconds=plan.estimated_seconds))
     console.print(
-        f"  {len(p.items)} items; estimated {eta} at the link caps; budget "
+        f"  {len(plan.items)} items; estimated {eta} at the link caps; budget "
         f"{format_size(prepared.budget) if prepared.budget else 'unlimited'}"
     )
-    for s in list(p.skipped) + prepared.unresolved:
-        console.print(f"  left out {s.image}: {s.reason}")
+    for left_out in [*plan.skipped, *prepared.unresolved]:
+        console.print(f"  left out {left_out.image}: {left_out.reason}")
+
+
+def _show_plan(prepared: Prepared, as_json: bool) -> None:
+    if as_json:
+        emit_json(_plan_json(prepared))
+    else:
+        _print_plan(prepared, Console())
 
 
 @click.command("plan", context_settings=CONTEXT_SETTINGS)
@@ -168,26 +189,15 @@ def plan_command(
       warmer plan --region eu python:3.12 node:20 --json
     """
     cfg = load_config(ctx)
-    b, w = _parse_opts(budget, window)
+    budget_bytes, window_length = _parse_opts(budget, window)
     wants = _wants(cfg, region, images, top)
     ledger = Ledger(cfg.database.url)
-
-    async def go() -> Prepared:
-        # Planning never waits at the rate-limit reserve: what would not fit is listed.
-        reserve = rate_reserve(cfg, region, wants[0] if wants else None)
-        try:
-            return await prepare(
-                cfg, ledger, region, wants, now=utcnow(), budget=b, window=w,
-                reserve=reserve, deadline=time.monotonic(),
-            )  # fmt: skip
-        finally:
-            await _close(reserve)
-
-    prepared = asyncio.run(go())
-    if as_json:
-        emit_json(_plan_json(prepared))
-    else:
-        _print_plan(prepared, Console())
+    prepared = asyncio.run(
+        plan_region(
+            cfg, ledger, region, wants, now=utcnow(), budget=budget_bytes, window=window_length
+        )
+    )
+    _show_plan(prepared, as_json)
 
 
 class _Progress:
@@ -197,7 +207,8 @@ class _Progress:
         self.enabled = enabled
         self.progress: Progress | None = None
 
-    def start(self, total_bytes: int) -> _Progress:
+    def start(self) -> _Progress:
+        """An empty bar: each run, or part of a run's plan, adds its bytes as it is recorded."""
         if self.enabled:
             self.progress = Progress(
                 TextColumn("[bold]warming"),
@@ -208,11 +219,11 @@ class _Progress:
                 console=Console(stderr=True),
                 transient=True,
             )
-            self.bytes_task = self.progress.add_task("bytes", total=total_bytes)
+            self.bytes_task = self.progress.add_task("bytes", total=0)
         return self
 
     def add(self, total_bytes: int) -> None:
-        """A further pass, or a part of the plan added to the run, adds its bytes."""
+        """A run (a further pass, a resumed run) or a part of its plan adds its bytes."""
         if self.progress is not None:
             task = self.progress.tasks[0]
             self.progress.update(self.bytes_task, total=(task.total or 0) + total_bytes)
@@ -241,12 +252,12 @@ def _summary(stats: RunStats, run_id: int, console: Console) -> None:
         f"{stats.skipped} skipped, {stats.pending} pending "
         f"in {stats.seconds:.1f}s"
     )
-    for tier, b in sorted(stats.bytes_by_tier.items()):
-        console.print(f"  tier {tier}: {format_size(b)} read through the mirrors")
-    for m, b in sorted(stats.bytes_by_mirror.items()):
-        console.print(f"  {m}: {format_size(b)} read")
-    for m, b in sorted(stats.parent_bytes_by_mirror.items()):
-        console.print(f"  {m}: about {format_size(b)} over its parent link")
+    for tier, read in sorted(stats.bytes_by_tier.items()):
+        console.print(f"  tier {tier}: {format_size(read)} read through the mirrors")
+    for mirror, read in sorted(stats.bytes_by_mirror.items()):
+        console.print(f"  {mirror}: {format_size(read)} read")
+    for mirror, pulled in sorted(stats.parent_bytes_by_mirror.items()):
+        console.print(f"  {mirror}: about {format_size(pulled)} over its parent link")
     console.print(f"  upstream manifest requests spent: {stats.upstream_manifest_gets}")
     if stats.incidents:
         console.print(f"  [red]{stats.incidents} incident(s): see `warmer status`[/red]")
@@ -291,94 +302,67 @@ def run_command(
     Exit 1 when items failed or an incident (content not matching its digest) was found.
     """
     cfg = load_config(ctx)
-    b, w = _parse_opts(budget, window)
+    budget_bytes, window_length = _parse_opts(budget, window)
+    if dry_run and resume:
+        # A resumed run keeps the plan it was started with: there is nothing new to show.
+        raise BadInput("--dry-run shows a new plan; it cannot be combined with --resume")
     ledger = Ledger(cfg.database.url)
     now = utcnow()
     try:
-        the_deadline = _deadline(cfg, region, now, w, in_window, deadline)
+        deadline_at = _deadline(cfg, region, now, window_length, in_window, deadline)
     except (ConfigError, WarmError) as exc:
         raise BadInput(str(exc)) from None
-    if resume:
-        run = ledger.unfinished_run(region)
-        if run is None or run.id is None:
-            raise BadInput(f"no unfinished run for region {region!r} to resume")
-        run_id: int | None = run.id
-        if the_deadline is None and run.deadline is not None and not window:
-            old = as_utc(run.deadline)
-            the_deadline = old if old and old > now else None
-        probe = _first_image(ledger, run.id)
-        wants: list[Want] = [Want(probe)] if probe is not None else []
-    else:
-        run_id = None
-        wants = _wants(cfg, region, images, top)
+    # A resumed run continues its recorded plan: the images and --top are not asked for.
+    wants = [] if resume else _wants(cfg, region, images, top)
+    if dry_run:
+        _show_plan(
+            asyncio.run(
+                plan_region(
+                    cfg, ledger, region, wants, now=now, budget=budget_bytes, window=window_length
+                )
+            ),
+            as_json,
+        )
+        return
     bar = _Progress(sys.stderr.isatty() and not as_json)
 
-    if dry_run and not resume:
-        prepared = asyncio.run(
-            prepare(cfg, ledger, region, wants, now=now, budget=b, window=w, renew_within=None)
-        )
-        if as_json:
-            emit_json(_plan_json(prepared))
+    def grow_bar(run_id: int, part: Prepared | None) -> None:
+        if part is None:  # a resumed run: what is left of it is in the ledger
+            left = [i for i in ledger.items(run_id) if i.state in ("pending", "running")]
+            bar.add(sum(i.size for i in left))
         else:
-            _print_plan(prepared, Console())
-        return
+            bar.add(sum(i.size for i in part.plan.items))
 
-    def pending_bytes(rid: int) -> int:
-        return sum(i.size for i in ledger.items(rid) if i.state == "pending")
-
-    async def go() -> list[tuple[int, RunStats]]:
-        if run_id is not None:  # --resume: carry the recorded run on
-            reserve = rate_reserve(cfg, region, wants[0] if wants else None)
-            try:
-                with bar.start(pending_bytes(run_id)):
-                    stats = await execute(
-                        cfg, ledger, run_id, deadline=the_deadline, reserve=reserve,
-                        on_progress=bar.hook,
-                    )  # fmt: skip
-            finally:
-                await _close(reserve)
-            return [(run_id, stats)]
-        with bar.start(0):
-            outcome = await warm(
-                cfg, ledger, region, wants, now=now, budget=b, window=w,
-                deadline=the_deadline, on_progress=bar.hook,
-                on_run=lambda _rid, part: bar.add(sum(i.size for i in part.plan.items)),
+    async def go() -> WarmOutcome:
+        with bar.start():
+            return await warm(
+                cfg, ledger, region, wants, now=now,
+                resume=Resume.ONLY if resume else Resume.NEVER,
+                budget=budget_bytes, window=window_length, deadline=deadline_at,
+                on_progress=bar.hook, on_run=grow_bar,
             )  # fmt: skip
-        unresolved.extend(outcome.unresolved)
-        return outcome.runs
 
-    unresolved: list[Any] = []
-    runs = asyncio.run(go())
+    try:
+        outcome = asyncio.run(go())
+    except NothingToResume as exc:
+        raise BadInput(str(exc)) from None
     failed = incidents = 0
-    for rid, stats in runs:
+    for run_id, stats in outcome.runs:
         if as_json:
-            emit_json({"run": rid, "region": region, **stats.as_dict()})
+            emit_json({"run": run_id, "region": region, **stats.as_dict()})
         else:
-            _summary(stats, rid, Console())
+            _summary(stats, run_id, Console())
         failed += stats.failed
         incidents += stats.incidents
-    # Images held back by the rate-limit reserve are expected, like items a deadline cut.
+    # Images held back by the rate-limit reserve are expected, like items a deadline cut:
+    # only what failed, an incident or an image that could not be resolved is exit 1.
+    unresolved = outcome.unresolved
     if failed or incidents or unresolved:
-        last = runs[-1][0]
+        last = outcome.runs[-1][0]
         raise WorkFailed(
             f"run {last}: {failed} item(s) failed, {incidents} incident(s)"
             + (f", {len(unresolved)} image(s) could not be resolved" if unresolved else "")
         )
-
-
-async def _close(reserve: RateReserve | None) -> None:
-    if reserve is not None and reserve.client is not None:
-        await reserve.client.aclose()
-
-
-def _first_image(ledger: Ledger, run_id: int) -> Any:
-    from warmer.oci.reference import try_parse
-
-    for item in ledger.items(run_id):
-        ref = try_parse(item.image)
-        if ref is not None:
-            return ref
-    return None
 
 
 def _deadline(
@@ -389,7 +373,10 @@ def _deadline(
     in_window: bool,
     deadline: str | None,
 ) -> datetime | None:
-    cfg.region(region)
+    """``--deadline``, else the end of the window in progress (``--in-window``), else
+    ``--window`` from now (the length the plan was sized to at the link caps); None: the run
+    goes to its end, or a resumed run keeps the deadline it was started with while ahead."""
+    cfg.region(region)  # ConfigError naming the known regions, before anything else
     if deadline:
         return parse_time(deadline, "--deadline")
     if in_window:
@@ -416,58 +403,58 @@ def status_command(ctx: click.Context, region: str | None, limit: int, as_json: 
             {
                 "runs": [
                     {
-                        "id": r.id,
-                        "region": r.region,
-                        "state": r.state,
-                        "started_at": as_utc(r.started_at),
-                        "finished_at": as_utc(r.finished_at),
-                        "summary": json.loads(r.summary or "{}"),
+                        "id": run.id,
+                        "region": run.region,
+                        "state": run.state,
+                        "started_at": as_utc(run.started_at),
+                        "finished_at": as_utc(run.finished_at),
+                        "summary": json.loads(run.summary or "{}"),
                     }
-                    for r in runs
+                    for run in runs
                 ],
                 "holdings": holdings,
                 "incidents": [
                     {
-                        "at": as_utc(i.at),
-                        "mirror": i.mirror,
-                        "repository": i.repository,
-                        "digest": i.digest,
-                        "kind": i.kind,
-                        "detail": i.detail,
+                        "at": as_utc(incident.at),
+                        "mirror": incident.mirror,
+                        "repository": incident.repository,
+                        "digest": incident.digest,
+                        "kind": incident.kind,
+                        "detail": incident.detail,
                     }
-                    for i in incidents
+                    for incident in incidents
                 ],
             }
         )
         return
     console = Console()
     table = Table(title="recent runs")
-    for col in ("run", "region", "state", "started", "done", "failed", "pending", "bytes"):
-        table.add_column(col)
-    for r in runs:
-        s = json.loads(r.summary or "{}")
-        started = as_utc(r.started_at)
+    for column in ("run", "region", "state", "started", "done", "failed", "pending", "bytes"):
+        table.add_column(column)
+    for run in runs:
+        summary = json.loads(run.summary or "{}")
+        started = as_utc(run.started_at)
         table.add_row(
-            str(r.id),
-            r.region,
-            r.state,
+            str(run.id),
+            run.region,
+            run.state,
             f"{started:%F %T}" if started else "",
-            str(s.get("done", "")),
-            str(s.get("failed", "")),
-            str(s.get("pending", "")),
-            format_size(sum(s.get("bytes_by_mirror", {}).values())) if s else "",
+            str(summary.get("done", "")),
+            str(summary.get("failed", "")),
+            str(summary.get("pending", "")),
+            format_size(sum(summary.get("bytes_by_mirror", {}).values())) if summary else "",
         )
     console.print(table)
     table = Table(title="what each mirror holds (per the ledger)")
-    for col in ("mirror", "state", "items", "bytes"):
-        table.add_column(col)
-    for h in holdings:
-        table.add_row(h["mirror"], h["state"], str(h["items"]), format_size(h["bytes"]))
+    for column in ("mirror", "state", "items", "bytes"):
+        table.add_column(column)
+    for held in holdings:
+        table.add_row(held["mirror"], held["state"], str(held["items"]), format_size(held["bytes"]))
     console.print(table)
-    for i in incidents:
+    for incident in incidents:
         console.print(
-            f"[red]incident[/red] {as_utc(i.at):%F %T} {i.mirror} "
-            f"{i.repository}@{i.digest}: {i.kind}: {i.detail}"
+            f"[red]incident[/red] {as_utc(incident.at):%F %T} {incident.mirror} "
+            f"{incident.repository}@{incident.digest}: {incident.kind}: {incident.detail}"
         )
 
 

@@ -11,11 +11,10 @@ ranking or the ledger tracks:
    call the hook and HEAD again;
 4. a tag that moved, is served stale, or whose warm content expires within
    ``[refresh] renew_before`` (only tags still ranked, or every tracked tag when the region
-   has no stored ranking) is warmed through the tiers by the warm engine
-   (:func:`warmer.warm.run.prepare` / ``start_run`` / ``execute``): inside the region's budget,
-   the links' bandwidth caps and the upstream rate-limit reserve, held content not fetched
-   again. Through a top tier that still serves the tag stale, the new digest is warmed by
-   digest;
+   has no stored ranking) is warmed through the tiers by the warm run ``warmer run`` makes
+   (:func:`warmer.warm.run.warm`): inside the region's budget, the links' bandwidth caps
+   and the upstream rate-limit reserve, held content not fetched again. Through a top
+   tier that still serves the tag stale, the new digest is warmed by digest;
 5. the old digest is marked superseded (its resolutions, and the old top manifest's
    holdings at the tiers) unless another tracked tag of the repository still points to it,
    and a drift event is recorded (tag, old -> new, when detected, which tiers were stale

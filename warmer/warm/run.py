@@ -1,178 +1,146 @@
-"""The warm job's shell: resolve what is wanted (``warmer.warm.resolve``), plan it, record the
-run, execute it.
+"""A region's warm run, the one way (:func:`warm`), and the plan it starts from (``plan_region``).
 
-This is the imperative shell around the pure planner: every piece of I/O of a warm run
-(reading the ranking, resolving manifests through the top tier, the ledger, the clock)
-happens here, and ``warmer.warm.plan.plan`` gets plain values.
+``warmer run`` (``--resume`` too), ``warmer refresh`` and the service's warm job call
+:func:`warm`; ``warmer plan`` and ``warmer run --dry-run`` call :func:`plan_region`. So the
+policy of a warm run is written once, here: which unfinished run is resumed, with which
+deadline and which probe image for the rate reserve; the pipelined start (fetching begins on
+the first ``FIRST_BATCH`` images resolved); and the rate-reserve passes (images held back
+for CI are warmed in a further run once the upstream's limit window resets).
+
+Resolving, planning and recording a run are in :mod:`warmer.warm.prepared`, carrying it out
+in :mod:`warmer.warm.execute`: an imperative shell around the pure planner, which gets
+plain values.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
+import enum
+import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from warmer.config import Config
-from warmer.store.ledger import Ledger, RunItem, utcnow
+from warmer.oci.reference import try_parse
+from warmer.store.ledger import Ledger, Run, RunItem, as_utc, utcnow
 from warmer.warm import plan as planner
 from warmer.warm.execute import SETTLE, Executor, ProgressHook, RunStats
-from warmer.warm.reserve import RateReserve
-from warmer.warm.resolve import (
-    RESERVE_REASON,
-    Ready,
-    Want,
-    mirror_client,
-    resolve,
-    upstream_client,
+from warmer.warm.prepared import (
+    Prepared,
+    holdings,
+    item_rows,
+    mirror_nodes,
+    owner,
+    prepare,
+    region_targets,
+    skipped_rows,
+    start_run,
 )
+from warmer.warm.reserve import RateReserve
+from warmer.warm.resolve import RESERVE_REASON, Ready, Want, mirror_client, resolve, upstream_client
+
+__all__ = [
+    "FIRST_BATCH",
+    "NothingToResume",
+    "Prepared",
+    "Resume",
+    "RunHook",
+    "WarmError",
+    "WarmOutcome",
+    "current_window_deadline",
+    "execute",
+    "monotonic_deadline",
+    "plan_region",
+    "prepare",
+    "rate_reserve",
+    "start_run",
+    "warm",
+]
+
+log = logging.getLogger("warmer.warm.run")
 
 FIRST_BATCH = 16  # images planned before a run starts; the rest join it as they resolve
+
+# Called with the run and each part of its plan as it is recorded; None for a resumed run,
+# whose plan an earlier process made (what is left of it is in the ledger).
+RunHook = Callable[[int, Prepared | None], None]
 
 
 class WarmError(RuntimeError):
     """A warm run that could not start (bad region, nothing reachable ...)."""
 
 
+class NothingToResume(WarmError):
+    """Asked to resume (``Resume.ONLY``) a region that has no unfinished run."""
+
+
+class Resume(enum.Enum):
+    """What :func:`warm` does with the region's unfinished run (killed, or cut by a deadline)."""
+
+    NEVER = "never"  # plan a new run (``warmer run``, refresh)
+    ONLY = "only"  # continue it, NothingToResume without one (``warmer run --resume``)
+    FIRST = "first"  # continue it if there is one, else plan a new run (the service)
+
+
 @dataclass
-class Prepared:
-    """A plan ready to run, with what could not be resolved."""
+class WarmOutcome:
+    """What :func:`warm` did: one run per pass (or the run resumed), and what was left out."""
 
-    region: str
-    plan: planner.Plan
-    unresolved: list[planner.Skipped] = field(default_factory=list)
-    window: timedelta | None = None
-    budget: int | None = None
+    runs: list[tuple[int, RunStats]] = field(default_factory=list)
+    passes: list[Prepared] = field(default_factory=list)  # none for a resumed run
+    resumed: int | None = None  # the run continued, when one was
+    upstream: str | None = None  # whose rate limit was kept (one upstream per region)
+    ratelimit_remaining: int | None = None  # its manifest requests left at the end
+    upstream_requests: int = 0  # manifest requests that may have counted upstream
 
+    @property
+    def unresolved(self) -> list[planner.Skipped]:
+        """Images that could not be resolved (not those held back for the reserve)."""
+        return [
+            s for p in self.passes for s in p.unresolved if not s.reason.startswith(RESERVE_REASON)
+        ]
 
-def mirror_nodes(config: Config) -> list[planner.MirrorNode]:
-    nodes = []
-    for name, m in config.mirrors.items():
-        instances = tuple(m.instances()) if (m.replicas and not m.shared_storage) else ()
-        nodes.append(
-            planner.MirrorNode(
-                name=name,
-                parent=m.parent if m.parent in config.mirrors else None,
-                path_prefix=m.path_prefix.strip("/") if m.naming == "prefix" else "",
-                cache_scope=m.cache_scope,
-                fetch_multiplicity=m.fetch_multiplicity,
-                link_rate=m.link.bandwidth,
-                instances=instances,
-                upstreams=(config.upstream_of(name),),
-            )
-        )
-    return nodes
+    @property
+    def held_back(self) -> list[planner.Skipped]:
+        """Images still held back by the rate-limit reserve at the end."""
+        if not self.passes:
+            return []
+        return [s for s in self.passes[-1].unresolved if s.reason.startswith(RESERVE_REASON)]
 
 
-def region_targets(config: Config, region: str) -> list[str]:
-    return list(config.region(region).mirrors)
-
-
-def holdings(
-    config: Config, ledger: Ledger, now: datetime, renew_within: timedelta | None = None
-) -> list[planner.Held]:
-    """What the planner may count as held; with ``renew_within``, content whose ledger
-    entry expires within that margin counts as not held (it is re-warmed before it expires)."""
-    rows = ledger.holdings(config.mirrors.keys(), now + (renew_within or timedelta(0)))
-    return [
-        planner.Held(
-            mirror=h.mirror, repository=h.repository, digest=h.digest, instance=h.instance or None
-        )
-        for h in rows
-    ]
-
-
-async def prepare(
-    config: Config,
-    ledger: Ledger,
-    region: str,
-    wants: Sequence[Want],
-    *,
-    now: datetime,
-    budget: int | None = None,
-    window: timedelta | None = None,
-    reserve: RateReserve | None = None,
-    deadline: float | None = None,
-    renew_within: timedelta | None = None,
-) -> Prepared:
-    reg = config.region(region)
-    wanted, unresolved = await resolve(
-        config, ledger, region, wants, now, reserve=reserve, deadline=deadline
-    )
-    the_budget = budget if budget is not None else reg.budget
-    result = planner.plan(
-        wanted,
-        mirror_nodes(config),
-        region_targets(config, region),
-        holdings(config, ledger, now, renew_within),
-        planner.Budget(bytes=the_budget, window=window),
-        now,
-    )
-    return Prepared(region, result, unresolved, window, the_budget)
-
-
-def item_rows(p: planner.Plan) -> list[dict[str, Any]]:
-    return [
-        {
-            "seq": i.order,
-            "mirror": i.mirror,
-            "instance": i.instance or "",
-            "tier": i.tier,
-            "repository": i.repository,
-            "upstream_repository": i.upstream_repository,
-            "kind": i.kind,
-            "digest": i.digest,
-            "size": i.size,
-            "media_type": i.media_type,
-            "image": i.image,
-            "reference": i.reference,
-            "depends_on": "[" + ",".join(str(d) for d in i.depends_on) + "]",
-            "parent_cost": i.parent_cost,
-        }
-        for i in p.items
-    ]
-
-
-def owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def skipped_rows(*groups: Iterable[planner.Skipped]) -> list[dict[str, str]]:
-    """Images left out, as the ledger stores them on a run."""
-    return [{"image": s.image, "reason": s.reason} for group in groups for s in group]
-
-
-def start_run(ledger: Ledger, prepared: Prepared, now: datetime, deadline: datetime | None) -> int:
-    skipped = skipped_rows(prepared.plan.skipped, prepared.unresolved)
-    return ledger.create_run(
-        region=prepared.region,
-        items=item_rows(prepared.plan),
-        images=prepared.plan.images,
-        skipped=skipped,
-        now=now,
-        deadline=deadline,
-        owner=owner(),
-    )
+def _upstream(config: Config, region: str) -> str | None:
+    """The one upstream the region's top tier proxies (None with several: no reserve kept)."""
+    upstreams = {config.upstream_of(m) for m in config.region(region).mirrors}
+    return upstreams.pop() if len(upstreams) == 1 else None
 
 
 def rate_reserve(config: Config, region: str, probe: Want | None) -> RateReserve | None:
     """A reserve keeper for the upstream of the region's top tier, probed by HEAD."""
-    reg = config.region(region)
-    upstreams = {config.upstream_of(m) for m in reg.mirrors}
-    if len(upstreams) != 1 or probe is None:
+    name = _upstream(config, region)
+    if name is None or probe is None:
         return None
-    name = upstreams.pop()
-    client = upstream_client(config, name)
     return RateReserve(
-        client,
+        upstream_client(config, name),
         (probe.ref.repository, probe.ref.reference),
         config.upstreams[name].ratelimit_reserve,
         poll=config.run.ratelimit_poll.total_seconds(),
     )
+
+
+async def _release(
+    reserve: RateReserve | None, outcome: WarmOutcome | None, config: Config, region: str
+) -> None:
+    """Note on ``outcome`` what the run left and spent upstream; close the reserve's client."""
+    if reserve is None:
+        return
+    if outcome is not None:
+        outcome.upstream = _upstream(config, region)
+        outcome.ratelimit_remaining = reserve.remaining
+        outcome.upstream_requests = reserve.spent
+    if reserve.client is not None:
+        await reserve.client.aclose()
 
 
 async def execute(
@@ -188,6 +156,8 @@ async def execute(
 ) -> RunStats:
     """Run (or resume) ``run_id`` and close it in the ledger with its summary.
 
+    A run with nothing pending (everything warm, or done before it was resumed) is closed
+    the same way: the executor starts nothing and reports what the ledger holds.
     The caller owns ``reserve`` (it may have served planning in the same event loop) and
     closes its client. ``more`` yields items added to the run while it runs.
     """
@@ -212,29 +182,7 @@ async def execute(
     return stats
 
 
-@dataclass
-class WarmOutcome:
-    """What ``warm`` did: one run per pass, and what was left out."""
-
-    runs: list[tuple[int, RunStats]] = field(default_factory=list)
-    passes: list[Prepared] = field(default_factory=list)
-
-    @property
-    def unresolved(self) -> list[planner.Skipped]:
-        """Images that could not be resolved (not those held back for the reserve)."""
-        return [
-            s for p in self.passes for s in p.unresolved if not s.reason.startswith(RESERVE_REASON)
-        ]
-
-    @property
-    def held_back(self) -> list[planner.Skipped]:
-        """Images still held back by the rate-limit reserve at the end."""
-        if not self.passes:
-            return []
-        return [s for s in self.passes[-1].unresolved if s.reason.startswith(RESERVE_REASON)]
-
-
-async def warm(
+async def plan_region(
     config: Config,
     ledger: Ledger,
     region: str,
@@ -243,17 +191,45 @@ async def warm(
     now: datetime,
     budget: int | None = None,
     window: timedelta | None = None,
+) -> Prepared:
+    """The plan a warm run of ``wants`` starts from, fetching only manifests.
+
+    Planned as a run plans its first pass: resolving never waits at the upstream's
+    rate-limit reserve, so an image that would dip into it is listed with that reason (a
+    run holds it back for a later pass).
+    """
+    reserve = rate_reserve(config, region, wants[0] if wants else None)
+    try:
+        return await prepare(
+            config, ledger, region, wants, now=now, budget=budget, window=window,
+            reserve=reserve, deadline=time.monotonic(),
+        )  # fmt: skip
+    finally:
+        await _release(reserve, None, config, region)
+
+
+async def warm(
+    config: Config,
+    ledger: Ledger,
+    region: str,
+    wants: Sequence[Want] = (),
+    *,
+    now: datetime,
+    resume: Resume = Resume.NEVER,
+    budget: int | None = None,
+    window: timedelta | None = None,
     deadline: datetime | None = None,
     on_progress: ProgressHook | None = None,
-    on_run: Callable[[int, Prepared], None] | None = None,
+    on_run: RunHook | None = None,
     renew_within: timedelta | None = None,
 ) -> WarmOutcome:
-    """Plan and run a region's warm, in passes around the upstream's rate limit.
+    """Warm ``region``: resume its unfinished run (see ``resume``), or plan and run ``wants``.
 
-    When nothing can be cut (no byte budget, no window), the run starts as soon as the first
+    A new run is planned and run in passes around the upstream's rate limit. When nothing
+    can be cut (no byte budget, no ``window`` length), it starts as soon as the first
     ``FIRST_BATCH`` images are resolved and planned, and the rest of the plan is added to it
     when the others are (see ``_pipelined``). ``on_run`` is called with the run and each
-    part of its plan.
+    part of its plan (see ``RunHook``); ``on_progress`` with each item's progress.
 
     Resolving is where upstream manifest GETs are spent. An image that would dip into the
     reserve is not waited for up front (that would hold back everything else): what fits is
@@ -261,14 +237,23 @@ async def warm(
     (one log line) for the limit window to reset and plans the held-back images in a
     further pass, within what is left of the budget.
     """
+    if resume is not Resume.NEVER:
+        unfinished = ledger.unfinished_run(region)
+        if unfinished is not None and unfinished.id is not None:
+            return await _resume(
+                config, ledger, unfinished, now=now, deadline=deadline,
+                on_progress=on_progress, on_run=on_run,
+            )  # fmt: skip
+        if resume is Resume.ONLY:
+            raise NothingToResume(f"no unfinished run for region {region!r} to resume")
     outcome = WarmOutcome()
     reserve = rate_reserve(config, region, wants[0] if wants else None)
-    left = budget if budget is not None else config.region(region).budget
+    budget_left = budget if budget is not None else config.region(region).budget
     todo = list(wants)
     try:
         while True:
             pass_now = now if not outcome.runs else utcnow()
-            if left is None and window is None and len(todo) > FIRST_BATCH:
+            if budget_left is None and window is None and len(todo) > FIRST_BATCH:
                 run_id, prepared, stats = await _pipelined(
                     config, ledger, region, todo, now=pass_now, deadline=deadline,
                     reserve=reserve, on_progress=on_progress, on_run=on_run,
@@ -277,8 +262,9 @@ async def warm(
                 outcome.passes.append(prepared)
             else:
                 prepared = await prepare(
-                    config, ledger, region, todo, now=pass_now, budget=left, window=window,
-                    reserve=reserve, deadline=time.monotonic(), renew_within=renew_within,
+                    config, ledger, region, todo, now=pass_now, budget=budget_left,
+                    window=window, reserve=reserve, deadline=time.monotonic(),
+                    renew_within=renew_within,
                 )  # fmt: skip
                 outcome.passes.append(prepared)
                 run_id = start_run(ledger, prepared, pass_now, deadline)
@@ -296,11 +282,52 @@ async def warm(
             if not await reserve.wait_available(monotonic_deadline(deadline)):
                 break
             todo = [w for w in todo if str(w.ref) in held]
-            if left is not None:
-                left = max(0, left - sum(stats.parent_bytes_by_mirror.values()))
+            if budget_left is not None:
+                budget_left = max(0, budget_left - sum(stats.parent_bytes_by_mirror.values()))
     finally:
-        if reserve is not None and reserve.client is not None:
-            await reserve.client.aclose()
+        await _release(reserve, outcome, config, region)
+    return outcome
+
+
+async def _resume(
+    config: Config,
+    ledger: Ledger,
+    run: Run,
+    *,
+    now: datetime,
+    deadline: datetime | None,
+    on_progress: ProgressHook | None,
+    on_run: RunHook | None,
+) -> WarmOutcome:
+    """Continue ``run`` from what the ledger says is left of it.
+
+    Its deadline is the caller's, else the one it was started with while that is still
+    ahead (one past was a window that ended: the run then continues without one). Its plan
+    is kept as recorded, so nothing is resolved again and the reserve is probed (HEAD, not
+    counted) with the first image the run holds.
+    """
+    run_id = run.id
+    assert run_id is not None
+    if deadline is None:
+        recorded = as_utc(run.deadline)
+        deadline = recorded if recorded is not None and recorded > now else None
+    log.info(
+        "resuming run %s of %s (left by %s)", run_id, run.region, run.owner or "?",
+        extra={"fields": {"region": run.region, "run": run_id, "previous_owner": run.owner}},
+    )  # fmt: skip
+    refs = (try_parse(item.image) for item in ledger.items(run_id))
+    probe = next((Want(ref) for ref in refs if ref is not None), None)
+    reserve = rate_reserve(config, run.region, probe)
+    outcome = WarmOutcome(resumed=run_id)
+    try:
+        if on_run is not None:
+            on_run(run_id, None)
+        stats = await execute(
+            config, ledger, run_id, deadline=deadline, reserve=reserve, on_progress=on_progress
+        )
+        outcome.runs.append((run_id, stats))
+    finally:
+        await _release(reserve, outcome, config, run.region)
     return outcome
 
 
@@ -314,7 +341,7 @@ async def _pipelined(
     deadline: datetime | None,
     reserve: RateReserve | None,
     on_progress: ProgressHook | None,
-    on_run: Callable[[int, Prepared], None] | None,
+    on_run: RunHook | None,
     renew_within: timedelta | None,
 ) -> tuple[int, Prepared, RunStats]:
     """One run that starts fetching while the tail of ``wants`` still resolves.
