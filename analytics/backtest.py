@@ -14,12 +14,15 @@ the day makes later pulls miss the new layers, for every strategy but the oracle
 
 Strategies: ``model`` (``analytics.rank``), ``yesterday`` (the set pulled the day before),
 ``frequency`` (all-time top by pulls), ``static`` (images named in files, by file count) and
-``oracle`` (that day's actual pulls). All share one selector (greedy by predicted bytes
-served per new byte, retried with each large image it left out taken first), so
-differences come from the predictions alone; the model's include ``stay`` (the share of a
-tag's pulls before its expected weekly move), which only the image's own layers are
-weighted by. The oracle is that selector with perfect knowledge, not an upper bound: a
-greedy choice at the budget edge can lose to another strategy's on a day.
+``oracle`` (that day's actual pulls). All go through the selection production runs, the
+planner (``warmer.warm.plan``: greedy by value per new byte, retried with each valuable
+image it left out taken first; see ``choose``), so differences come from the predictions
+alone and the backtest scores the decision the warmer makes. The model's predictions
+include ``stay`` (the share of a tag's pulls before its expected weekly move), which the
+planner's value uses (see its "Value"). The planner's value is pulls, not bytes: it serves
+the most predicted pulls per byte, while the byte hit rate weights each pull by its size.
+The oracle is the planner with perfect knowledge, not an upper bound: a greedy choice at
+the budget edge can lose to another strategy's on a day, and the oracle maximises pulls.
 
 With ``expected`` (a day's expected demand, known for a generated workload: see
 ``analytics.generate.expected``), every warm set is also scored against that expectation
@@ -46,6 +49,8 @@ import pandas as pd
 
 from analytics.frames import normalise_static, normalise_usage, static_at, utc_naive
 from analytics.rank import RankParams, rank
+from warmer.warm.plan import Blob, Budget, WantedImage, plan
+from warmer.warm.topology import MirrorNode
 
 DAY = pd.Timedelta(days=1)
 Layer = tuple[str, int]
@@ -53,6 +58,11 @@ DEFAULT_IMAGE_BYTES = 250_000_000  # size model for an image without layer data
 STRATEGIES = ("model", "yesterday", "frequency", "static", "oracle", "ideal", "ideal_noisy")
 BASELINES = ("yesterday", "frequency", "static")
 Demand = Callable[[pd.Timestamp], pd.DataFrame]  # a day -> image, tag, pulls, real, stay
+# The budget counts distinct layer bytes: a mirror that caches by digest (a layer shared by
+# images once), fetches a cold byte once and has no capped link.
+_MIRROR = MirrorNode(
+    "backtest", None, "", cache_scope="global", fetch_multiplicity=1, link_rate=None
+)
 KINDS = (
     "all",
     "weekday",
@@ -83,100 +93,62 @@ class Sizes:
         return [(f"unknown:{image}:{tag}@{digest}", self.default_bytes)]
 
 
-def choose(
-    candidates: pd.DataFrame, sizes: Sizes, at: datetime, budget: int, tries: int = 8
-) -> set[str]:
-    """Warm set of whole images within ``budget`` distinct layer bytes.
+def wanted_images(
+    candidates: pd.DataFrame, sizes: Sizes, at: datetime
+) -> tuple[list[WantedImage], dict[str, list[Layer]]]:
+    """The candidates with a positive score as the planner's wanted images, and each one's
+    layers by its name.
 
-    A layer is worth its size times the predicted pulls of every candidate containing it (a
-    shared base layer serves them all); with a ``stay`` column (the model's share of a tag's
-    pulls before its predicted move), a layer of one image only is worth that share. The
-    greedy takes, each round, the image whose not yet warm layers are worth most per byte.
-    Greedy alone can leave a large valuable image out at the budget edge and fill the room
-    with lesser small ones, so the greedy is also run with each of the ``tries`` most
-    valuable images it left out taken first, and the set worth most is kept. Hand-written:
-    tens to hundreds of images need no solver, and it is the same for every strategy."""
+    A tag is warmed as it resolves at ``at``; only a digest-pinned candidate keeps its
+    digest. Rows naming the same image and tag (the oracle's, one per digest pulled that day)
+    are one image: their scores add up, and ``stay`` (when the column is there) is their
+    score-weighted mean. An image has one synthetic manifest of no bytes, since the planner
+    plans manifests and the budget counts layers."""
     cands = candidates[candidates["score"] > 0]
-    index: dict[str, int] = {}
-    layer_sizes: list[int] = []
-    members: list[list[int]] = []
-    scores: list[float] = []
-    stays: list[float] = []
+    has_stay = "stay" in cands.columns
+    first: dict[str, tuple[str, str, str]] = {}
+    score: dict[str, float] = {}
+    staying: dict[str, float] = {}  # score times stay, summed
     for row in cands.itertuples(index=False):
-        # A tag is warmed as it resolves at ``at``; only a digest-pinned candidate keeps its digest.
-        digest = "" if row.tag else str(getattr(row, "digest", "") or "")
-        ids = []
-        for d, s in dict(sizes(str(row.image), str(row.tag), digest, at)).items():
-            if d not in index:
-                index[d] = len(layer_sizes)
-                layer_sizes.append(s)
-            ids.append(index[d])
-        members.append(ids)
-        scores.append(float(row.score))
-        stays.append(float(getattr(row, "stay", 1.0)))
-    if not members:
+        tag = str(row.tag)
+        digest = "" if tag else str(getattr(row, "digest", "") or "")
+        name = f"{row.image}:{tag}" if tag else f"{row.image}@{digest}"
+        first.setdefault(name, (str(row.image), tag, digest))
+        value = float(row.score)
+        score[name] = score.get(name, 0.0) + value
+        staying[name] = staying.get(name, 0.0) + value * (float(row.stay) if has_stay else 1.0)
+    out: list[WantedImage] = []
+    layers: dict[str, list[Layer]] = {}
+    for name, (image, tag, digest) in first.items():
+        layers[name] = list(dict(sizes(image, tag, digest, at)).items())
+        out.append(
+            WantedImage(
+                image=name,
+                upstream=_MIRROR.name,
+                repository=image,
+                tag=tag or None,
+                digest=f"manifest:{name}",
+                score=score[name],
+                manifests=(Blob(f"manifest:{name}", 0, "manifest"),),
+                blobs=tuple(Blob(d, size, "blob") for d, size in layers[name]),
+                stay=min(1.0, max(0.0, staying[name] / score[name])),
+            )
+        )
+    return out, layers
+
+
+def choose(candidates: pd.DataFrame, sizes: Sizes, at: datetime, budget: int) -> set[str]:
+    """The layers the planner warms for ``candidates`` within ``budget`` distinct layer bytes.
+
+    This is :func:`warmer.warm.plan.plan` itself, the selection production runs, on one
+    mirror whose cost model is the backtest's budget: it caches by digest and fetches a cold
+    byte once (a layer shared by images is counted once), with no window. Its value is the
+    candidates' ``score`` and ``stay`` (see the planner's "Value")."""
+    wanted, layers = wanted_images(candidates, sizes, at)
+    if not wanted:
         return set()
-    incidence = np.zeros((len(layer_sizes), len(members)))
-    for j, ids in enumerate(members):
-        incidence[ids, j] = 1.0
-    size = np.asarray(layer_sizes, dtype=np.float64)
-    # A layer only this image has is its own top layer: after a predicted tag move the
-    # pulls get new ones, so it serves the ``stay`` share of them (shared base layers stay).
-    own = incidence.sum(axis=1) == 1
-    weights = np.where(own[:, None], incidence * np.asarray(stays)[None, :], incidence)
-    worth = size * (weights @ np.asarray(scores))  # bytes times pulls served, per layer
-    layers = np.asarray(list(index))
-    best = _greedy(incidence, size, worth, budget, None)
-    # The most valuable images the greedy left out that fit on their own: try each first.
-    alone_cost = incidence.T @ size
-    alone_worth = incidence.T @ worth
-    out_ = [
-        int(j)
-        for j in np.argsort(-alone_worth, kind="stable")
-        if not best.images[j] and alone_cost[j] <= budget
-    ]
-    for j in out_[:tries]:
-        trial = _greedy(incidence, size, worth, budget, j)
-        if trial.worth > best.worth:
-            best = trial
-    return {str(d) for d in layers[best.layers]}
-
-
-@dataclass
-class _Pick:
-    images: np.ndarray  # bool per image
-    layers: np.ndarray  # bool per layer
-    worth: float
-
-
-def _greedy(
-    incidence: np.ndarray, size: np.ndarray, worth: np.ndarray, budget: int, first: int | None
-) -> _Pick:
-    """Greedy by worth per new byte, optionally starting with image ``first``."""
-    n_layers, n_images = incidence.shape
-    warm = np.zeros(n_layers, dtype=bool)
-    taken = np.zeros(n_images, dtype=bool)
-    used = 0.0
-    if first is not None:
-        warm |= incidence[:, first] > 0
-        taken[first] = True
-        used = float(size[warm].sum())
-    while not taken.all():
-        cold = ~warm
-        cost = incidence.T @ (size * cold)
-        gain = incidence.T @ (worth * cold)
-        fits = ~taken & (used + cost <= budget)
-        if not fits.any():
-            break
-        ratio = np.where(cost > 0, gain / np.where(cost > 0, cost, 1.0), np.inf)
-        ratio = np.where(fits, ratio, -1.0)
-        j = int(np.argmax(ratio))
-        if ratio[j] <= 0:
-            break
-        taken[j] = True
-        warm |= incidence[:, j] > 0
-        used += float(cost[j])
-    return _Pick(taken, warm, float(worth[warm].sum()))
+    chosen = plan(wanted, [_MIRROR], [_MIRROR.name], (), Budget(budget, None), at)
+    return {digest for name in chosen.images for digest, _ in layers[name]}
 
 
 def score_day(actual: pd.DataFrame, warm: set[str], sizes: Sizes) -> dict[str, float]:

@@ -8,6 +8,11 @@ per region with the generator's catalogue (layers, tag history) and day labels, 
 one JSON object: byte and pull hit rates per day kind and strategy, the model's share of
 the oracle and its margin over the best baseline on every kind of day.
 
+Every strategy's warm set is what the planner (``warmer.warm.plan``) plans from its scores:
+the benchmark scores the production decision. The planner values pulls per byte; the byte
+hit rate weights pulls by size, so ``pull_hit_rate`` is the planner's own measure, and the
+oracle (the planner with the day's pulls) is no upper bound on bytes.
+
 Targets (issue 4): model byte hit rate >= 90% of the oracle's and >= the best baseline on
 every kind of day. The default budget is 2 GiB per region and day: the generated regions
 pull 3.5-4.5 GB of distinct layers a weekday out of a 6 GB catalogue, so 5 GiB holds

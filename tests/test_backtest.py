@@ -21,12 +21,14 @@ from analytics.backtest import (
     noisy_ideal,
     score_day,
     summarise,
+    wanted_images,
 )
 from analytics.frames import usage_from_pulls
 from analytics.generate.expected import expected_demand
 from analytics.generate.workload import Params, generate
 from analytics.rank import RankParams
 from warmer.store.rankings import latest_ranking
+from warmer.warm.plan import Blob, Budget, MirrorNode, WantedImage, plan
 
 MB = 1_000_000
 
@@ -57,6 +59,7 @@ def test_shared_layers_are_counted_once() -> None:
 
 
 def test_a_tag_about_to_move_is_worth_its_pulls_before_the_move() -> None:
+    # The model's ``stay`` reaches the planner (see its "Value").
     sizes = Sizes(Layers())
     day = datetime(2024, 1, 2)
     # Room for one image with the base: a (5 pulls) goes before b (4.9).
@@ -70,25 +73,73 @@ def test_a_tag_about_to_move_is_worth_its_pulls_before_the_move() -> None:
     assert choose(moving.drop(columns="stay"), sizes, day, 110 * MB) == {"base", "a"}
 
 
-def test_a_large_image_left_out_by_the_greedy_is_tried_first() -> None:
-    class Big:
-        table: ClassVar[dict[str, list[tuple[str, int]]]] = {
-            "small:1": [("s", 10 * MB)],
-            "big:1": [("g", 95 * MB)],
-        }
+class Big:
+    table: ClassVar[dict[str, list[tuple[str, int]]]] = {
+        "small:1": [("s", 10 * MB)],
+        "big:1": [("g", 95 * MB)],
+    }
 
-        def layers(
-            self, image: str, tag: str, digest: str, at: datetime
-        ) -> list[tuple[str, int]] | None:
-            return self.table.get(f"{image}:{tag}")
+    def layers(
+        self, image: str, tag: str, digest: str, at: datetime
+    ) -> list[tuple[str, int]] | None:
+        return self.table.get(f"{image}:{tag}")
 
-    # Per byte the small image is worth more (9 > 8), so a plain greedy takes it and the
-    # big one no longer fits: 90 MB-pulls served instead of 760.
-    sizes = Sizes(Big())
-    picked = choose(cands([("small", 9), ("big", 8)]), sizes, datetime(2024, 1, 1), 100 * MB)
-    assert picked == {"g"}
-    plain = choose(cands([("small", 9), ("big", 8)]), sizes, datetime(2024, 1, 1), 100 * MB, 0)
-    assert plain == {"s"}
+
+def planned_layers(scores: dict[str, float], budget: int) -> set[str]:
+    """What ``plan`` itself warms for ``Big``'s images on one mirror that caches by digest,
+    with the wanted images written here, not by the backtest."""
+    wanted = [
+        WantedImage(
+            image=f"{name}:1",
+            upstream="u",
+            repository=name,
+            tag="1",
+            digest=f"m-{name}",
+            score=score,
+            manifests=(Blob(f"m-{name}", 0, "manifest"),),
+            blobs=tuple(Blob(d, size, "blob") for d, size in Big.table[f"{name}:1"]),
+        )
+        for name, score in scores.items()
+    ]
+    node = MirrorNode("m", None, "", "global", 1, None)
+    chosen = plan(wanted, [node], ["m"], [], Budget(budget, None), datetime(2024, 1, 1))
+    return {d for image in chosen.images for d, _ in Big.table[image]}
+
+
+@pytest.mark.parametrize(
+    ("scores", "warm"),
+    [
+        # 9 pulls of the small image per 10 MB against 8 of the big one per 95 MB: the
+        # planner values pulls and keeps the small one (the big one is tried first and is
+        # worth less). A selector by bytes served (the big one serves 760 MB-pulls, the small
+        # one 90) would warm the big one.
+        ({"small": 9, "big": 8}, {"s"}),
+        # Worth more in pulls, the big one left out by the greedy is taken by the retry.
+        ({"small": 9, "big": 10}, {"g"}),
+    ],
+)
+def test_the_backtest_warms_what_the_planner_plans(
+    scores: dict[str, float], warm: set[str]
+) -> None:
+    picked = choose(cands(list(scores.items())), Sizes(Big()), datetime(2024, 1, 1), 100 * MB)
+    assert picked == planned_layers(scores, 100 * MB) == warm
+
+
+def test_rows_of_one_tag_are_one_wanted_image() -> None:
+    # The oracle has a row per digest a tag was pulled at; warmed as the tag resolves at
+    # midnight, they are one image whose pulls add up.
+    rows = pd.DataFrame(
+        [
+            {"image": "a", "tag": "1", "digest": "sha256:old", "score": 3.0, "stay": 1.0},
+            {"image": "a", "tag": "1", "digest": "sha256:new", "score": 1.0, "stay": 0.2},
+            {"image": "c", "tag": "1", "digest": "", "score": 0.0, "stay": 1.0},
+        ]
+    )
+    wanted, layers = wanted_images(rows, Sizes(Layers()), datetime(2024, 1, 1))
+    assert [(w.image, w.score) for w in wanted] == [("a:1", 4.0)]
+    assert wanted[0].stay == pytest.approx(0.8)  # (3 x 1 + 1 x 0.2) / 4
+    assert layers["a:1"] == [("base", 100 * MB), ("a", 10 * MB)]
+    assert [b.digest for b in wanted[0].blobs] == ["base", "a"]
 
 
 def test_unknown_images_get_the_default_size() -> None:
@@ -141,7 +192,7 @@ def small_history() -> tuple[pd.DataFrame, pd.DataFrame]:
     return days, summarise(days)
 
 
-def test_model_beats_each_baseline_and_stays_below_the_oracle(
+def test_model_beats_each_baseline_and_nears_the_oracle(
     small_history: tuple[pd.DataFrame, pd.DataFrame],
 ) -> None:
     days, summary = small_history
@@ -149,7 +200,9 @@ def test_model_beats_each_baseline_and_stays_below_the_oracle(
     rates = summary[summary["kind"] == "all"].set_index("strategy")["byte_hit_rate"]
     for baseline in ("yesterday", "frequency", "static"):
         assert rates["model"] >= rates[baseline], baseline
-    assert rates["model"] <= rates["oracle"]
+    # Not "below the oracle": the planner values pulls per byte, and the byte hit rate
+    # weights pulls by size, so a wrong guess can serve more bytes than perfect knowledge.
+    assert 0.95 < rates["model"] / rates["oracle"] < 1.05
     assert rates["oracle"] > 0.5
     table = margins(summary).set_index("kind")
     assert table.loc["all", "of_oracle"] == pytest.approx(rates["model"] / rates["oracle"])
@@ -267,12 +320,12 @@ def test_expected_scores_and_the_ideal_predictor(
     assert (days.groupby("day")["exp_bytes"].nunique() == 1).all()
     assert (days["exp_hit_bytes"] <= days["exp_bytes"]).all()
     exp = summary[summary["kind"] == "all"].set_index("strategy")["expected_byte_hit_rate"]
-    # The ideal knows the rates: in expectation it beats every strategy that guesses them,
-    # and the model beats every baseline.
-    for other in ("model", "yesterday", "frequency", "static", "ideal_noisy"):
-        assert exp["ideal"] >= exp[other], other
+    # The model beats every baseline in expectation too. The ideal knows the rates, but the
+    # planner turns them into the most pulls per byte, not the most bytes: it need not lead
+    # by expected bytes (it does not on this history), only beat a baseline blind to pulls.
     for baseline in ("yesterday", "frequency", "static"):
         assert exp["model"] >= exp[baseline], baseline
+    assert exp["ideal"] > exp["static"]
     table = margins(summary, "ideal", "expected_byte_hit_rate").set_index("kind")
     assert table.loc["all", "ideal"] == pytest.approx(exp["ideal"])
     assert table.loc["all", "over_yesterday"] == pytest.approx(exp["ideal"] - exp["yesterday"])

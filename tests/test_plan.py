@@ -845,3 +845,33 @@ def test_random_continuations_keep_the_invariants_of_one_plan(seed: int) -> None
         )
         again = plan(wanted, mirrors, targets, [*holdings, *holdings_after(whole)], budget, NOW)
         assert again.items == ()
+
+
+@pytest.mark.parametrize(
+    ("stay", "planned"),
+    [
+        (1.0, "a"),  # 10 pulls against b's 8
+        # a's tag moves: its own 100 B serve only the ``stay`` share of its pulls, the shared
+        # base all of them. stay 0.7: 10 x (100 + 0.7 x 100) / 200 = 8.5, still above 8;
+        # a value of score x stay (7) would have taken b.
+        (0.7, "a"),
+        (0.5, "b"),  # 10 x (100 + 0.5 x 100) / 200 = 7.5
+    ],
+)
+def test_stay_discounts_only_the_images_own_bytes(stay: float, planned: str) -> None:
+    a = dataclasses.replace(
+        image("a", {"base": 100, "a": 100}, score=10, manifest_size=0), stay=stay
+    )
+    b = image("b", {"base": 100, "b": 100}, score=8, manifest_size=0)
+    # Room for the base and one top layer.
+    result = plan([a, b], [mirror("m", scope="global")], ["m"], [], Budget(200, None), NOW)
+    assert [short(i) for i in result.images] == [planned]
+    # Alone, a moving tag is still planned when it fits: stay lowers its value, not its place.
+    alone = plan([a], [mirror("m", scope="global")], ["m"], [], Budget(200, None), NOW)
+    assert [short(i) for i in alone.images] == ["a"]
+
+
+def test_stay_outside_zero_to_one_is_a_clear_error() -> None:
+    bad = dataclasses.replace(image("a", {"a": 1}), stay=1.5)
+    with pytest.raises(PlanError, match="stay must be between 0 and 1"):
+        plan([bad], [mirror("m")], ["m"], [], NO_LIMIT, NOW)

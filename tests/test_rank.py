@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -9,7 +11,9 @@ import pytest
 
 from analytics.frames import usage_features
 from analytics.rank import RankParams, rank, target_day
+from warmer.config import Config, DatabaseConfig
 from warmer.store.rankings import latest_ranking, save_ranking
+from warmer.warm.resolve import wants_from_ranking
 
 PY = "docker.io/library/python"
 NODE = "docker.io/library/node"
@@ -327,17 +331,9 @@ def test_rankings_are_stored_for_the_planner(tmp_path: Path) -> None:
     assert latest_ranking(url, "us").empty
 
 
-def test_long_memory_keeps_old_images_below_recent_ones() -> None:
-    long_ago = pd.date_range("2024-02-01", "2024-02-10", freq="D")
-    frame = usage(daily(GO, "1.21", long_ago, 50) + daily(PY, "3.12", WEEKS[-7:], 1))
-    out = rank(frame, None, NOW).set_index("image")
-    assert out.loc[PY, "rank"] == 1
-    assert 0 < out.loc[GO, "score"] < 0.2 * out.loc[PY, "score"]
-    assert "long memory" in out.loc[GO, "reasons"]
-
-
-def test_a_tag_rebuilt_every_tuesday_is_expected_to_move_on_tuesdays() -> None:
-    # python:3.12 gets a new digest every Tuesday at 13h UTC; pulls are spread 8h-19h.
+def tuesday_mover() -> pd.DataFrame:
+    """python:3.12 gets a new digest every Tuesday at 13h UTC (pulls spread 8h-19h); node:20
+    never moves."""
     rows = []
     digest = 0
     for day in WEEKS:
@@ -348,7 +344,72 @@ def test_a_tag_rebuilt_every_tuesday_is_expected_to_move_on_tuesdays() -> None:
                 usage([(str(day.date()), hour, PY, "3.12", 2)], digest=f"sha256:{digest:064d}")
             )
     rows.append(usage(daily(NODE, "20", WEEKS, 24)))
-    frame = pd.concat(rows, ignore_index=True)
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_stay_is_stored_and_reaches_the_wanted_images(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    ranked = rank(tuesday_mover(), None, pd.Timestamp("2024-04-02"))
+    save_ranking(url, ranked, computed_at=NOW.to_pydatetime())
+    got = latest_ranking(url, "eu").set_index("image")["stay"]
+    want = ranked.set_index("image")["stay"]
+    assert 0.4 < got[PY] < 0.6 and got[PY] == pytest.approx(want[PY])
+    assert got[NODE] == 1.0
+    wants = {
+        w.ref.name: w.stay
+        for w in wants_from_ranking(Config(database=DatabaseConfig(url=url)), "eu", None)
+    }
+    assert wants == {PY: pytest.approx(want[PY]), NODE: 1.0}
+    # A ranking frame without the column (written by hand, or by an older model) stays 1.
+    save_ranking(
+        url, ranked.drop(columns="stay"), computed_at=NOW.to_pydatetime() + timedelta(days=1)
+    )
+    assert set(latest_ranking(url, "eu")["stay"]) == {1.0}
+
+
+def test_an_old_rankings_table_gains_stay(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        # The rankings table and migration record as the first schema left them.
+        conn.executescript(
+            """
+            CREATE TABLE schema_migrations (component VARCHAR(64) NOT NULL,
+                version INTEGER NOT NULL, PRIMARY KEY (component, version));
+            INSERT INTO schema_migrations VALUES ('analytics_rank', 1);
+            CREATE TABLE rankings (id INTEGER PRIMARY KEY, computed_at DATETIME NOT NULL,
+                region VARCHAR(64) NOT NULL, image VARCHAR(512) NOT NULL,
+                tag VARCHAR(128) NOT NULL, digest VARCHAR(160) NOT NULL, score FLOAT NOT NULL,
+                window_score FLOAT NOT NULL, rank INTEGER NOT NULL, reasons TEXT NOT NULL);
+            INSERT INTO rankings VALUES (1, '2024-03-18 00:00:00.000000', 'eu',
+                'docker.io/library/python', '3.12', '', 9.0, 9.0, 1, 'old row');
+            """
+        )
+    conn.close()
+    url = f"sqlite:///{path}"
+    old = latest_ranking(url, "eu")
+    assert list(old["reasons"]) == ["old row"] and list(old["stay"]) == [1.0]
+    with sqlite3.connect(path) as conn:
+        versions = conn.execute(
+            "SELECT version FROM schema_migrations WHERE component = 'analytics_rank'"
+        ).fetchall()
+        assert sorted(v for (v,) in versions) == [1, 2]
+    conn.close()
+    ranked = rank(tuesday_mover(), None, pd.Timestamp("2024-04-02"))
+    save_ranking(url, ranked, computed_at=NOW.to_pydatetime() + timedelta(days=1))
+    assert latest_ranking(url, "eu").set_index("image").loc[PY, "stay"] < 0.6
+
+
+def test_long_memory_keeps_old_images_below_recent_ones() -> None:
+    long_ago = pd.date_range("2024-02-01", "2024-02-10", freq="D")
+    frame = usage(daily(GO, "1.21", long_ago, 50) + daily(PY, "3.12", WEEKS[-7:], 1))
+    out = rank(frame, None, NOW).set_index("image")
+    assert out.loc[PY, "rank"] == 1
+    assert 0 < out.loc[GO, "score"] < 0.2 * out.loc[PY, "score"]
+    assert "long memory" in out.loc[GO, "reasons"]
+
+
+def test_a_tag_rebuilt_every_tuesday_is_expected_to_move_on_tuesdays() -> None:
+    frame = tuesday_mover()
     tuesday = rank(frame, None, pd.Timestamp("2024-04-02")).set_index("image")
     # Half of a day's pulls (13h-19h of 8h-19h, shrunk a little toward the region) come
     # after the move and get layers nobody warmed at midnight.

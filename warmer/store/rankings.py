@@ -2,11 +2,13 @@
 
 The I/O edge of ``analytics.rank`` (the table is declared in ``warmer.store.schema``).
 Each ``save_ranking`` call stores one computed ranking (all its rows share ``computed_at``);
-``latest_ranking`` returns a region's newest.
+``latest_ranking`` returns a region's newest. A row keeps the model's ``stay`` (the share of
+the tag's pulls before its expected move), which the planner's value uses.
 """
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 import pandas as pd
@@ -15,7 +17,7 @@ import sqlalchemy as sa
 from warmer.store import db
 from warmer.store.schema import rankings
 
-COLUMNS = ["region", "image", "tag", "digest", "score", "window_score", "rank", "reasons"]
+COLUMNS = ["region", "image", "tag", "digest", "score", "window_score", "rank", "reasons", "stay"]
 
 
 def save_ranking(url: str, ranking: pd.DataFrame, computed_at: datetime | None = None) -> int:
@@ -32,6 +34,7 @@ def save_ranking(url: str, ranking: pd.DataFrame, computed_at: datetime | None =
             "window_score": float(r.window_score),
             "rank": int(r.rank),
             "reasons": str(r.reasons),
+            "stay": _stay(getattr(r, "stay", 1.0)),
         }
         for r in ranking.itertuples(index=False)
     ]
@@ -39,6 +42,15 @@ def save_ranking(url: str, ranking: pd.DataFrame, computed_at: datetime | None =
         with db.engine_for(url).begin() as conn:
             conn.execute(rankings.insert(), rows)
     return len(rows)
+
+
+def _stay(value: object) -> float:
+    """A row's ``stay``; 1 (no expected move) when the frame has none or it is missing."""
+    try:
+        stay = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 1.0
+    return 1.0 if math.isnan(stay) else min(max(stay, 0.0), 1.0)
 
 
 def latest_ranking(url: str, region: str) -> pd.DataFrame:

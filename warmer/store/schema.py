@@ -219,6 +219,8 @@ rankings = sa.Table(
     sa.Column("window_score", sa.Float, nullable=False),
     sa.Column("rank", sa.Integer, nullable=False),
     sa.Column("reasons", sa.Text, nullable=False),
+    # Share of the pulls before the tag's expected move; the planner values by it.
+    sa.Column("stay", sa.Float, nullable=False, server_default=sa.text("1.0")),
     sa.Index("ix_rankings_region_computed", "region", "computed_at"),
 )
 
@@ -226,6 +228,14 @@ rankings = sa.Table(
 def _rankings_v1(conn: Connection) -> None:
     # Frozen copy of the table as first shipped; later changes get their own migration.
     rankings.create(conn, checkfirst=True)
+
+
+def _rankings_v2(conn: Connection) -> None:
+    # _rankings_v1 creates the table from its current declaration, so a database created
+    # since this column was declared has it already; only an older table gains it.
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("rankings")}
+    if "stay" not in columns:
+        conn.execute(sa.text("ALTER TABLE rankings ADD COLUMN stay FLOAT NOT NULL DEFAULT 1.0"))
 
 
 # -- the service's job leases --------------------------------------------------------------
@@ -253,6 +263,6 @@ def _jobs_v1(conn: Connection) -> None:
 MIGRATIONS: dict[str, list[Migration]] = {
     "ledger": [_v1, _v2],
     "analytics": [_analytics_v1],
-    "analytics_rank": [_rankings_v1],
+    "analytics_rank": [_rankings_v1, _rankings_v2],
     "jobs": [_jobs_v1],
 }

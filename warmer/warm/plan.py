@@ -13,9 +13,20 @@ Cost model
     ``parent_cost`` over the items it would add across every mirror of the target chains;
     what the ledger holds or the plan already has costs nothing.
 
+Value
+    An image's value is its predicted pulls (``score``) times the share of their bytes the
+    warmed digest serves. That share is 1 unless the tag is expected to move during the
+    period: ``stay`` (default 1) is the share of its pulls made before the move. Pulls after
+    it resolve to a new digest, which keeps the layers the image shares with other wanted
+    images (base layers) but not its own (top layers, manifests: the objects no other wanted
+    image has). So the share is ``(shared bytes + stay * own bytes) / all bytes`` of the image,
+    and value = ``score`` times it: pulls weighted by the bytes of them the plan serves. It is
+    fixed per image (sharing is among the wanted images, not the planned ones), so the greedy
+    and the retries below compare images by it alone.
+
 Order
     Greedy by value per new byte: at each step the image with the highest
-    ``score / marginal cost`` that still fits is taken, then the marginal cost of every image
+    ``value / marginal cost`` that still fits is taken, then the marginal cost of every image
     sharing its objects is lowered (shared base layers make the next image cheap). Ties are
     broken by image name. Within an image, items go top tier first, so a parent's fetch of an
     object always precedes (and is in ``depends_on`` of) its child's request for it.
@@ -24,7 +35,7 @@ Retries
     Greedy alone can leave one large, valuable image out at the budget (or window) edge and
     fill the room with smaller, lesser ones. So when images are left out, the greedy is run
     again with each of the ``RETRIES`` most valuable of them (that fit on their own) taken
-    first, and the set of images worth most in total score is kept (ties: the plain greedy).
+    first, and the set of images worth most in total value is kept (ties: the plain greedy).
     A retried set is then ordered by the same greedy restricted to it, which takes all of it
     (the set fits, so every marginal cost on the way does too).
 
@@ -89,9 +100,10 @@ class WantedImage:
     repository: str  # repository path at the upstream, e.g. "library/python"
     tag: str | None
     digest: str  # resolved top digest
-    score: float  # predicted pulls (value)
+    score: float  # predicted pulls
     manifests: tuple[Blob, ...]  # index first (if any), then platform manifests, fetch order
     blobs: tuple[Blob, ...]  # configs + layers of the selected platforms, de-duplicated
+    stay: float = 1.0  # share of the pulls before the tag's expected move (see Value)
 
 
 @dataclass(frozen=True)
@@ -140,16 +152,17 @@ class _Candidate:
     """Mutable greedy state for one wanted image."""
 
     want: WantedImage
+    worth: float  # the image's value (see Value)
     needed: dict[Key, tuple[Slot, Blob]]  # not held and not yet planned, in emit order
     cost: int = 0
     link: dict[str, int] = field(default_factory=dict)  # marginal parent bytes per link
     version: int = 0
 
     def value(self) -> float:
-        return math.inf if self.cost == 0 else self.want.score / self.cost
+        return math.inf if self.cost == 0 else self.worth / self.cost
 
     def copy(self) -> _Candidate:
-        return _Candidate(self.want, dict(self.needed), self.cost, dict(self.link))
+        return _Candidate(self.want, self.worth, dict(self.needed), self.cost, dict(self.link))
 
 
 def _contents(want: WantedImage) -> list[Blob]:
@@ -161,6 +174,28 @@ def _contents(want: WantedImage) -> list[Blob]:
         if item.digest not in seen:
             seen.add(item.digest)
             out.append(item)
+    return out
+
+
+def _worths(wanted: Sequence[WantedImage]) -> dict[str, float]:
+    """Each image's value: its score times the share of its bytes its pulls get (see Value)."""
+    holders: dict[str, int] = {}
+    for want in wanted:
+        if not 0.0 <= want.stay <= 1.0:
+            raise PlanError(f"{want.image}: stay must be between 0 and 1, not {want.stay}")
+        for digest in {item.digest for item in (*want.manifests, *want.blobs)}:
+            holders[digest] = holders.get(digest, 0) + 1
+    out: dict[str, float] = {}
+    for want in wanted:
+        if want.stay == 1.0:
+            out[want.image] = want.score
+            continue
+        total = own = 0
+        for blob in _contents(want):
+            total += blob.size
+            own += blob.size if holders[blob.digest] == 1 else 0
+        share = 1.0 if total == 0 else (total - own + want.stay * own) / total
+        out[want.image] = want.score * share
     return out
 
 
@@ -178,7 +213,12 @@ class _Pool:
     its own copy, so retries do not recompute what every image needs."""
 
     def __init__(
-        self, topo: Topology, held: set[Key], wanted: list[WantedImage], after: Plan | None
+        self,
+        topo: Topology,
+        held: set[Key],
+        wanted: list[WantedImage],
+        worths: Mapping[str, float],
+        after: Plan | None,
     ) -> None:
         self.topo = topo
         self.held = held
@@ -199,9 +239,9 @@ class _Pool:
         self.cands: list[_Candidate] = []
         self.by_key: dict[Key, list[int]] = {}
         for want in wanted:
-            self._add(want)
+            self._add(want, worths[want.image])
 
-    def _add(self, want: WantedImage) -> None:
+    def _add(self, want: WantedImage, worth: float) -> None:
         if not want.manifests:
             self.skipped[want.image] = "nothing to fetch: no manifest resolved"
             return
@@ -209,7 +249,7 @@ class _Pool:
         if not mirrors:
             self.skipped[want.image] = f"no target mirror proxies upstream {want.upstream!r}"
             return
-        cand = _Candidate(want, {})
+        cand = _Candidate(want, worth, {})
         contents = _contents(want)
         planned = False  # some of it is in the earlier plan of the run
         for name in mirrors:
@@ -254,7 +294,7 @@ class _Planner:
         self.cands = [cand.copy() for cand in pool.cands]
 
     def worth(self) -> float:
-        return math.fsum(self.cands[cid].want.score for cid in self.picked)
+        return math.fsum(self.cands[cid].worth for cid in self.picked)
 
     def misfit(self, cand: _Candidate) -> str | None:
         """Why ``cand`` does not fit what is left, or None when it does."""
@@ -375,15 +415,15 @@ class _Planner:
 
 
 def _best(pool: _Pool, budget: Budget) -> _Planner:
-    """The plain greedy, or a retry worth more in total score; see "Retries" above."""
+    """The plain greedy, or a retry worth more in total value; see "Retries" above."""
     greedy = _Planner(pool, budget).run()
     left = [cid for cid in range(len(pool.cands)) if cid not in greedy.picked]
     if not left:
         return greedy
     empty = _Planner(pool, budget, emit=False)
     firsts = sorted(
-        (cid for cid in left if pool.cands[cid].want.score > 0),
-        key=lambda cid: (-pool.cands[cid].want.score, pool.cands[cid].want.image),
+        (cid for cid in left if pool.cands[cid].worth > 0),
+        key=lambda cid: (-pool.cands[cid].worth, pool.cands[cid].want.image),
     )
     best, worth = greedy, greedy.worth()
     for cid in [c for c in firsts if empty.misfit(empty.cands[c]) is None][:RETRIES]:
@@ -414,8 +454,11 @@ def plan(
     """
     topo = Topology(mirrors, targets)
     earlier = set(after.images) if after is not None else set()
-    fresh = _unique([w for w in wanted if w.image not in earlier])
-    pool = _Pool(topo, topo.held_keys(holdings), fresh, after)
+    every = _unique(wanted)
+    # Over every wanted image: a layer shared with one ``after`` planned is no one's own.
+    worths = _worths(every)
+    fresh = [w for w in every if w.image not in earlier]
+    pool = _Pool(topo, topo.held_keys(holdings), fresh, worths, after)
     planner = _best(pool, budget)
     bytes_by_mirror = dict.fromkeys(topo.warm, 0)
     for item in planner.items:

@@ -33,10 +33,12 @@ RESERVE_REASON = "upstream rate-limit reserve"  # an image held back for CI, not
 
 @dataclass(frozen=True)
 class Want:
-    """An image someone wants warm, with its predicted value."""
+    """An image someone wants warm, with its predicted value: ``score`` (pulls) and ``stay``
+    (the share of them before the tag's expected move; see the planner's "Value")."""
 
     ref: Reference
     score: float = 1.0
+    stay: float = 1.0
 
 
 def credentials(ref: CredentialsRef | None, url: str) -> Credentials | None:
@@ -104,7 +106,8 @@ def wants_from_ranking(config: Config, region: str, top: int | None) -> list[Wan
     for row in frame.itertuples():
         text = f"{row.image}:{row.tag}" if getattr(row, "tag", "") else str(row.image)
         try:
-            out.append(Want(parse(text), float(row.score)))
+            stay = float(getattr(row, "stay", 1.0))
+            out.append(Want(parse(text), float(row.score), 1.0 if stay != stay else stay))
         except InvalidReference:
             log.warning("ranking row %r is not a valid reference; skipped", text)
     return out
@@ -275,6 +278,7 @@ async def resolve(
                 score=want.score,
                 manifests=manifests,
                 blobs=blobs,
+                stay=want.stay,
             )
         )
 
