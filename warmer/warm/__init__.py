@@ -11,6 +11,7 @@ Public surface, by module:
   (start keys, prioritised slots, the link's token bucket, the upstream rate-limit
   reserve, and the pure rules for what a request costs and when to retry);
 - ``execute``: ``Executor``, ``RunStats``: carries a recorded run out;
+- ``prepared``: ``Prepared``, ``prepare``, ``start_run``: a plan recorded as a run;
 - ``run``: ``warm`` (the one entry point of a warm run, used by ``warmer run``, ``warmer
   refresh`` and the service), ``plan_region`` (``warmer plan``), ``WarmOutcome``.
 """
@@ -20,6 +21,7 @@ __all__ = [
     "pacing",
     "plan",
     "policy",
+    "prepared",
     "reserve",
     "resolve",
     "run",
