@@ -8,10 +8,10 @@ Public surface, by module:
   stored rankings' and the job leases';
 - ``ledger``: ``Ledger`` and its rows (``Holding``, ``Run``, ``RunItem``, ``Resolution``,
   ``Incident``, ``Drift``): what each mirror holds, runs and their items;
-- ``writer``: ``LedgerWriter``: the executor's bookkeeping, batched off the event loop;
+- ``writer``, ``writes``: ``LedgerWriter`` and the write values it batches off the event loop;
 - ``rankings``: ``save_ranking``, ``latest_ranking``: the rankings the planner reads.
 
 Nothing here imports the layers above (``warmer.warm``, ``analytics``, ``jobs``).
 """
 
-__all__ = ["db", "ledger", "rankings", "schema", "writer"]
+__all__ = ["db", "ledger", "rankings", "schema", "writer", "writes"]

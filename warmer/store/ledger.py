@@ -13,16 +13,39 @@ the executor's bookkeeping off its event loop.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from warmer.store import db
+from warmer.store.writes import (
+    HoldingRecord,
+    IncidentRecord,
+    InflightReset,
+    ItemUpdate,
+    LedgerOp,
+    apply_one,
+)
+
+__all__ = [
+    "Drift",
+    "Holding",
+    "HoldingRecord",
+    "Incident",
+    "IncidentRecord",
+    "InflightReset",
+    "ItemUpdate",
+    "Ledger",
+    "LedgerOp",
+    "Resolution",
+    "Run",
+    "RunItem",
+    "as_utc",
+    "utcnow",
+]
 
 RUN_STATES = ("running", "done", "failed", "aborted")
 ITEM_STATES = ("pending", "running", "done", "failed", "skipped")
@@ -145,57 +168,6 @@ class Drift(SQLModel, table=True):
 
 
 # The tables are created by the ledger's migrations in warmer.store.schema.
-
-# -- writes as values ------------------------------------------------------------------------
-# What the executor writes, as values: ``Ledger.apply`` commits a sequence of them in one
-# transaction, so ``warmer.store.writer`` can batch them off the event loop in order.
-
-
-@dataclass(frozen=True, slots=True)
-class ItemUpdate:
-    """Set ``values`` (column -> value) on run item ``item_id``."""
-
-    item_id: int
-    values: Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class HoldingRecord:
-    """A mirror (instance) now holds this object, warmed and verified at ``now``."""
-
-    mirror: str
-    instance: str
-    repository: str
-    kind: str
-    digest: str
-    size: int
-    now: datetime
-    ttl: timedelta | None
-    run_id: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class IncidentRecord:
-    """Content that did not match its digest: recorded, and its holdings at the mirror
-    marked 'incident' so nothing counts it warm."""
-
-    mirror: str
-    repository: str
-    digest: str
-    kind: str
-    detail: str
-    now: datetime
-    run_id: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class InflightReset:
-    """Items of ``run_id`` left 'running' (by a killed process) go back to 'pending'."""
-
-    run_id: int
-
-
-LedgerOp = ItemUpdate | HoldingRecord | IncidentRecord | InflightReset
 
 # -- access ---------------------------------------------------------------------------------
 
@@ -565,70 +537,4 @@ class Ledger:
             return
         with self.engine.begin() as conn:
             for op in ops:
-                _apply_one(conn, op)
-
-
-_RUN_ITEM = SQLModel.metadata.tables[RunItem.__tablename__]
-_HOLDING = SQLModel.metadata.tables[Holding.__tablename__]
-_INCIDENT = SQLModel.metadata.tables[Incident.__tablename__]
-_HOLDING_KEY = ("mirror", "instance", "repository", "digest")
-
-
-def _apply_one(conn: sa.Connection, op: LedgerOp) -> None:
-    if isinstance(op, ItemUpdate):
-        conn.execute(_RUN_ITEM.update().where(_RUN_ITEM.c.id == op.item_id).values(**op.values))
-    elif isinstance(op, HoldingRecord):
-        _put_holding(conn, op)
-    elif isinstance(op, IncidentRecord):
-        conn.execute(
-            _INCIDENT.insert().values(
-                at=op.now,
-                run_id=op.run_id,
-                mirror=op.mirror,
-                repository=op.repository,
-                digest=op.digest,
-                kind=op.kind,
-                detail=op.detail,
-            )
-        )
-        conn.execute(
-            _HOLDING.update()
-            .where(_HOLDING.c.mirror == op.mirror, _HOLDING.c.digest == op.digest)
-            .values(state="incident")
-        )
-    else:
-        conn.execute(
-            _RUN_ITEM.update()
-            .where(_RUN_ITEM.c.run_id == op.run_id, _RUN_ITEM.c.state == "running")
-            .values(state="pending")
-        )
-
-
-def _put_holding(conn: sa.Connection, op: HoldingRecord) -> None:
-    """Insert the row of one object at one mirror instance, or refresh it (its ``kind``
-    stays). One upsert: replicas sharing a PostgreSQL ledger may record the same object
-    at once."""
-    fresh = {
-        "size": op.size,
-        "warmed_at": op.now,
-        "verified": True,
-        "expires_at": op.now + op.ttl if op.ttl else None,
-        "state": "warm",
-        "run_id": op.run_id,
-    }
-    key = {
-        "mirror": op.mirror,
-        "instance": op.instance,
-        "repository": op.repository,
-        "digest": op.digest,
-    }
-    if conn.dialect.name == "postgresql":
-        pg = postgresql.insert(_HOLDING).values(**key, kind=op.kind, **fresh)
-        conn.execute(pg.on_conflict_do_update(index_elements=_HOLDING_KEY, set_=fresh))
-    elif conn.dialect.name == "sqlite":
-        lite = sqlite.insert(_HOLDING).values(**key, kind=op.kind, **fresh)
-        conn.execute(lite.on_conflict_do_update(index_elements=_HOLDING_KEY, set_=fresh))
-    else:  # no upsert in SQLAlchemy's generic dialect: update, or insert when missing
-        where = [_HOLDING.c[k] == v for k, v in key.items()]
-        if not conn.execute(_HOLDING.update().where(*where).values(**fresh)).rowcount:
-            conn.execute(_HOLDING.insert().values(**key, kind=op.kind, **fresh))
+                apply_one(conn, op)

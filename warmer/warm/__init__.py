@@ -10,7 +10,7 @@ Public surface, by module:
 - ``startorder``, ``slots``, ``pacing``, ``reserve``, ``policy``: the executor's parts
   (start keys, prioritised slots, the link's token bucket, the upstream rate-limit
   reserve, and the pure rules for what a request costs and when to retry);
-- ``execute``: ``Executor``, ``RunStats``: carries a recorded run out;
+- ``execute``: ``Executor``: carries a recorded run out; ``stats``: ``RunStats``, what it did;
 - ``prepared``: ``Prepared``, ``prepare``, ``start_run``: a plan recorded as a run;
 - ``run``: ``warm`` (the one entry point of a warm run, used by ``warmer run``, ``warmer
   refresh`` and the service), ``plan_region`` (``warmer plan``), ``WarmOutcome``.
@@ -27,5 +27,6 @@ __all__ = [
     "run",
     "slots",
     "startorder",
+    "stats",
     "topology",
 ]
