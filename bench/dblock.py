@@ -74,7 +74,7 @@ TICK = 0.01
 def config_for(base: Path, front_url: str, procs: dict[str, Proc]) -> Path:
     text = f"""
 [database]
-url = "sqlite:///{base}/warmer.store.db"
+url = "sqlite:///{base}/warmer.db"
 [upstreams.dockerhub]
 url = "{front_url}"
 aliases = ["docker.io"]
@@ -214,7 +214,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         box.seed_catalogue()
         refs = [f"{t.repository}:{t.tag}" for t in box.catalogue.tags]
         plain, plain_events = one_run(box, tmp / "plain", refs, None)
-        db = tmp / "locked" / "warmer.store.db"
+        db = tmp / "locked" / "warmer.db"
         holder = Holder(db, args.delay, args.hold, args.holds, args.gap)
         locked, locked_events = one_run(box, tmp / "locked", refs, holder)
     finally:

@@ -143,7 +143,7 @@ def start_front(base: Path, upstream: str) -> Proc:
 def config_text(base: Path, front: str, central: str, eu: str) -> str:
     return f"""
 [database]
-url = "sqlite:///{base}/warmer.store.db"
+url = "sqlite:///{base}/warmer.db"
 [upstreams.dockerhub]
 url = "{front}"
 aliases = ["docker.io"]

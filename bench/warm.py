@@ -108,7 +108,7 @@ def config_for(base: Path, front_url: str, procs: dict[str, Proc], cap: int | No
     wan = f'bandwidth = "{cap}"' if cap else ""
     text = f"""
 [database]
-url = "sqlite:///{base}/warmer.store.db"
+url = "sqlite:///{base}/warmer.db"
 [upstreams.dockerhub]
 url = "{front_url}"
 aliases = ["docker.io"]

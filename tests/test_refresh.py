@@ -158,7 +158,7 @@ class Chain:
 
     @property
     def db_url(self) -> str:
-        return f"sqlite:///{self.tmp / 'warmer.store.db'}"
+        return f"sqlite:///{self.tmp / 'warmer.db'}"
 
     @property
     def config_path(self) -> Path:

@@ -144,7 +144,7 @@ def record_drift(url: str) -> None:
 def build_sample(root: Path) -> Sample:
     """The small database (and catalogue, config) the notebooks and these tests read."""
     root.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{root / 'warmer.store.db'}"
+    url = f"sqlite:///{root / 'warmer.db'}"
     work = generate(PARAMS)
     store.add_events(url, _events(work))
     store.add_static_refs(url, _static(work), now=PARAMS.start - timedelta(days=1))
@@ -203,7 +203,7 @@ def test_static_against_observed_classifies_each_tag(sample: Sample) -> None:
 
 
 def test_missing_sqlite_database_is_named_and_not_created(tmp_path: Path) -> None:
-    path = tmp_path / "nowhere" / "warmer.store.db"
+    path = tmp_path / "nowhere" / "warmer.db"
     with pytest.raises(report.MissingDatabase, match="warmer demo"):
         report.load_usage(f"sqlite:///{path}")
     assert not path.exists()

@@ -187,9 +187,7 @@ def pg_topo(
 def sqlite_topo(
     sandbox: Sandbox, registry_factory: RegistryFactory, tmp_path: Path
 ) -> Iterator[ServeTopo]:
-    yield from _topo(
-        sandbox, registry_factory, tmp_path, f"sqlite:///{tmp_path / 'warmer.store.db'}"
-    )
+    yield from _topo(sandbox, registry_factory, tmp_path, f"sqlite:///{tmp_path / 'warmer.db'}")
 
 
 def _states(ledger: Ledger) -> Counter[str]:

@@ -24,7 +24,7 @@ AT = datetime(2024, 5, 1, 12, tzinfo=UTC)
 
 
 def url_for(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'warmer.store.db'}"
+    return f"sqlite:///{tmp_path / 'warmer.db'}"
 
 
 def total(url: str) -> int:

@@ -66,7 +66,7 @@ class Topo:
 
     @property
     def db_url(self) -> str:
-        return f"sqlite:///{self.tmp / 'warmer.store.db'}"
+        return f"sqlite:///{self.tmp / 'warmer.db'}"
 
     @property
     def config_path(self) -> Path:
@@ -328,7 +328,7 @@ def _states(db: Path, kind: str | None = None) -> Counter[str]:
 def test_kill_9_mid_run_then_resume(topo: Topo) -> None:
     topo.front.configure(bandwidth="300KB/s", latency_ms=20)
     proc = topo.warmer_proc("run", "--region", "eu", *MANY)
-    db = topo.tmp / "warmer.store.db"
+    db = topo.tmp / "warmer.db"
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
@@ -631,7 +631,7 @@ def test_unreachable_mirror_fails_items_without_leaking(topo: Topo) -> None:
     assert failed and {i.mirror for i in failed} == {"eu"}
     assert all("cannot reach" in i.reason for i in failed)
     assert {i.state for i in items if i.mirror == "central"} == {"done"}
-    assert secret not in (topo.tmp / "warmer.store.db").read_bytes().decode(errors="replace")
+    assert secret not in (topo.tmp / "warmer.db").read_bytes().decode(errors="replace")
     assert "failed" in result.stderr and result.stderr.strip().splitlines()[-1].startswith("error:")
 
 

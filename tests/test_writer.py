@@ -187,7 +187,7 @@ def executor(
 def test_a_held_write_lock_does_not_stop_the_transfers(topo: Topo) -> None:  # noqa: F811
     ledger, run_id = planned(topo, topo.db_url, "eu", ["redis:7.4", "alpine:3.20"])
     total = len(ledger.items(run_id))
-    db = topo.tmp / "warmer.store.db"
+    db = topo.tmp / "warmer.db"
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(db)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -266,7 +266,7 @@ def test_a_cancelled_run_leaves_its_items_pending_and_recorded(topo: Topo) -> No
 
 def test_a_ledger_write_error_fails_the_run(topo: Topo) -> None:  # noqa: F811
     ledger, run_id = planned(topo, topo.db_url, "eu", ["redis:7.4"])
-    db = topo.tmp / "warmer.store.db"
+    db = topo.tmp / "warmer.db"
     broken = False
 
     def progress(what: str, item: RunItem, n: int) -> None:

@@ -23,7 +23,7 @@ _db = click.option(
     "--db",
     "db_url",
     default=None,
-    help="Database URL (default: the config's [database] url, else warmer.store.db).",
+    help="Database URL (default: the config's [database] url, else warmer.db).",
 )
 
 

@@ -43,7 +43,7 @@ def config_toml(directory: Path, urls: dict[str, str]) -> str:
     out = [
         "# Written by `warmer sandbox up` for the sandbox in this directory.",
         "[database]",
-        f'url = "sqlite:///{directory.resolve() / "warmer.store.db"}"',
+        f'url = "sqlite:///{directory.resolve() / "warmer.db"}"',
         "",
         "[upstreams.dockerhub]",
         f'url = "{urls["front"]}"',

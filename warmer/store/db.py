@@ -22,7 +22,7 @@ from sqlmodel import Session, create_engine
 
 from warmer.store.schema import MIGRATIONS
 
-DEFAULT_URL = "sqlite:///warmer.store.db"
+DEFAULT_URL = "sqlite:///warmer.db"
 
 _ENGINES: dict[str, Engine] = {}
 _LOCK = threading.Lock()
