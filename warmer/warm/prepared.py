@@ -83,17 +83,17 @@ async def prepare(
     budget: int | None = None,
     window: timedelta | None = None,
     reserve: RateReserve | None = None,
-    deadline: float | None = None,
+    until: float | None = None,
     renew_within: timedelta | None = None,
 ) -> Prepared:
     """Resolve ``wants`` and plan them all at once (``budget`` None: the region's).
 
-    With a ``reserve``, resolving waits at it until ``deadline`` (a ``time.monotonic()``
+    With a ``reserve``, resolving waits at it until ``until`` (a ``time.monotonic()``
     value; None waits for the limit window to reset); an image it could not wait for is
     left out with the reason.
     """
     wanted, unresolved = await resolve(
-        config, ledger, region, wants, now, reserve=reserve, deadline=deadline
+        config, ledger, region, wants, now, reserve=reserve, until=until
     )
     budget_bytes = budget if budget is not None else config.region(region).budget
     result = planner.plan(

@@ -61,8 +61,8 @@ class RateReserve:
         if rl is not None and rl.remaining is not None:
             self.remaining = rl.remaining - self.inflight
 
-    async def spend(self, deadline: float | None, n: int = 1) -> bool:
-        """Reserve ``n`` counted requests; False if the deadline passed while waiting.
+    async def spend(self, until: float | None, n: int = 1) -> bool:
+        """Reserve ``n`` counted requests; False if ``until`` passed while waiting.
 
         The local count only ever runs ahead of the upstream's (it is decremented for every
         request that *may* count), so at the reserve the upstream is asked again before
@@ -73,7 +73,7 @@ class RateReserve:
                 self.remaining is not None and self.remaining - n < self.reserve
             ):
                 await self.refresh()
-            if not await self._wait_above(deadline, n):
+            if not await self._wait_above(until, n):
                 return False
             if self.remaining is not None:
                 self.remaining -= n
@@ -81,14 +81,14 @@ class RateReserve:
             self.inflight += n
             return True
 
-    async def wait_available(self, deadline: float | None, n: int = 1) -> bool:
-        """Wait (one log line) until ``n`` requests fit above the reserve; False when the
-        deadline (a ``time.monotonic()`` value) comes first."""
+    async def wait_available(self, until: float | None, n: int = 1) -> bool:
+        """Wait (one log line) until ``n`` requests fit above the reserve; False when
+        ``until`` (a ``time.monotonic()`` value) comes first."""
         async with self._lock:
             await self.refresh()
-            return await self._wait_above(deadline, n)
+            return await self._wait_above(until, n)
 
-    async def _wait_above(self, deadline: float | None, n: int) -> bool:
+    async def _wait_above(self, until: float | None, n: int) -> bool:
         """Poll the upstream until ``n`` requests fit above the reserve (the lock is held)."""
         while self.remaining is not None and self.remaining - n < self.reserve:
             if not self._told:
@@ -99,7 +99,7 @@ class RateReserve:
                     self.reserve,
                 )
                 self._told = True
-            if deadline is not None and time.monotonic() + self.poll > deadline:
+            if until is not None and time.monotonic() + self.poll > until:
                 return False
             await asyncio.sleep(self.poll)
             await self.refresh()

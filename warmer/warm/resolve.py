@@ -174,7 +174,7 @@ async def resolve(
     now: datetime,
     concurrency: int = 16,
     reserve: RateReserve | None = None,
-    deadline: float | None = None,
+    until: float | None = None,
     ready: Ready | None = None,
 ) -> tuple[list[planner.WantedImage], list[planner.Skipped]]:
     """Resolve each wanted tag through the top tier of the region's chain.
@@ -183,7 +183,7 @@ async def resolve(
     the upstream once and keeps it, so planning and warming together spend one upstream
     manifest GET per manifest, and they are spent here. With a ``reserve``, each image
     first reserves what it may cost upstream (its index and one manifest per platform),
-    waiting at the reserve until ``deadline`` (a ``time.monotonic()`` value; None waits for
+    waiting at the reserve until ``until`` (a ``time.monotonic()`` value; None waits for
     the limit window to reset); an image that could not get it is left out with the reason.
     With ``ready``, each image (or its reason to be left out) is also put there as soon as it
     is known, and ``None`` at the end.
@@ -200,7 +200,7 @@ async def resolve(
 
     async def fetch_tree(client: RegistryClient, repo: str, reference: str) -> ImageTree:
         async with sem:
-            if reserve is not None and not await reserve.spend(deadline, 1 + len(platforms)):
+            if reserve is not None and not await reserve.spend(until, 1 + len(platforms)):
                 raise _Reserved(
                     f"{RESERVE_REASON}: {reserve.remaining} manifest requests left, "
                     f"keeping {reserve.reserve} for CI"

@@ -202,7 +202,7 @@ async def plan_region(
     try:
         return await prepare(
             config, ledger, region, wants, now=now, budget=budget, window=window,
-            reserve=reserve, deadline=time.monotonic(),
+            reserve=reserve, until=time.monotonic(),
         )  # fmt: skip
     finally:
         await _release(reserve, None, config, region)
@@ -263,7 +263,7 @@ async def warm(
             else:
                 prepared = await prepare(
                     config, ledger, region, todo, now=pass_now, budget=budget_left,
-                    window=window, reserve=reserve, deadline=time.monotonic(),
+                    window=window, reserve=reserve, until=time.monotonic(),
                     renew_within=renew_within,
                 )  # fmt: skip
                 outcome.passes.append(prepared)
@@ -358,7 +358,7 @@ async def _pipelined(
     """
     ready: Ready = asyncio.Queue()
     resolution = resolve(
-        config, ledger, region, wants, now, reserve=reserve, deadline=time.monotonic(), ready=ready
+        config, ledger, region, wants, now, reserve=reserve, until=time.monotonic(), ready=ready
     )
     resolving = asyncio.create_task(resolution)
     nodes, targets = mirror_nodes(config), region_targets(config, region)
