@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from analytics.events import Event
 from analytics.ingest import Options, detect, ingest
@@ -176,3 +179,153 @@ def test_distribution_access_json_and_notifications() -> None:
     evs = events("notifications.jsonl")
     assert brief(evs) == [("docker.io/library/python:3.12", True)]  # blob pull, push ignored
     assert evs[0].digest == PY
+
+
+# -- property-based: no parser raises on hostile text --------------------------------------
+# Each parser gets its own sample lines, mutated (cut, spliced with arbitrary text, wrapped
+# in ANSI escapes, NUL bytes, huge), mixed with arbitrary text: lines that reach the deep
+# paths of the parser, not only lines it rejects at the first keyword test.
+
+SAMPLES = {
+    "docker": ["docker-pull.log"],
+    "podman": ["podman-pull.log"],
+    "buildkit": ["buildkit-plain.log"],
+    "github": ["github-job.log"],
+    "gitlab": ["gitlab-job.log"],
+    "jenkins": ["jenkins-console.log"],
+    "kubelet": ["kubelet-journal.log", "kubectl-events.txt", "k8s-events.jsonl"],
+    "distribution": [
+        "registry-text.log",
+        "registry-access.log",
+        "registry-json.log",
+        "notifications.jsonl",
+    ],
+}
+
+
+def _sample_lines(fmt: str) -> list[str]:
+    return [
+        line
+        for name in SAMPLES[fmt]
+        for line in (LOGS / name).read_text().splitlines()
+        if line.strip()
+    ]
+
+
+def _hostile_lines(samples: list[str]) -> st.SearchStrategy[list[str]]:
+    sample = st.sampled_from(samples)
+    junk = st.text(max_size=40)
+    mutated = st.builds(
+        lambda s, i, j, t: s[: i % (len(s) + 1)] + t + s[j % (len(s) + 1) :],
+        sample,
+        st.integers(0, 400),
+        st.integers(0, 400),
+        junk,
+    )
+    wrapped = st.builds(
+        lambda s, w: w.replace("X", s),
+        sample,
+        st.sampled_from(["\x1b[31mX\x1b[0m", "X\x00", "\x00X", "X" * 3, "X" + "y" * 20000]),
+    )
+    return st.lists(st.one_of(sample, mutated, wrapped, junk), max_size=25)
+
+
+@pytest.mark.parametrize("fmt", sorted(SAMPLES))
+def test_every_parser_survives_hostile_lines(fmt: str) -> None:
+    from analytics.ingest.base import Hit
+    from analytics.ingest.reader import ReadStats
+    from analytics.ingest.run import make_parser
+
+    @settings(max_examples=120, deadline=None)
+    @given(_hostile_lines(_sample_lines(fmt)))
+    def check(lines: list[str]) -> None:
+        hits: list[Hit] = []
+        parser = make_parser(fmt, hits.append, ReadStats(), AT, Options())
+        if hasattr(parser, "prime"):
+            parser.prime("\n".join(lines))
+        for line in lines:  # every line, not only the selected ones: harsher than ingest
+            parser.feed(line)
+        parser.finish()
+        assert all(isinstance(h.reference, str) for h in hits)
+
+    check()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=80),
+            st.sampled_from([line.encode() for fmt in SAMPLES for line in _sample_lines(fmt)[:15]]),
+        ),
+        max_size=30,
+    ),
+    st.sampled_from([None, *sorted(SAMPLES)]),
+)
+def test_scan_file_survives_arbitrary_bytes(chunks: list[bytes], fmt: str | None) -> None:
+    # The whole driver (reader, detection, selection, parser, normaliser) on invalid UTF-8,
+    # NUL bytes and binary mixed with real lines: never raises, every event is counted.
+    from analytics.ingest.run import scan_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.log"
+        path.write_bytes(b"\n".join(chunks))
+        out: list[Event] = []
+        result = scan_file(path, Options(default_time=AT, format=fmt), out.append)
+    assert result.problem in (None, "unknown-format")
+    assert result.events == len(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_detection_and_helpers_survive_arbitrary_input(data: bytes) -> None:
+    from analytics.ingest.base import from_unix, parse_iso, pull_target, strip_ansi
+    from analytics.ingest.detect import FORMATS, detect_bytes
+
+    text = data.decode("utf-8", "replace")
+    assert detect_bytes(data) in (None, *FORMATS)
+    assert detect(text) in (None, *FORMATS)
+    assert "\x1b[" not in strip_ansi("\x1b[1m" + text + "\x1b[0m") or "\x1b[" in text
+    assert parse_iso(text) is None or parse_iso(text).tzinfo is not None  # type: ignore[union-attr]
+    from_unix(text)
+    target = pull_target(text)
+    assert target is None or isinstance(target, str)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2000), st.integers(8, 64), st.integers(4, 40))
+def test_block_reader_yields_only_whole_valid_lines(data: bytes, block: int, cap: int) -> None:
+    import io
+
+    from analytics.ingest.reader import BlockReader, ReadStats
+
+    stats = ReadStats()
+    blocks = list(BlockReader(io.BytesIO(data), stats, block_size=block, max_line=cap))
+    for b in blocks:
+        assert b.endswith(b"\n")
+        b.decode("utf-8")  # never invalid UTF-8
+        assert all(len(line) <= cap for line in b.split(b"\n"))
+    assert stats.bytes == len(data)
+
+
+LONG_RUNS = ["y" * 60000, "." * 60000, " " * 60000, "[" * 60000, '{"a":' * 10000, "a=" * 30000]
+
+
+@pytest.mark.timeout(30)  # a hang guard, not a measurement: each regression took 7-18 s per line
+@pytest.mark.parametrize("fmt", sorted(SAMPLES))
+def test_no_parser_is_quadratic_on_a_line_near_the_length_cap(fmt: str) -> None:
+    # Lines up to reader.MAX_LINE (64 KiB) reach the parsers. A lazy token before `\.*$`
+    # (podman's "Trying to pull") took 7 s on a run of dots, logrus field matching 18 s on a
+    # run of word characters, and arrays nested 60000 deep raised RecursionError.
+    from analytics.ingest.reader import ReadStats
+    from analytics.ingest.run import make_parser
+
+    for line in _sample_lines(fmt)[:8]:
+        for run in LONG_RUNS:
+            half = len(line) // 2
+            for text in (line + run, run + line, line[:half] + run + line[half:]):
+                parser = make_parser(fmt, lambda h: None, ReadStats(), AT, Options())
+                if hasattr(parser, "prime"):
+                    parser.prime(text)
+                parser.feed(text)
+                parser.finish()

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from analytics.staticrefs import StaticRef, classify, scan_paths
 
@@ -104,3 +109,104 @@ def test_classify_by_name() -> None:
     assert classify(Path("r/.github/workflows/a.yaml")) == "github"
     assert classify(Path("deploy/app.yml")) == "kubernetes"
     assert classify(Path("README.md")) is None
+
+
+# -- property-based: the static-ref parsers never raise on hostile text ---------------------
+
+SAMPLE_FILES = {
+    "dockerfile": ["Dockerfile", "docker/Dockerfile.windows", "broken/Dockerfile"],
+    "compose": ["docker-compose.yml", "broken/docker-compose.yaml"],
+    "kubernetes": ["k8s/deploy.yaml"],
+    "github": [".github/workflows/ci.yml"],
+    "gitlab": [".gitlab-ci.yml"],
+}
+
+
+def _hostile_text(kind: str) -> st.SearchStrategy[str]:
+    """A real file of ``kind`` cut, spliced with arbitrary text (NUL, ANSI, "${", YAML
+    anchors, CRLF, a BOM), or arbitrary text alone."""
+    texts = [(REPO / name).read_text() for name in SAMPLE_FILES[kind]]
+    junk = st.one_of(
+        st.text(max_size=60),
+        st.sampled_from(
+            ["\x00", "\x1b[31m", "${", "${A:-", "$$", "&a", "*a", "<<", "\r\n", "\ufeff", "\\\n"]
+        ),
+    )
+    spliced = st.builds(
+        lambda t, i, j, x: t[: i % (len(t) + 1)] + x + t[j % (len(t) + 1) :],
+        st.sampled_from(texts),
+        st.integers(0, 2000),
+        st.integers(0, 2000),
+        junk,
+    )
+    lines = st.lists(st.one_of(junk, st.sampled_from(texts[0].splitlines())), max_size=20)
+    return st.one_of(spliced, lines.map("\n".join), st.text(max_size=300))
+
+
+@pytest.mark.parametrize("kind", sorted(SAMPLE_FILES))
+def test_static_parsers_survive_hostile_text(kind: str) -> None:
+    from analytics.staticrefs.dockerfiles import scan_dockerfile
+    from analytics.staticrefs.yamlfiles import scan_yaml
+
+    @settings(max_examples=150, deadline=None)
+    @given(_hostile_text(kind))
+    def check(text: str) -> None:
+        found: list[StaticRef] = []
+        warnings: list[str] = []
+        if kind == "dockerfile":
+            scan_dockerfile("f", text, found.append, warnings.append)
+        else:
+            scan_yaml("f", text, kind, found.append, warnings.append)
+        assert all(w.startswith("f") and "\n" not in w.rstrip() for w in warnings)
+        assert all(r.file == "f" and r.line >= 1 for r in found)
+
+    check()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400), st.sampled_from(["Dockerfile", "compose.yaml", "deploy.yaml"]))
+def test_scan_file_survives_arbitrary_bytes(data: bytes, name: str) -> None:
+    from analytics.staticrefs import scan_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(data)
+        warnings: list[str] = []
+        assert scan_file(path, lambda r: None, warnings.append)
+    assert all(w.startswith(str(path)) for w in warnings)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet="${}:-+AB_ab$", max_size=60),
+    st.dictionaries(st.sampled_from(["A", "B", "a"]), st.one_of(st.none(), st.text(max_size=5))),
+)
+def test_substitute_only_raises_unresolved(text: str, values: dict[str, str | None]) -> None:
+    from analytics.staticrefs.variables import Unresolved, substitute
+
+    try:
+        assert isinstance(substitute(text, values), str)
+    except Unresolved as exc:
+        assert exc.name in text
+
+
+@pytest.mark.timeout(10)  # a hang guard, not a measurement: the regression took 11 s
+def test_unclosed_substitutions_and_continuation_only_lines_are_fast_and_clean() -> None:
+    # Found by the tests above: "${A:-" repeated took 11 s (the regex rescanned to the end
+    # from each "${"), and a Dockerfile line of only "\" continuations crashed the scan.
+    from analytics.staticrefs.dockerfiles import scan_dockerfile
+    from analytics.staticrefs.yamlfiles import scan_yaml
+
+    warnings: list[str] = []
+    scan_yaml(
+        "c",
+        "services:\n  a:\n    image: " + "${A:-" * 20000 + "\n",
+        "compose",
+        lambda r: None,
+        warnings.append,
+    )
+    assert len(warnings) == 1 and warnings[0].startswith("c:3:")
+    found: list[StaticRef] = []
+    warnings.clear()
+    scan_dockerfile("d", "FROM alpine:3\nRUN x\n" + "\\\n" * 3, found.append, warnings.append)
+    assert [str(r.reference) for r in found] == ["docker.io/library/alpine:3"]

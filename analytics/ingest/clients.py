@@ -36,7 +36,9 @@ KEYWORDS: tuple[bytes, ...] = (
 _PULL_CMD = re.compile(r"(?:^|[\s/'\"$+>])(docker|podman|buildah|nerdctl)(?: image)? pull\s+(.*)$")
 _STATUS = re.compile(r"Status: (Downloaded newer image|Image is up to date) for (\S+)")
 _DIGEST = re.compile(r"^\s*Digest: (sha256:[0-9a-f]{64})")
-_TRYING = re.compile(r"Trying to pull (\S+?)\.*$")
+# Greedy, trailing dots stripped in code: a lazy token before `\.*$` is quadratic on a line
+# with a long run of dots in it (7 s for 60 KB).
+_TRYING = re.compile(r"Trying to pull (\S+)$")
 _BK_STEP = re.compile(r"^#(\d+) (.*)$")
 _BK_FROM = re.compile(r"^(?:\[[^\]]*\] )?FROM (\S+)")
 _BK_META = re.compile(r"^\[internal\] load metadata for (\S+)")
@@ -131,7 +133,8 @@ class ClientOutput:
                 if self.pending is not None and self.pending[3]:
                     self._flush_pending()
                 start = ts if self.pending is None else self.pending[1]
-                self.pending = [m4.group(1), start or ts, "podman", True]
+                target = m4.group(1).rstrip(".") or m4.group(1)[:1]
+                self.pending = [target, start or ts, "podman", True]
             return
         if "Copying blob" in line:
             if "already exists" in line:

@@ -67,7 +67,7 @@ class KubeletParser(LineParser):
             stamp = ev.get("lastTimestamp") or ev.get("eventTime") or ev.get("firstTimestamp")
             ts = parse_iso(stamp.replace("Z", "+00:00")) if isinstance(stamp, str) else None
             host = (ev.get("source") or {}).get("host") or ev.get("reportingInstance")
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             self.stats.malformed += 1
             return
         if isinstance(message, str):

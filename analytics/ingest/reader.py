@@ -8,14 +8,15 @@ into lines to drop the invalid UTF-8 and binary ones, so clean logs stay on the 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import os
+import stat
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import zstandard
 
@@ -60,15 +61,148 @@ class ReadStats:
         }
 
 
+class NotRegularFile(Exception):
+    """A FIFO, socket or device: never read (a FIFO would block the walk forever)."""
+
+    def __init__(self, path: Path | str, kind: str) -> None:
+        super().__init__(f"{path}: {kind}, not a regular file")
+        self.kind = kind
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular ``st_mode`` is, in words."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def open_regular(path: Path) -> tuple[BinaryIO, os.stat_result]:
+    """``path`` opened for reading, only when it is a regular file (else NotRegularFile).
+
+    Opened non-blocking and checked with ``fstat`` before any read: a FIFO that appeared
+    after the walk looked at it cannot hang the reader.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(path, file_kind(st.st_mode))
+        os.set_blocking(fd, True)
+        return open(fd, "rb"), st
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def compression(path: Path) -> str | None:
     """``gzip``, ``zstd`` or None, from the file's magic bytes (not its name)."""
-    with open(path, "rb") as f:
+    f, _ = open_regular(path)
+    with f:
         magic = f.read(4)
     if magic.startswith(_GZIP_MAGIC):
         return "gzip"
     if magic.startswith(_ZSTD_MAGIC):
         return "zstd"
     return None
+
+
+class Decompressed(io.RawIOBase):
+    """The decompressed bytes of a gzip or zstd file, that stop at damage instead of raising.
+
+    Every byte decoded before a truncation or a corruption is returned; then the stream
+    ends and ``damage`` says what went wrong and where (compressed byte offset). Multiple
+    gzip members and zstd frames are read one after the other, as ``gzip``/``zstd -d`` do.
+    Output per step is bounded (gzip by ``max_length``, zstd by feeding it ``ZSTD_STEP``
+    bytes at a time), so a decompression bomb streams instead of filling memory.
+    """
+
+    CHUNK = 256 << 10
+    ZSTD_STEP = 512  # at most 128 RLE blocks of 128 KiB: 16 MiB out of one step
+
+    def __init__(self, raw: BinaryIO, kind: str) -> None:
+        super().__init__()
+        self._raw, self.kind = raw, kind
+        self._out = b""  # decompressed bytes not yet returned, from offset _at
+        self._at = 0
+        self._chunk = b""  # compressed bytes read from the file ...
+        self._pos = 0  # ... of which this many were given to a decompressor
+        self._dec: Any = None  # zlib or zstandard decompression object
+        self._fed = 0  # compressed bytes read from the file
+        self._done = False
+        self.damage: str | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+    def _new(self) -> Any:
+        if self.kind == "gzip":
+            return zlib.decompressobj(wbits=31)  # gzip header and trailer (CRC, size) checked
+        return zstandard.ZstdDecompressor().decompressobj()
+
+    def _fill(self) -> None:
+        while not self._out and not self._done:
+            if self._pos >= len(self._chunk):
+                self._chunk, self._pos = self._raw.read(self.CHUNK), 0
+                self._fed += len(self._chunk)
+                if not self._chunk:
+                    self._done = True
+                    if self._dec is not None and not self._dec.eof:
+                        self.damage = (
+                            f"truncated {self.kind} stream (ends at compressed byte {self._fed})"
+                        )
+                    return
+            if self._dec is None or self._dec.eof:
+                if self._dec is not None and not self._chunk[self._pos :].strip(b"\0"):
+                    self._pos = len(self._chunk)  # zero padding after the last member
+                    continue
+                self._dec = self._new()
+            self._step(self._dec)
+
+    def _step(self, dec: Any) -> None:
+        end = len(self._chunk)
+        if self.kind == "zstd":
+            end = min(end, self._pos + self.ZSTD_STEP)
+        data = memoryview(self._chunk)[self._pos : end]
+        try:
+            if self.kind == "zstd":
+                self._out = dec.decompress(data)
+                left = len(dec.unused_data)
+            else:
+                self._out = dec.decompress(data, BLOCK)
+                # At the member's end unconsumed_tail may still hold a stale value.
+                left = len(dec.unused_data) if dec.eof else len(dec.unconsumed_tail)
+        except (zlib.error, zstandard.ZstdError) as exc:
+            at = self._fed - len(self._chunk) + self._pos
+            self.damage = f"corrupt {self.kind} data after compressed byte {at}: {exc}"
+            self._done = True
+            return
+        self._pos = end - left
+
+    def readinto(self, buffer: Any) -> int:
+        if self._at >= len(self._out):
+            self._out, self._at = b"", 0
+            self._fill()
+        n = min(len(buffer), len(self._out) - self._at)
+        buffer[:n] = memoryview(self._out)[self._at : self._at + n]
+        self._at += n
+        return n
+
+
+def damage_of(stream: object) -> str | None:
+    """Why a stream from ``open_file`` ended early (truncated or corrupt), or None."""
+    raw = getattr(stream, "raw", stream)
+    return getattr(raw, "damage", None)
 
 
 def open_stream(path: Path) -> BinaryIO:
@@ -80,22 +214,20 @@ def open_file(path: Path) -> tuple[BinaryIO, str | None, float]:
     """The decompressed byte stream of ``path``, its compression and its mtime.
 
     One ``open`` per file (the magic bytes are peeked from the same buffer): a walk over
-    tens of thousands of small logs pays per system call.
+    tens of thousands of small logs pays per system call. A damaged compressed stream ends
+    where the damage starts; ``damage_of`` says why.
     """
-    raw = open(path, "rb")  # noqa: SIM115 - returned, or closed through the wrapper
+    raw, st = open_regular(path)
     try:
-        mtime = os.fstat(raw.fileno()).st_mtime
-        magic = raw.peek(4)[:4]
+        magic = raw.peek(4)[:4]  # type: ignore[attr-defined]
         if magic.startswith(_GZIP_MAGIC):
-            raw.close()  # GzipFile does not close a file object it was given
-            return gzip.open(path, "rb"), "gzip", mtime  # type: ignore[return-value]
+            return io.BufferedReader(Decompressed(raw, "gzip"), BLOCK), "gzip", st.st_mtime
         if magic.startswith(_ZSTD_MAGIC):
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
-            return io.BufferedReader(reader), "zstd", mtime
+            return io.BufferedReader(Decompressed(raw, "zstd"), BLOCK), "zstd", st.st_mtime
     except BaseException:
         raw.close()
         raise
-    return raw, None, mtime
+    return raw, None, st.st_mtime
 
 
 def skip(stream: BinaryIO, count: int, plain: bool) -> tuple[bytes, int]:
@@ -138,24 +270,39 @@ class BlockReader:
     prefix: bytes = b""  # bytes already read from the stream, to be processed first
     consumed: int = 0  # bytes consumed, prefix included (offset bookkeeping)
     last: bytes = b""  # the last HEAD bytes consumed (fingerprint at the new offset)
+    # Why the stream ended early (truncated, corrupt, a read error), or None. Then the
+    # incomplete line at the end is dropped and ``consumed``/``last`` stop at the end of the
+    # last complete line, so a later ingest of the whole file continues exactly there.
+    damage: str | None = None
+    _recent: bytes = b""  # the last HEAD + max_line bytes consumed
 
     def _chunks(self) -> Iterator[bytes]:
         if self.prefix:
             yield self.prefix
         read = self.stream.read
         while True:
-            data = read(self.block_size)
+            try:
+                data = read(self.block_size)
+            except OSError as exc:  # EIO and the like, midway through the file
+                self.damage = f"read error: {exc.strerror or exc}"
+                return
             if not data:
+                self.damage = damage_of(self.stream)
                 return
             yield data
 
     def __iter__(self) -> Iterator[bytes]:
         carry = b""
         dropping = False  # inside an over-long line: discard up to the next newline
+        window = HEAD + self.max_line + 1
+        self._recent = self.last
         for data in self._chunks():
             self.stats.bytes += len(data)
             self.consumed += len(data)
             self.last = data[-HEAD:] if len(data) >= HEAD else (self.last + data)[-HEAD:]
+            self._recent = (
+                data[-window:] if len(data) >= window else (self._recent + data)[-window:]
+            )
             if dropping:
                 nl = data.find(b"\n")
                 if nl < 0:
@@ -178,7 +325,11 @@ class BlockReader:
             clean = self._clean(block)
             if clean:
                 yield clean
-        if carry and not dropping:
+        if carry and self.damage is not None:  # cut off mid-line: not a line
+            self.stats.bytes -= len(carry)
+            self.consumed -= len(carry)
+            self.last = self._recent[: -len(carry)][-HEAD:]
+        elif carry and not dropping:
             self.stats.lines += 1
             clean = self._clean(carry + b"\n")
             if clean:

@@ -7,8 +7,10 @@ caller decides whether to print, aggregate or store.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,7 +27,10 @@ from analytics.ingest.kubelet import KubeletParser
 from analytics.ingest.reader import (
     HEAD,
     BlockReader,
+    NotRegularFile,
     ReadStats,
+    damage_of,
+    file_kind,
     fingerprint,
     open_file,
     open_stream,
@@ -57,7 +62,27 @@ class FileResult:
     end: int = 0  # offset reading stopped at
     head_fp: str = ""
     tail_fp: str = ""
-    warning: str | None = None
+    warning: str | None = None  # the one line that says what went wrong, naming the file
+    # None, or: "damaged" (truncated, corrupt, read error: what was read before is kept),
+    # "unreadable" (nothing read), "not-regular" (FIFO, socket, device: never opened),
+    # "unknown-format" and "missing" (a path named that does not exist).
+    problem: str | None = None
+    reason: str | None = None  # for damaged and unreadable files: why, without the path
+
+    @property
+    def failed(self) -> bool:
+        """Unreadable or damaged: the ingest as a whole failed (exit 1)."""
+        return self.problem in ("damaged", "unreadable")
+
+    def problem_json(self) -> dict[str, object]:
+        return {
+            "file": self.path,
+            "problem": self.problem,
+            "reason": self.reason,
+            "lines": self.stats.lines,
+            "offset": self.end if self.end >= 0 else None,
+            "events": self.events,
+        }
 
 
 @dataclass
@@ -87,11 +112,15 @@ def make_parser(
     raise ValueError(f"unknown log format {fmt!r} (known: {', '.join(FORMATS)})")
 
 
-def walk(paths: list[Path]) -> Iterator[Path]:
-    """Files under ``paths`` in a stable order; hidden files and directories are skipped."""
+def walk(paths: list[Path], onerror: Callable[[OSError], None] | None = None) -> Iterator[Path]:
+    """Files under ``paths`` in a stable order; hidden files and directories are skipped.
+
+    Symbolic links to directories are not followed (no loops); ``onerror`` hears of each
+    directory that cannot be listed.
+    """
     for root in paths:
         if root.is_dir():
-            for dirpath, dirnames, filenames in os.walk(root):
+            for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
                 dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
                 for name in sorted(filenames):
                     if not name.startswith("."):
@@ -151,9 +180,49 @@ def scan_file(
     result = FileResult(str(path))
     try:
         return _scan(path, opts, on_event, resume, result)
-    except (OSError, EOFError, ValueError) as exc:  # zstd/gzip corruption, permissions
-        result.warning = f"{path}: cannot read: {exc}"
-        return result
+    except NotRegularFile as exc:  # became a FIFO (or the like) after the walk looked
+        return not_regular(path, exc.kind)
+    except OSError as exc:  # permissions, a dangling link, a read error at the start
+        return unreadable(path, exc)
+
+
+def not_regular(path: Path, kind: str) -> FileResult:
+    return FileResult(
+        str(path), warning=f"{path}: {kind}, not a regular file; skipped", problem="not-regular"
+    )
+
+
+def unreadable(path: Path, exc: OSError) -> FileResult:
+    reason = str(exc.strerror or exc)
+    return FileResult(
+        str(path), warning=f"{path}: cannot read: {reason}", problem="unreadable", reason=reason
+    )
+
+
+def check_path(path: Path) -> FileResult | None:
+    """None for a regular file to read; else the result that says why it is not read.
+
+    ``stat`` only, nothing is opened: a FIFO is never waited on.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if os.path.lexists(path) or exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            return unreadable(path, exc)  # a dangling or looping link, a denied directory
+        return FileResult(
+            str(path), warning=f"{path}: no such file or directory", problem="missing"
+        )
+    if not stat.S_ISREG(st.st_mode):
+        return not_regular(path, file_kind(st.st_mode))
+    return None
+
+
+def _damaged(result: FileResult, reason: str) -> None:
+    result.problem, result.reason = "damaged", reason
+    result.warning = (
+        f"{result.path}: damaged: {reason}; kept {result.stats.lines} complete line(s) "
+        f"read before it, to byte {max(result.end, 0)} of the text ({result.events} event(s))"
+    )
 
 
 def _scan(
@@ -166,20 +235,34 @@ def _scan(
     stream, kind, mtime = open_file(path)
     plain = kind is None
     try:
-        first = stream.read(DETECT_BYTES)
+        try:
+            first = stream.read(DETECT_BYTES)
+        except OSError as exc:
+            _damaged(result, f"read error: {exc.strerror or exc}")
+            return result
         if not first:
+            if damage_of(stream):
+                _damaged(result, str(damage_of(stream)))
             return result
         result.head_fp = fingerprint(first[:HEAD])
         fmt = opts.format or detect_bytes(first)
         result.format = fmt
         if fmt is None:
-            result.warning = f"{path}: no known log format in its first lines; skipped"
             result.end = -1
+            if damage_of(stream):  # too little could be read to tell what it is
+                _damaged(result, str(damage_of(stream)))
+                return result
+            result.warning = f"{path}: no known log format in its first lines; skipped"
+            result.problem = "unknown-format"
             return result
         prefix, start, last = first, 0, b""
         prior = resume(result.head_fp) if resume else None
         if prior is not None and prior.offset > 0:
             got = _seek_to(stream, first, prior.offset, plain)
+            if got is None and damage_of(stream):  # damaged before where we stopped last
+                result.end = -1  # nothing read, nothing to record
+                _damaged(result, str(damage_of(stream)))
+                return result
             if got is not None and fingerprint(got[0]) == prior.tail_fp:
                 prefix, start, last = got[1], prior.offset, got[0]
             else:  # same head, different content: a new file; read it all
@@ -203,6 +286,8 @@ def _scan(
         result.events = norm.count
         result.end = start + reader.consumed
         result.tail_fp = fingerprint(reader.last)
+        if reader.damage:
+            _damaged(result, reader.damage)
         return result
     finally:
         stream.close()

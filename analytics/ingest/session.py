@@ -10,7 +10,7 @@ aggregates and offsets go together, so a re-run neither skips nor double counts 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
@@ -18,8 +18,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from analytics.events import Event
-from analytics.ingest.reader import HEAD, ReadStats, fingerprint, open_file
-from analytics.ingest.run import FileResult, Options, Resume, scan_file, walk
+from analytics.ingest.reader import HEAD, NotRegularFile, ReadStats, fingerprint, open_file
+from analytics.ingest.run import (
+    FileResult,
+    Options,
+    Resume,
+    check_path,
+    scan_file,
+    unreadable,
+    walk,
+)
 
 if TYPE_CHECKING:  # the store (pandas, SQLAlchemy) is imported only when storing
     from analytics.store import Aggregate
@@ -44,6 +52,14 @@ class IngestReport:
     def warnings(self) -> list[str]:
         return [f.warning for f in self.files if f.warning]
 
+    @property
+    def failed(self) -> list[FileResult]:
+        """Files unreadable or damaged (the command exits 1)."""
+        return [f for f in self.files if f.failed]
+
+    def problems(self, kind: str) -> list[FileResult]:
+        return [f for f in self.files if f.problem == kind]
+
     def as_dict(self) -> dict[str, object]:
         return {
             "files": len(self.files),
@@ -57,10 +73,33 @@ class IngestReport:
             "skipped": {
                 k: v for k, v in self.stats.as_dict().items() if k not in ("bytes", "lines")
             },
+            "skipped_files": {
+                "not_regular": len(self.problems("not-regular")),
+                "unknown_format": len(self.problems("unknown-format")),
+                "missing": len(self.problems("missing")),
+            },
+            "not_regular": [f.path for f in self.problems("not-regular")],
+            "damaged": [f.problem_json() for f in self.failed],
             "bytes": self.stats.bytes,
             "lines": self.stats.lines,
             "warnings": self.warnings,
         }
+
+
+def _entries(paths: list[Path]) -> Iterator[tuple[Path, FileResult | None]]:
+    """Each path to read with None, or with the result that says why it is not read."""
+    errors: list[OSError] = []
+    for path in walk(paths, errors.append):
+        while errors:
+            yield _listing_error(errors.pop(0))
+        yield path, check_path(path)
+    while errors:
+        yield _listing_error(errors.pop(0))
+
+
+def _listing_error(exc: OSError) -> tuple[Path, FileResult]:
+    path = Path(str(exc.filename))
+    return path, unreadable(path, exc)
 
 
 def ingest(
@@ -71,21 +110,23 @@ def ingest(
     on_file: Callable[[FileResult], None] | None = None,
 ) -> IngestReport:
     """Scan every file under ``paths``. With ``url``, store aggregates (idempotently);
-    ``on_event`` sees every event either way (a dry run passes no ``url``)."""
+    ``on_event`` sees every event either way (a dry run passes no ``url``).
+
+    Only regular files are opened (a FIFO, socket or device is skipped and counted). A
+    damaged file (truncated or corrupt compression, a read error) keeps the events read
+    before the damage; it and unreadable files are listed in ``IngestReport.failed``.
+    """
     report = IngestReport()
-    files = walk(paths)
+    entries = _entries(paths)
     if url is None:
-        for path in files:
-            if not path.exists():
-                _add(report, _missing(path), on_file)
-            else:
-                _add(report, scan_file(path, opts, on_event or (lambda e: None)), on_file)
+        for path, problem in entries:
+            _add(report, problem or scan_file(path, opts, on_event or (lambda e: None)), on_file)
         return report
-    while chunk := list(islice(files, BATCH_FILES)):
-        batch = _Batch(url, [p for p in chunk if p.exists()])
-        for path in chunk:
-            if not path.exists():
-                _add(report, _missing(path), on_file)
+    while chunk := list(islice(entries, BATCH_FILES)):
+        batch = _Batch(url, [p for p, problem in chunk if problem is None])
+        for path, problem in chunk:
+            if problem is not None:
+                _add(report, problem, on_file)
                 continue
             _add(report, batch.scan(path, opts, on_event), on_file)
             if len(batch.agg) >= BATCH_BUCKETS:
@@ -94,19 +135,15 @@ def ingest(
     return report
 
 
-def _missing(path: Path) -> FileResult:
-    return FileResult(str(path), warning=f"{path}: no such file or directory")
-
-
 def _add(
     report: IngestReport, result: FileResult, on_file: Callable[[FileResult], None] | None
 ) -> None:
     report.files.append(result)
     report.stats.add(result.stats)
-    if result.format and not result.warning:
+    if result.format and result.problem in (None, "damaged") and result.end >= 0:
         report.files_by_format[result.format] += 1
         report.events_by_format[result.format] += result.events
-        if result.start > 0 and result.end == result.start:
+        if result.problem is None and result.start > 0 and result.end == result.start:
             report.unchanged += 1
     if on_file:
         on_file(result)
@@ -133,7 +170,7 @@ def _head_fp(path: Path) -> str | None:
         stream = open_file(path)[0]
         with stream:
             head = stream.read(HEAD)
-    except (OSError, EOFError, ValueError):
+    except (OSError, NotRegularFile):
         return None  # the scan reports why
     return fingerprint(head) if head else None
 
@@ -195,8 +232,15 @@ class _Batch:
                 on_event(ev)
 
         result = scan_file(path, opts, add, resume)
-        if result.warning or result.format is None or not result.head_fp:
-            return result  # nothing of a file that failed is kept
+        if (
+            result.problem not in (None, "damaged")
+            or result.format is None
+            or not result.head_fp
+            or result.end < 0
+        ):
+            return result  # nothing read, nothing kept
+        # A damaged file keeps what was read before the damage, and its offset stops at the
+        # last complete line: reading it again adds nothing, a repaired copy continues there.
         if found and result.start > 0:
             rec: _Record | None = found[0]
         else:  # read from the start: a record with this path and head is this file, rewritten

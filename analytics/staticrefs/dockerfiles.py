@@ -78,7 +78,7 @@ def scan_dockerfile(file: str, text: str, found: Found, warn: Warn) -> None:
     stages: list[str] = []  # stage names, in order; index = position
     in_stage = False
     for cmd in commands:
-        name = cmd.cmd.upper()
+        name = (cmd.cmd or "").upper()  # None for a line of only continuations
         if name == "ARG":
             declared = _args(cmd.value, {**global_args, **stage_args})
             if not in_stage:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import re
 
+# A word stops at the next "${": with `[^}]*` an unclosed "${A:-${A:-..." was scanned to its
+# end from every "${" (quadratic: 11 s for 100 KB). Nested "${A:-${B}}" was never supported.
 _VAR = re.compile(
-    r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-+])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)"
+    r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-+])((?:[^}$]|\$(?!\{))*))?\}"
+    r"|\$([A-Za-z_][A-Za-z0-9_]*)"
 )
 
 

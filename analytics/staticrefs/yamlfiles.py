@@ -20,6 +20,8 @@ try:
 except AttributeError:  # libyaml not built in
     _Loader = yaml.SafeLoader
 
+_STR = "tag:yaml.org,2002:str"
+_NULL = "tag:yaml.org,2002:null"
 _POD_LISTS = ("containers", "initContainers", "ephemeralContainers")
 _GITLAB_KEYWORDS = {
     "default",
@@ -64,10 +66,18 @@ class _Scan:
         self.values: dict[str, str | None] | None = None  # None: no substitution (k8s)
 
     def ref(self, node: Node | None, context: str, platform: str | None = None) -> None:
-        text = scalar(node)
-        if node is None or text is None:
-            return
+        if node is None or node.tag.startswith("!"):
+            return  # absent, or a custom tag (GitLab's `!reference [...]`) resolved elsewhere
         line = node.start_mark.line + 1
+        if not isinstance(node, ScalarNode):
+            shape = "a list" if isinstance(node, SequenceNode) else "a mapping"
+            self.warn(f"{self.file}:{line}: {context}: {shape}, not an image reference")
+            return
+        text = str(node.value)
+        if node.tag not in (_STR, _NULL):  # `image: 5`, `image: true`: not text in YAML
+            kind = node.tag.rsplit(":", 1)[-1]
+            self.warn(f"{self.file}:{line}: {context}: {text!r} is a YAML {kind}, not a string")
+            return
         value = text.strip()
         if self.values is not None:
             try:
@@ -94,11 +104,15 @@ class _Scan:
     def kubernetes(self, doc: Node) -> None:
         if get(doc, "kind") is None or get(doc, "apiVersion") is None:
             return
+        self._seen: set[int] = set()
         self._pods(doc, 0)
 
     def _pods(self, node: Node, depth: int) -> None:
-        if depth > 20:
+        # Aliases make the node graph a DAG (a "billion laughs" file is a few hundred
+        # nodes referenced 10^9 times over): each node is visited once.
+        if depth > 20 or id(node) in self._seen:
             return
+        self._seen.add(id(node))
         if isinstance(node, MappingNode):
             for key, value in items(node):
                 if key in _POD_LISTS and isinstance(value, SequenceNode):
@@ -153,8 +167,15 @@ def scan_yaml(file: str, text: str, kind: str, found: Found, warn: Warn) -> None
     handler = getattr(scan, kind)
     try:
         for doc in yaml.compose_all(text, Loader=_Loader):
-            if doc is not None:
-                handler(doc)
+            if doc is None:
+                continue
+            if kind != "kubernetes" and not isinstance(doc, MappingNode):
+                # Any YAML under a directory is tried as Kubernetes: only files named as
+                # compose or CI files are known to be wrong when they are not a mapping.
+                line = doc.start_mark.line + 1
+                warn(f"{file}:{line}: a {kind} file's top level is not a mapping; skipped")
+                continue
+            handler(doc)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{file}:{mark.line + 1}" if mark is not None else file

@@ -12,8 +12,15 @@ from analytics import store
 from analytics.events import Event
 from analytics.ingest import FORMATS, FileResult, Options, ingest
 from analytics.regions import RegionRules, RuleError
-from analytics.staticrefs import StaticRef, scan_paths
-from warmer.cli.common import CONTEXT_SETTINGS, BadInput, emit_json, json_option, parse_time
+from analytics.staticrefs import ScanTally, StaticRef, scan_paths
+from warmer.cli.common import (
+    CONTEXT_SETTINGS,
+    BadInput,
+    WorkFailed,
+    emit_json,
+    json_option,
+    parse_time,
+)
 from warmer.cli.config import database_url, load_config
 
 _paths = click.argument(
@@ -109,7 +116,7 @@ def ingest_command(
             )
 
     def warn(result: FileResult) -> None:
-        if result.warning:
+        if result.warning and result.problem != "missing":  # missing: one error at the end
             click.echo(f"warning: {result.warning}", err=True)
 
     url = None if dry_run else database_url(ctx, db_url)
@@ -118,14 +125,25 @@ def ingest_command(
     )
     if not any(Path(p).exists() for p in paths):
         raise BadInput("none of the given paths exist")
+    summary = report.as_dict()
     if dry_run:
         if not as_json:
-            click.echo(_summary_text(report.as_dict()), err=True)
-        return
-    if as_json:
-        emit_json(report.as_dict())
+            click.echo(_summary_text(summary), err=True)
+    elif as_json:
+        emit_json(summary)
     else:
-        click.echo(_summary_text(report.as_dict()))
+        click.echo(_summary_text(summary))
+    missing = report.problems("missing")
+    if missing:  # a path named on the command line does not exist: bad usage
+        raise BadInput(f"no such file or directory: {_names(missing)}")
+    if report.failed:  # what unreadable or damaged files held is not all counted
+        raise WorkFailed(
+            f"{len(report.failed)} file(s) damaged or unreadable: {_names(report.failed)}"
+        )
+
+
+def _names(results: list[FileResult]) -> str:
+    return _listed([r.path for r in results])
 
 
 def _summary_text(s: dict[str, Any]) -> str:
@@ -137,6 +155,12 @@ def _summary_text(s: dict[str, Any]) -> str:
         f"{s['files']} file(s), {s['unchanged']} unchanged, {s['events']} event(s), "
         f"{s['lines']} line(s); skipped lines: {s['skipped_lines']} ({skipped})"
     )
+    files = s["skipped_files"]
+    if any(files.values()):
+        lines.append(
+            "skipped files: "
+            + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in files.items() if v)
+        )
     return "\n".join(lines)
 
 
@@ -161,12 +185,34 @@ def refs_command(
     """
     found: list[StaticRef] = []
     scanned: list[str] = []
-    for warning in scan_paths(list(paths), found.append, scanned.append):
-        click.echo(f"warning: {warning}", err=True)
+    tally = ScanTally()
+    for warning in scan_paths(list(paths), found.append, scanned.append, tally):
+        if not warning.endswith(": no such file or directory"):  # one error at the end
+            click.echo(f"warning: {warning}", err=True)
     if not any(Path(p).exists() for p in paths):
         raise BadInput("none of the given paths exist")
     if not no_store:
         store.add_static_refs(database_url(ctx, db_url), found, files=scanned)
+    _show_refs(found, as_json)
+    skipped = [
+        f"{len(names)} {what}"
+        for what, names in (("not regular", tally.not_regular), ("too large", tally.too_large))
+        if names
+    ]
+    if skipped:
+        click.echo(f"skipped files: {', '.join(skipped)}", err=True)
+    if tally.missing:
+        raise BadInput(f"no such file or directory: {_listed(tally.missing)}")
+    if tally.failed:
+        raise WorkFailed(f"{len(tally.failed)} file(s) unreadable: {_listed(tally.failed)}")
+
+
+def _listed(names: list[str], first: int = 3) -> str:
+    more = f" and {len(names) - first} more" if len(names) > first else ""
+    return ", ".join(names[:first]) + more
+
+
+def _show_refs(found: list[StaticRef], as_json: bool) -> None:
     if as_json:
         for ref in found:
             emit_json(ref.to_json())
