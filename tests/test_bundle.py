@@ -11,13 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 
 from warmer.bundle.bundlefile import BUNDLE_FILE, loads
+from warmer.bundle.importer import same_endpoint
 from warmer.bundle.ocilayout import OciLayout, blob_relpath
 from warmer.cli.main import cli
-from warmer.oci.registry import RegistryClient
+from warmer.oci.registry import NotFound, RegistryClient, Unreachable
 from warmer.sandbox.catalogue import Catalogue, build
 from warmer.sandbox.procs import Proc
 from warmer.sandbox.seed import move_tag, run_sync, seed
@@ -149,11 +151,15 @@ def test_tampered_or_missing_files_are_refused_by_name(
 
 
 async def _tags(url: str, repo: str) -> list[str]:
-    async with RegistryClient(url) as client:
+    """The repository's tags; [] only for the registry's own 404 NAME_UNKNOWN. Anything else
+    (the registry down, another error) raises, so "nothing was pushed" cannot pass by accident."""
+    async with RegistryClient(url, retries=0) as client:
         try:
             return await client.list_tags(repo)
-        except Exception:
-            return []
+        except NotFound as exc:
+            if "NAME_UNKNOWN" in str(exc):
+                return []
+            raise
 
 
 def test_delta_brings_a_moved_tag_across(
@@ -361,3 +367,131 @@ mirrors = ["central"]
     assert names == ["library/debian:12", "library/python:3.12"]  # the top 2, not the third
     debian = catalogue.tag("library/debian", "12").image("linux/amd64")
     assert (dest / blob_relpath(debian.layers[0].digest)).is_file()
+
+
+def test_tags_helper_fails_when_the_registry_is_down(plain_registry: Proc) -> None:
+    # the "nothing was pushed" checks rely on _tags: only NAME_UNKNOWN means "no tags"
+    assert run_sync(_tags(plain_registry.url, "never/pushed")) == []
+    with pytest.raises(Unreachable):
+        run_sync(_tags("http://127.0.0.1:1", "never/pushed"))
+
+
+# --- the pull-through guard: addresses, not strings; and the target asked itself ----------
+
+# Every spelling of one listener: a name, short and trailing-dot IPv4, IPv6 loopback, case.
+ALIASES = [
+    "http://localhost:{port}",
+    "http://127.1:{port}",
+    "http://[::1]:{port}",
+    "http://127.0.0.1.:{port}",
+    "HTTP://LOCALHOST:{port}/",
+    "http://127.0.0.1:{port}/",
+]
+# The spellings that also connect (the registry listens on 127.0.0.1 only).
+CONNECTING = ["http://localhost:{port}", "http://127.1:{port}", "HTTP://LOCALHOST:{port}/"]
+
+
+@pytest.fixture(scope="module")
+def proxy_mirror(registry_factory: Callable[..., Proc]) -> tuple[Proc, Proc]:
+    """A real distribution in proxy mode (``proxy: remoteurl:``) and its writable parent."""
+    parent = registry_factory("guard-parent")
+    return registry_factory("guard-proxy", parent_url=parent.url), parent
+
+
+def _port(proc: Proc) -> int:
+    return int(proc.url.rsplit(":", 1)[1])
+
+
+def _nothing_pushed(parent: Proc, proxy: Proc) -> None:
+    for name in IMAGES:
+        repo = name.split(":")[0]
+        assert run_sync(_tags(parent.url, repo)) == []
+        assert run_sync(_tags(proxy.url, repo)) == []  # the proxy asks the parent
+
+
+def test_a_proxy_mode_registry_answers_a_push_with_405_unsupported(
+    proxy_mirror: tuple[Proc, Proc],
+) -> None:
+    # Measured on CNCF distribution 2.8 (Debian docker-registry); importer.probe_push relies
+    # on it. A proxy refuses the upload session; the same registry without proxy opens one.
+    proxy, parent = proxy_mirror
+    r = httpx.post(f"{proxy.url}/v2/guard/probe/blobs/uploads/")
+    assert r.status_code == 405
+    assert r.json() == {
+        "errors": [{"code": "UNSUPPORTED", "message": "The operation is unsupported."}]
+    }
+    r = httpx.post(f"{parent.url}/v2/guard/probe/blobs/uploads/")
+    assert r.status_code == 202 and r.headers["location"]
+    assert httpx.delete(r.headers["location"]).status_code == 204
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_config_guard_compares_addresses_not_strings(
+    alias: str, base: Path, proxy_mirror: tuple[Proc, Proc], tmp_path: Path
+) -> None:
+    proxy, parent = proxy_mirror
+    config = tmp_path / "warmer.toml"
+    config.write_text(
+        f"""
+[upstreams.hub]
+url = "{parent.url}"
+aliases = ["docker.io"]
+
+[mirrors.central]
+url = "{proxy.url}"
+parent = "hub"
+"""
+    )
+    target = alias.format(port=_port(proxy))
+    result = CliRunner().invoke(cli, ["--config", str(config), "import", str(base), "--to", target])
+    assert result.exit_code == 2, result.output
+    assert "pull-through mirror 'central'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    _nothing_pushed(parent, proxy)
+
+
+@pytest.mark.parametrize("alias", CONNECTING)
+def test_without_config_the_target_itself_is_asked(
+    alias: str, base: Path, proxy_mirror: tuple[Proc, Proc]
+) -> None:
+    proxy, parent = proxy_mirror
+    target = alias.format(port=_port(proxy))
+    result = warmer_noconfig("import", str(base), "--to", target)
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in result.output
+    assert "HTTP 405 UNSUPPORTED" in line and "pull-through cache" in line
+    _nothing_pushed(parent, proxy)
+
+
+def test_the_probe_leaves_a_writable_target_as_it_was(
+    base: Path, registry_factory: Callable[..., Proc]
+) -> None:
+    dst = registry_factory("bundle-probe")
+    report = _json(warmer_noconfig("import", str(base), "--to", dst.url, "--json"))
+    assert len(report["tags_pushed"]) == len(IMAGES)
+    # the probe's upload session was cancelled (distribution 2.8 answers the DELETE 204 and
+    # removes the session's data file, keeping an empty hashstates directory)
+    data = Path(dst.log).parent / "data"
+    assert list(data.rglob("_uploads/*/hashstates"))  # the probe did open a session
+    assert not list(data.rglob("_uploads/*/data"))
+    log = Path(dst.log).read_text()
+    assert '"POST /v2/library/python/blobs/uploads/ HTTP/1.1" 202' in log
+    assert log.count('"DELETE /v2/library/python/blobs/uploads/') >= 1
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("http://127.0.0.1", "http://localhost:80", True),
+        ("https://127.0.0.1", "http://localhost:443", True),
+        ("https://127.0.0.1/", "http://localhost", False),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5001", False),
+        ("http://127.0.0.1:5000", "http://[::ffff:127.0.0.1]:5000", True),
+        ("http://0x7f.1:5000", "http://2130706433:5000", True),
+        ("http://mirror.invalid:5000", "http://MIRROR.invalid.:5000/", True),
+        ("http://mirror.invalid:5000", "http://other.invalid:5000", False),
+    ],
+)
+def test_same_endpoint(a: str, b: str, same: bool) -> None:
+    assert same_endpoint(a, b) is same

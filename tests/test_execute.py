@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
+from aiohttp import ClientSession, web
 from test_warm import RegistryFactory, Topo, topo  # noqa: F401 (topo is a fixture)
 
 from warmer.config import Config, load
+from warmer.sandbox.procs import free_port
 from warmer.store.ledger import Ledger, RunItem, utcnow
 from warmer.warm import run as warm
 from warmer.warm.resolve import wants_from_args
@@ -94,18 +99,111 @@ def test_429_through_mirror_is_failed_with_clear_reason(
     assert run_state(ledger, run_id) == "failed"
 
 
+class Recorder:
+    """A loopback pass-through to ``target`` that records, server side, when each request
+    arrived, and when its answer left with which status and Retry-After."""
+
+    @dataclass
+    class Entry:
+        arrived: float  # time.monotonic() in this process, as each request came in
+        answered: float
+        method: str
+        path: str
+        status: int
+        retry_after: str | None
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.entries: list[Recorder.Entry] = []
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
+        skip = {"host", "content-length", "transfer-encoding", "connection"}
+        hdrs = {k: v for k, v in request.headers.items() if k.lower() not in skip}
+        body = await request.read()
+        async with (
+            ClientSession(auto_decompress=False) as session,
+            session.request(
+                request.method, self.target + request.path_qs, headers=hdrs,
+                data=body or None, allow_redirects=False,
+            ) as up,
+        ):  # fmt: skip
+            data = await up.read()
+            out = web.Response(status=up.status, body=data if request.method != "HEAD" else None)
+            for k, v in up.headers.items():
+                if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    out.headers[k] = v
+            if request.method == "HEAD" and "Content-Length" in up.headers:
+                out.headers["Content-Length"] = up.headers["Content-Length"]
+        entry = Recorder.Entry(
+            arrived, time.monotonic(), request.method, request.path, up.status,
+            up.headers.get("Retry-After"),
+        )  # fmt: skip
+        self.entries.append(entry)
+        return out
+
+    async def _serve(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        self._stop = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._ready.set()
+        await self._stop.wait()
+        await runner.cleanup()
+
+    def __enter__(self) -> Recorder:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stop is not None and self._loop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+RETRY_AFTER_TOLERANCE = 0.05  # seconds: clock reads and loopback, not a performance bound
+
+
 def test_retry_after_is_honoured(topo: Topo) -> None:  # noqa: F811
-    # The front itself as the mirror: its 429 (with Retry-After) reaches the client as is.
-    topo.mirrors = {"hub": {"url": topo.box.front_url, "parent": "dockerhub"}}
-    topo.regions = {"hq": ["hub"]}
-    topo.write()
-    cfg, ledger, run_id = start(topo, "hq", ["alpine:3.19"])
-    topo.front.configure(ratelimit_limit=1, ratelimit_window=1, ratelimit_reset=True)
-    stats = asyncio.run(warm.execute(cfg, ledger, run_id, deadline=None, settle=0))
+    # The front itself as the mirror: its 429 (with Retry-After) reaches the client as is,
+    # through a pass-through that records on the server side when each request came.
+    with Recorder(topo.box.front_url) as recorder:
+        topo.mirrors = {"hub": {"url": recorder.url, "parent": "dockerhub"}}
+        topo.regions = {"hq": ["hub"]}
+        topo.write()
+        cfg, ledger, run_id = start(topo, "hq", ["alpine:3.19"])
+        recorder.entries.clear()
+        topo.front.configure(ratelimit_limit=1, ratelimit_window=1, ratelimit_reset=True)
+        stats = asyncio.run(warm.execute(cfg, ledger, run_id, deadline=None, settle=0))
     assert topo.front.stats()["throttled"] >= 1
     items = ledger.items(run_id)
     assert stats.done == len(items) and stats.failed == 0
     assert max(i.attempts for i in items if i.kind == "manifest") >= 2
+    # Every 429 was followed, on the same path, by a request no earlier than its Retry-After.
+    log = recorder.entries
+    throttled = [(n, e) for n, e in enumerate(log) if e.status == 429]
+    assert throttled
+    for n, e in throttled:
+        assert e.retry_after is not None and "/manifests/" in e.path
+        wait = float(e.retry_after)
+        assert wait >= 1
+        later = [x for x in log[n + 1 :] if x.path == e.path and x.method == e.method]
+        assert later, f"{e.method} {e.path} was never asked again after its 429"
+        gap = later[0].arrived - e.answered
+        assert gap >= wait - RETRY_AFTER_TOLERANCE, (
+            f"{e.path}: asked again {gap:.3f}s after a 429 with Retry-After {wait:.0f}"
+        )
+    assert log[-1].status != 429
 
 
 def test_a_failing_feed_leaves_nothing_running_and_the_run_resumable(topo: Topo) -> None:  # noqa: F811

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -259,3 +260,51 @@ def test_cli_up_status_down_stops_exact_pids(tmp_path: Path) -> None:
     assert warmer("status").returncode == 1
     # the front wrote its counters on the way out (SIGTERM)
     assert json.loads((d / "front-stats.json").read_text())["requests"]["manifest"]["HEAD"] >= 1
+
+
+@pytest.mark.slow
+def test_cli_status_names_a_registry_that_is_down(tmp_path: Path) -> None:
+    d = tmp_path / "sb"
+
+    def warmer(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "warmer.cli.main", "sandbox", *args, "--dir", str(d)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+    up = warmer("up", "--scale", "0.002", "--seed", "6", "--json")
+    assert up.returncode == 0, up.stderr
+    procs = {p["name"]: p for p in json.loads(up.stdout)["processes"]}
+    stopped_central = False
+    try:
+        ok = warmer("status")
+        assert ok.returncode == 0 and ok.stderr == "", ok.stderr
+        # a process that runs but does not answer (stopped by SIGSTOP) is down too
+        os.kill(procs["central"]["pid"], signal.SIGSTOP)
+        stopped_central = True
+        hung = warmer("status", "--json")
+        assert hung.returncode == 1
+        rows = {r["name"]: r for r in json.loads(hung.stdout)["processes"]}
+        assert rows["central"]["alive"] is True and rows["central"]["up"] is False
+        assert hung.stderr.splitlines() == [
+            f"error: sandbox in {d.resolve()}: down: central (pid {procs['central']['pid']} "
+            f"running, {procs['central']['url']} not answering)"
+        ]
+        os.kill(procs["central"]["pid"], signal.SIGCONT)
+        stopped_central = False
+        assert warmer("status").returncode == 0
+        # one registry stopped by its PID: exit 1, and stderr names it
+        Proc("eu", procs["eu"]["pid"], "", Path()).stop()
+        down = warmer("status")
+        assert down.returncode == 1
+        assert down.stderr.splitlines() == [
+            f"error: sandbox in {d.resolve()}: down: eu (pid {procs['eu']['pid']} not running)"
+        ]
+        assert "Traceback" not in down.stderr
+        lines = {line.split()[0]: line.split()[1] for line in down.stdout.splitlines()}
+        assert lines["eu"] == "DOWN" and lines["us"] == "up" and lines["central"] == "up"
+    finally:
+        if stopped_central:
+            os.kill(procs["central"]["pid"], signal.SIGCONT)
+        gone = warmer("down", "--json")
+    assert gone.returncode == 0, gone.stderr
+    for p in procs.values():
+        assert not Proc("x", p["pid"], "", Path()).alive()

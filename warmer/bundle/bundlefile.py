@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from warmer.bundle.ocilayout import blob_relpath, digest_for_relpath
+from warmer.bundle.ocilayout import DIGEST_RE, blob_relpath, digest_for_relpath, safe_relpath
 
 BUNDLE_FILE = "bundle.json"
 FORMAT: Final = "warmer-bundle/1"
@@ -26,23 +27,53 @@ class BundleFormatError(ValueError):
     """``bundle.json`` is missing, not JSON, or not a bundle this version understands."""
 
 
+# Every value of bundle.json becomes a file name, a URL path or a header at the target: each
+# is checked against its grammar on load (a sha256/sha512 digest, a repository path and tag
+# as in an image reference, a size within reason, a relative path inside the bundle).
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPOSITORY_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+_MEDIA_TYPE_RE = re.compile(rf"^{_TOKEN}/{_TOKEN}$")
+_HEX64_RE = re.compile(r"^[a-f0-9]{64}$")
+MAX_SIZE = 1 << 42  # 4 TiB: more than any layer, less than anything absurd
+
+
+def _digest(value: str) -> str:
+    if not DIGEST_RE.match(value):
+        raise ValueError(f"not a sha256/sha512 digest: {value[:80]!r}")
+    return value
+
+
+def _media_type(value: str) -> str:
+    if value and not _MEDIA_TYPE_RE.match(value):
+        raise ValueError(f"not a media type: {value[:80]!r}")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class BlobRecord(_Strict):
     digest: str
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=MAX_SIZE)
     media_type: str = ""
+
+    check_digest = field_validator("digest")(_digest)
+    check_media_type = field_validator("media_type")(_media_type)
 
 
 class ManifestRecord(_Strict):
     """A manifest the image needs, in push order (platform manifests before their index)."""
 
     digest: str
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=MAX_SIZE)
     media_type: str
     platform: str | None = None
+
+    check_digest = field_validator("digest")(_digest)
+    check_media_type = field_validator("media_type")(_media_type)
 
 
 class ImageRecord(_Strict):
@@ -61,6 +92,23 @@ class ImageRecord(_Strict):
     manifests: list[ManifestRecord]
     blobs: list[BlobRecord]
 
+    check_digests = field_validator("digest", "source_digest")(_digest)
+    check_media_type = field_validator("media_type")(_media_type)
+
+    @field_validator("repository")
+    @classmethod
+    def check_repository(cls, value: str) -> str:
+        if len(value) > 255 or not _REPOSITORY_RE.match(value):
+            raise ValueError(f"not a repository name: {value[:80]!r}")
+        return value
+
+    @field_validator("tag")
+    @classmethod
+    def check_tag(cls, value: str | None) -> str | None:
+        if value is not None and not _TAG_RE.match(value):
+            raise ValueError(f"not a tag: {value[:80]!r}")
+        return value
+
 
 class SinceRecord(_Strict):
     created: datetime
@@ -75,6 +123,15 @@ class Bundle(_Strict):
     since: SinceRecord | None = None
     images: list[ImageRecord] = Field(default_factory=list)
     files: dict[str, str] = Field(default_factory=dict, description="relative path -> sha256 hex")
+
+    @field_validator("files")
+    @classmethod
+    def check_files(cls, value: dict[str, str]) -> dict[str, str]:
+        for path, hexdigest in value.items():
+            safe_relpath(path)
+            if not _HEX64_RE.match(hexdigest):
+                raise ValueError(f"{path[:80]!r}: not a sha256 hex checksum")
+        return value
 
     def blob_files(self) -> set[str]:
         """Digests of the blobs (manifests included) this bundle carries."""

@@ -29,7 +29,8 @@ REF_NAME = "org.opencontainers.image.ref.name"
 #: containerd's name annotation, so ``ctr images import`` names images the same way.
 CONTAINERD_NAME = "io.containerd.image.name"
 CHUNK = 1024 * 1024
-_DIGEST_RE = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
+DIGEST_RE = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
+_DIGEST_RE = DIGEST_RE
 _PARTIAL_SUFFIX = ".partial"
 
 
@@ -42,6 +43,21 @@ def check_digest(digest: str) -> str:
     if not _DIGEST_RE.match(digest):
         raise LayoutError(f"unsupported or malformed digest {digest!r}")
     return digest
+
+
+def safe_relpath(relpath: str) -> str:
+    """``relpath`` if it names a file inside the bundle; ValueError for an absolute path, a
+    ``..`` or empty component, a backslash or a control character."""
+    parts = relpath.split("/")
+    if (
+        not relpath
+        or relpath.startswith("/")
+        or any(p in ("", ".", "..") for p in parts)
+        or "\\" in relpath
+        or any(ord(c) < 32 or ord(c) == 127 for c in relpath)
+    ):
+        raise ValueError(f"unsafe path {relpath[:80]!r}: must be relative, inside the bundle")
+    return relpath
 
 
 def blob_relpath(digest: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pandas as pd
 
 from analytics.rank import RankParams
 from warmer.cli.common import CONTEXT_SETTINGS, BadInput, emit_json, json_option, parse_time
-from warmer.cli.config import database_url
+from warmer.cli.config import database_url, load_config
 from warmer.units import UnitError, parse_size
 
 _db = click.option(
@@ -23,14 +24,51 @@ _db = click.option(
 )
 
 
+MAX_TOP = 1_000_000  # rows: more than any ranking, small enough for every database's LIMIT
+
+
 def _time(value: str | None, option: str) -> datetime:
     return datetime.now(UTC) if value is None else parse_time(value, option)
+
+
+def known_regions(ctx: click.Context, url: str) -> set[str]:
+    """Regions of the config file (when there is one) and of the stored usage."""
+    from sqlalchemy import select
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from warmer.store import db
+    from warmer.store.schema import usage
+
+    found: set[str] = set()
+    path = Path(ctx.find_root().obj.get("config_path") or "warmer.toml")
+    if path.is_file():
+        found |= set(load_config(ctx).regions)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise BadInput(f"database URL {url!r}: not a database URL") from None
+    database = parsed.database or ""
+    sqlite_file = parsed.drivername.startswith("sqlite") and database not in ("", ":memory:")
+    if sqlite_file and not Path(database).is_file():
+        return found  # no database yet: do not create one to find no regions in it
+    with db.engine_for(url).connect() as conn:
+        found |= {str(r) for (r,) in conn.execute(select(usage.c.region).distinct()) if r}
+    return found
+
+
+def check_region(ctx: click.Context, url: str, region: str) -> None:
+    """Exit 2 naming ``region`` and the known ones unless the config or the usage has it."""
+    known = known_regions(ctx, url)
+    if region not in known:
+        listed = ", ".join(sorted(known)) or "none (configure [regions] or run `warmer ingest`)"
+        raise BadInput(f"--region {region!r}: unknown region; known regions: {listed}")
 
 
 @click.command("rank", context_settings=CONTEXT_SETTINGS)
 @click.option("--region", required=True, help="Region to rank.")
 @click.option(
-    "--top", default=20, show_default=True, type=click.IntRange(min=1), help="Rows shown."
+    "--top", default=20, show_default=True, type=click.IntRange(1, MAX_TOP), help="Rows shown."
 )
 @json_option
 @_db
@@ -40,7 +78,7 @@ def _time(value: str | None, option: str) -> datetime:
     "--half-life",
     default=RankParams.half_life_days,
     show_default=True,
-    type=click.FloatRange(min=0.1),
+    type=click.FloatRange(0.1, 3650),
     help="Days.",
 )
 @click.option("--no-store", is_flag=True, help="Do not record the ranking for the planner.")
@@ -66,7 +104,10 @@ def rank_command(
     from analytics.rank import RankParams, rank
     from warmer.store.rankings import save_ranking
 
+    if not math.isfinite(half_life):
+        raise BadInput(f"--half-life {half_life}: not a number of days")
     url = database_url(ctx, db_url)
+    check_region(ctx, url, region)
     now = _time(at, "--at")
     win: tuple[datetime, datetime] | None = None
     if window:
@@ -102,9 +143,12 @@ def rank_command(
 
 def _budget(value: str) -> int:
     try:
-        return parse_size(value)
+        size = parse_size(value)
     except UnitError as exc:
         raise BadInput(f"--budget: {exc}") from None
+    if size <= 0:
+        raise BadInput(f"--budget {value!r}: must be more than 0 bytes")
+    return size
 
 
 @click.command("backtest", context_settings=CONTEXT_SETTINGS)
@@ -118,7 +162,7 @@ def _budget(value: str) -> int:
     default=None,
     help="catalogue.json with image layers (from `warmer generate`); else a default size.",
 )
-@click.option("--warmup", default=7, show_default=True, type=click.IntRange(min=1), help="Days.")
+@click.option("--warmup", default=7, show_default=True, type=click.IntRange(1, 365), help="Days.")
 @click.pass_context
 def backtest_command(
     ctx: click.Context,
@@ -140,14 +184,18 @@ def backtest_command(
     from analytics.generate.catalogue import Catalogue
     from analytics.generate.write import load_labels
 
-    url = database_url(ctx, db_url)
     limit = _budget(budget)
+    url = database_url(ctx, db_url)
+    check_region(ctx, url, region)
     layers = labels = None
     if catalogue is not None:
+        if not catalogue.is_file():  # a FIFO would block the read forever
+            raise BadInput(f"{catalogue}: not a regular file")
         try:
             layers = Catalogue.load(catalogue)
-        except (OSError, ValueError, KeyError) as exc:
-            raise BadInput(f"{catalogue}: not a catalogue: {exc}") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # Any JSON of another shape: the loader walks it as a catalogue and trips.
+            raise BadInput(f"{catalogue}: not a catalogue: {type(exc).__name__}: {exc}") from None
         beside = catalogue.parent / "labels.json"
         labels = load_labels(beside) if beside.is_file() else None
     usage = store.usage_frame(url, region=region)
@@ -180,12 +228,16 @@ def _result(region: str, budget: int, summary: pd.DataFrame, table: pd.DataFrame
 @click.command("generate", context_settings=CONTEXT_SETTINGS)
 @click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False))
 @click.option("--weeks", default=8, show_default=True, type=click.IntRange(min=1, max=104))
-@click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--seed", default=1, show_default=True, type=click.IntRange(0, 2**32 - 1))
 @click.option(
-    "--pipelines", default=40, show_default=True, type=click.IntRange(min=2), help="Per region."
+    "--pipelines",
+    default=40,
+    show_default=True,
+    type=click.IntRange(2, 10_000),
+    help="Per region.",
 )
 @click.option(
-    "--noise", default=12, show_default=True, type=click.IntRange(min=0), help="Lines per pull."
+    "--noise", default=12, show_default=True, type=click.IntRange(0, 1000), help="Lines per pull."
 )
 @json_option
 def generate_command(

@@ -28,7 +28,10 @@ from warmer.config import Config, ConfigError, load
 from warmer.oci.manifest import Platform
 from warmer.oci.reference import InvalidReference, Reference, parse
 from warmer.oci.registry import RegistryClient, RegistryError
+from warmer.oci.transport import check_base_url
 from warmer.units import format_size
+
+MAX_TOP = 1_000_000  # images: more than any ranking, small enough for every database's LIMIT
 
 
 def optional_config(ctx: click.Context) -> Config | None:
@@ -150,7 +153,7 @@ def _read_since(path: str | None) -> tuple[Bundle, bytes] | None:
 @click.command("export", context_settings=CONTEXT_SETTINGS)
 @click.argument("images", nargs=-1)
 @click.option("--region", help="Export the region's ranked images (needs a stored ranking).")
-@click.option("--top", type=click.IntRange(min=1), help="Only the N best-ranked images.")
+@click.option("--top", type=click.IntRange(1, MAX_TOP), help="Only the N best-ranked images.")
 @click.option("--images", "images_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--to", "dest", required=True, type=click.Path(file_okay=False), help="Layout dir.")
 @click.option("--tar", "as_tar", is_flag=True, help="Also pack the bundle as DIR.tar.")
@@ -259,6 +262,10 @@ def import_command(
     Every file is checked against bundle.json first; blobs and manifests the target has
     are skipped, so importing again pushes nothing. A delta imports on top of its base.
     """
+    try:
+        check_base_url(target)
+    except ValueError as exc:
+        raise BadInput(f"--to {target!r}: {exc}") from None
     config = optional_config(ctx)
     mirrors: dict[str, list[str]] = {f"--pull-through-check {u}": [u] for u in mirror_urls}
     if config is not None:
@@ -281,6 +288,8 @@ def import_command(
 
         try:
             report = asyncio.run(run())
+        except (PullThroughTarget, BundleFormatError) as exc:
+            raise BadInput(str(exc)) from None
         except ValueError as exc:
             raise BadInput(f"--to: {exc}") from None
         except MissingAtTarget as exc:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from warmer import nodes
-from warmer.cli.bundle import select_images
+from warmer.cli.bundle import MAX_TOP, select_images
 from warmer.cli.common import CONTEXT_SETTINGS, BadInput, WorkFailed, emit_json, json_option
 
 _node_option = click.option(
@@ -17,7 +19,7 @@ _node_option = click.option(
 )
 _image_options = [
     click.option("--region", help="Use the region's stored ranking."),
-    click.option("--top", type=click.IntRange(min=1), help="Only the N best-ranked images."),
+    click.option("--top", type=click.IntRange(1, MAX_TOP), help="Only the N best-ranked images."),
     click.option("--images", "images_file", type=click.Path(exists=True, dir_okay=False)),
     click.option("--image", "images", multiple=True, help="An image (repeatable)."),
 ]
@@ -38,7 +40,7 @@ def nodes_group() -> None:
 @_node_option
 @_with_images
 @click.option("--per-node", type=click.IntRange(1, 16), default=1, show_default=True)
-@click.option("--timeout", type=click.FloatRange(min=1), default=600, show_default=True)
+@click.option("--timeout", type=click.FloatRange(1, 86_400), default=600, show_default=True)
 @json_option
 @click.pass_context
 def prepull_command(
@@ -59,6 +61,8 @@ def prepull_command(
     Nodes run in parallel, one pull at a time on each (--per-node). Reports per node what
     was pulled, already present, or failed; exits 1 if anything failed.
     """
+    if not math.isfinite(timeout):  # nan passes click's range check
+        raise BadInput(f"--timeout {timeout}: not a number of seconds")
     refs = select_images(ctx, region, top, images_file, images)
     if not as_json:
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +31,23 @@ def _load(directory: Path) -> Sandbox | None:
         raise WorkFailed(str(exc)) from None
 
 
-def _show(box: Sandbox, as_json: bool, extra: dict[str, Any]) -> None:
-    rows = box.status()
+def _show(
+    box: Sandbox, as_json: bool, extra: dict[str, Any], rows: list[dict[str, Any]] | None = None
+) -> None:
+    rows = box.status() if rows is None else rows
     if as_json:
         emit_json({**extra, "config": str(box.config_path), "processes": rows})
         return
     for row in rows:
-        state = "up  " if row["alive"] else "DOWN"
+        state = "up  " if row["up"] else "DOWN"
         click.echo(f"{row['name']:<9} {state} {row['url']:<24} pid {row['pid']}")
     click.echo(f"config    {box.config_path}")
+
+
+def _why_down(row: dict[str, Any]) -> str:
+    if not row["alive"]:
+        return f"{row['name']} (pid {row['pid']} not running)"
+    return f"{row['name']} (pid {row['pid']} running, {row['url']} not answering)"
 
 
 @click.group("sandbox", context_settings=CONTEXT_SETTINGS)
@@ -55,14 +64,34 @@ def sandbox() -> None:
 @sandbox.command("up")
 @dir_option
 @click.option(
-    "--seed", default=0, show_default=True, help="Catalogue seed (same seed, same digests)."
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 2**63 - 1),
+    help="Catalogue seed (same seed, same digests).",
 )
-@click.option("--scale", default=1.0, show_default=True, help="Layer size scale (1 = ~500 MB).")
 @click.option(
-    "--latency", default=0.0, show_default=True, help="Added round trip (ms) at the front."
+    "--scale",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, 100, min_open=True),
+    help="Layer size scale (1 = ~500 MB).",
+)
+@click.option(
+    "--latency",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 60_000),
+    help="Added round trip (ms) at the front.",
 )
 @click.option("--bandwidth", default=None, help="Aggregate cap at the front, e.g. 40MB/s.")
-@click.option("--ratelimit", default=10_000, show_default=True, help="Manifest GETs per 6 h.")
+@click.option(
+    "--ratelimit",
+    default=10_000,
+    show_default=True,
+    type=click.IntRange(1, 10**9),
+    help="Manifest GETs per 6 h.",
+)
 @click.option(
     "--auth",
     type=click.Choice(["token", "none"]),
@@ -77,10 +106,9 @@ def up(
     ratelimit: int, auth: str, as_json: bool,
 ) -> None:  # fmt: skip
     """Start the sandbox (if not already up), seed it, print the URLs and the config path."""
-    if scale <= 0:
-        raise BadInput(f"--scale {scale}: must be > 0")
-    if latency < 0:
-        raise BadInput(f"--latency {latency}: must be >= 0")
+    for option, value in (("--scale", scale), ("--latency", latency)):
+        if not math.isfinite(value):  # nan passes click's range checks
+            raise BadInput(f"{option} {value}: not a number")
     if bandwidth:
         try:
             parse_rate(bandwidth)
@@ -145,13 +173,21 @@ def down(directory: Path, as_json: bool) -> None:
 @dir_option
 @json_option
 def status(directory: Path, as_json: bool) -> None:
-    """Each process alive or dead, with its URL. Exit 1 unless all are up."""
+    """Each process up (running and answering) or DOWN, with its URL.
+
+    Exit 1 unless all are up, naming on stderr each one that is down and why."""
     box = _load(directory)
     if box is None:
         raise WorkFailed(f"no sandbox recorded in {directory} (run `warmer sandbox up`)")
-    _show(box, as_json, {"up": box.all_alive()})
-    if not box.all_alive():
-        raise click.exceptions.Exit(1)
+    rows = box.status()
+    down = [row for row in rows if not row["up"]]
+    _show(box, as_json, {"up": bool(rows) and not down}, rows)
+    if down:
+        raise WorkFailed(
+            f"sandbox in {box.directory}: down: {', '.join(_why_down(r) for r in down)}"
+        )
+    if not rows:
+        raise WorkFailed(f"sandbox in {box.directory}: no processes recorded")
 
 
 commands: list[click.Command] = [sandbox]

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
+
 import warmer
 from warmer.sandbox.catalogue import Catalogue, Tag, build
 from warmer.sandbox.procs import Proc, SandboxError, free_port, spawn, start_registry, wait_ready
@@ -36,6 +38,14 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def answers(url: str, timeout: float = 2.0) -> bool:
+    """``GET url/v2/`` answers as a registry does (200, or 401 asking for a token)."""
+    try:
+        return httpx.get(f"{url}/v2/", timeout=timeout).status_code in (200, 401)
+    except httpx.HTTPError:
+        return False
 
 
 def config_toml(directory: Path, urls: dict[str, str]) -> str:
@@ -229,11 +239,21 @@ class Sandbox:
             self.state_path.unlink()
         return done
 
-    def status(self) -> list[dict[str, Any]]:
-        return [
-            {"name": n, "pid": p.pid, "url": p.url, "alive": self.owned(n)}
-            for n, p in ((n, self.procs[n]) for n in ORDER if n in self.procs)
-        ]
+    def status(self, timeout: float = 2.0) -> list[dict[str, Any]]:
+        """Each process: ``alive`` (our PID runs our command line), ``answering`` (its
+        ``GET /v2/`` answers 200 or 401 within ``timeout``) and ``up`` (both)."""
+        rows = []
+        for name in ORDER:
+            if name not in self.procs:
+                continue
+            proc = self.procs[name]
+            alive = self.owned(name)
+            answering = alive and answers(proc.url, timeout)
+            rows.append(
+                {"name": name, "pid": proc.pid, "url": proc.url, "alive": alive,
+                 "answering": answering, "up": alive and answering}
+            )  # fmt: skip
+        return rows
 
     def all_alive(self) -> bool:
         return bool(self.procs) and all(self.owned(n) for n in self.procs)
