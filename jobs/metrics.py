@@ -9,7 +9,9 @@ them ran the warm.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -131,6 +133,27 @@ class Metrics:
 Health = Callable[[], tuple[bool, dict[str, Any]]]
 
 
+class MetricsServerError(Exception):
+    """The metrics server cannot listen; ``bad_config`` when the host is the problem (not
+    an address of this machine, or no address at all) rather than the port being taken."""
+
+    def __init__(self, message: str, bad_config: bool) -> None:
+        super().__init__(message)
+        self.bad_config = bad_config
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> MetricsServerError:
+    where = f"metrics server {host}:{port} ([serve] metrics_host, metrics_port)"
+    if isinstance(exc, socket.gaierror):
+        return MetricsServerError(f"{where}: host {host!r} does not resolve", True)
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return MetricsServerError(f"{where}: {host} is not an address of this machine", True)
+    if exc.errno == errno.EADDRINUSE:
+        return MetricsServerError(f"{where}: the port is in use by another process", False)
+    reason = exc.strerror or type(exc).__name__
+    return MetricsServerError(f"{where}: cannot listen: {reason}", False)
+
+
 async def start_server(
     metrics: Metrics, health: Health, host: str, port: int
 ) -> tuple[web.AppRunner, int]:
@@ -150,7 +173,11 @@ async def start_server(
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:  # the port taken, a host that is not ours: one line, no traceback
+        await runner.cleanup()
+        raise _bind_error(host, port, exc) from None
     server = site._server
     bound = port
     sockets = getattr(server, "sockets", None) if server is not None else None

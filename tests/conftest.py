@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -11,10 +12,17 @@ from pathlib import Path
 import docker
 import docker.errors
 import pytest
+from hypothesis import settings
 
 from warmer.sandbox.procs import Proc, SandboxError, spawn, start_registry
 
 RegistryFactory = Callable[..., Proc]
+
+# Property tests search with a fixed seed in CI, so a run is reproducible: a failure found
+# there fails every run until fixed. HYPOTHESIS_PROFILE=explore searches anew each run.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import stat
 import time
 import uuid
@@ -33,6 +34,7 @@ from warmer.oci.auth import (
     CredentialsError,
     Secret,
     TokenCache,
+    check_ref,
     credentials_from_docker_config,
     credentials_from_ref,
     parse_token_response,
@@ -121,7 +123,7 @@ def test_credentials_from_ref(tmp_path: Path) -> None:
     assert credentials_from_ref(CredentialRef(), "h", env) is None
     with pytest.raises(CredentialsError, match=r"MISSING_PW is not set"):
         credentials_from_ref(CredentialRef(username="a", password_env="MISSING_PW"), "h", env)
-    with pytest.raises(CredentialsError, match=r"cannot read password file"):
+    with pytest.raises(CredentialsError, match=r"password_file: cannot read .*No such file"):
         credentials_from_ref(CredentialRef(username="a", password_file=str(tmp_path / "no")), "h")
     with pytest.raises(CredentialsError, match="no username"):
         credentials_from_ref(CredentialRef(password_env="REG_PW"), "h", env)
@@ -181,6 +183,66 @@ def test_docker_config_auths_helpers_and_store(tmp_path: Path, helper_path: Path
     cfg.write_text(json.dumps({"credHelpers": {"ghcr.io": "missing-helper"}}))
     with pytest.raises(CredentialsError, match="docker-credential-missing-helper not found"):
         credentials_from_docker_config("ghcr.io", cfg)
+
+
+def test_unusable_sources_are_one_line_naming_the_source_never_the_secret(
+    tmp_path: Path, helper_path: Path
+) -> None:
+    """Each broken source: a CredentialsError naming the registry and the source, one line,
+    without the secret; a helper name with a path in it is never run."""
+    marker = tmp_path / "ran"
+    (helper_path / "docker-credential-sneaky").write_text(f"#!/bin/sh\ntouch {marker}\n")
+    (helper_path / "docker-credential-noexec").write_text("#!/bin/sh\necho {}\n")  # no +x
+    b64 = base64.b64encode(f"u:{PASSWORD}".encode()).decode()
+    first = tmp_path / "two-lines"
+    first.write_text(f"{PASSWORD}\nsecond line\n")
+    c = credentials_from_ref(CredentialRef(username="bob", password_file=str(first)), "h")
+    assert c is not None and c.password == Secret(PASSWORD)  # the first line, as documented
+    cases: list[tuple[object, str]] = [
+        ({"auths": {"h": {"auth": b64[:-2] + "!!"}}}, "auths['h']: 'auth' is not base64"),
+        ({"credHelpers": {"h": "../bin/sneaky"}}, "'../bin/sneaky' is not a credential helper"),
+        ({"credHelpers": {"h": "noexec"}}, "docker-credential-noexec cannot be run"),
+        ({"credsStore": "absent-store"}, "credsStore: credential helper docker-credential-absent"),
+        ('{"auths": {"h": {"auth": "' + b64, "is not valid JSON"),
+        ([b64], "is not a JSON object"),
+    ]
+    for content, fragment in cases:
+        cfg = tmp_path / "config.json"
+        cfg.write_text(content if isinstance(content, str) else json.dumps(content))
+        with pytest.raises(CredentialsError) as info:
+            credentials_from_ref(CredentialRef(docker_config=str(cfg)), "h")
+        text = str(info.value)
+        assert text.startswith("credentials for h: docker_config: ") and fragment in text, text
+        assert PASSWORD not in text and b64 not in text and "\n" not in text
+    assert not marker.exists()
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff" + PASSWORD.encode())
+    for path, fragment in ((binary, "is not UTF-8 text"), (tmp_path, "Is a directory")):
+        with pytest.raises(CredentialsError, match=f"password_file: .*{fragment}") as info:
+            credentials_from_ref(CredentialRef(username="b", password_file=str(path)), "h")
+        assert PASSWORD not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("ref", "fragment"),
+    [
+        (CredentialRef(username="u", password_env="A", password_file="/p"), "give one of"),
+        (CredentialRef(token_env="T", docker_config=True), "give one of token_env, docker_config"),
+        (CredentialRef(username="u", username_env="U", password_env="P"), "give one of username"),
+        (CredentialRef(username="u", token_env="T"), "token_env does not take a username"),
+        (CredentialRef(username="u"), "a username needs password_env or password_file"),
+        (CredentialRef(password_file="/p"), "a password needs username or username_env"),
+        (CredentialRef(username="u", password_env="1BAD"), "not an environment variable name"),
+        (CredentialRef(username="u", password_file=" "), "password_file: empty"),
+    ],
+)
+def test_check_ref_refuses_ambiguous_or_unusable_references(
+    ref: CredentialRef, fragment: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        check_ref(ref)
+    check_ref(CredentialRef(username="u", password_env="P"))  # a good one passes
+    check_ref(CredentialRef(docker_config=True))
 
 
 # --- Basic: a real registry with htpasswd ------------------------------------------------------
@@ -377,7 +439,11 @@ def test_inspect_cli_401_then_docker_config_credentials(
                 {
                     "schemaVersion": 2,
                     "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "config": {"mediaType": "c", "digest": cfg.digest, "size": cfg.size},
+                    "config": {
+                        "mediaType": "application/vnd.oci.image.config.v1+json",
+                        "digest": cfg.digest,
+                        "size": cfg.size,
+                    },
                     "layers": [],
                 }
             ).encode()

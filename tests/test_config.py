@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import re
 import tomllib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from warmer.cli.main import cli
 from warmer.config import ConfigError, load, parse_config
+from warmer.units import MAX_BYTES, MAX_DURATION, UnitError, parse_duration, parse_rate, parse_size
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.toml"
@@ -160,3 +165,166 @@ def test_readme_config_reference_names_every_key() -> None:
         if not re.search(rf"[.`*]{name}\b|`{name}`", section)
     ]
     assert missing == []
+
+
+# -- hostile values: property-based -----------------------------------------------------------
+
+# What TOML can hold: scalars of each type, arrays and tables of them.
+_SCALARS = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.sampled_from(["0", "0s", "0B/s", "1e9", "-1h", "999999999w", "1.5.5GB", "unlimited", ""]),
+    st.datetimes(timezones=st.one_of(st.none(), st.just(UTC))),
+)
+TOML_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+# A unit-ish string: digits, dots, units, spaces and signs in any order.
+UNIT_TEXT = st.text(alphabet="0123456789.-+ eEkKmMgGtTiIbBsShHdDwW/p", max_size=24)
+
+
+def _base() -> dict[str, Any]:
+    data = tomllib.loads(BASE)
+    data["regions"]["eu"]["windows"] = [{"cron": "0 1 * * *", "duration": "3h"}]
+    data["mirrors"]["central"]["invalidate"] = {"url": "http://127.0.0.1:9/purge"}
+    data["upstreams"]["hub"]["credentials"] = {"username": "u", "password_env": "P"}
+    return data
+
+
+def _paths(model: type[BaseModel], value: Any, prefix: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """Every key of the config, reached through the instances in ``value`` (a dict)."""
+    out: list[tuple[Any, ...]] = []
+    for name, field in model.model_fields.items():
+        path = (*prefix, name)
+        out.append(path)
+        sub = value.get(name) if isinstance(value, dict) else None
+        ann = field.annotation
+        for arg in (ann, *getattr(ann, "__args__", ())):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                out += _paths(arg, sub or {}, path)
+            inner = getattr(arg, "__args__", ())
+            if inner and isinstance(inner[-1], type) and issubclass(inner[-1], BaseModel):
+                if isinstance(sub, dict):  # dict[str, Model]: each entry of the base
+                    for key, entry in sub.items():
+                        out += _paths(inner[-1], entry, (*path, key))
+                elif isinstance(sub, list):  # list[Model]: each item of the base
+                    for i, entry in enumerate(sub):
+                        out += _paths(inner[-1], entry, (*path, i))
+    return out
+
+
+def _set(data: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
+    cur: Any = data
+    for key in path[:-1]:
+        if isinstance(key, int):
+            cur = cur[key]
+        else:
+            cur = cur.setdefault(key, {})
+            if not isinstance(cur, dict):
+                return
+    cur[path[-1]] = value
+
+
+def _all_paths() -> list[tuple[Any, ...]]:
+    from warmer.config import Config
+
+    return _paths(Config, _base(), ())
+
+
+def test_the_fuzzed_paths_cover_every_section() -> None:
+    joined = {".".join(map(str, p)) for p in _all_paths()}
+    for key in (
+        "regions.eu.budget",
+        "regions.eu.windows.0.duration",
+        "mirrors.eu.link.bandwidth",
+        "mirrors.central.invalidate.headers",
+        "upstreams.hub.credentials.password_env",
+        "database.url",
+        "serve.metrics_host",
+        "serve.verify.sample",
+        "analytics.regions.default",
+        "run.timeout",
+    ):
+        assert key in joined, key
+    assert len(joined) > 80
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_any_value_at_any_key_is_accepted_or_a_config_error(data: st.DataObject) -> None:
+    path = data.draw(st.sampled_from(_all_paths()), label="path")
+    value = data.draw(TOML_VALUES, label="value")
+    raw = _base()
+    _set(raw, path, value)
+    try:
+        parse_config(raw, "fuzz.toml")
+    except ConfigError as exc:
+        text = str(exc)
+        assert text.startswith("fuzz.toml: ") and len(text.splitlines()) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=10), TOML_VALUES, max_size=4))
+def test_any_top_level_table_is_accepted_or_a_config_error(raw: dict[str, Any]) -> None:
+    try:
+        parse_config(raw)
+    except ConfigError as exc:
+        assert len(str(exc).splitlines()) == 1  # one line, whatever the keys hold
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(TOML_VALUES, UNIT_TEXT))
+def test_unit_parsers_return_in_range_or_raise_unit_error(value: Any) -> None:
+    for parse, top in ((parse_size, MAX_BYTES), (parse_rate, MAX_BYTES)):
+        try:
+            n = parse(value)
+        except UnitError as exc:
+            assert "\n" not in str(exc) and len(str(exc)) < 200
+        else:
+            assert isinstance(n, int) and 0 <= n <= top
+            assert parse is not parse_rate or n >= 1
+    try:
+        d = parse_duration(value)
+    except UnitError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) < 200
+    else:
+        assert timedelta(0) <= d <= MAX_DURATION
+        datetime.now(UTC) + d  # a date, not an OverflowError
+
+
+@given(st.integers(min_value=0, max_value=MAX_BYTES))
+def test_sizes_and_rates_read_back_their_number(n: int) -> None:
+    assert parse_size(n) == n and parse_size(str(n)) == n
+    if n:
+        assert parse_rate(f"{n}/s") == n
+
+
+@given(st.integers(min_value=0, max_value=int(MAX_DURATION.total_seconds())))
+def test_durations_read_back_their_seconds(n: int) -> None:
+    assert parse_duration(f"{n}s") == timedelta(seconds=n) == parse_duration(n)
+
+
+@pytest.mark.parametrize(
+    ("parse", "value", "fragment"),
+    [
+        (parse_size, [1], "[1] is not a size"),
+        (parse_size, float("inf"), "not a finite number"),
+        (parse_size, "99999999999999TiB", "too large"),
+        (parse_rate, "0MB/s", "less than 1 B/s"),
+        (parse_rate, "0.5B/s", "less than 1 B/s"),
+        (parse_rate, -5, "rate -5: negative"),
+        (parse_duration, float("inf"), "not a finite number"),
+        (parse_duration, "999999999w", "too long"),
+        (parse_duration, {"a": 1}, "is not a duration"),
+        (parse_duration, True, "is not a duration"),
+    ],
+)
+def test_unit_errors_say_why(parse: Any, value: Any, fragment: str) -> None:
+    with pytest.raises(UnitError, match=re.escape(fragment)):
+        parse(value)

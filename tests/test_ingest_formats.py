@@ -272,7 +272,9 @@ def test_scan_file_survives_arbitrary_bytes(chunks: list[bytes], fmt: str | None
         path.write_bytes(b"\n".join(chunks))
         out: list[Event] = []
         result = scan_file(path, Options(default_time=AT, format=fmt), out.append)
-    assert result.problem in (None, "unknown-format")
+    # Bytes that happen to start with a gzip or zstd magic number are read as compressed
+    # and found damaged: the policy for damaged input, not an exception.
+    assert result.problem in (None, "unknown-format", "damaged")
     assert result.events == len(out)
 
 

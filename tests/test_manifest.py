@@ -11,7 +11,9 @@ from warmer.oci.manifest import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
     DOCKER_SCHEMA1,
+    OCI_CONFIG,
     OCI_INDEX,
+    OCI_LAYER,
     OCI_MANIFEST,
     Descriptor,
     ImageTree,
@@ -86,8 +88,8 @@ def test_select_platforms(wanted: list[str], digests: list[int]) -> None:
 def manifest_json(**extra: Any) -> bytes:
     data = {
         "schemaVersion": 2,
-        "config": {"mediaType": "x", "digest": d(10), "size": 7},
-        "layers": [{"mediaType": "y", "digest": d(11), "size": 70}],
+        "config": {"mediaType": OCI_CONFIG, "digest": d(10), "size": 7},
+        "layers": [{"mediaType": OCI_LAYER, "digest": d(11), "size": 70}],
     }
     data.update(extra)
     return json.dumps(data).encode()
@@ -97,7 +99,7 @@ def test_parse_manifest_types() -> None:
     body = manifest_json(mediaType=DOCKER_MANIFEST)
     m = parse_manifest(body, sha256_digest(body), DOCKER_MANIFEST)
     assert m.media_type == DOCKER_MANIFEST and not m.is_index and m.size == len(body)
-    assert m.config == Descriptor("x", d(10), 7) and [x.digest for x in m.layers] == [d(11)]
+    assert m.config == Descriptor(OCI_CONFIG, d(10), 7) and [x.digest for x in m.layers] == [d(11)]
     # OCI allows mediaType to be absent: told apart by shape, or by Content-Type.
     assert parse_manifest(manifest_json(), "sha256:0", None).media_type == OCI_MANIFEST
     idx = json.dumps({"schemaVersion": 2, "manifests": []}).encode()
@@ -153,8 +155,8 @@ def test_digest_of_algorithms() -> None:
 def test_image_tree_dedupes_and_sums() -> None:
     def img(n: int, layers: list[int]) -> Any:
         body = manifest_json(
-            config={"mediaType": "c", "digest": d(100 + n), "size": 5},
-            layers=[{"mediaType": "l", "digest": d(x), "size": x * 10} for x in layers],
+            config={"mediaType": OCI_CONFIG, "digest": d(100 + n), "size": 5},
+            layers=[{"mediaType": OCI_LAYER, "digest": d(x), "size": x * 10} for x in layers],
         )
         return parse_manifest(body, sha256_digest(body), OCI_MANIFEST)
 
@@ -180,3 +182,198 @@ def test_image_tree_dedupes_and_sums() -> None:
         (b.digest, b.size),
     ]
     assert tree.total_size() == index.size + a.size + b.size + 5 + 10 + 20 + 5 + 30
+
+
+# --- values from a registry: the validators ---------------------------------------------
+
+import contextlib  # noqa: E402
+import re  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from warmer.oci.validate import (  # noqa: E402
+    MAX_SIZE,
+    InvalidValue,
+    check_content_type,
+    check_digest,
+    check_media_type,
+    check_param,
+    check_repository,
+    check_size,
+    check_size_text,
+    check_tag,
+    check_token,
+    check_url,
+)
+
+VALIDATORS = [
+    check_digest, check_size, check_size_text, check_media_type, check_repository, check_tag,
+    check_url, check_param, check_token,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "good", ["sha256:" + "0" * 64, "sha256:" + "af" * 32, "sha512:" + "9" * 128]
+)
+def test_check_digest_accepts(good: str) -> None:
+    assert check_digest(good) == good
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "sha256:" + "A" * 64, "sha256:" + "a" * 63, "sha256:" + "a" * 65, "sha512:" + "a" * 64,
+        "md5:" + "a" * 32, "sha384:" + "a" * 96, ":" + "a" * 64, "a" * 64, "",
+        "sha256:" + "a" * 64 + "\n", "sha256:0000;touch /tmp/x;echo", " sha256:" + "a" * 64,
+        "SHA256:" + "a" * 64, "sha256:" + "ａ" * 64, None, 5, b"sha256:" + b"a" * 64,
+    ],
+)  # fmt: skip
+def test_check_digest_refuses(bad: object) -> None:
+    with pytest.raises(InvalidValue) as info:
+        check_digest(bad, "Docker-Content-Digest")
+    assert "\n" not in str(info.value) and "Docker-Content-Digest" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [(0, True), (1, True), (MAX_SIZE, True), (MAX_SIZE + 1, False), (-1, False),
+     (True, False), (False, False), (1.0, False), ("1", False), (None, False), (2**64, False)],
+)  # fmt: skip
+def test_check_size(value: object, ok: bool) -> None:
+    if ok:
+        assert check_size(value) == value
+    else:
+        with pytest.raises(InvalidValue):
+            check_size(value)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("0", 0), ("42", 42), (" 7 ", 7), ("-1", None), ("1e3", None), ("", None), ("٣", None),
+     ("0x10", None), ("99999999999999999", None), ("1_000", None)],
+)  # fmt: skip
+def test_check_size_text(text: str, size: int | None) -> None:
+    if size is not None:
+        assert check_size_text(text) == size
+    else:
+        with pytest.raises(InvalidValue):
+            check_size_text(text)
+
+
+def test_media_types() -> None:
+    assert check_media_type(OCI_MANIFEST) == OCI_MANIFEST
+    assert check_media_type("Application/VND.Docker+JSON") == "application/vnd.docker+json"
+    assert check_content_type("application/json; charset=utf-8") == "application/json"
+    assert check_content_type(None) == check_content_type("  ") == ""
+    for bad in ["x", "a/b/c", "a/", "/b", "a b/c", "text/html<x>", "a/b\n", "-a/b", "é/b"]:
+        with pytest.raises(InvalidValue):
+            check_media_type(bad)
+    with pytest.raises(InvalidValue, match="parameters"):
+        check_media_type("application/json; charset=utf-8")
+
+
+def test_urls_params_and_tokens() -> None:
+    assert check_url("https://auth.example/token?x=1") == "https://auth.example/token?x=1"
+    for bad in ["file:///etc/passwd", "ftp://h/x", "javascript:alert(1)", "http://", "http://a b/",
+                "http://u:p@h/", "http://h:99999/", "http://h/\n", "//h/x", "/relative"]:  # fmt: skip
+        with pytest.raises(InvalidValue):
+            check_url(bad)
+    assert check_param("repository:a/b:pull repository:c:pull", "scope")
+    for bad in ["", "a\nb", "a\x07", "x" * 2000, "a  b"]:
+        with pytest.raises(InvalidValue):
+            check_param(bad, "scope")
+    assert check_token("eyJ.abc-_~+/=") == "eyJ.abc-_~+/="
+    with pytest.raises(InvalidValue) as info:
+        check_token("secret\r\nX: y")
+    assert "secret" not in str(info.value)  # a token is never shown
+
+
+_ANY = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=80)
+    | st.binary(max_size=40),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_ANY)
+def test_validators_raise_only_invalid_value(value: object) -> None:
+    for check in VALIDATORS:
+        try:
+            out = check(value, "value")  # type: ignore[operator]
+        except InvalidValue as exc:
+            assert "\n" not in str(exc) and len(str(exc)) < 400
+            continue
+        if isinstance(out, str):
+            assert out.isprintable() and "\n" not in out
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=80),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+_GRAMMAR_TEXT = st.one_of(
+    st.text(max_size=200),
+    st.from_regex(r"sha(256|512):[0-9a-fA-F]{60,130}\n?", fullmatch=True),
+    st.from_regex(r"[a-z]{1,10}/[a-z0-9.+-]{1,20}(;.*)?", fullmatch=True),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_GRAMMAR_TEXT)
+def test_accepted_values_match_their_grammar(text: str) -> None:
+    with contextlib.suppress(InvalidValue):
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}", check_digest(text))
+    try:
+        media_type = check_content_type(text)
+        assert media_type == "" or re.fullmatch(
+            r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*", media_type
+        )
+    except InvalidValue:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=400), _ANY.map(lambda v: json.dumps(v, default=repr).encode())))
+def test_parse_manifest_raises_only_manifest_format_error(body: bytes) -> None:
+    for ctype in (None, OCI_MANIFEST, OCI_INDEX, "text/plain"):
+        try:
+            m = parse_manifest(body, sha256_digest(body), ctype)
+        except ManifestFormatError:
+            continue
+        for d in [*m.manifests, *m.layers, *([m.config] if m.config else [])]:
+            assert check_digest(d.digest) and check_size(d.size) >= 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "digest": st.one_of(st.just(d(1)), _JSON),
+            "size": st.one_of(st.just(1), _JSON),
+            "mediaType": st.one_of(st.just(OCI_LAYER), _JSON),
+            "platform": _JSON,
+        },
+    )
+)
+def test_descriptors_of_any_shape(data: dict[str, object]) -> None:
+    body = manifest_json(layers=[data])
+    try:
+        m = parse_manifest(body, sha256_digest(body), OCI_MANIFEST)
+    except ManifestFormatError:
+        return
+    (layer,) = m.layers
+    assert layer.digest == d(1) and layer.size == 1

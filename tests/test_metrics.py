@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import httpx
+import pytest
 
-from jobs.metrics import Metrics, start_server
+from jobs.metrics import Metrics, MetricsServerError, start_server
 from jobs.schedule import Clock
 from jobs.tasks import Context, _progress_hook
 from warmer.config import Config, DatabaseConfig
@@ -66,5 +68,34 @@ async def test_metrics_and_healthz_endpoints(tmp_path: Path) -> None:
             assert r.status_code == 200 and r.json() == {"ok": True, "replica": "test"}
             healthy["ok"] = False
             assert (await client.get("/healthz")).status_code == 503
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_taken_port_or_a_foreign_host_is_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    metrics = Metrics(f"sqlite:///{tmp_path / 'p.db'}", ["eu"])
+
+    def health() -> tuple[bool, dict[str, object]]:
+        return True, {}
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(MetricsServerError, match="the port is in use") as info:
+            await start_server(metrics, health, "127.0.0.1", port)
+        assert not info.value.bad_config  # failed work (exit 1), not a config error
+    # TEST-NET-1 is no address of this machine: the config names the wrong host (exit 2).
+    with pytest.raises(MetricsServerError, match=r"192\.0\.2\.1 is not an address") as info:
+        await start_server(metrics, health, "192.0.2.1", 0)
+    assert info.value.bad_config
+    # Once the other process is gone, the same port serves.
+    runner, bound = await start_server(metrics, health, "127.0.0.1", port)
+    try:
+        assert bound == port
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
     finally:
         await runner.cleanup()

@@ -363,3 +363,68 @@ def test_cli_ref_invalid_exit_2() -> None:
     assert "Bad/Name:x" in result.output
     assert "alsobad" not in result.output.split("error:")[-1]
     assert "Traceback" not in result.output
+
+
+# --- property-based: arbitrary text never raises anything but InvalidReference ------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from warmer.oci.reference import try_parse  # noqa: E402
+
+# Text built from the grammar's own pieces (and its neighbours) reaches the deep branches
+# more often than uniform Unicode does.
+_PIECES = st.sampled_from(
+    ["a", "Z", "0", "9", ".", "_", "__", "-", "/", ":", "@", "sha256", "sha512", "f" * 32,
+     "a" * 64, "localhost", "[::1]", "\n", " ", "\t", "\x00", "é", "\u2028", "docker.io",
+     "index.docker.io", "library", "%", "?", "#", "$(", "`", ";"]
+)  # fmt: skip
+_REFERENCE_TEXT = st.one_of(
+    st.text(max_size=300),
+    st.lists(_PIECES, max_size=40).map("".join),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_REFERENCE_TEXT)
+def test_parse_never_raises_anything_else(text: str) -> None:
+    try:
+        ref = parse(text)
+    except InvalidReference as exc:
+        assert isinstance(exc, ValueError) and "\n" not in exc.why
+        assert try_parse(text) is None
+        return
+    # Whatever parses is canonical, one line, and a fixed point.
+    canonical = str(ref)
+    assert canonical.isprintable() and canonical.isascii() and " " not in canonical
+    assert parse(canonical) == ref and try_parse(text) == ref
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200), st.text(max_size=200))
+def test_with_tag_and_with_digest_raise_only_invalid_reference(tag: str, digest: str) -> None:
+    ref = parse("python:3.12")
+    for make, value in ((ref.with_tag, tag), (ref.with_digest, digest)):
+        try:
+            out = make(value)
+        except InvalidReference:
+            continue
+        assert "\n" not in str(out) and parse(str(out)).repository == ref.repository
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ubuntu\n@sha256:" + "a" * 64,  # '$' matched before a trailing newline
+        "library/ubuntu\n:tag",
+        "ubuntu:tag\n",
+        "ubuntu@sha256:" + "a" * 64 + "\n",
+    ],
+)
+def test_a_newline_is_never_part_of_a_reference(text: str) -> None:
+    with pytest.raises(InvalidReference):
+        parse(text)
+    with pytest.raises(InvalidReference):
+        parse("python:3.12").with_tag("v1\n")
+    with pytest.raises(InvalidReference):
+        parse("python:3.12").with_digest(D + "\n")

@@ -520,3 +520,71 @@ def test_inspect_cli_errors_are_one_line(
     assert out.exit_code == code, out.output
     lines = out.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in out.output
+
+
+# --- property-based: headers from a registry never raise anything unexpected --------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from warmer.oci.auth import check_challenge, parse_www_authenticate  # noqa: E402
+from warmer.oci.transport import MAX_RETRY_AFTER, _retry_after  # noqa: E402
+from warmer.oci.validate import InvalidValue  # noqa: E402
+
+_HEADER_TEXT = st.one_of(
+    st.text(max_size=200),
+    st.from_regex(r"[0-9]{1,30}(;w=[0-9]{1,30})?(,.*)?", fullmatch=True),
+    st.from_regex(r'(Bearer|Basic) realm="[^"]{0,40}"(,[a-z]{1,8}="[^"]{0,40}")*', fullmatch=True),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_HEADER_TEXT, _HEADER_TEXT, _HEADER_TEXT)
+def test_ratelimit_headers_never_raise(limit: str, remaining: str, source: str) -> None:
+    got = parse_ratelimit(
+        {
+            "ratelimit-limit": limit,
+            "ratelimit-remaining": remaining,
+            "docker-ratelimit-source": source,
+        }
+    )
+    if got is not None:
+        text = str(got)
+        assert text.isprintable() and len(text) < 200
+
+
+@settings(max_examples=400, deadline=None)
+@given(_HEADER_TEXT)
+def test_retry_after_is_none_or_bounded(value: str) -> None:
+    got = _retry_after(value)
+    assert got is None or 0.0 <= got <= MAX_RETRY_AFTER
+
+
+@settings(max_examples=400, deadline=None)
+@given(_HEADER_TEXT, st.booleans())
+def test_challenges_parse_and_check_without_surprises(value: str, https: bool) -> None:
+    for challenge in parse_www_authenticate(value):
+        try:
+            check_challenge(challenge, https=https)
+        except InvalidValue as exc:
+            assert "\n" not in str(exc)
+            continue
+        if challenge.scheme == "bearer" and challenge.realm is not None:
+            assert challenge.realm.startswith(("http://", "https://", "HTTP://", "HTTPS://"))
+            assert challenge.realm.isprintable() and " " not in challenge.realm
+
+
+def test_challenge_checks() -> None:
+    (ok,) = parse_www_authenticate(
+        'Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a:pull"'
+    )
+    assert check_challenge(ok, https=True) is ok
+    for header, https in [
+        ('Bearer realm="http://auth.example/token"', True),  # credentials in the clear
+        ('Bearer realm="file:///etc/passwd"', False),
+        ('Bearer realm="https://a/t",service="a\\x07b"', False),
+        ('Bearer realm="https://a/t",scope="' + "s" * 2000 + '"', False),
+    ]:
+        (challenge,) = parse_www_authenticate(header.replace("\\x07", "\x07"))
+        with pytest.raises(InvalidValue):
+            check_challenge(challenge, https=https)

@@ -8,11 +8,14 @@ file, a Docker ``config.json``). ``config.example.toml`` documents every key.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import tomllib
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -25,7 +28,9 @@ from pydantic import (
     model_validator,
 )
 
+from warmer.oci.auth import ENV_NAME, check_ref
 from warmer.store.db import DEFAULT_URL
+from warmer.store.dburl import DatabaseURLError, check_url, mask_url
 from warmer.units import UnitError, parse_duration, parse_rate, parse_size
 
 
@@ -33,22 +38,27 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file, the key and why."""
 
 
-def _size(v: Any) -> int | None:
+def _budget(v: Any) -> int | None:
     if v is None:
         return None
     try:
-        return parse_size(v)
+        size = parse_size(v)
     except UnitError as exc:
         raise ValueError(str(exc)) from None
+    if size == 0:
+        # Zero is never "unlimited": it would plan nothing, silently.
+        raise ValueError("0 would warm nothing (leave budget out for no limit)")
+    return size
 
 
 def _rate(v: Any) -> int | None:
-    if v is None or v == 0 or v == "unlimited":
+    if v is None or v == "unlimited":
         return None
     try:
         return parse_rate(v)
     except UnitError as exc:
-        raise ValueError(str(exc)) from None
+        hint = ' (leave bandwidth out, or write "unlimited", for no cap)'
+        raise ValueError(str(exc) + (hint if "less than 1 B/s" in str(exc) else "")) from None
 
 
 def _duration(v: Any) -> timedelta:
@@ -58,13 +68,37 @@ def _duration(v: Any) -> timedelta:
         raise ValueError(str(exc)) from None
 
 
-Size = Annotated[int | None, BeforeValidator(_size)]
+def _positive(v: Any) -> timedelta:
+    """A duration that must be more than 0 (a timeout, a poll or renewal interval, a TTL)."""
+    d = _duration(v)
+    if d <= timedelta(0):
+        raise ValueError(f"{_show(v)}: must be more than 0")
+    return d
+
+
+def _show(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+Budget = Annotated[int | None, BeforeValidator(_budget)]
 Rate = Annotated[int | None, BeforeValidator(_rate)]
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+PositiveDuration = Annotated[timedelta, BeforeValidator(_positive)]
+# TOML gives numbers, booleans and datetimes their own types: a value of another type is a
+# mistake (``retries = true``, ``concurrency = "4"``) and is not converted (strict models).
+# Only the datetimes also take ISO 8601 strings.
+LaxDatetime = Annotated[datetime | None, Field(strict=False)]
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: Headers that carry a credential: never literal in the file (use headers_env).
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+_CREDENTIAL_KEYS = "username, password_env, password_file, token_env or docker_config"
+_TOML = {"bool": "a boolean", "str": "a string", "list": "an array", "dict": "a table"}
+_TOML |= {"int": "an integer", "float": "a float", "datetime": "a date-time"}
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class CredentialsRef(_Strict):
@@ -77,6 +111,11 @@ class CredentialsRef(_Strict):
     token_env: str | None = None
     docker_config: str | bool | None = None
 
+    @model_validator(mode="after")
+    def _usable(self) -> CredentialsRef:
+        check_ref(self)
+        return self
+
 
 class TLS(_Strict):
     verify: bool = True
@@ -85,6 +124,15 @@ class TLS(_Strict):
 
 class DatabaseConfig(_Strict):
     url: str = DEFAULT_URL
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        try:
+            check_url(v)
+        except DatabaseURLError as exc:
+            raise ValueError(str(exc).removeprefix("database url ")) from None
+        return v
 
 
 class UpstreamConfig(_Strict):
@@ -122,14 +170,33 @@ class InvalidateHook(_Strict):
     headers: dict[str, str] = Field(default_factory=dict)
     headers_env: dict[str, str] = Field(default_factory=dict)
     command: list[str] | None = None
-    timeout: Duration = timedelta(seconds=30)
+    timeout: PositiveDuration = timedelta(seconds=30)
+
+    @field_validator("headers", "headers_env")
+    @classmethod
+    def _headers(cls, v: dict[str, str], info: Any) -> dict[str, str]:
+        for name, value in v.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{_show(name)} is not a header name")
+            if info.field_name == "headers_env":
+                if not ENV_NAME.fullmatch(value):
+                    raise ValueError(f"{name}: {_show(value)} is not an environment variable name")
+            elif name.lower() in _SECRET_HEADERS:
+                # The value is not shown: it is likely a secret.
+                raise ValueError(
+                    f"{name} carries a credential: name an environment variable in "
+                    "headers_env instead of writing it here"
+                )
+            elif any(c in value for c in "\r\n\0"):
+                raise ValueError(f"{name}: a header value cannot hold a line break")
+        return v
 
     @model_validator(mode="after")
     def _one(self) -> InvalidateHook:
         if (self.url is None) == (self.command is None):
             raise ValueError("give exactly one of url (an HTTP request) or command (an argv)")
         if self.url is not None:
-            _check_url(self.url)
+            _check_url(self.url, "headers_env")
         if self.command is not None and not self.command:
             raise ValueError("command: an empty argv")
         return self
@@ -138,11 +205,20 @@ class InvalidateHook(_Strict):
 class MirrorConfig(_Strict):
     url: str
     parent: str
+    # "distribution": CNCF distribution in proxy mode, whose answers the reconcile reads as
+    # evidence (its catalog lists its own storage; a blob it stored is answered with
+    # Accept-Ranges and Cache-Control, one relayed from its parent without). "other": no
+    # such belief is used (Harbor, Nexus, Artifactory, a front of any kind).
+    kind: Literal["distribution", "other"] = "distribution"
     naming: Literal["plain", "prefix"] = "plain"
     path_prefix: str = ""
     tls: TLS = TLS()
     credentials: CredentialsRef | None = None
-    ttl: Duration = timedelta(hours=168)
+    ttl: PositiveDuration = timedelta(hours=168)
+    # When the mirror deletes what it cached: ``ttl`` after it first fetched the object from
+    # its parent (CNCF distribution 2.8 and 3: a cache hit does not extend it), after the
+    # last access (a cache that renews on hits), or never.
+    expiry: Literal["first-fetch", "last-access", "none"] = "first-fetch"
     cache_scope: Literal["repository", "global"] = "repository"
     fetch_multiplicity: int = Field(default=2, ge=1, le=8)
     link: LinkConfig = LinkConfig()
@@ -207,8 +283,18 @@ class WindowConfig(_Strict):
 class RegionConfig(_Strict):
     mirrors: list[str]
     windows: list[WindowConfig] = Field(default_factory=list)
-    budget: Size = None
+    budget: Budget = None
     platforms: list[str] = Field(default_factory=lambda: ["linux/amd64"])
+
+    @field_validator("mirrors", "platforms")
+    @classmethod
+    def _some(cls, v: list[str], info: Any) -> list[str]:
+        if not v:
+            what = "mirror" if info.field_name == "mirrors" else "platform"
+            raise ValueError(f"empty: a region needs at least one {what}")
+        if len(set(v)) != len(v):
+            raise ValueError("names one entry twice")
+        return v
 
 
 class RunConfig(_Strict):
@@ -216,8 +302,8 @@ class RunConfig(_Strict):
 
     deadline_grace: Duration = timedelta(seconds=30)
     retries: int = Field(default=4, ge=0, le=20)
-    timeout: Duration = timedelta(seconds=60)
-    ratelimit_poll: Duration = timedelta(seconds=30)
+    timeout: PositiveDuration = timedelta(seconds=60)
+    ratelimit_poll: PositiveDuration = timedelta(seconds=30)
 
 
 class RefreshConfig(_Strict):
@@ -231,7 +317,7 @@ class ServeIngestConfig(_Strict):
     """The service's ingest job: log sources read on an interval (rank runs after each)."""
 
     paths: list[str] = Field(default_factory=list)
-    every: Duration = timedelta(minutes=15)
+    every: PositiveDuration = timedelta(minutes=15)
 
 
 class ServeWarmConfig(_Strict):
@@ -266,17 +352,29 @@ class ServeConfig(_Strict):
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     misfire_grace: Duration = timedelta(minutes=5)
     lease_ttl: Duration = timedelta(seconds=60)
-    poll: Duration = timedelta(seconds=30)
+    poll: PositiveDuration = timedelta(seconds=30)
     shutdown_grace: Duration = timedelta(seconds=8)
-    retention: Duration = timedelta(days=35)
+    retention: PositiveDuration = timedelta(days=35)
     time_scale: float = Field(default=1.0, gt=0, le=100_000)
-    time_origin: datetime | None = None
-    time_anchor: datetime | None = None
+    time_origin: LaxDatetime = None
+    time_anchor: LaxDatetime = None
     ingest: ServeIngestConfig = ServeIngestConfig()
     warm: ServeWarmConfig = ServeWarmConfig()
     refresh: ServeCronConfig = ServeCronConfig(cron="0 5 * * *")
     verify: ServeVerifyConfig = ServeVerifyConfig(cron="0 6 * * 0")
     prune: ServeCronConfig = ServeCronConfig(cron="30 4 * * *")
+
+    @field_validator("metrics_host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        return _check_host(v)
+
+    @field_validator("misfire_grace")
+    @classmethod
+    def _grace(cls, v: timedelta) -> timedelta:
+        if v < timedelta(seconds=1):
+            raise ValueError("must be at least 1s (the scheduler counts whole seconds)")
+        return v
 
     @field_validator("time_origin", "time_anchor")
     @classmethod
@@ -388,10 +486,38 @@ class Config(_Strict):
         return self.regions[name]
 
 
-def _check_url(v: str) -> str:
+def _check_url(v: str, use: str = "") -> str:
+    """An http(s) URL with a host and no user or password in it: the message points to
+    ``use`` (default: the credentials table) and never repeats the password."""
+    shown = mask_url(v)
     if not (v.startswith("http://") or v.startswith("https://")):
-        raise ValueError(f"{v!r} is not an http(s) URL")
+        raise ValueError(f"{_show(shown)} is not an http(s) URL")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in v):
+        raise ValueError(f"{_show(shown)}: a URL cannot hold spaces or control characters")
+    try:
+        parts = urlsplit(v)
+        parts.port  # noqa: B018 (raises on a port out of range)
+    except ValueError:
+        raise ValueError(f"{_show(shown)} is not a valid URL (host or port)") from None
+    if "@" in parts.netloc:
+        use = use or f"the credentials table beside url ({_CREDENTIAL_KEYS})"
+        raise ValueError(f"{_show(shown)}: a user or password never goes in a URL; use {use}")
+    if not parts.hostname:
+        raise ValueError(f"{_show(shown)} names no host")
     return v.rstrip("/")
+
+
+def _check_host(v: str) -> str:
+    """An IP address or a DNS host name (``metrics_host``)."""
+    try:
+        ipaddress.ip_address(v)
+        return v
+    except ValueError:
+        pass
+    label = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    if len(v) > 253 or not re.fullmatch(rf"{label}(?:\.{label})*\.?", v):
+        raise ValueError(f"{_show(v)} is not an IP address or host name")
+    return v
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -401,6 +527,8 @@ def _loc(loc: tuple[int | str, ...]) -> str:
             out += f"[{part}]"
         elif part.startswith("function-") or part in ("function-after", "function-before"):
             continue
+        elif not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", part):  # a quoted TOML key: quoted here
+            out += f"[{_show(part)}]"
         else:
             out += f".{part}" if out else str(part)
     return out
@@ -412,6 +540,9 @@ def _messages(exc: ValidationError) -> Iterator[str]:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif err["type"].endswith("_type") and "input" in err:
+            # The type given, never the value (it may be a secret written in the wrong place).
+            msg += f" (got {_TOML.get(type(err['input']).__name__, 'another type')})"
         yield f"{where}: {msg}" if where else msg
 
 
@@ -420,7 +551,10 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         return Config.model_validate(data)
     except ValidationError as exc:
         lines = list(_messages(exc))
-        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+        text = "; ".join(lines)
+        for c in "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029":  # one line, whatever keys hold
+            text = text.replace(c, repr(c)[1:-1])
+        raise ConfigError(f"{source}: {text}") from None
 
 
 def load(path: str | Path) -> Config:

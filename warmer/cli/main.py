@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from typing import Any
 
 import click
 
-from warmer.cli.common import CONTEXT_SETTINGS, Usage, configure_logging
+from warmer.cli.common import CONTEXT_SETTINGS, BadInput, Usage, WorkFailed, configure_logging
 
 # Command name -> (the module under warmer.cli that defines it in ``commands``, its summary).
 # Modules are imported only when their command runs, so `warmer ref` and `warmer --help` do
@@ -70,7 +71,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "refresh": (
         "warmer.cli.fresh",
-        "Re-resolve tracked tags (HEAD only) and warm what moved or expires soon.",
+        "Re-resolve tracked tags (HEAD only) and warm what moved or expired.",
     ),
     "drift": (
         "warmer.cli.fresh",
@@ -82,7 +83,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "verify": (
         "warmer.cli.fresh",
-        "Re-read and hash what the tiers hold; compare their tags with the upstream.",
+        "Find what the mirrors lost, re-read and hash the rest, compare tags upstream.",
+    ),
+    "reconcile": (
+        "warmer.cli.fresh",
+        "Correct the ledger with what the mirrors really hold, without warming.",
     ),
     "serve": (
         "warmer.cli.serve",
@@ -111,6 +116,17 @@ class LazyGroup(click.Group):
                 return command
         raise RuntimeError(f"{module} does not define the command {cmd_name!r}")
 
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; a credential source or a database that cannot be used (raised
+        from deep inside the work) becomes one line and exit 2 (bad config) or 1."""
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            mapped = _mapped(exc)
+            if mapped is None:
+                raise
+            raise mapped from None
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list from the summaries above, importing no command module."""
         names = self.list_commands(ctx)
@@ -118,6 +134,22 @@ class LazyGroup(click.Group):
         rows = [(name, _shorten(COMMANDS[name][1], limit)) for name in names]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+def _mapped(exc: Exception) -> click.ClickException | None:
+    """The CLI error for an exception of a lower layer that is bad input or failed work."""
+    # Imported here: only a failing command pays for them.
+    from warmer.oci.auth import CredentialsError
+    from warmer.store.dburl import DatabaseUnavailable, DatabaseURLError
+
+    if isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        inner = exc.exceptions[0]
+        return _mapped(inner) if isinstance(inner, Exception) else None
+    if isinstance(exc, CredentialsError | DatabaseURLError):
+        return BadInput(str(exc))
+    if isinstance(exc, DatabaseUnavailable):
+        return WorkFailed(str(exc))
+    return None
 
 
 def _shorten(text: str, limit: int) -> str:

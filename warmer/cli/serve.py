@@ -8,7 +8,14 @@ from typing import Any
 
 import click
 
-from warmer.cli.common import CONTEXT_SETTINGS, BadInput, configure_logging, emit_json, json_option
+from warmer.cli.common import (
+    CONTEXT_SETTINGS,
+    BadInput,
+    WorkFailed,
+    configure_logging,
+    emit_json,
+    json_option,
+)
 from warmer.cli.config import load_config
 from warmer.config import Config, ConfigError
 from warmer.store.ledger import utcnow
@@ -37,6 +44,20 @@ def _scope(
         raise BadInput(str(exc)) from None
     chosen = list(dict.fromkeys(regions)) or sorted(cfg.regions)
     return chosen, (not regions) if global_jobs is None else global_jobs
+
+
+def _check_credentials(cfg: Config, regions: list[str]) -> None:
+    """Read every credential source the served regions' chains use, once, before serving: a
+    source that cannot be used is exit 2 now (one line naming the registry and the source),
+    not a failure of every job for as long as the service runs."""
+    from warmer.warm.resolve import credentials
+
+    mirrors = {m for r in regions for top in cfg.regions[r].mirrors for m in cfg.chain(top)}
+    for name in sorted(mirrors):
+        credentials(cfg.mirrors[name].credentials, cfg.mirrors[name].url, f"mirrors.{name}")
+    for name in sorted({cfg.upstream_of(m) for m in mirrors}):
+        up = cfg.upstreams[name]
+        credentials(up.credentials, up.url, f"upstreams.{name}")
 
 
 @click.command("serve", context_settings=CONTEXT_SETTINGS)
@@ -75,15 +96,20 @@ def serve_command(
     """
     cfg = load_config(ctx)
     chosen, run_global = _scope(cfg, regions, global_jobs)
+    _check_credentials(cfg, chosen)
     root = ctx.find_root().params
     configure_logging(
         log_format or root.get("log_format") or "text", max(1, root.get("verbose", 0))
     )
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    from jobs.metrics import MetricsServerError
     from jobs.service import Service
 
     service = Service(cfg, chosen, global_jobs=run_global, metrics_port=metrics_port)
-    asyncio.run(service.serve())
+    try:
+        asyncio.run(service.serve())
+    except MetricsServerError as exc:
+        raise (BadInput if exc.bad_config else WorkFailed)(str(exc)) from None
 
 
 @click.command("jobs", context_settings=CONTEXT_SETTINGS)
@@ -97,9 +123,9 @@ def jobs_command(
     """List the service's jobs, their next run times and who holds their lease now."""
     cfg = load_config(ctx)
     chosen, run_global = _scope(cfg, regions, global_jobs)
-    from jobs.leases import Leases
     from jobs.schedule import Clock
     from jobs.service import job_specs, next_runs
+    from warmer.store.leases import Leases
 
     now = utcnow()
     clock = Clock.make(now, cfg.serve.time_scale, cfg.serve.time_origin, cfg.serve.time_anchor)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from warmer.oci.validate import InvalidValue, check_digest, check_media_type, check_size
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -34,6 +37,8 @@ DEFAULT_PLATFORM_TEXT = "linux/amd64"
 _ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "armhf": "arm"}
 # Variants that are the default for their architecture, so "linux/arm64" == "linux/arm64/v8".
 _DEFAULT_VARIANT = {"arm64": "v8", "amd64": "v1"}
+# What an index's platform fields may hold (os, architecture, variant: "linux", "arm64", "v8").
+_PLATFORM_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
 
 
 class ManifestFormatError(ValueError):
@@ -83,13 +88,18 @@ class Platform:
         return cls(parts[0], arch, parts[2] if len(parts) == 3 else None)
 
     @classmethod
-    def from_json(cls, data: Any) -> Platform | None:
+    def from_json(cls, data: Any, where: str = "platform") -> Platform | None:
+        """A descriptor's ``platform`` object; ``None`` when absent or without os and
+        architecture. A field that is there but not a plain word is a ManifestFormatError
+        (it would end up in messages and choices)."""
         if not isinstance(data, dict):
             return None
-        os_, arch = data.get("os"), data.get("architecture")
+        os_, arch, variant = data.get("os"), data.get("architecture"), data.get("variant")
         if not isinstance(os_, str) or not isinstance(arch, str):
             return None
-        variant = data.get("variant")
+        for value in (os_, arch, variant) if isinstance(variant, str) else (os_, arch):
+            if not _PLATFORM_WORD.fullmatch(value):
+                raise ManifestFormatError(f"{where}: invalid platform field {value[:40]!r}")
         return cls(
             os_, _ARCH_ALIASES.get(arch, arch), variant if isinstance(variant, str) else None
         )
@@ -115,17 +125,29 @@ class Descriptor:
     def from_json(cls, data: Any, where: str) -> Descriptor:
         if not isinstance(data, dict):
             raise ManifestFormatError(f"{where}: descriptor is not an object")
-        digest, size = data.get("digest"), data.get("size")
-        if not isinstance(digest, str) or ":" not in digest:
-            raise ManifestFormatError(f"{where}: descriptor without a valid digest")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise ManifestFormatError(f"{where}: descriptor {digest} without a valid size")
+        try:
+            digest = check_digest(data.get("digest"), "digest")
+        except InvalidValue as exc:
+            raise ManifestFormatError(
+                f"{where}: descriptor without a valid digest ({exc})"
+            ) from None
+        try:
+            size = check_size(data.get("size"), "size")
+        except InvalidValue as exc:
+            raise ManifestFormatError(
+                f"{where}: descriptor {digest} without a valid size ({exc})"
+            ) from None
         media_type = data.get("mediaType")
+        if media_type is not None:
+            try:
+                media_type = check_media_type(media_type, "mediaType")
+            except InvalidValue as exc:
+                raise ManifestFormatError(f"{where}: descriptor {digest}: {exc}") from None
         return cls(
-            media_type if isinstance(media_type, str) else "",
+            media_type or "",
             digest,
             size,
-            Platform.from_json(data.get("platform")),
+            Platform.from_json(data.get("platform"), f"{where} platform"),
         )
 
 
@@ -157,7 +179,7 @@ class Manifest:
             return []
         return [
             Descriptor.from_json(d, f"manifest {self.digest} entry {i}")
-            for i, d in enumerate(self.data.get("manifests") or [])
+            for i, d in enumerate(_list(self.data, "manifests", self.digest))
         ]
 
     @property
@@ -172,8 +194,21 @@ class Manifest:
             return []
         return [
             Descriptor.from_json(d, f"manifest {self.digest} layer {i}")
-            for i, d in enumerate(self.data.get("layers") or [])
+            for i, d in enumerate(_list(self.data, "layers", self.digest))
         ]
+
+
+def _list(data: dict[str, Any], key: str, digest: str) -> list[Any]:
+    value = data.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ManifestFormatError(f"manifest {digest}: {key!r} is not a list")
+    return value
+
+
+#: The largest manifest read (OCI's distribution spec has registries accept at least 4 MiB).
+MAX_MANIFEST = 4 * 1024 * 1024
 
 
 def parse_manifest(body: bytes, digest: str, content_type: str | None) -> Manifest:
@@ -181,15 +216,19 @@ def parse_manifest(body: bytes, digest: str, content_type: str | None) -> Manife
     ctype = (content_type or "").split(";", 1)[0].strip().lower()
     if ctype in SCHEMA1_TYPES:
         raise SchemaOneManifest(f"manifest {digest} is Docker schema 1 ({ctype}), not supported")
+    if len(body) > MAX_MANIFEST:
+        raise ManifestFormatError(f"manifest {digest} is larger than {MAX_MANIFEST} bytes")
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, a number too long, too deep
         raise ManifestFormatError(f"manifest {digest} is not JSON") from None
     if not isinstance(data, dict):
         raise ManifestFormatError(f"manifest {digest} is not a JSON object")
     if data.get("schemaVersion") == 1:
         raise SchemaOneManifest(f"manifest {digest} is Docker schema 1, not supported")
-    body_type = data.get("mediaType") if isinstance(data.get("mediaType"), str) else None
+    body_type = data.get("mediaType")
+    if body_type is not None and not isinstance(body_type, str):
+        raise ManifestFormatError(f"manifest {digest} has a mediaType that is not a string")
     media_type = body_type or (ctype if ctype in INDEX_TYPES | IMAGE_TYPES else None)
     if media_type is None:
         # OCI allows mediaType to be absent; tell index from image by shape.
@@ -198,9 +237,8 @@ def parse_manifest(body: bytes, digest: str, content_type: str | None) -> Manife
         elif "layers" in data and "config" in data:
             media_type = OCI_MANIFEST
     if media_type not in INDEX_TYPES | IMAGE_TYPES:
-        raise ManifestFormatError(
-            f"manifest {digest} has unsupported media type {media_type or ctype or 'unknown'!r}"
-        )
+        shown = (media_type or ctype or "unknown")[:80]
+        raise ManifestFormatError(f"manifest {digest} has unsupported media type {shown!r}")
     manifest = Manifest(digest, media_type, body, data)
     # Validate descriptors now so later property access cannot fail half-way.
     _ = manifest.manifests, manifest.config, manifest.layers

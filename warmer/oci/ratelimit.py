@@ -17,7 +17,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-_VALUE_RE = re.compile(r"^\s*(\d+)\s*(?:;\s*w\s*=\s*(\d+)\s*)?(?:;.*)?$")
+# ASCII digits, at most 12 of them (a quota or window of more is not believed); used with
+# ``fullmatch``. Whatever else a proxy or a hostile registry sends reads as "no value".
+_VALUE_RE = re.compile(
+    r"[ \t]*([0-9]{1,12})[ \t]*(?:;[ \t]*w[ \t]*=[ \t]*([0-9]{1,12})[ \t]*)?(?:;[^\r\n]*)?",
+    re.ASCII,
+)
+# What docker-ratelimit-source may hold (an address or an account id); else it is dropped.
+_SOURCE_RE = re.compile(r"[0-9A-Za-z.:_-]{1,64}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,7 @@ def _parse_value(text: str | None) -> tuple[int | None, int | None]:
         return None, None
     # Some proxies join repeated headers with commas; the first entry is the quota.
     first = text.split(",", 1)[0]
-    m = _VALUE_RE.match(first)
+    m = _VALUE_RE.fullmatch(first)
     if m is None:
         return None, None
     return int(m.group(1)), int(m.group(2)) if m.group(2) else None
@@ -75,5 +82,5 @@ def parse_ratelimit(headers: Mapping[str, str]) -> RateLimit | None:
         window_seconds=window,
         remaining=remaining,
         remaining_window=remaining_window,
-        source=source.strip() if source else None,
+        source=source.strip() if source and _SOURCE_RE.fullmatch(source.strip()) else None,
     )

@@ -29,13 +29,24 @@ _DOMAIN = rf"{_HOST}(?::[0-9]+)?"
 _TAG = r"[\w][\w.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*[:][0-9a-fA-F]{32,}"
 
-_DOMAIN_RE = re.compile(rf"^{_DOMAIN}$")
-_PATH_RE = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*$")
-_TAG_RE = re.compile(rf"^{_TAG}$", re.ASCII)
-_DIGEST_RE = re.compile(rf"^{_DIGEST}$")
-_ANCHORED_HEX64 = re.compile(r"^[a-f0-9]{64}$")
-_SHA256_HEX = re.compile(r"^[a-f0-9]{64}$")
-_SHA512_HEX = re.compile(r"^[a-f0-9]{128}$")
+# Used with ``fullmatch`` only: ``$`` would let a trailing newline through.
+_DOMAIN_RE = re.compile(_DOMAIN, re.ASCII)
+_PATH_RE = re.compile(rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*", re.ASCII)
+_TAG_RE = re.compile(_TAG, re.ASCII)
+_DIGEST_RE = re.compile(_DIGEST, re.ASCII)
+_ANCHORED_HEX64 = re.compile(r"[a-f0-9]{64}")
+_SHA256_HEX = re.compile(r"[a-f0-9]{64}")
+_SHA512_HEX = re.compile(r"[a-f0-9]{128}")
+
+
+def is_tag(text: str) -> bool:
+    """``text`` is a tag of the reference grammar."""
+    return _TAG_RE.fullmatch(text) is not None
+
+
+def is_repository_path(text: str) -> bool:
+    """``text`` is a repository path of the reference grammar (``library/ubuntu``)."""
+    return _PATH_RE.fullmatch(text) is not None
 
 
 class InvalidReference(ValueError):
@@ -85,7 +96,7 @@ class Reference:
         return Reference(self.registry, self.repository, self.tag, digest)
 
     def with_tag(self, tag: str) -> Reference:
-        if not _TAG_RE.match(tag):
+        if not _TAG_RE.fullmatch(tag):
             raise InvalidReference(tag, "invalid tag")
         return Reference(self.registry, self.repository, tag, None)
 
@@ -103,11 +114,11 @@ class Reference:
 
 def _check_digest(text: str, digest: str) -> None:
     algorithm, colon, hexpart = digest.partition(":")
-    if colon and algorithm == "sha256" and not _SHA256_HEX.match(hexpart):
+    if colon and algorithm == "sha256" and not _SHA256_HEX.fullmatch(hexpart):
         raise InvalidReference(text, "a sha256 digest must be 64 lower-case hex characters")
-    if colon and algorithm == "sha512" and not _SHA512_HEX.match(hexpart):
+    if colon and algorithm == "sha512" and not _SHA512_HEX.fullmatch(hexpart):
         raise InvalidReference(text, "a sha512 digest must be 128 lower-case hex characters")
-    if not _DIGEST_RE.match(digest):
+    if not _DIGEST_RE.fullmatch(digest):
         raise InvalidReference(text, f"invalid digest {digest!r} (expected algorithm:hex)")
 
 
@@ -138,7 +149,7 @@ def parse(text: str) -> Reference:
         raise InvalidReference(text, "empty reference")
     if text != text.strip():
         raise InvalidReference(text, "leading or trailing whitespace")
-    if _ANCHORED_HEX64.match(text):
+    if _ANCHORED_HEX64.fullmatch(text):
         raise InvalidReference(
             text, "a bare 64-character hex string is an image ID, not a repository name"
         )
@@ -154,7 +165,7 @@ def parse(text: str) -> Reference:
         remote, tag = remote[:colon], remote[colon + 1 :]
         if not tag:
             raise InvalidReference(text, "empty tag after ':'")
-        if not _TAG_RE.match(tag):
+        if not _TAG_RE.fullmatch(tag):
             raise InvalidReference(
                 text, f"invalid tag {tag!r} (allowed: [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})"
             )
@@ -162,13 +173,13 @@ def parse(text: str) -> Reference:
         raise InvalidReference(text, "missing repository name")
 
     domain, path = _split_domain(remote)
-    if not _DOMAIN_RE.match(domain):
+    if not _DOMAIN_RE.fullmatch(domain):
         raise InvalidReference(text, f"invalid registry host {domain!r}")
     if not path:
         raise InvalidReference(text, "missing repository path after the registry host")
     if path.lower() != path:
         raise InvalidReference(text, f"repository name {path!r} must be lower-case")
-    if not _PATH_RE.match(path):
+    if not _PATH_RE.fullmatch(path):
         raise InvalidReference(
             text,
             f"invalid repository name {path!r} (components are lower-case letters and digits "

@@ -36,7 +36,9 @@ from warmer.oci.manifest import (
 )
 from warmer.oci.ratelimit import RateLimit
 from warmer.oci.transport import (
+    MAX_ERROR_BODY,
     DigestMismatch,
+    InvalidResponse,
     NoMatchingPlatform,
     NotFound,
     RateLimited,
@@ -49,7 +51,16 @@ from warmer.oci.transport import (
     _detail,
     _is_digest,
     _Retry,
+    read_at_most,
     safe_url,
+)
+from warmer.oci.validate import (
+    InvalidValue,
+    check_content_type,
+    check_digest,
+    check_repository,
+    check_size_text,
+    check_tag,
 )
 
 __all__ = [
@@ -57,6 +68,7 @@ __all__ = [
     "Descriptor",
     "DigestMismatch",
     "ImageTree",
+    "InvalidResponse",
     "Manifest",
     "ManifestHead",
     "NoMatchingPlatform",
@@ -77,6 +89,13 @@ UPLOAD_CHUNK = 16 * 1024 * 1024  # bytes per PATCH of a streamed upload
 MAX_TAG_PAGES = 1000
 
 
+def served_from_storage(headers: httpx.Headers) -> bool:
+    """Whether a blob answer came from the registry's own storage: CNCF distribution serves
+    a stored blob through Go's file server (``Accept-Ranges``, ``Cache-Control``) and relays
+    one it does not hold from its parent without them (measured on 2.8, HEAD and GET)."""
+    return "accept-ranges" in headers or "cache-control" in headers
+
+
 class RegistryClient(RegistryTransport):
     """The distribution API of one registry at ``base_url`` (e.g. ``http://127.0.0.1:5000``).
 
@@ -89,6 +108,35 @@ class RegistryClient(RegistryTransport):
 
     def _path(self, repository: str, kind: str, reference: str = "") -> str:
         return f"/v2/{repository}/{kind}/{reference}"
+
+    # --- values from the registry's headers, checked ------------------------------------
+
+    def _digest_header(self, resp: httpx.Response, what: str) -> str | None:
+        """Docker-Content-Digest, checked; ``None`` when absent or empty."""
+        value = resp.headers.get("docker-content-digest")
+        if not value:
+            return None
+        try:
+            return check_digest(value, "Docker-Content-Digest")
+        except InvalidValue as exc:
+            raise self.invalid(what, exc) from None
+
+    def _type_header(self, resp: httpx.Response, what: str) -> str:
+        """Content-Type's media type without parameters, checked; ``""`` when absent."""
+        try:
+            return check_content_type(resp.headers.get("content-type"))
+        except InvalidValue as exc:
+            raise self.invalid(what, exc) from None
+
+    def _length_header(self, resp: httpx.Response, what: str) -> int:
+        """Content-Length, checked; 0 when absent."""
+        value = resp.headers.get("content-length")
+        if value is None:
+            return 0
+        try:
+            return check_size_text(value, "Content-Length")
+        except InvalidValue as exc:
+            raise self.invalid(what, exc) from None
 
     async def ping(self) -> None:
         """``GET /v2/``: succeeds when the registry answers and accepts our credentials."""
@@ -104,8 +152,9 @@ class RegistryClient(RegistryTransport):
             what,
             headers={"Accept": MANIFEST_ACCEPT},
         )
-        digest = resp.headers.get("docker-content-digest")
-        media_type = resp.headers.get("content-type", "").split(";", 1)[0].strip()
+        digest = self._digest_header(resp, what)
+        media_type = self._type_header(resp, what)
+        size = self._length_header(resp, what)
         if media_type in SCHEMA1_TYPES:
             raise UnsupportedManifest(f"{what} at {self.url} is Docker schema 1, not supported")
         if _is_digest(reference) and digest and digest != reference:
@@ -117,7 +166,6 @@ class RegistryClient(RegistryTransport):
             log.debug("%s: no Docker-Content-Digest on HEAD, falling back to GET", what)
             m = await self.get_manifest(repository, reference)
             return ManifestHead(m.digest, m.media_type, m.size)
-        size = int(resp.headers.get("content-length") or 0)
         return ManifestHead(digest, media_type, size)
 
     async def get_manifest(self, repository: str, reference: str) -> Manifest:
@@ -135,13 +183,14 @@ class RegistryClient(RegistryTransport):
             headers={"Accept": MANIFEST_ACCEPT},
         )
         body = resp.content
-        ctype = resp.headers.get("content-type", "").split(";", 1)[0].strip()
+        ctype = self._type_header(resp, what)
         if ctype in SCHEMA1_TYPES:
             raise UnsupportedManifest(
                 f"{what} at {self.url} is Docker schema 1 ({ctype}), not supported; "
                 "re-push it as Docker v2 schema 2 or OCI"
             )
-        expected = reference if _is_digest(reference) else resp.headers.get("docker-content-digest")
+        announced = self._digest_header(resp, what)
+        expected = reference if _is_digest(reference) else announced
         try:
             actual = digest_of(body, expected or "sha256:0")
         except ManifestFormatError as exc:
@@ -205,7 +254,7 @@ class RegistryClient(RegistryTransport):
     async def blob_size(self, repository: str, digest: str) -> int | None:
         """HEAD a blob: its size, or ``None`` when the registry does not have it."""
         resp = await self._blob_head(repository, digest, [repository_scope(repository, "pull")])
-        return None if resp is None else int(resp.headers.get("content-length") or 0)
+        return None if resp is None else self._length_header(resp, f"blob {repository}@{digest}")
 
     async def blob_stored(self, repository: str, digest: str) -> bool | None:
         """HEAD a blob through a pull-through mirror: did it answer from its own storage?
@@ -218,7 +267,7 @@ class RegistryClient(RegistryTransport):
         resp = await self._blob_head(repository, digest, [repository_scope(repository, "pull")])
         if resp is None:
             return None
-        return "accept-ranges" in resp.headers or "cache-control" in resp.headers
+        return served_from_storage(resp.headers)
 
     async def fetch_blob(
         self,
@@ -227,9 +276,13 @@ class RegistryClient(RegistryTransport):
         *,
         sink: Callable[[bytes], None] | None = None,
         on_bytes: Callable[[int], Awaitable[None]] | None = None,
+        on_answer: Callable[[bool], None] | None = None,
         chunk_size: int = 256 * 1024,
     ) -> int:
         """Stream a blob, hashing on the fly; returns its size, or raises DigestMismatch.
+
+        ``on_answer(stored)`` is called once, with whether the first answer came from the
+        registry's own storage (see :func:`served_from_storage`).
 
         ``on_bytes(n)`` is awaited after each chunk read (a bandwidth throttle goes there);
         ``sink`` receives the verified-so-far bytes in order. A connection lost mid-blob is
@@ -238,8 +291,8 @@ class RegistryClient(RegistryTransport):
         """
         what = f"blob {repository}@{digest}"
         try:
-            hasher = new_hasher(digest)
-        except ManifestFormatError as exc:
+            hasher = new_hasher(check_digest(digest))
+        except (InvalidValue, ManifestFormatError) as exc:
             raise RegistryError(f"{what}: {exc}") from None
         url = httpx.URL(self.url + self._path(repository, "blobs", digest))
         scopes = [repository_scope(repository, "pull")]
@@ -251,12 +304,16 @@ class RegistryClient(RegistryTransport):
             resp = await self._attempt("GET", url, scopes, headers, stream=True)
             try:
                 if resp.status_code == 404:
-                    await resp.aread()
+                    resp = await read_at_most(resp, MAX_ERROR_BODY)
                     raise NotFound(f"{what} not found at {self.url} ({_detail(resp)})")
                 if resp.status_code not in (200, 206):
-                    await resp.aread()
-                    raise RegistryError(f"{what}: unexpected answer ({_detail(resp)})")
+                    resp = await read_at_most(resp, MAX_ERROR_BODY)
+                    raise RegistryError(
+                        f"{what}: unexpected answer from {self.url} ({_detail(resp)})"
+                    )
                 skip = received if resp.status_code == 200 else 0
+                if on_answer is not None and not received:
+                    on_answer(served_from_storage(resp.headers))
                 async for chunk in resp.aiter_bytes(chunk_size):
                     if on_bytes is not None:
                         await on_bytes(len(chunk))
@@ -290,17 +347,70 @@ class RegistryClient(RegistryTransport):
         for _ in range(MAX_TAG_PAGES):
             if path is None:
                 return tags
-            resp = await self._call(
-                "GET", path, [repository_scope(repository, "pull")], f"tags of {repository}"
-            )
-            try:
-                page = json.loads(resp.content).get("tags") or []
-            except (ValueError, AttributeError):
-                raise RegistryError(f"tags of {repository}: answer is not a tag list") from None
-            tags.extend(t for t in page if isinstance(t, str))
+            what = f"tags of {repository}"
+            resp = await self._call("GET", path, [repository_scope(repository, "pull")], what)
+            tags.extend(self._tag_page(resp, what))
             nxt = resp.links.get("next", {}).get("url")
-            path = str(resp.url.join(nxt)) if nxt else None
+            path = None
+            if nxt:
+                url = self.follow(resp, nxt, what)
+                if not self._same_origin(url):
+                    raise InvalidResponse(
+                        f"{what}: {self.url} sent a next page at another host ({safe_url(url)})"
+                    )
+                path = str(url)
         raise RegistryError(f"tags of {repository}: more than {MAX_TAG_PAGES} pages")
+
+    def _tag_page(self, resp: httpx.Response, what: str) -> list[str]:
+        """The tags of one page of a tag list, each checked against the tag grammar."""
+        try:
+            data = json.loads(resp.content)
+        except (ValueError, RecursionError):
+            raise InvalidResponse(f"{what}: {self.url} sent something other than JSON") from None
+        page = data.get("tags") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or not isinstance(page, list | None):
+            raise InvalidResponse(f"{what}: {self.url} sent something other than a tag list")
+        try:
+            if data.get("name") is not None:
+                check_repository(data["name"], "repository name")
+            return [check_tag(t, "tag") for t in page or []]
+        except InvalidValue as exc:
+            raise self.invalid(what, exc) from None
+
+    async def catalog(self, *, page_size: int = 1000) -> list[str]:
+        """The repositories the registry lists (``GET /v2/_catalog``, paged). A pull-through
+        CNCF distribution lists the repositories in its own storage (measured on 2.8): what
+        a wiped or replaced cache lost shows here without asking its parent for anything."""
+        names: list[str] = []
+        what = "repository catalog"
+        path: str | None = f"/v2/_catalog?n={page_size}"
+        for _ in range(MAX_TAG_PAGES):
+            if path is None:
+                return names
+            resp = await self._call("GET", path, ["registry:catalog:*"], what)
+            try:
+                data = json.loads(resp.content)
+            except (ValueError, RecursionError):
+                raise InvalidResponse(
+                    f"{what}: {self.url} sent something other than JSON"
+                ) from None
+            page = data.get("repositories") if isinstance(data, dict) else None
+            if not isinstance(page, list | None):
+                raise InvalidResponse(f"{what}: {self.url} sent something other than a catalog")
+            try:
+                names += [check_repository(n, "repository name") for n in page or []]
+            except InvalidValue as exc:
+                raise self.invalid(what, exc) from None
+            nxt = resp.links.get("next", {}).get("url")
+            path = None
+            if nxt:
+                url = self.follow(resp, nxt, what)
+                if not self._same_origin(url):
+                    raise InvalidResponse(
+                        f"{what}: {self.url} sent a next page at another host ({safe_url(url)})"
+                    )
+                path = str(url)
+        raise RegistryError(f"{what}: more than {MAX_TAG_PAGES} pages")
 
     # --- pushing (seeding the sandbox, importing bundles) --------------------------------
 
@@ -372,8 +482,8 @@ class RegistryClient(RegistryTransport):
     def _location(self, resp: httpx.Response, what: str) -> str:
         location = resp.headers.get("location")
         if not location:
-            raise RegistryError(f"{what}: the registry gave no upload location")
-        return str(resp.url.join(location))
+            raise RegistryError(f"{what}: {self.url} gave no upload location")
+        return str(self.follow(resp, location, what))
 
     async def mount_blob(self, repository: str, digest: str, from_repository: str) -> bool:
         """Cross-repository mount; ``False`` when the registry would rather take an upload."""
@@ -398,7 +508,7 @@ class RegistryClient(RegistryTransport):
             try:
                 await self._call(
                     "DELETE",
-                    str(resp.url.join(location)),
+                    str(self.follow(resp, location, what)),
                     scopes,
                     what,
                     ok=(204, 404),
@@ -423,7 +533,7 @@ class RegistryClient(RegistryTransport):
             content=body,
         )
         computed = sha256_digest(body)
-        announced = resp.headers.get("docker-content-digest")
+        announced = self._digest_header(resp, what)
         if announced and announced.startswith("sha256:") and announced != computed:
             raise DigestMismatch(what, computed, announced)
         return announced or computed

@@ -14,6 +14,7 @@ import email.utils
 import functools
 import json
 import logging
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,12 +32,17 @@ from tenacity import (
 from warmer.oci import auth
 from warmer.oci.auth import Credentials, CredentialsError, TokenCache
 from warmer.oci.ratelimit import RateLimit, parse_ratelimit
+from warmer.oci.validate import InvalidValue, check_url
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 USER_AGENT = "registry-warmer/0.1"
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
+#: The largest answer body read into memory (manifests, tag lists, errors; not blobs).
+MAX_BODY = 16 * 1024 * 1024
+#: How much of an error answer's body is read for its message.
+MAX_ERROR_BODY = 64 * 1024
 
 
 class RegistryError(Exception):
@@ -72,6 +78,11 @@ class UnsupportedManifest(RegistryError):
     pass
 
 
+class InvalidResponse(RegistryError):
+    """The registry answered with a value that fails its grammar (a digest, a size, a media
+    type, a tag, a URL, an auth challenge): nothing of that answer is used."""
+
+
 class TransientError(RegistryError):
     """A transient failure that persisted through every retry."""
 
@@ -94,6 +105,47 @@ def safe_url(url: str | httpx.URL) -> str:
     return str(u.copy_with(userinfo=b"", query=None, fragment=None))
 
 
+async def read_at_most(
+    resp: httpx.Response, limit: int, what: str = "", registry: str = ""
+) -> httpx.Response:
+    """The answer with its body read into memory, decoded: at most ``limit`` bytes, the rest
+    left unread when ``what`` is empty (an error's text), else InvalidResponse naming
+    ``what`` and the ``registry`` (a body that large is not what was asked for)."""
+    body = bytearray()
+    try:
+        async for chunk in resp.aiter_bytes():
+            body += chunk
+            if len(body) > limit:
+                break
+    except httpx.TransportError as exc:
+        raise _Retry(type(exc).__name__, safe_url(resp.url)) from None
+    finally:
+        await resp.aclose()
+    if len(body) > limit:
+        if what:
+            raise InvalidResponse(
+                f"{registry} sent more than {limit} bytes for {what}; not read further"
+            )
+        del body[limit:]
+    # Decoded already: the new answer must not name an encoding to decode again.
+    # Raw bytes: a header that is not ASCII must reach the checks, not fail a re-encoding.
+    headers = [(k, v) for k, v in resp.headers.raw if k.lower() != b"content-encoding"]
+    return httpx.Response(
+        resp.status_code, headers=headers, content=bytes(body), request=resp.request
+    )
+
+
+def _bad_location(exc: Exception) -> bool:
+    return isinstance(exc, httpx.RemoteProtocolError) and "location header" in str(exc).lower()
+
+
+def _no_query(text: str) -> str:
+    """``text`` without what follows ``?`` or ``#`` and without user info: messages never
+    show a query (a pre-signed URL carries its signature there) or a password."""
+    text = re.split(r"[?#]", text, maxsplit=1)[0]
+    return re.sub(r"//[^/@]*@", "//", text)
+
+
 def check_base_url(base_url: str) -> str:
     """``base_url`` without a trailing slash; ValueError unless it is ``http(s)://host[:port]``."""
     try:
@@ -111,28 +163,42 @@ def _is_digest(reference: str) -> bool:
     return ":" in reference
 
 
+#: The longest Retry-After believed (a day): a larger one is read as a day.
+MAX_RETRY_AFTER = 86400.0
+_DELTA_SECONDS = re.compile(r"[0-9]{1,10}(?:\.[0-9]{1,6})?", re.ASCII)
+
+
 def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), within
+    ``[0, MAX_RETRY_AFTER]``; ``None`` when absent or unreadable."""
     if not value:
         return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
+    value = value.strip()
+    if _DELTA_SECONDS.fullmatch(value):
+        return min(float(value), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        seconds = when.timestamp() - time.time()
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max(when.timestamp() - time.time(), 0.0)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` on one line of printable characters (others become spaces), at most
+    ``limit`` characters: what a registry's own words may look like in a message."""
+    text = "".join(c if c.isprintable() else " " for c in text)
+    return " ".join(text.split())[:limit]
 
 
 def _detail(resp: httpx.Response) -> str:
     """The registry's error code and message, one line, bounded."""
     try:
         errors = json.loads(resp.content).get("errors") or []
-        text = "; ".join(f"{e.get('code', '?')}: {e.get('message', '')}" for e in errors[:3])
-    except (ValueError, AttributeError, httpx.ResponseNotRead):
+        text = "; ".join(f"{e.get('code', '?')}: {e.get('message', '')}" for e in list(errors)[:3])
+    except (ValueError, AttributeError, TypeError, RecursionError, httpx.ResponseNotRead):
         text = ""
-    text = " ".join(text.split())[:200]
+    text = printable(text)
     return f"HTTP {resp.status_code}" + (f" {text}" if text else "")
 
 
@@ -235,7 +301,13 @@ class RegistryTransport:
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise _Retry(f"token server: {type(exc).__name__}", where, unreachable=True) from None
         except httpx.TransportError as exc:
+            if _bad_location(exc):
+                raise self._bad_redirect(request.url) from None
             raise _Retry(f"token server: {type(exc).__name__}", where) from None
+        except httpx.InvalidURL:
+            raise self._bad_redirect(request.url) from None
+        except httpx.TooManyRedirects:
+            raise InvalidResponse(f"too many redirects from the token server {where}") from None
         if resp.status_code >= 500:
             raise _Retry(f"token server HTTP {resp.status_code}", where)
         if resp.status_code != 200:
@@ -269,7 +341,12 @@ class RegistryTransport:
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 raise _Retry(type(exc).__name__, safe_url(url), unreachable=True) from None
             except httpx.TransportError as exc:
+                # httpx reads a redirect's Location even when not following it.
+                if _bad_location(exc):
+                    raise self._bad_redirect(url) from None
                 raise _Retry(type(exc).__name__, safe_url(url)) from None
+            except httpx.InvalidURL:
+                raise self._bad_redirect(url) from None
             if self._same_origin(url):
                 seen = parse_ratelimit(resp.headers)
                 if seen is not None:
@@ -278,7 +355,7 @@ class RegistryTransport:
             if resp.status_code not in REDIRECTS or not location:
                 return resp
             await resp.aclose()
-            url = resp.url.join(location)
+            url = self.follow(resp, location, f"redirect from {safe_url(url)}")
             if resp.status_code == 303:
                 method, content = "GET", None
         raise RegistryError(f"too many redirects from {safe_url(url)}")
@@ -300,6 +377,11 @@ class RegistryTransport:
                 header = resp.headers.get("www-authenticate", "")
                 await resp.aclose()
                 challenge = auth.pick_challenge(auth.parse_www_authenticate(header))
+                if challenge is not None:
+                    try:
+                        auth.check_challenge(challenge, https=self._origin[0] == "https")
+                    except InvalidValue as exc:
+                        raise self.invalid(f"the challenge for {safe_url(url)}", exc) from None
                 if challenge is None or round_ == 1:
                     raise self._unauthorized(url, resp)
                 if authorization is not None and challenge == self._challenge:
@@ -315,7 +397,7 @@ class RegistryTransport:
                 await resp.aclose()
                 raise _Retry(f"HTTP {resp.status_code}", safe_url(url))
             if resp.status_code == 429:
-                await resp.aread()
+                resp = await read_at_most(resp, MAX_ERROR_BODY)
                 raise RateLimited(
                     f"rate limited by {self.url} on {safe_url(url)} ({_detail(resp)})"
                     + (f"; {self.last_ratelimit}" if self.last_ratelimit else ""),
@@ -323,6 +405,31 @@ class RegistryTransport:
                 )
             return resp
         raise AssertionError("unreachable")
+
+    def _bad_redirect(self, url: httpx.URL) -> InvalidResponse:
+        return InvalidResponse(
+            f"{self.url} sent an invalid Location (not a URL) in a redirect from {safe_url(url)}"
+        )
+
+    def invalid(self, what: str, exc: InvalidValue) -> InvalidResponse:
+        """The error for a value from this registry that failed its grammar."""
+        return InvalidResponse(f"{self.url} sent an {exc} (in {what})")
+
+    def follow(self, resp: httpx.Response, location: str, what: str) -> httpx.URL:
+        """A Location header (a redirect, an upload session) joined to the answer's URL:
+        an absolute http(s) URL, or InvalidResponse."""
+        try:
+            joined = resp.url.join(location)
+            check_url(str(joined), "Location")
+        except httpx.InvalidURL:
+            raise self.invalid(
+                what, InvalidValue("Location", _no_query(location), "not a valid URL")
+            ) from None
+        except InvalidValue as exc:
+            raise self.invalid(
+                what, InvalidValue("Location", _no_query(location), exc.why)
+            ) from None
+        return joined
 
     def _unauthorized(self, url: httpx.URL, resp: httpx.Response) -> Unauthorized:
         who = (
@@ -373,8 +480,12 @@ class RegistryTransport:
             url = url.copy_merge_params(params)
 
         async def once() -> httpx.Response:
-            resp = await self._attempt(method, url, scopes, headers, content)
-            if resp.status_code in ok:
+            resp = await self._attempt(method, url, scopes, headers, content, stream=True)
+            ok_status = resp.status_code in ok
+            resp = await read_at_most(
+                resp, MAX_BODY if ok_status else MAX_ERROR_BODY, what if ok_status else "", self.url
+            )
+            if ok_status:
                 return resp
             if resp.status_code == 404:
                 raise NotFound(f"{what} not found at {self.url} ({_detail(resp)})")

@@ -10,16 +10,20 @@ itself at start-up without a separate tool or script directory.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
+from warmer.store import dburl
 from warmer.store.schema import MIGRATIONS
 
 DEFAULT_URL = "sqlite:///warmer.db"
@@ -30,10 +34,19 @@ _LOCK = threading.Lock()
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    # Switching a new file to WAL needs it to itself, and SQLite answers "locked" at once
+    # instead of waiting while another process creates the schema: retry, bounded.
+    for attempt in range(300):
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 299:
+                raise
+            time.sleep(0.1)
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
 
 
@@ -46,20 +59,28 @@ def normalise_url(url: str) -> str:
 
 def engine_for(url: str = DEFAULT_URL) -> Engine:
     """One engine per URL per process, migrated to the newest schema on first use."""
-    url = normalise_url(url)
+    given, url = url, dburl.check_url(url)  # DatabaseURLError (bad input), password masked
     with _LOCK:
         engine = _ENGINES.get(url)
         if engine is not None:
             return engine
-        if url.startswith("sqlite"):
-            path = url.split(":///", 1)[1] if ":///" in url else ""
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-            event.listen(engine, "connect", _sqlite_pragmas)
-        else:
-            engine = create_engine(url, pool_pre_ping=True)
-        migrate(engine)
+        engine = None
+        try:
+            if url.startswith("sqlite"):
+                path = dburl.sqlite_path(url)
+                if path:
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                engine = create_engine(
+                    url, connect_args={"check_same_thread": False, "timeout": 30}
+                )
+                event.listen(engine, "connect", _sqlite_pragmas)
+            else:
+                engine = create_engine(url, pool_pre_ping=True)
+            migrate(engine)
+        except (OSError, sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+            if engine is not None:
+                engine.dispose()
+            raise dburl.unavailable(given, exc) from None  # failed work, one line
         _ENGINES[url] = engine
         return engine
 
@@ -79,6 +100,11 @@ def migrate(engine: Engine) -> dict[str, int]:
         if engine.dialect.name == "postgresql":
             # Several replicas may start at once: serialise migrations.
             conn.execute(text("SELECT pg_advisory_xact_lock(74657201)"))
+        elif engine.dialect.name == "sqlite":
+            # Several processes may start at once on a new file: take the write lock before
+            # reading what is done (Python's sqlite3 runs DDL outside any transaction, so
+            # two first runs both found nothing done and both created the tables).
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         conn.execute(
             text(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("

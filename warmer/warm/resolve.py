@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from warmer.config import Config, ConfigError, CredentialsRef, MirrorConfig
-from warmer.oci.auth import CredentialRef, Credentials, credentials_from_ref
+from warmer.oci.auth import CredentialRef, Credentials, CredentialsError, credentials_from_ref
 from warmer.oci.manifest import ImageTree, Platform
 from warmer.oci.reference import InvalidReference, Reference, parse
 from warmer.oci.registry import RegistryClient, RegistryError
@@ -41,21 +41,26 @@ class Want:
     stay: float = 1.0
 
 
-def credentials(ref: CredentialsRef | None, url: str) -> Credentials | None:
+def credentials(ref: CredentialsRef | None, url: str, where: str = "") -> Credentials | None:
+    """The credentials ``ref`` names; ``where`` (``upstreams.hub``) prefixes a
+    CredentialsError's message, so it names the config key as well as the registry."""
     if ref is None:
         return None
     host = url.split("://", 1)[-1].split("/", 1)[0]
-    return credentials_from_ref(
-        CredentialRef(
-            username=ref.username,
-            username_env=ref.username_env,
-            password_env=ref.password_env,
-            password_file=ref.password_file,
-            token_env=ref.token_env,
-            docker_config=ref.docker_config or False,
-        ),
-        host,
-    )
+    try:
+        return credentials_from_ref(
+            CredentialRef(
+                username=ref.username,
+                username_env=ref.username_env,
+                password_env=ref.password_env,
+                password_file=ref.password_file,
+                token_env=ref.token_env,
+                docker_config=ref.docker_config or False,
+            ),
+            host,
+        )
+    except CredentialsError as exc:
+        raise CredentialsError(f"{where}.credentials: {exc}" if where else str(exc)) from None
 
 
 def mirror_client(config: Config, name: str, url: str | None = None) -> RegistryClient:
@@ -63,7 +68,7 @@ def mirror_client(config: Config, name: str, url: str | None = None) -> Registry
     target = url or m.url
     return RegistryClient(
         target,
-        credentials=credentials(m.credentials, target),
+        credentials=credentials(m.credentials, target, f"mirrors.{name}"),
         retries=config.run.retries,
         timeout=config.run.timeout.total_seconds(),
         verify=m.tls.ca_file or m.tls.verify,
@@ -74,7 +79,7 @@ def upstream_client(config: Config, name: str) -> RegistryClient:
     up = config.upstreams[name]
     return RegistryClient(
         up.url,
-        credentials=credentials(up.credentials, up.url),
+        credentials=credentials(up.credentials, up.url, f"upstreams.{name}"),
         retries=config.run.retries,
         timeout=config.run.timeout.total_seconds(),
         verify=up.tls.ca_file or up.tls.verify,
