@@ -37,11 +37,11 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 
 from jobs import tasks
-from jobs.leases import Held, Leases
 from jobs.metrics import Metrics, start_server
 from jobs.schedule import Clock, CronStartTrigger, EveryTrigger, WindowTrigger
 from jobs.tasks import Context, Summary
 from warmer.config import Config
+from warmer.store.leases import Held, Leases
 from warmer.store.ledger import Ledger, utcnow
 from warmer.warm.prepared import owner
 from warmer.windows import WindowSpec

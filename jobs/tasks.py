@@ -138,7 +138,7 @@ async def warm(ctx: Context, region: str) -> Summary:
     try:
         outcome = await warm_region(
             ctx.config, ledger, region, wants, now=now, resume=Resume.FIRST,
-            deadline=deadline, on_progress=_progress_hook(ctx),
+            deadline=deadline, on_progress=_progress_hook(ctx), wait=True,
         )  # fmt: skip
     finally:
         _account_window(ctx, region, window, time.monotonic() - began)
@@ -311,11 +311,16 @@ async def refresh(ctx: Context, region: str) -> Summary:
 
 
 async def verify(ctx: Context, region: str) -> Summary:
-    """Re-fetch a sample of what the ledger says is warm; see ``warmer.upkeep.verify``."""
+    """Reconcile the ledger with the mirrors, then re-fetch a sample of what is still held;
+    see ``warmer.upkeep.verify``. The reconcile's parent-link cost is bounded by the
+    region's byte budget."""
     from warmer.upkeep.verify import verify as run_verify
 
     sample = ctx.config.serve.verify.sample
-    report = await run_verify(ctx.config, ctx.ledger, region=region, sample=sample, now=utcnow())
+    budget = ctx.config.region(region).budget
+    report = await run_verify(
+        ctx.config, ctx.ledger, region=region, sample=sample, now=utcnow(), budget=budget
+    )
     return {"outcome": "ok" if report.ok else "failed", **_as_dict(report)}
 
 

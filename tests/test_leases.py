@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from jobs.leases import TABLE, Held, Leases
+from warmer.store.leases import TABLE, Held, Leases
 
 TTL = timedelta(seconds=3)
 

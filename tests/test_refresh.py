@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from click.testing import CliRunner, Result
+from sqlmodel import select
 
 from warmer.cli.main import cli
 from warmer.config import load
@@ -32,7 +33,7 @@ from warmer.sandbox.catalogue import Catalogue, Tag, build
 from warmer.sandbox.front import FrontControl, FrontServer, start_front
 from warmer.sandbox.procs import Proc
 from warmer.sandbox.seed import move_tag, seed
-from warmer.store.ledger import Ledger, as_utc
+from warmer.store.ledger import Holding, Ledger, as_utc
 from warmer.upkeep.refresh import refresh
 from warmer.warm.resolve import wants_from_args
 from warmer.warm.run import execute, prepare, start_run
@@ -184,6 +185,12 @@ class Chain:
             lines += [f"[mirrors.{name}]", f'url = "{m["url"]}"', f'parent = "{m["parent"]}"']
             if "ttl" in m:
                 lines.append(f'ttl = "{m["ttl"]}"')
+            if "expiry" in m:
+                lines.append(f'expiry = "{m["expiry"]}"')
+            if "kind" in m:
+                lines.append(f'kind = "{m["kind"]}"')
+            if "bandwidth" in m:
+                lines.append(f'link = {{ bandwidth = "{m["bandwidth"]}" }}')
             if "invalidate" in m:
                 lines.append(f"invalidate = {m['invalidate']}")
         for region, mirrors in self.regions.items():
@@ -395,9 +402,10 @@ def test_stale_metadata_cache_detected_reported_and_invalidated(chain: Chain) ->
 # --- 3. TTL: renewal before expiry, expired rows never count ---------------------------------
 
 
-def test_ttl_renewal_and_expiry(chain: Chain) -> None:
+def test_last_access_mirror_is_renewed_before_expiry(chain: Chain) -> None:
     for m in chain.mirrors.values():
         m["ttl"] = "2h"
+        m["expiry"] = "last-access"
     chain.extra_toml = '[refresh]\nrenew_before = "1h"\n'
     chain.warm("eu", "redis:7.4")
     ledger = chain.ledger()
@@ -422,6 +430,59 @@ def test_ttl_renewal_and_expiry(chain: Chain) -> None:
     assert ledger.holdings(["eu"], expired_at) == []  # expired rows never count
     late = chain.refresh(expired_at)
     assert late.renewed == 1 and late.runs[0]["items"] == soon.runs[0]["items"]
+
+
+def test_first_fetch_mirror_is_rewarmed_after_expiry_not_before(chain: Chain) -> None:
+    """CNCF distribution's proxy: the clock starts at the first fetch from the parent and a
+    hit does not move it, so a warm before expiry renews nothing and must not claim to."""
+    for m in chain.mirrors.values():
+        m["ttl"] = "2h"  # expiry = "first-fetch" is the default
+    chain.extra_toml = '[refresh]\nrenew_before = "1h"\n'
+    cfg, ledger = chain.config(), chain.ledger()
+    prepared = asyncio.run(
+        prepare(cfg, ledger, "eu", wants_from_args(["redis:7.4"]), now=datetime.now(UTC))
+    )
+
+    def run_plan() -> None:
+        run_id = start_run(ledger, prepared, datetime.now(UTC), None)
+        stats = asyncio.run(execute(cfg, ledger, run_id, deadline=None))
+        assert stats.failed == 0 and stats.done == len(prepared.plan.items)
+
+    run_plan()
+    digest = chain.catalogue.tag("library/redis", "7.4").digest
+    (row,) = ledger.holding_rows("eu", "library/redis", digest)
+    first, expires = as_utc(row.first_fetched_at), as_utc(row.expires_at)
+    assert first is not None and expires == first + timedelta(hours=2)
+
+    # The same plan fetched again is all cache hits: the expiry stays.
+    run_plan()
+    for h in ledger.holdings(["central", "eu"], datetime.now(UTC)):
+        assert h.expires_at is not None and h.first_fetched_at is not None
+        assert as_utc(h.expires_at) == as_utc(h.first_fetched_at + timedelta(hours=2))
+    (again,) = ledger.holding_rows("eu", "library/redis", digest)
+    assert as_utc(again.expires_at) == expires and as_utc(again.first_fetched_at) == first
+    assert again.warmed_at > row.warmed_at  # touched, not renewed
+
+    soon = chain.refresh(first + timedelta(minutes=90))  # inside the margin: no renewal
+    assert soon.renewed == 0 and soon.runs == [] and soon.warmed_items == 0
+
+    # Two hours on (the executor's clock is the real one, so the ledger travels instead):
+    # the mirror deleted it at expiry, and the next refresh warms it again from the parent.
+    with ledger.session() as s:
+        for h in s.exec(select(Holding)).all():
+            assert h.first_fetched_at is not None and h.expires_at is not None
+            h.first_fetched_at -= timedelta(hours=2)
+            h.expires_at -= timedelta(hours=2)
+            s.add(h)
+        s.commit()
+    before = datetime.now(UTC)
+    assert ledger.holdings(["eu"], before) == []
+    late = chain.refresh(before)
+    assert late.renewed == 1 and late.runs and late.runs[0]["items"] > 0
+    (after,) = ledger.holding_rows("eu", "library/redis", digest)
+    restarted = as_utc(after.first_fetched_at)
+    assert restarted is not None and restarted >= before
+    assert as_utc(after.expires_at) == restarted + timedelta(hours=2)
 
 
 def test_refresh_cli_json_and_bad_region(chain: Chain) -> None:

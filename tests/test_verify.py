@@ -86,7 +86,8 @@ def test_foreign_and_stale_tag_answers(chain: Chain) -> None:
     central = chain.mirrors["central"]["url"]
     stale = chain.loops.run(StaleFront(central).start())
     try:
-        chain.mirrors["cache"] = {"url": stale.url, "parent": "dockerhub"}
+        # A front (not distribution): its answers are no evidence for the reconcile.
+        chain.mirrors["cache"] = {"url": stale.url, "parent": "dockerhub", "kind": "other"}
         del chain.mirrors["eu"]
         chain.regions = {"r": ["cache"]}
         chain.warm("r", "alpine:3.20", "alpine:3.19")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -21,7 +23,10 @@ from warmer.cli.common import (
 from warmer.cli.config import load_config
 from warmer.config import ConfigError
 from warmer.store.ledger import Ledger, as_utc, utcnow
-from warmer.units import UnitError, format_duration, parse_duration
+from warmer.units import UnitError, format_duration, format_size, parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from warmer.upkeep.reconcile import ReconcileReport
 
 
 def _short(digest: str | None) -> str:
@@ -44,7 +49,7 @@ def _ago(seconds: float | None) -> str:
 def refresh_command(
     ctx: click.Context, region: str | None, deadline: str | None, as_json: bool
 ) -> None:
-    """Re-resolve tracked tags (HEAD only) and warm what moved or expires soon.
+    """Re-resolve tracked tags (HEAD only) and warm what moved or expired.
 
     Every mutable tag of the stored ranking and of the ledger is HEADed at the upstream and
     at each tier serving it. A tag that moved is warmed through the tiers (inside the
@@ -186,7 +191,7 @@ def pins_command(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> 
 @click.command(
     "verify",
     context_settings=CONTEXT_SETTINGS,
-    short_help="Re-read and hash what the tiers hold; compare their tags with the upstream.",
+    short_help="Find what the mirrors lost, re-read and hash the rest, compare tags upstream.",
 )
 @click.option("--region", "-r", help="Only this region's chains (default: every region).")
 @click.option(
@@ -202,9 +207,12 @@ def pins_command(ctx: click.Context, paths: tuple[Path, ...], as_json: bool) -> 
 def verify_command(
     ctx: click.Context, region: str | None, sample: float, seed: int | None, as_json: bool
 ) -> None:
-    """GET and hash warmed blobs and manifests at each tier; compare each tier's answer for a
-    tag with the upstream's. Any mismatch is an incident: recorded, printed with what differs
-    and where, exit 1; the item stops counting as warm and is planned again."""
+    """First reconcile (see `warmer reconcile`): what a mirror no longer holds is found with
+    the cheapest evidence and is not read again. Then GET and hash the warmed blobs and
+    manifests still held at each tier (served from the mirror's storage: nothing is warmed);
+    compare each tier's answer for a tag with the upstream's. Anything lost or any mismatch
+    is an incident: recorded, printed with what differs and where, exit 1; the item stops
+    counting as warm and is planned again."""
     from warmer.upkeep.verify import verify
 
     cfg = load_config(ctx)
@@ -221,6 +229,7 @@ def verify_command(
     if as_json:
         emit_json(report.as_dict())
     else:
+        _print_reconcile(report.lost)
         click.echo(
             f"verified {report.objects} object(s) ({report.bytes} bytes) and {report.tags} tag(s)"
         )
@@ -228,14 +237,73 @@ def verify_command(
             click.echo(f"INCIDENT {f.kind} at {f.mirror} ({f.url}): {f.detail}")
         for f in report.stale:
             click.echo(f"stale: {f.detail}")
-        for f in report.evicted:
-            click.echo(f"evicted: {f.detail}")
-        for e in report.errors:
+        for e in report.errors + report.lost.errors:
             click.echo(f"error: {e}", err=True)
-    if report.incidents or report.errors:
+    errors = len(report.errors) + len(report.lost.errors)
+    if report.incidents or report.lost.lost or errors:
         raise WorkFailed(
-            f"verify: {len(report.incidents)} incident(s), {len(report.errors)} error(s)"
+            f"verify: {len(report.lost.lost)} lost, {len(report.incidents)} incident(s), "
+            f"{errors} error(s)"
         )
 
 
-commands = [refresh_command, drift_command, pins_command, verify_command]
+def _print_reconcile(report: ReconcileReport) -> None:
+    click.echo(
+        f"reconciled {report.checked} holding(s): {report.held} held, {len(report.lost)} lost, "
+        f"{report.unchecked} unchecked; {report.requests} request(s), "
+        f"{format_size(report.wan_bytes)} fetched by mirrors from their parents to answer"
+    )
+    for lost in report.lost:
+        click.echo(f"lost: {lost.kind} {lost.repository}@{lost.digest}: {lost.evidence}")
+
+
+@click.command(
+    "reconcile",
+    context_settings=CONTEXT_SETTINGS,
+    short_help="Correct the ledger with what the mirrors really hold, without warming.",
+)
+@click.option("--region", "-r", help="Only this region's chains (default: every region).")
+@click.option("--budget", help="Parent-link bytes the checks may cost, e.g. 1GiB.")
+@click.option("--window", help="Stop asking after this long, e.g. 30m.")
+@json_option
+@click.pass_context
+def reconcile_command(
+    ctx: click.Context, region: str | None, budget: str | None, window: str | None, as_json: bool
+) -> None:
+    """Walk the ledger's holdings and ask each mirror, cheapest evidence first, whether it
+    still holds them: a repository missing from its catalog (a wiped or replaced cache) costs
+    nothing per object; a blob HEAD answered from its storage means held, one relayed from
+    its parent means lost (the mirror then fetches it again: those bytes are reported);
+    the rest of a lost blob's batch is not asked. What was lost becomes a `lost` incident
+    and is planned again. Exit 1 when anything was lost.
+
+    \b
+      warmer reconcile --region eu --budget 200MB --window 10m --json
+    """
+    from warmer.upkeep.reconcile import reconcile
+    from warmer.upkeep.verify import region_mirrors
+
+    cfg = load_config(ctx)
+    try:
+        budget_bytes = parse_size(budget) if budget is not None else None
+        length = parse_duration(window) if window is not None else None
+        mirrors = region_mirrors(cfg, region)
+    except (ConfigError, UnitError) as exc:
+        raise BadInput(str(exc)) from None
+    until = time.monotonic() + length.total_seconds() if length is not None else None
+    report = asyncio.run(
+        reconcile(
+            cfg, Ledger(cfg.database.url), mirrors, now=utcnow(), budget=budget_bytes, until=until
+        )
+    )
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        _print_reconcile(report)
+        for e in report.errors:
+            click.echo(f"error: {e}", err=True)
+    if report.lost or report.errors:
+        raise WorkFailed(f"reconcile: {len(report.lost)} lost, {len(report.errors)} error(s)")
+
+
+commands = [refresh_command, drift_command, pins_command, verify_command, reconcile_command]

@@ -40,10 +40,12 @@ from warmer.config import Config, ConfigError
 from warmer.store.ledger import Ledger, RunItem, as_utc, utcnow
 from warmer.units import UnitError, format_duration, format_size, parse_duration, parse_size
 from warmer.warm.execute import RunStats
+from warmer.warm.plan import ALREADY_WARM
 from warmer.warm.prepared import Prepared, skipped_rows
 from warmer.warm.resolve import Want, wants_from_args, wants_from_ranking
 from warmer.warm.run import (
     NothingToResume,
+    RegionBusy,
     Resume,
     WarmError,
     WarmOutcome,
@@ -83,7 +85,9 @@ def plan_options(command: Any) -> Any:
     """The options ``warmer plan`` and ``warmer run`` share (they plan the same way)."""
     options = [
         click.argument("images", nargs=-1),
-        click.option("--top", type=int, help="Take the N best-ranked images."),
+        click.option(
+            "--top", type=click.IntRange(1, 100_000), help="Take the N best-ranked images."
+        ),
         click.option("--window", help="Window length, e.g. 2h: caps time x link rate."),
         click.option("--budget", help="Byte budget, e.g. 20GiB (default: the region's)."),
         click.option("--region", "-r", required=True, help="Region to warm (from the config)."),
@@ -153,7 +157,7 @@ def _print_plan(prepared: Prepared, console: Console) -> None:
     eta = format_duration(timedelta(seconds=plan.estimated_seconds))
     console.print(
         f"  {len(plan.items)} items; estimated {eta} at the link caps; budget "
-        f"{format_size(prepared.budget) if prepared.budget else 'unlimited'}"
+        f"{format_size(prepared.budget) if prepared.budget is not None else 'unlimited'}"
     )
     for left_out in [*plan.skipped, *prepared.unresolved]:
         console.print(f"  left out {left_out.image}: {left_out.reason}")
@@ -274,6 +278,11 @@ def _summary(stats: RunStats, run_id: int, console: Console) -> None:
 @click.option("--resume", is_flag=True, help="Continue the region's unfinished run.")
 @click.option("--dry-run", is_flag=True, help="Plan and record nothing; print the plan.")
 @click.option(
+    "--wait",
+    is_flag=True,
+    help="If another process is warming the region, wait for it (default: exit 1 naming it).",
+)
+@click.option(
     "--in-window",
     is_flag=True,
     help="Use the region's maintenance window in progress as the deadline (fail outside one).",
@@ -290,6 +299,7 @@ def run_command(
     images: tuple[str, ...],
     resume: bool,
     dry_run: bool,
+    wait: bool,
     in_window: bool,
     deadline: str | None,
     as_json: bool,
@@ -303,6 +313,8 @@ def run_command(
     """
     cfg = load_config(ctx)
     budget_bytes, window_length = _parse_opts(budget, window)
+    if window_length is not None and window_length <= timedelta(0) and not dry_run:
+        raise WorkFailed(f"--window {window}: a window of no length has no time to warm anything")
     if dry_run and resume:
         # A resumed run keeps the plan it was started with: there is nothing new to show.
         raise BadInput("--dry-run shows a new plan; it cannot be combined with --resume")
@@ -339,13 +351,15 @@ def run_command(
                 cfg, ledger, region, wants, now=now,
                 resume=Resume.ONLY if resume else Resume.NEVER,
                 budget=budget_bytes, window=window_length, deadline=deadline_at,
-                on_progress=bar.hook, on_run=grow_bar,
+                on_progress=bar.hook, on_run=grow_bar, wait=wait,
             )  # fmt: skip
 
     try:
         outcome = asyncio.run(go())
     except NothingToResume as exc:
         raise BadInput(str(exc)) from None
+    except RegionBusy as exc:
+        raise WorkFailed(f"{exc} (`warmer run --wait` waits for it)") from None
     failed = incidents = 0
     for run_id, stats in outcome.runs:
         if as_json:
@@ -354,9 +368,22 @@ def run_command(
             _summary(stats, run_id, Console())
         failed += stats.failed
         incidents += stats.incidents
+    left_out = [s for p in outcome.passes for s in p.plan.skipped]
+    if not as_json:
+        console = Console()
+        for skipped in [*left_out, *outcome.unresolved]:
+            console.print(f"  left out {skipped.image}: {skipped.reason}")
     # Images held back by the rate-limit reserve are expected, like items a deadline cut:
-    # only what failed, an incident or an image that could not be resolved is exit 1.
+    # only what failed, an incident, an image that could not be resolved, or a run that
+    # left out every image it was given is exit 1.
     unresolved = outcome.unresolved
+    done = sum(stats.done for _, stats in outcome.runs)
+    cut = [s for s in left_out if s.reason != ALREADY_WARM]
+    if not done and cut and len(cut) == len(left_out) and not failed and not unresolved:
+        raise WorkFailed(
+            f"nothing warmed: all {len(cut)} image(s) were left out "
+            f"(first: {cut[0].image}: {cut[0].reason})"
+        )
     if failed or incidents or unresolved:
         last = outcome.runs[-1][0]
         raise WorkFailed(
@@ -378,26 +405,38 @@ def _deadline(
     goes to its end, or a resumed run keeps the deadline it was started with while ahead."""
     cfg.region(region)  # ConfigError naming the known regions, before anything else
     if deadline:
-        return parse_time(deadline, "--deadline")
+        at = parse_time(deadline, "--deadline")
+        if at <= now:
+            raise BadInput(f"--deadline {deadline}: already past ({now:%F %T}Z now)")
+        return at
     if in_window:
         return current_window_deadline(cfg, region, now)
-    if window:
+    if window is not None:
         return now + window
     return None
 
 
 @click.command("status", context_settings=CONTEXT_SETTINGS)
 @click.option("--region", "-r", help="Only this region's runs.")
-@click.option("--limit", default=10, show_default=True, help="How many recent runs.")
+@click.option(
+    "--limit",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="How many recent runs.",
+)
 @json_option
 @click.pass_context
 def status_command(ctx: click.Context, region: str | None, limit: int, as_json: bool) -> None:
     """Recent runs, what each mirror holds, and incidents."""
     cfg = load_config(ctx)
     ledger = Ledger(cfg.database.url)
+    from warmer.upkeep.reconcile import expiring_before_next_window
+
     runs = ledger.recent_runs(limit, region)
     holdings = ledger.holdings_summary()
     incidents = ledger.incidents()[:20]
+    expiring = expiring_before_next_window(cfg, ledger, utcnow())
     if as_json:
         emit_json(
             {
@@ -413,6 +452,7 @@ def status_command(ctx: click.Context, region: str | None, limit: int, as_json: 
                     for run in runs
                 ],
                 "holdings": holdings,
+                "expiring_before_next_window": [e.as_dict() for e in expiring],
                 "incidents": [
                     {
                         "at": as_utc(incident.at),
@@ -451,6 +491,12 @@ def status_command(ctx: click.Context, region: str | None, limit: int, as_json: 
     for held in holdings:
         table.add_row(held["mirror"], held["state"], str(held["items"]), format_size(held["bytes"]))
     console.print(table)
+    for e in expiring:
+        console.print(
+            f"  {e.mirror}: {e.objects} object(s), {format_size(e.bytes)} expire before the "
+            f"next window ({e.next_window:%F %H:%M}Z); on a first-fetch mirror they are warmed "
+            "again in the first window after they expire"
+        )
     for incident in incidents:
         console.print(
             f"[red]incident[/red] {as_utc(incident.at):%F %T} {incident.mirror} "

@@ -35,7 +35,7 @@ from sqlalchemy.engine import Engine
 from warmer.store import db
 from warmer.store.schema import LEASE_TABLE
 
-log = logging.getLogger("jobs.leases")
+log = logging.getLogger("warmer.store.leases")
 
 TABLE = LEASE_TABLE
 
@@ -88,6 +88,38 @@ class Leases:
             got = conn.execute(self._holder, {"name": name}).scalar()
         return token if got == token else ""
 
+    def holder(self, name: str) -> tuple[LeaseInfo, str] | None:
+        """The lease's holder and token, or None when nobody ever took it (or it was given
+        back)."""
+        now = _now_sql(self.engine)
+        query = sa.text(
+            f"SELECT owner, token, acquired_at, expires_at, {now} FROM {TABLE} WHERE name = :name"
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query, {"name": name}).first()
+        if row is None:
+            return None
+        owner, token, acquired, expires, at = row
+        info = LeaseInfo(name, str(owner), _at(acquired), _at(expires), float(expires) < float(at))
+        return info, str(token)
+
+    def take_over(self, name: str, owner: str, ttl: timedelta, dead_token: str) -> str:
+        """Take a lease whose holder is known dead (its process is gone) before it expires:
+        atomic on the dead holder's token, so only one taker wins. The new token, or ""."""
+        token = uuid.uuid4().hex
+        now = _now_sql(self.engine)
+        update = sa.text(
+            f"UPDATE {TABLE} SET owner = :owner, token = :token, acquired_at = {now}, "
+            f"renewed_at = {now}, expires_at = {now} + :ttl WHERE name = :name AND token = :dead"
+        )
+        params = {
+            "name": name, "owner": owner, "token": token, "ttl": ttl.total_seconds(),
+            "dead": dead_token,
+        }  # fmt: skip
+        with self.engine.begin() as conn:
+            taken = conn.execute(update, params)
+        return token if getattr(taken, "rowcount", 0) else ""
+
     def renew(self, name: str, token: str, ttl: timedelta) -> bool:
         """Extend a lease still held with ``token``; False when it was taken over."""
         params = {"name": name, "token": token, "ttl": ttl.total_seconds()}
@@ -103,13 +135,14 @@ class Leases:
         with self.engine.connect() as conn:
             rows = conn.execute(self._list).all()
 
-        def at(t: float) -> datetime:
-            return datetime.fromtimestamp(float(t), UTC)
-
         return [
-            LeaseInfo(str(n), str(o), at(a), at(e), float(e) < float(now))
+            LeaseInfo(str(n), str(o), _at(a), _at(e), float(e) < float(now))
             for n, o, a, e, now in rows
         ]
+
+
+def _at(t: float) -> datetime:
+    return datetime.fromtimestamp(float(t), UTC)
 
 
 class Held:

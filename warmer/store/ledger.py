@@ -89,9 +89,10 @@ class Holding(SQLModel, table=True):
     kind: str  # manifest | blob
     digest: str = Field(index=True)
     size: int
-    warmed_at: datetime
+    warmed_at: datetime  # the last time the warmer fetched it through this mirror
     verified: bool
-    expires_at: datetime | None = None
+    expires_at: datetime | None = None  # by the mirror's expiry policy (None: never)
+    first_fetched_at: datetime | None = None  # when the mirror fetched it from its parent
     state: str = "warm"  # warm | incident | superseded
     run_id: int | None = None
 
@@ -500,6 +501,20 @@ class Ledger:
             now=now, run_id=run_id,
         )  # fmt: skip
         self.apply([record])
+
+    def record_lost(self, lost: Sequence[tuple[Holding, str]], now: datetime) -> None:
+        """Holdings a mirror was found not to hold any more: each becomes a ``lost``
+        incident with its evidence, and its row goes (the next plan fetches it again)."""
+        with self.session() as s:
+            for h, evidence in lost:
+                s.add(
+                    Incident(
+                        at=now, run_id=None, mirror=h.mirror, repository=h.repository,
+                        digest=h.digest, kind="lost", detail=evidence,
+                    )
+                )  # fmt: skip
+                s.execute(sa.delete(Holding).where(col(Holding.id) == h.id))
+            s.commit()
 
     def incidents(self, since: datetime | None = None) -> list[Incident]:
         with self.session() as s:

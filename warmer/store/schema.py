@@ -7,7 +7,7 @@ applies ``MIGRATIONS`` in order; each component's list is append-only: a shipped
 migration is never edited, a change to a table is a new function at the end of its list.
 
 The analytics, rankings and lease tables are SQLAlchemy Core tables declared here and used
-by their modules (``analytics.store``, ``warmer.store.rankings``, ``jobs.leases``); the
+by their modules (``analytics.store``, ``warmer.store.rankings``, ``warmer.store.leases``); the
 ledger's tables are SQLModel classes in ``warmer.store.ledger``, and its migrations carry
 frozen copies of their first definitions.
 """
@@ -140,6 +140,16 @@ def _v2(conn: Connection) -> None:
     )
 
 
+def _v3(conn: Connection) -> None:
+    """When each mirror first fetched a held object from its parent: the clock of a
+    ``first-fetch`` expiry (``warmed_at`` is the last time the warmer touched it)."""
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("holding")}
+    if "first_fetched_at" not in columns:
+        kind = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+        conn.execute(sa.text(f"ALTER TABLE holding ADD COLUMN first_fetched_at {kind}"))
+        conn.execute(sa.text("UPDATE holding SET first_fetched_at = warmed_at"))
+
+
 # -- the analytics store -----------------------------------------------------------------------
 
 metadata = MetaData()  # the analytics tables
@@ -261,7 +271,7 @@ def _jobs_v1(conn: Connection) -> None:
 # Component -> its migrations, oldest first. The names and the numbering are recorded in each
 # database's ``schema_migrations``: never rename a component or reorder its list.
 MIGRATIONS: dict[str, list[Migration]] = {
-    "ledger": [_v1, _v2],
+    "ledger": [_v1, _v2, _v3],
     "analytics": [_analytics_v1],
     "analytics_rank": [_rankings_v1, _rankings_v2],
     "jobs": [_jobs_v1],

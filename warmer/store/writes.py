@@ -40,6 +40,11 @@ class HoldingRecord:
     now: datetime
     ttl: timedelta | None
     run_id: int | None
+    # The mirror's expiry policy (see MirrorConfig.expiry) and whether this fetch was seen to
+    # make the mirror fetch from its parent (True), seen served from its storage (False),
+    # or could not tell (None: a manifest; distribution answers both the same).
+    expiry: str = "first-fetch"
+    fetched: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,28 +115,64 @@ def apply_one(conn: sa.Connection, op: LedgerOp) -> None:
 def _put_holding(conn: sa.Connection, table: sa.Table, op: HoldingRecord) -> None:
     """Insert the row of one object at one mirror instance, or refresh it (its ``kind``
     stays). One upsert: replicas sharing a PostgreSQL ledger may record the same object
-    at once."""
-    fresh = {
-        "size": op.size,
-        "warmed_at": op.now,
-        "verified": True,
-        "expires_at": op.now + op.ttl if op.ttl else None,
-        "state": "warm",
-        "run_id": op.run_id,
-    }
+    at once.
+
+    The expiry follows the mirror's policy. ``first-fetch``: the clock starts when the mirror
+    fetched the object from its parent, so a fetch seen served from storage keeps the
+    recorded clock while it has not run out (whatever the row's state), and one that could
+    not tell keeps it while the row is warm and unexpired; otherwise (a fetch after the
+    recorded expiry: the mirror deleted it then) it starts again. ``last-access``:
+    every fetch renews. ``none``: no expiry."""
+    ttl = op.ttl if op.expiry != "none" else None
+    expires = op.now + ttl if ttl else None
     key = {
         "mirror": op.mirror,
         "instance": op.instance,
         "repository": op.repository,
         "digest": op.digest,
     }
+    first = {
+        "size": op.size,
+        "warmed_at": op.now,
+        "verified": True,
+        "expires_at": expires,
+        "first_fetched_at": op.now,
+        "state": "warm",
+        "run_id": op.run_id,
+    }
+    # The row's clock restarts when the mirror cannot still hold the object from before.
+    gone = sa.or_(
+        table.c.state != "warm",
+        table.c.first_fetched_at.is_(None),
+        table.c.expires_at.is_(None),
+        table.c.expires_at <= op.now,
+    )
+    if op.fetched is False:  # answered from storage: the mirror's clock runs from before
+        gone = sa.or_(
+            table.c.first_fetched_at.is_(None),
+            table.c.expires_at.is_(None),
+            table.c.expires_at <= op.now,
+        )
+    restart: sa.ColumnElement[bool] = sa.true() if op.fetched else gone
+    keep_clock = op.expiry == "first-fetch" and not op.fetched
+    fresh: dict[str, Any] = {
+        "size": op.size,
+        "warmed_at": op.now,
+        "verified": True,
+        "state": "warm",
+        "run_id": op.run_id,
+        "first_fetched_at": sa.case((restart, op.now), else_=table.c.first_fetched_at),
+        "expires_at": (
+            sa.case((gone, expires), else_=table.c.expires_at) if keep_clock else expires
+        ),
+    }
     if conn.dialect.name == "postgresql":
-        pg = postgresql.insert(table).values(**key, kind=op.kind, **fresh)
+        pg = postgresql.insert(table).values(**key, kind=op.kind, **first)
         conn.execute(pg.on_conflict_do_update(index_elements=_HOLDING_KEY, set_=fresh))
     elif conn.dialect.name == "sqlite":
-        lite = sqlite.insert(table).values(**key, kind=op.kind, **fresh)
+        lite = sqlite.insert(table).values(**key, kind=op.kind, **first)
         conn.execute(lite.on_conflict_do_update(index_elements=_HOLDING_KEY, set_=fresh))
     else:  # no upsert in SQLAlchemy's generic dialect: update, or insert when missing
         where = [table.c[k] == v for k, v in key.items()]
         if not conn.execute(table.update().where(*where).values(**fresh)).rowcount:
-            conn.execute(table.insert().values(**key, kind=op.kind, **fresh))
+            conn.execute(table.insert().values(**key, kind=op.kind, **first))

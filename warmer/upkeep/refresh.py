@@ -42,7 +42,7 @@ from warmer.store.ledger import Holding, Ledger, as_utc
 from warmer.upkeep import freshness as fr
 from warmer.upkeep.invalidate import run_hook
 from warmer.warm.resolve import Want, mirror_client, upstream_client, wants_from_ranking
-from warmer.warm.run import monotonic_deadline, warm
+from warmer.warm.run import RegionBusy, monotonic_deadline, warm
 
 log = logging.getLogger("warmer.upkeep.refresh")
 
@@ -339,7 +339,8 @@ class _Checker:
         for m in serving:
             h = self.held.get((m, t.ref.repository, digest))
             ok = h is not None and h.state == "warm" and h.verified
-            if ok and h is not None and renews:
+            # Only a mirror whose hits renew its copy gains from a warm before expiry.
+            if ok and h is not None and renews and self.config.mirrors[m].expiry == "last-access":
                 ok = not fr.expiring(as_utc(h.expires_at), self.now, self.margin)
             elif ok and h is not None:
                 expires = as_utc(h.expires_at)
@@ -437,6 +438,9 @@ async def _warm(
             )  # fmt: skip
         except ConfigError as exc:
             report.errors.append(f"region {region}: {exc}")
+            continue
+        except RegionBusy as exc:  # that run (or the next) warms what moved
+            report.errors.append(str(exc))
             continue
         report.errors += [f"{s.image}: {s.reason}" for s in outcome.unresolved]
         report.errors += [f"{s.image}: {s.reason}" for s in outcome.held_back]

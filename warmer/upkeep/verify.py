@@ -1,15 +1,20 @@
-"""``warmer verify``: re-read what the ledger says is warm and compare it with the upstream.
+"""``warmer verify``: find out whether what the ledger says is warm is there, and intact.
 
-For each tier of the region's chains, a sample of the warm, unexpired holdings is fetched
-again through that tier (GET, streamed and hashed against its digest, nothing kept), and
-each tracked tag is HEADed at the upstream and at the tiers that serve it:
+First the ledger is reconciled with the mirrors (``warmer.upkeep.reconcile``): content the
+cheap evidence shows gone (a repository missing from a mirror's catalog, a blob HEAD the
+mirror relayed from its parent) is a ``lost`` incident and is not read again. Then, for
+each tier of the region's chains, a sample of what is still held is fetched again through
+that tier (GET, streamed and hashed against its digest, nothing kept; served from the
+mirror's storage, so nothing is warmed), and each tracked tag is HEADed at the upstream and
+at the tiers that serve it:
 
 * content not matching its digest is an incident (``digest-mismatch``);
 * a tier answering a tag with a digest the upstream never had for that tag is an incident
   (``foreign-digest``);
 * a tier answering an older digest the upstream did have is reported as stale (refresh's
   business, not an incident);
-* content the tier no longer has is reported as ``evicted`` and stops counting as warm.
+* content the tier no longer has is ``lost`` (found by the reconcile, or a 404 on re-read)
+  and stops counting as warm.
 
 An incident is recorded in the ledger (:meth:`Ledger.record_incident`, which stops the item
 counting as warm, so the next run plans it again) and reported with exactly what differs
@@ -30,6 +35,7 @@ from warmer.oci.reference import InvalidReference, parse
 from warmer.oci.registry import DigestMismatch, NotFound, RegistryClient, RegistryError
 from warmer.store.ledger import Holding, Ledger, as_utc
 from warmer.upkeep import freshness as fr
+from warmer.upkeep.reconcile import Lost, ReconcileReport, reconcile
 from warmer.warm.resolve import mirror_client, upstream_client
 
 PER_TIER = 4  # objects re-read at once through one mirror instance
@@ -62,12 +68,12 @@ class VerifyReport:
     tags: int = 0  # tags compared with the upstream
     incidents: list[Finding] = field(default_factory=list)
     stale: list[Finding] = field(default_factory=list)
-    evicted: list[Finding] = field(default_factory=list)
+    lost: ReconcileReport = field(default_factory=ReconcileReport)
     errors: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.incidents
+        return not self.incidents and not self.lost.lost
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -77,8 +83,8 @@ class VerifyReport:
             "tags": self.tags,
             "incidents": [f.as_dict() for f in self.incidents],
             "stale": [f.as_dict() for f in self.stale],
-            "evicted": [f.as_dict() for f in self.evicted],
-            "errors": self.errors,
+            "reconcile": self.lost.as_dict(),
+            "errors": self.errors + self.lost.errors,
         }
 
 
@@ -148,13 +154,11 @@ class _Verifier:
                 )  # fmt: skip
                 return
             except NotFound:
-                self.ledger.mark_holdings(h.mirror, h.digest, "evicted")
-                self.report.evicted.append(
-                    Finding(
-                        "evicted", h.mirror, url, h.repository, h.digest,
-                        f"{h.kind} {path}@{h.digest} is no longer at {h.mirror}",
-                    )
-                )  # fmt: skip
+                evidence = f"{h.kind} {path}@{h.digest} is no longer at {h.mirror} (404)"
+                self.ledger.record_lost([(h, evidence)], self.now)
+                self.report.lost.lost.append(
+                    Lost(h.mirror, url, h.repository, h.kind, h.digest, evidence)
+                )
                 return
             except RegistryError as exc:
                 self.report.errors.append(f"{h.mirror} {path}@{h.digest}: {exc}")
@@ -232,12 +236,16 @@ async def verify(
     sample: float,
     now: datetime,
     seed: int | None = None,
+    budget: int | None = None,
+    until: float | None = None,
 ) -> VerifyReport:
     """Verify a ``sample`` (0 < sample <= 1) of the region's warm content; see the module doc."""
     if not 0 < sample <= 1:
         raise ValueError(f"sample must be in (0, 1], not {sample}")
     mirrors = region_mirrors(config, region)
+    found = await reconcile(config, ledger, mirrors, now=now, budget=budget, until=until)
     v = _Verifier(config, ledger, now)
+    v.report.lost = found
     try:
         rows = pick(ledger.holdings(mirrors, now), sample, seed)
         await asyncio.gather(*(v.holding(h) for h in rows))

@@ -45,7 +45,7 @@ import contextlib
 import json
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -70,7 +70,7 @@ from warmer.warm.policy import CONFIRM_TRIES, SETTLE
 from warmer.warm.reserve import RateReserve
 from warmer.warm.slots import Priority, PrioritySlots
 from warmer.warm.startorder import StartKey, is_light, start_keys
-from warmer.warm.stats import RunStats
+from warmer.warm.stats import MovedTag, RunStats
 
 log = logging.getLogger("warmer.warm.execute")
 
@@ -93,6 +93,7 @@ class Lane:
     bulk_slots: PrioritySlots  # blobs on no chain of shared blobs
     bucket: TokenBucket | None  # the parent link's; None when the link has no cap
     ttl: timedelta | None
+    expiry: str  # the mirror's expiry policy (MirrorConfig.expiry)
     scope: str
     inflight: dict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
     # digest -> monotonic time until which the mirror is presumed still storing it
@@ -156,6 +157,7 @@ class Executor:
                 bulk_slots=PrioritySlots(slots.bulk),
                 bucket=bucket,
                 ttl=m.ttl,
+                expiry=m.expiry,
                 scope=m.cache_scope,
             )
             self._lanes[key] = lane
@@ -208,9 +210,8 @@ class Executor:
         finally:
             await _to_the_end(asyncio.to_thread(writer.close))
         self.stats.seconds = time.monotonic() - started
-        final = Counter(i.state for i in await asyncio.to_thread(self.ledger.items, self.run_id))
-        self.stats.done, self.stats.failed = final["done"], final["failed"]
-        self.stats.skipped, self.stats.pending = final["skipped"], final["pending"]
+        rows = await asyncio.to_thread(self.ledger.items, self.run_id)
+        self.stats.count_run(rows)
         if self.reserve is not None:
             self.stats.upstream_manifest_gets = self.reserve.spent
         return self.stats
@@ -462,27 +463,21 @@ class Executor:
             )
         )
         self._progress("start", item)
+        stored: list[bool] = []  # whether the blob's answer came from the mirror's storage
         try:
             if item.kind == "manifest":
                 manifest = await lane.client.get_manifest(item.repository, item.reference)
-                got, n = manifest.digest, len(manifest.body)
-                if got != item.digest:
-                    # A tag that moved since planning: warm, but say so; the planner sees
-                    # the new digest next time.
-                    log.warning(
-                        "%s: %s at %s now resolves to %s (planned %s)",
-                        item.mirror,
-                        item.reference,
-                        item.repository,
-                        got,
-                        item.digest,
-                    )
+                n = len(manifest.body)
+                if manifest.digest != item.digest:
+                    return self._moved(item, lane, manifest.digest, n)
             else:
 
                 async def counted(k: int) -> None:
                     self._progress("bytes", item, k)
 
-                n = await lane.client.fetch_blob(item.repository, item.digest, on_bytes=counted)
+                n = await lane.client.fetch_blob(
+                    item.repository, item.digest, on_bytes=counted, on_answer=stored.append
+                )
         except DigestMismatch as exc:
             self._record(
                 IncidentRecord(
@@ -522,6 +517,8 @@ class Executor:
                 now=now,
                 ttl=lane.ttl,
                 run_id=self.run_id,
+                expiry=lane.expiry,
+                fetched=(not stored[0]) if stored else None,
             )
         )
         self._record(ItemUpdate(item.id, {"state": "done", "bytes": n, "finished_at": now}))
@@ -530,6 +527,31 @@ class Executor:
         self.stats.parent_bytes_by_mirror[item.mirror] += item.parent_cost
         self._progress("done", item, n)
         return "done"
+
+    def _moved(self, item: RunItem, lane: Lane, got: str, size: int) -> str:
+        """A tag that resolves to ``got`` at fetch time where the plan had ``item.digest``.
+
+        What the mirror fetched is recorded (under ``got``, its own digest); the item fails
+        with the reason, never counted under the planned digest. The warm asks the upstream
+        whether the tag moved (then records the drift and plans the new image) or the tier
+        serves a stale digest (see ``warmer.warm.run``)."""
+        assert item.id is not None
+        now = utcnow()
+        self._record(
+            HoldingRecord(
+                mirror=item.mirror, instance=item.instance, repository=item.upstream_repository,
+                kind="manifest", digest=got, size=size, now=now, ttl=lane.ttl,
+                run_id=self.run_id, expiry=lane.expiry,
+            )
+        )  # fmt: skip
+        self.stats.moved.append(MovedTag(item.image, item.reference, item.digest, got))
+        reason = (
+            f"tag moved since planning: {item.reference} now resolves to {got} "
+            f"(planned {item.digest}); the next run warms the new image"
+        )
+        log.warning("%s %s: %s", item.mirror, item.repository, reason)
+        self._finish(item, "failed", reason)
+        return "failed"
 
     def _finish(self, item: RunItem, state: str, reason: str) -> None:
         assert item.id is not None

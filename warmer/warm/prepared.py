@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from warmer.config import Config
-from warmer.store.ledger import Ledger
+from warmer.store.ledger import Ledger, as_utc
 from warmer.warm import plan as planner
 from warmer.warm.reserve import RateReserve
 from warmer.warm.resolve import Want, resolve
@@ -62,9 +62,22 @@ def region_targets(config: Config, region: str) -> list[str]:
 def holdings(
     config: Config, ledger: Ledger, now: datetime, renew_within: timedelta | None = None
 ) -> list[planner.Held]:
-    """What the planner may count as held; with ``renew_within``, content whose ledger
-    entry expires within that margin counts as not held (it is re-warmed before it expires)."""
-    rows = ledger.holdings(config.mirrors.keys(), now + (renew_within or timedelta(0)))
+    """What the planner may count as held: unexpired content. With ``renew_within``, content
+    of a mirror whose hits renew it (``expiry = "last-access"``) expiring within that margin
+    counts as not held, so it is re-warmed before it expires; on a ``first-fetch`` mirror a
+    warm before expiry is a cache hit that renews nothing, so its content is re-warmed in
+    the first run after it expired."""
+    renewing = {n for n, m in config.mirrors.items() if m.expiry == "last-access"}
+    margin = renew_within or timedelta(0)
+
+    def lasts(expires: datetime | None) -> bool:
+        return expires is None or expires > now + margin
+
+    rows = [
+        h
+        for h in ledger.holdings(config.mirrors.keys(), now)
+        if h.mirror not in renewing or lasts(as_utc(h.expires_at))
+    ]
     return [
         planner.Held(
             mirror=h.mirror, repository=h.repository, digest=h.digest, instance=h.instance or None

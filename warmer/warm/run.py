@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from warmer.config import Config
-from warmer.oci.reference import try_parse
+from warmer.oci.reference import InvalidReference, parse, try_parse
+from warmer.oci.registry import RegistryError
 from warmer.store.ledger import Ledger, Run, RunItem, as_utc, utcnow
 from warmer.warm import plan as planner
 from warmer.warm.execute import SETTLE, Executor, ProgressHook, RunStats
+from warmer.warm.lease import RegionBusy, region_lease
 from warmer.warm.prepared import (
     Prepared,
     holdings,
@@ -40,11 +42,13 @@ from warmer.warm.prepared import (
 )
 from warmer.warm.reserve import RateReserve
 from warmer.warm.resolve import RESERVE_REASON, Ready, Want, mirror_client, resolve, upstream_client
+from warmer.warm.stats import MovedTag
 
 __all__ = [
     "FIRST_BATCH",
     "NothingToResume",
     "Prepared",
+    "RegionBusy",
     "Resume",
     "RunHook",
     "WarmError",
@@ -94,6 +98,7 @@ class WarmOutcome:
     upstream: str | None = None  # whose rate limit was kept (one upstream per region)
     ratelimit_remaining: int | None = None  # its manifest requests left at the end
     upstream_requests: int = 0  # manifest requests that may have counted upstream
+    moved: list[MovedTag] = field(default_factory=list)  # tags that moved during the warm
 
     @property
     def unresolved(self) -> list[planner.Skipped]:
@@ -222,8 +227,12 @@ async def warm(
     on_progress: ProgressHook | None = None,
     on_run: RunHook | None = None,
     renew_within: timedelta | None = None,
+    wait: bool = False,
 ) -> WarmOutcome:
     """Warm ``region``: resume its unfinished run (see ``resume``), or plan and run ``wants``.
+
+    Only one warm per region runs at a time (``warmer.warm.lease``): with another live
+    one, RegionBusy naming it, or with ``wait`` the warm waits for it (until ``deadline``).
 
     A new run is planned and run in passes around the upstream's rate limit. When nothing
     can be cut (no byte budget, no ``window`` length), it starts as soon as the first
@@ -237,6 +246,30 @@ async def warm(
     (one log line) for the limit window to reset and plans the held-back images in a
     further pass, within what is left of the budget.
     """
+    until = monotonic_deadline(deadline)
+    async with region_lease(config, ledger, region, owner(), wait=wait, until=until):
+        return await _warm(
+            config, ledger, region, wants, now=now, resume=resume, budget=budget,
+            window=window, deadline=deadline, on_progress=on_progress, on_run=on_run,
+            renew_within=renew_within,
+        )  # fmt: skip
+
+
+async def _warm(
+    config: Config,
+    ledger: Ledger,
+    region: str,
+    wants: Sequence[Want],
+    *,
+    now: datetime,
+    resume: Resume,
+    budget: int | None,
+    window: timedelta | None,
+    deadline: datetime | None,
+    on_progress: ProgressHook | None,
+    on_run: RunHook | None,
+    renew_within: timedelta | None,
+) -> WarmOutcome:
     if resume is not Resume.NEVER:
         unfinished = ledger.unfinished_run(region)
         if unfinished is not None and unfinished.id is not None:
@@ -275,18 +308,63 @@ async def warm(
                     on_progress=on_progress,
                 )  # fmt: skip
             outcome.runs.append((run_id, stats))
+            moved: list[Want] = []
+            if stats.moved and not outcome.moved and not stats.deadline_hit:
+                # Once: a tag that moves again meanwhile is the next run's.
+                moved = await confirm_moves(config, ledger, stats.moved, utcnow())
+                outcome.moved.extend(stats.moved)
             held = {s.image for s in outcome.held_back}
             stalled = len(outcome.runs) > 1 and len(held) == len(todo)  # waited, got nowhere
+            if moved and (not held or reserve is None or stalled):
+                todo = moved  # plan the tags' new images now
+                continue
             if not held or stats.deadline_hit or reserve is None or stalled:
                 break
             if not await reserve.wait_available(monotonic_deadline(deadline)):
                 break
-            todo = [w for w in todo if str(w.ref) in held]
+            todo = [w for w in todo if str(w.ref) in held] + moved
             if budget_left is not None:
                 budget_left = max(0, budget_left - sum(stats.parent_bytes_by_mirror.values()))
     finally:
         await _release(reserve, outcome, config, region)
     return outcome
+
+
+async def confirm_moves(
+    config: Config, ledger: Ledger, moved: Sequence[MovedTag], now: datetime
+) -> list[Want]:
+    """Ask the upstream (HEAD, not counted by Docker Hub) about each tag that resolved to
+    another digest at fetch time than at plan time: the new images of those that moved
+    (each recorded as a drift event) to warm now; a tier answering a digest the upstream
+    does not is a stale metadata cache, ``warmer refresh``'s business (logged)."""
+    out: list[Want] = []
+    for m in moved:
+        try:
+            ref = parse(m.image)
+        except InvalidReference:
+            continue
+        upstream = config.upstream_for_registry(ref.registry)
+        if upstream is None:
+            continue
+        try:
+            async with upstream_client(config, upstream) as client:
+                head = await client.head_manifest(ref.repository, m.tag)
+        except RegistryError as exc:
+            log.warning("%s: could not ask %s whether the tag moved: %s", m.image, upstream, exc)
+            continue
+        if head.digest == m.got:
+            ledger.record_drift(
+                image=ref.name, tag=m.tag, upstream=upstream, old_digest=m.planned,
+                new_digest=m.got, detected_at=now, moved_after=None, stale_tiers=[],
+            )  # fmt: skip
+            log.warning("%s moved to %s while it was warmed: warming the new image", m.image, m.got)
+            out.append(Want(ref))
+        else:
+            log.warning(
+                "%s: a tier answered %s where the upstream has %s (a stale metadata cache: "
+                "see warmer refresh)", m.image, m.got, head.digest,
+            )  # fmt: skip
+    return out
 
 
 async def _resume(

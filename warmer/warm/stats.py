@@ -4,8 +4,24 @@ stored with the run, and added up over a warm's passes."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from warmer.store.ledger import RunItem
+
+
+@dataclass(frozen=True)
+class MovedTag:
+    """A tag that resolved to ``got`` at fetch time where the plan had ``planned``."""
+
+    image: str  # as planned, with its tag
+    tag: str
+    planned: str
+    got: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"image": self.image, "tag": self.tag, "planned": self.planned, "got": self.got}
 
 
 @dataclass
@@ -24,6 +40,21 @@ class RunStats:
     seconds: float = 0.0
     deadline_hit: bool = False
     restored: int = 0
+    moved: list[MovedTag] = field(default_factory=list)
+
+    def count_run(self, items: Sequence[RunItem]) -> None:
+        """Counts and bytes from the run's items as the ledger has them: a resumed run's
+        summary includes what the processes before this one did."""
+        final = Counter(i.state for i in items)
+        self.done, self.failed = final["done"], final["failed"]
+        self.skipped, self.pending = final["skipped"], final["pending"]
+        self.bytes_by_mirror, self.bytes_by_tier = Counter(), Counter()
+        self.parent_bytes_by_mirror = Counter()
+        for item in items:
+            if item.state == "done":
+                self.bytes_by_mirror[item.mirror] += item.bytes
+                self.bytes_by_tier[item.tier] += item.bytes
+                self.parent_bytes_by_mirror[item.mirror] += item.parent_cost
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -39,4 +70,5 @@ class RunStats:
             "seconds": round(self.seconds, 3),
             "deadline_hit": self.deadline_hit,
             "restored": self.restored,
+            "moved": [m.as_dict() for m in self.moved],
         }
