@@ -821,3 +821,25 @@ def test_configure_logging_redacts_credentials_and_query_strings(
     # Still useful: method, host, path and status are kept.
     assert "GET https://s3.example/b?<redacted>" in err and "HTTP/1.1 200 OK" in err
     assert "/relative?<redacted>" in err and err.count("<redacted>") >= 12
+
+
+def test_a_blob_longer_than_its_descriptor_is_cut_off() -> None:
+    """A blob answer that goes on past the size the manifest declared is refused as invalid,
+    not read to its end (the hash check alone would wait for an endless stream)."""
+    from hostile_registry import Answer, HostileRegistry, sha256
+
+    from warmer.oci.registry import InvalidResponse, RegistryClient
+
+    data = b"layer" * 1000
+    with HostileRegistry() as reg:
+        path = f"/v2/t/app/blobs/{sha256(data)}"
+        reg.set("GET", path, Answer(body=data + b"x" * 5_000_000))
+
+        async def fetch(size: int | None) -> int:
+            async with RegistryClient(reg.url) as client:
+                return await client.fetch_blob("t/app", sha256(data), size=size)
+
+        with pytest.raises(InvalidResponse, match=f"more than its {len(data)} bytes"):
+            asyncio.run(fetch(len(data)))
+        reg.set("GET", path, Answer(body=data))
+        assert asyncio.run(fetch(len(data))) == len(data)

@@ -307,3 +307,21 @@ def test_status_shows_what_expires_before_the_next_window(chain: Chain) -> None:
     assert expiring["eu"]["objects"] == len(held)
     assert expiring["eu"]["bytes"] == sum(h.size for h in held)
     assert set(expiring) == {"central", "eu"}
+
+
+def test_run_json_reports_the_manifest_requests_it_made(chain: Chain) -> None:
+    chain.front.reset()
+    result = chain.warmer("run", "--region", "eu", REDIS, "--json")
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.stdout.strip().splitlines()[-1])
+    # Cold: every manifest resolved through central was fetched from the upstream once.
+    gets = chain.front.stats()["requests"]["manifest"]["GET"]
+    assert run["manifest_requests"] == gets == 2  # the index and the one platform manifest
+    assert "upstream_manifest_requests_reserved" in run and "upstream_manifest_gets" not in run
+    # Warm: the same requests are made to resolve, and central answers them from storage.
+    chain.front.reset()
+    again = json.loads(
+        chain.warmer("run", "--region", "eu", REDIS, "--json").stdout.splitlines()[-1]
+    )
+    assert again["manifest_requests"] == 2
+    assert chain.front.stats()["requests"].get("manifest", {}).get("GET", 0) == 0

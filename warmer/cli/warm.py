@@ -262,7 +262,10 @@ def _summary(stats: RunStats, run_id: int, console: Console) -> None:
         console.print(f"  {mirror}: {format_size(read)} read")
     for mirror, pulled in sorted(stats.parent_bytes_by_mirror.items()):
         console.print(f"  {mirror}: about {format_size(pulled)} over its parent link")
-    console.print(f"  upstream manifest requests spent: {stats.upstream_manifest_gets}")
+    console.print(
+        f"  manifest requests made to resolve: {stats.manifest_requests} (the rate reserve "
+        f"admitted up to {stats.upstream_requests_reserved} in this warm)"
+    )
     if stats.incidents:
         console.print(f"  [red]{stats.incidents} incident(s): see `warmer status`[/red]")
     if stats.restored:

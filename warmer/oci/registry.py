@@ -277,12 +277,14 @@ class RegistryClient(RegistryTransport):
         sink: Callable[[bytes], None] | None = None,
         on_bytes: Callable[[int], Awaitable[None]] | None = None,
         on_answer: Callable[[bool], None] | None = None,
+        size: int | None = None,
         chunk_size: int = 256 * 1024,
     ) -> int:
         """Stream a blob, hashing on the fly; returns its size, or raises DigestMismatch.
 
-        ``on_answer(stored)`` is called once, with whether the first answer came from the
-        registry's own storage (see :func:`served_from_storage`).
+        With ``size`` (the descriptor's), an answer longer than that is cut off as invalid
+        rather than read to its end. ``on_answer(stored)`` is called once, with whether the
+        first answer came from the registry's own storage (see :func:`served_from_storage`).
 
         ``on_bytes(n)`` is awaited after each chunk read (a bandwidth throttle goes there);
         ``sink`` receives the verified-so-far bytes in order. A connection lost mid-blob is
@@ -322,6 +324,8 @@ class RegistryClient(RegistryTransport):
                             skip -= len(chunk)
                             continue
                         chunk, skip = chunk[skip:], 0
+                    if size is not None and received + len(chunk) > size:
+                        raise InvalidResponse(f"{what}: {self.url} sent more than its {size} bytes")
                     hasher.update(chunk)
                     received += len(chunk)
                     if sink is not None:

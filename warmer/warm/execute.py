@@ -213,7 +213,7 @@ class Executor:
         rows = await asyncio.to_thread(self.ledger.items, self.run_id)
         self.stats.count_run(rows)
         if self.reserve is not None:
-            self.stats.upstream_manifest_gets = self.reserve.spent
+            self.stats.upstream_requests_reserved = self.reserve.spent
         return self.stats
 
     def _schedule(self, items: Sequence[RunItem]) -> None:
@@ -476,7 +476,11 @@ class Executor:
                     self._progress("bytes", item, k)
 
                 n = await lane.client.fetch_blob(
-                    item.repository, item.digest, on_bytes=counted, on_answer=stored.append
+                    item.repository,
+                    item.digest,
+                    on_bytes=counted,
+                    on_answer=stored.append,
+                    size=item.size,
                 )
         except DigestMismatch as exc:
             self._record(

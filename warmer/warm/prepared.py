@@ -33,6 +33,9 @@ class Prepared:
     unresolved: list[planner.Skipped] = field(default_factory=list)
     window: timedelta | None = None
     budget: int | None = None
+    # Manifest GETs made through the top tier to resolve the planned images (index and
+    # platform manifests): each reached the upstream unless the top mirror held it.
+    manifest_requests: int = 0
 
 
 def mirror_nodes(config: Config) -> list[planner.MirrorNode]:
@@ -117,7 +120,8 @@ async def prepare(
         planner.Budget(bytes=budget_bytes, window=window),
         now,
     )
-    return Prepared(region, result, unresolved, window, budget_bytes)
+    requests = sum(len(w.manifests) for w in wanted)
+    return Prepared(region, result, unresolved, window, budget_bytes, requests)
 
 
 def item_rows(plan: planner.Plan) -> list[dict[str, Any]]:

@@ -307,6 +307,7 @@ async def _warm(
                     config, ledger, run_id, deadline=deadline, reserve=reserve,
                     on_progress=on_progress,
                 )  # fmt: skip
+            stats.manifest_requests = prepared.manifest_requests
             outcome.runs.append((run_id, stats))
             moved: list[Want] = []
             if stats.moved and not outcome.moved and not stats.deadline_hit:
@@ -446,6 +447,7 @@ async def _pipelined(
         images, unresolved, more_left = await _take(ready, FIRST_BATCH)
         whole = planner.plan(images, nodes, targets, held, unlimited, now)
         prepared = Prepared(region, whole, unresolved)  # the whole plan once all is in
+        prepared.manifest_requests = sum(len(w.manifests) for w in images)
         run_id = start_run(ledger, prepared, now, deadline)
         if on_run is not None:
             on_run(run_id, Prepared(region, whole, list(unresolved)))
@@ -455,6 +457,7 @@ async def _pipelined(
             if not more_left:
                 return
             images, skipped, _ = await _take(ready, None)
+            prepared.manifest_requests += sum(len(w.manifests) for w in images)
             part = planner.plan(images, nodes, targets, held, unlimited, now, after=whole)
             whole = planner.merge(whole, part)
             prepared.unresolved.extend(skipped)

@@ -36,7 +36,10 @@ class RunStats:
     bytes_by_mirror: Counter[str] = field(default_factory=Counter)
     bytes_by_tier: Counter[int] = field(default_factory=Counter)
     parent_bytes_by_mirror: Counter[str] = field(default_factory=Counter)
-    upstream_manifest_gets: int = 0
+    # The rate reserve's count of manifest requests it let through during the whole warm:
+    # per image its index and one manifest per platform, an upper bound (see reserve.py).
+    upstream_requests_reserved: int = 0
+    manifest_requests: int = 0  # made to resolve this run's images (see Prepared)
     seconds: float = 0.0
     deadline_hit: bool = False
     restored: int = 0
@@ -66,7 +69,8 @@ class RunStats:
             "bytes_by_mirror": dict(self.bytes_by_mirror),
             "bytes_by_tier": {str(k): v for k, v in sorted(self.bytes_by_tier.items())},
             "parent_bytes_by_mirror": dict(self.parent_bytes_by_mirror),
-            "upstream_manifest_gets": self.upstream_manifest_gets,
+            "manifest_requests": self.manifest_requests,
+            "upstream_manifest_requests_reserved": self.upstream_requests_reserved,
             "seconds": round(self.seconds, 3),
             "deadline_hit": self.deadline_hit,
             "restored": self.restored,
