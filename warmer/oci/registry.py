@@ -13,8 +13,8 @@ import gc
 import io
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import IO
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import IO, Any
 
 import httpx
 
@@ -347,37 +347,53 @@ class RegistryClient(RegistryTransport):
         """All tags, following ``Link: <...>; rel="next"`` pagination (``n=page_size``)."""
         tags: list[str] = []
         first = self._path(repository, "tags", "list")
-        path: str | None = f"{first}?n={page_size}" if page_size else first
-        for _ in range(MAX_TAG_PAGES):
-            if path is None:
-                return tags
-            what = f"tags of {repository}"
-            resp = await self._call("GET", path, [repository_scope(repository, "pull")], what)
+        path = f"{first}?n={page_size}" if page_size else first
+        what = f"tags of {repository}"
+        async for resp in self._pages(path, [repository_scope(repository, "pull")], what):
             tags.extend(self._tag_page(resp, what))
-            nxt = resp.links.get("next", {}).get("url")
-            path = None
-            if nxt:
-                url = self.follow(resp, nxt, what)
+        return tags
+
+    async def _pages(
+        self, path: str, scopes: list[str], what: str
+    ) -> AsyncIterator[httpx.Response]:
+        """GET ``path`` and each ``Link: <...>; rel="next"`` page after it, on this registry
+        only, at most ``MAX_TAG_PAGES`` of them."""
+        nxt: str | None = path
+        for _ in range(MAX_TAG_PAGES):
+            if nxt is None:
+                return
+            resp = await self._call("GET", nxt, scopes, what)
+            yield resp
+            link = resp.links.get("next", {}).get("url")
+            nxt = None
+            if link:
+                url = self.follow(resp, link, what)
                 if not self._same_origin(url):
                     raise InvalidResponse(
                         f"{what}: {self.url} sent a next page at another host ({safe_url(url)})"
                     )
-                path = str(url)
-        raise RegistryError(f"tags of {repository}: more than {MAX_TAG_PAGES} pages")
+                nxt = str(url)
+        raise RegistryError(f"{what}: more than {MAX_TAG_PAGES} pages")
 
-    def _tag_page(self, resp: httpx.Response, what: str) -> list[str]:
-        """The tags of one page of a tag list, each checked against the tag grammar."""
+    def _json_page(self, resp: httpx.Response, what: str, key: str, kind: str) -> Any:
+        """One page's JSON object and its ``key`` list (None when absent), or
+        InvalidResponse naming the registry."""
         try:
             data = json.loads(resp.content)
         except (ValueError, RecursionError):
             raise InvalidResponse(f"{what}: {self.url} sent something other than JSON") from None
-        page = data.get("tags") if isinstance(data, dict) else None
+        page = data.get(key) if isinstance(data, dict) else None
         if not isinstance(data, dict) or not isinstance(page, list | None):
-            raise InvalidResponse(f"{what}: {self.url} sent something other than a tag list")
+            raise InvalidResponse(f"{what}: {self.url} sent something other than {kind}")
+        return data
+
+    def _tag_page(self, resp: httpx.Response, what: str) -> list[str]:
+        """The tags of one page of a tag list, each checked against the tag grammar."""
+        data = self._json_page(resp, what, "tags", "a tag list")
         try:
             if data.get("name") is not None:
                 check_repository(data["name"], "repository name")
-            return [check_tag(t, "tag") for t in page or []]
+            return [check_tag(t, "tag") for t in data.get("tags") or []]
         except InvalidValue as exc:
             raise self.invalid(what, exc) from None
 
@@ -387,34 +403,16 @@ class RegistryClient(RegistryTransport):
         a wiped or replaced cache lost shows here without asking its parent for anything."""
         names: list[str] = []
         what = "repository catalog"
-        path: str | None = f"/v2/_catalog?n={page_size}"
-        for _ in range(MAX_TAG_PAGES):
-            if path is None:
-                return names
-            resp = await self._call("GET", path, ["registry:catalog:*"], what)
+        path = f"/v2/_catalog?n={page_size}"
+        async for resp in self._pages(path, ["registry:catalog:*"], what):
+            data = self._json_page(resp, what, "repositories", "a catalog")
             try:
-                data = json.loads(resp.content)
-            except (ValueError, RecursionError):
-                raise InvalidResponse(
-                    f"{what}: {self.url} sent something other than JSON"
-                ) from None
-            page = data.get("repositories") if isinstance(data, dict) else None
-            if not isinstance(page, list | None):
-                raise InvalidResponse(f"{what}: {self.url} sent something other than a catalog")
-            try:
-                names += [check_repository(n, "repository name") for n in page or []]
+                names += [
+                    check_repository(n, "repository name") for n in data.get("repositories") or []
+                ]
             except InvalidValue as exc:
                 raise self.invalid(what, exc) from None
-            nxt = resp.links.get("next", {}).get("url")
-            path = None
-            if nxt:
-                url = self.follow(resp, nxt, what)
-                if not self._same_origin(url):
-                    raise InvalidResponse(
-                        f"{what}: {self.url} sent a next page at another host ({safe_url(url)})"
-                    )
-                path = str(url)
-        raise RegistryError(f"{what}: more than {MAX_TAG_PAGES} pages")
+        return names
 
     # --- pushing (seeding the sandbox, importing bundles) --------------------------------
 
