@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -11,10 +10,9 @@ from datetime import timedelta
 
 import pytest
 from aiohttp import ClientSession, web
-from test_warm import RegistryFactory, Topo, topo  # noqa: F401 (topo is a fixture)
+from test_warm import LoopbackServer, RegistryFactory, Topo, topo  # noqa: F401 (topo is a fixture)
 
 from warmer.config import Config, load
-from warmer.sandbox.procs import free_port
 from warmer.store.ledger import Ledger, RunItem, utcnow
 from warmer.warm import run as warm
 from warmer.warm.resolve import wants_from_args
@@ -99,7 +97,7 @@ def test_429_through_mirror_is_failed_with_clear_reason(
     assert run_state(ledger, run_id) == "failed"
 
 
-class Recorder:
+class Recorder(LoopbackServer):
     """A loopback pass-through to ``target`` that records, server side, when each request
     arrived, and when its answer left with which status and Retry-After."""
 
@@ -113,14 +111,9 @@ class Recorder:
         retry_after: str | None
 
     def __init__(self, target: str) -> None:
+        super().__init__()
         self.target = target
         self.entries: list[Recorder.Entry] = []
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()
@@ -147,28 +140,6 @@ class Recorder:
         )  # fmt: skip
         self.entries.append(entry)
         return out
-
-    async def _serve(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.port).start()
-        self._stop = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-
-    def __enter__(self) -> Recorder:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._stop is not None and self._loop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
 
 
 RETRY_AFTER_TOLERANCE = 0.05  # seconds: clock reads and loopback, not a performance bound

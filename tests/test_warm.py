@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -510,7 +510,45 @@ def test_corrupted_blob_is_an_incident(topo: Topo) -> None:
 # --- 7. a Harbor-style path-prefix mirror ----------------------------------------------------
 
 
-class PrefixFront:
+class LoopbackServer:
+    """An aiohttp server on a free 127.0.0.1 port in its own thread and event loop, for
+    the duration of a ``with`` block; subclasses answer every request in ``_handle``."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def _serve(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        self._stop = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._ready.set()
+        await self._stop.wait()
+        await runner.cleanup()
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stop is not None and self._loop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+class PrefixFront(LoopbackServer):
     """A loopback rewrite in front of a plain registry: /v2/hub-proxy/<repo>/... -> /v2/<repo>/...
 
     (Harbor's proxy projects and Artifactory remotes name upstream repositories under a
@@ -518,15 +556,11 @@ class PrefixFront:
     """
 
     def __init__(self, target: str, prefix: str) -> None:
+        super().__init__()
         self.target, self.prefix = target, prefix
         self.paths: list[str] = []
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.paths.append(request.path)
         path = request.path_qs
         head = f"/v2/{self.prefix}/"
@@ -547,28 +581,6 @@ class PrefixFront:
             if request.method == "HEAD" and "Content-Length" in up.headers:
                 out.headers["Content-Length"] = up.headers["Content-Length"]
             return out
-
-    async def _serve(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.port).start()
-        self._stop = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-
-    def __enter__(self) -> PrefixFront:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
 
 
 def test_path_prefix_mirror(topo: Topo, registry_factory: RegistryFactory) -> None:

@@ -254,12 +254,11 @@ def expiring_before_next_window(config: Config, ledger: Ledger, now: datetime) -
         for target in config.region(name).mirrors:
             for mirror in config.chain(target):
                 starts[mirror] = min(starts.get(mirror, later[0]), later[0])
-    out = []
-    for mirror, start in sorted(starts.items()):
-        rows = [
-            h
-            for h in ledger.holdings([mirror], now)
-            if (expires := as_utc(h.expires_at)) is not None and expires < start
-        ]
-        out.append(Expiring(mirror, start, len(rows), sum(h.size for h in rows)))
-    return out
+    expiring: dict[str, list[Holding]] = defaultdict(list)
+    for h in ledger.holdings(starts, now):  # one query for every mirror
+        if (expires := as_utc(h.expires_at)) is not None and expires < starts[h.mirror]:
+            expiring[h.mirror].append(h)
+    return [
+        Expiring(m, start, len(expiring[m]), sum(h.size for h in expiring[m]))
+        for m, start in sorted(starts.items())
+    ]
