@@ -11,6 +11,7 @@ SOURCES = (
     "docker",
     "podman",
     "buildkit",
+    "kaniko",
     "github",
     "gitlab",
     "jenkins",

@@ -9,7 +9,9 @@ default, PostgreSQL too):
 - ``analytics_usage_pipelines``: one row per distinct pipeline (a short hash of its name)
   per usage bucket, so distinct counts stay exact however often counts are added.
 - ``analytics_static_refs``: references named in Dockerfiles, compose, Kubernetes and CI
-  files, with the time each (file, reference) was first seen.
+  files, with the time each (file, reference) was first seen (its commit's date in a git
+  work tree, else the scan time), and the references the files' git history shows removed
+  (line 0 or below, ``last_seen`` = the removing commit's date).
 - ``analytics_ingested_files``: per ingested file, a fingerprint of its first KiB, how far
   it was read (offset in the decompressed stream) and a fingerprint of the KiB before that
   offset. A file whose head and tail match is continued from the offset (an appended log);
@@ -22,7 +24,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 from sqlalchemy import Table, and_, delete, func, select
@@ -36,6 +38,7 @@ from warmer.store.schema import ingested_files, static_refs, usage, usage_pipeli
 
 __all__ = [
     "Aggregate",
+    "add_dated_refs",
     "add_events",
     "add_static_refs",
     "ingested_files",
@@ -134,13 +137,37 @@ def add_events(url: str, events: Iterable[Event]) -> int:
 
 
 # -- static references ---------------------------------------------------------------
+class _Dated(Protocol):
+    """``analytics.staticrefs.history.Dated``: a reference and when it was named."""
+
+    @property
+    def ref(self) -> Any: ...
+    @property
+    def first_seen(self) -> datetime: ...
+    @property
+    def last_seen(self) -> datetime: ...
+    @property
+    def present(self) -> bool: ...
+    @property
+    def dated_by(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class _ScanDated:
+    ref: Any
+    first_seen: datetime
+    last_seen: datetime
+    present: bool = True
+    dated_by: str = "scan"
+
+
 def add_static_refs(
     url: str,
     refs: Iterable[Any],
     files: Iterable[str] | None = None,
     now: datetime | None = None,
 ) -> int:
-    """Replace the stored references of every scanned file with ``refs``.
+    """Replace the stored references of every scanned file with ``refs``, dated at scan time.
 
     ``refs`` are ``analytics.staticrefs.StaticRef`` (``file``, ``line``, ``reference``,
     ``kind``, ``platform``). ``files`` lists every file scanned (also those with no
@@ -148,45 +175,80 @@ def add_static_refs(
     reference) across rescans, even when the line moves.
     """
     now = now or datetime.now(UTC)
-    items = list(refs)
-    scanned = set(files or ()) | {r.file for r in items}
+    return len(add_dated_refs(url, [_ScanDated(r, now, now) for r in refs], files, now))
+
+
+def add_dated_refs(
+    url: str,
+    dated: Iterable[_Dated],
+    files: Iterable[str] | None = None,
+    now: datetime | None = None,
+) -> dict[tuple[str, int, str], datetime]:
+    """Replace the stored references of every scanned file with ``dated``; returns the
+    ``first_seen`` stored for each present (file, line, reference).
+
+    A reference dated by git keeps its commit date. One dated at the scan time keeps the
+    earliest ``first_seen`` stored for its (file, reference) while present, even when its
+    line moved. A removed reference (``present`` false: found in the file's git history)
+    is stored with ``last_seen`` = its removal and line 0, -1, -2 ... (newest removal
+    first): no line of the file names it now, and ``static_frame`` reports it ``removed``.
+    """
+    now = now or datetime.now(UTC)
+    items = list(dated)
+    scanned = set(files or ()) | {d.ref.file for d in items}
     if not scanned:
-        return 0
+        return {}
     with db.engine_for(url).begin() as conn:
         first: dict[tuple[str, str], datetime] = {}
         names = sorted(scanned)
+        s = static_refs
         for i in range(0, len(names), 500):
             part = names[i : i + 500]
-            for row in conn.execute(
-                select(static_refs.c.file, static_refs.c.reference, static_refs.c.first_seen).where(
-                    static_refs.c.file.in_(part)
-                )
-            ):
-                seen = (
-                    row.first_seen if row.first_seen.tzinfo else row.first_seen.replace(tzinfo=UTC)
-                )
+            q = select(s.c.file, s.c.reference, s.c.first_seen).where(
+                s.c.file.in_(part), s.c.line > 0
+            )
+            for row in conn.execute(q):
+                seen = _utc(row.first_seen)
                 key = (row.file, row.reference)
                 first[key] = min(first.get(key, seen), seen)
-            conn.execute(delete(static_refs).where(static_refs.c.file.in_(part)))
+            conn.execute(delete(s).where(s.c.file.in_(part)))
         rows: dict[tuple[str, int, str], dict[str, Any]] = {}
-        for r in items:
+        gone: dict[tuple[str, str], int] = {}
+        for d in sorted(items, key=lambda d: (d.present, d.last_seen), reverse=True):
+            r = d.ref
             ref = r.reference
             canonical = str(ref)
-            rows[(r.file, r.line, canonical)] = {
-                "file": r.file,
-                "line": r.line,
-                "reference": canonical,
-                "image": ref.name,
-                "tag": ref.tag or "",
-                "digest": ref.digest or "",
-                "kind": r.kind,
-                "platform": r.platform or "",
-                "first_seen": first.get((r.file, canonical), now),
-                "last_seen": now,
-            }
+            if d.present:
+                line = int(r.line)
+                seen = d.first_seen
+                if d.dated_by != "git":
+                    seen = min(first.get((r.file, canonical), seen), seen)
+            else:
+                line = -gone.get((r.file, canonical), 0)
+                gone[(r.file, canonical)] = -line + 1
+                seen = d.first_seen
+            rows.setdefault(
+                (r.file, line, canonical),
+                {
+                    "file": r.file,
+                    "line": line,
+                    "reference": canonical,
+                    "image": ref.name,
+                    "tag": ref.tag or "",
+                    "digest": ref.digest or "",
+                    "kind": r.kind,
+                    "platform": r.platform or "",
+                    "first_seen": seen,
+                    "last_seen": d.last_seen if not d.present else now,
+                },
+            )
         if rows:
             conn.execute(static_refs.insert(), list(rows.values()))
-    return len(rows)
+    return {k: v["first_seen"] for k, v in rows.items() if k[1] > 0}
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 # -- frames for the model ------------------------------------------------------------
@@ -265,7 +327,9 @@ STATIC_COLUMNS = ["file", "line", "reference", "image", "tag", "first_seen", "di
 
 
 def static_frame(url: str) -> pd.DataFrame:
-    """Stored static references: file, line, reference, image, tag, first_seen (UTC), ..."""
+    """Stored static references: file, line, reference, image, tag, first_seen (UTC), digest,
+    kind, platform, last_seen (UTC) and ``removed`` (UTC, NaT while named: the time a
+    reference found in git history left its file; its row has line 0 or below)."""
     s = static_refs
     q = select(
         s.c.file,
@@ -277,10 +341,15 @@ def static_frame(url: str) -> pd.DataFrame:
         s.c.digest,
         s.c.kind,
         s.c.platform,
+        s.c.last_seen,
     )
     with db.engine_for(url).connect() as conn:
         rows = conn.execute(q.order_by(s.c.file, s.c.line)).all()
-    frame = pd.DataFrame([tuple(r) for r in rows], columns=[*STATIC_COLUMNS, "platform"])
+    frame = pd.DataFrame(
+        [tuple(r) for r in rows], columns=[*STATIC_COLUMNS, "platform", "last_seen"]
+    )
     frame["first_seen"] = pd.to_datetime(frame["first_seen"], utc=True)
+    frame["last_seen"] = pd.to_datetime(frame["last_seen"], utc=True)
     frame["line"] = frame["line"].astype("int64")
+    frame["removed"] = frame["last_seen"].where(frame["line"] <= 0)
     return frame

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
 import socket
 from collections.abc import Callable, Iterable, Sequence
@@ -63,6 +64,49 @@ class LedgerItems(Collector):
         for region in self.regions:
             for state in ("pending", "running", "done", "failed", "skipped"):
                 family.add_metric([region, state], seen.get((region, state), 0))
+        yield family
+
+
+class LedgerRequests(Collector):
+    """``warmer_run_requests{region, tier, kind, method}``: the requests the region's latest
+    finished warm run sent, per tier (``upstream``, ``0``, ``1`` ...), kind (``manifest``,
+    ``blob``, ``ping`` ...) and method, from its summary in the ledger (every replica
+    reports the same)."""
+
+    def __init__(self, url: str, regions: Sequence[str]) -> None:
+        self.url = url
+        self.regions = list(regions)
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "warmer_run_requests",
+            "Requests sent by the region's latest finished warm run, by tier, kind and method.",
+            labels=["region", "tier", "kind", "method"],
+        )
+        try:
+            engine = db.engine_for(self.url)
+            with engine.connect() as conn:
+                latest = (
+                    sa.select(sa.func.max(col(Run.id)))
+                    .where(col(Run.region).in_(self.regions), col(Run.finished_at).is_not(None))
+                    .group_by(col(Run.region))
+                    .scalar_subquery()
+                )
+                rows = conn.execute(
+                    sa.select(col(Run.region), col(Run.summary)).where(col(Run.id).in_(latest))
+                ).all()
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("metrics: cannot read run summaries: %s", exc)
+            rows = []
+        for region, summary in rows:
+            try:
+                tiers = json.loads(summary or "{}").get("requests_by_tier") or {}
+                for tier, kinds in tiers.items():
+                    for kind, methods in kinds.items():
+                        for method, n in methods.items():
+                            family.add_metric([str(region), tier, kind, method], float(n))
+            except (ValueError, AttributeError, TypeError):
+                continue  # a summary from before these counts, or not JSON
         yield family
 
 
@@ -124,7 +168,29 @@ class Metrics:
         self.leases_lost = Counter(
             "warmer_leases_lost", "Leases taken over while this replica held them.", registry=r
         )
+        self.ingest_coverage = Gauge(
+            "warmer_ingest_coverage",
+            "Share (0-1) of the image-looking log lines of the last ingest that gave events, "
+            "per log format: events / (events + unused lines).",
+            ["format"],
+            registry=r,
+        )
+        self.ingest_unused_lines = Gauge(
+            "warmer_ingest_unused_lines",
+            "Lines of the last ingest that look like an image reference but gave no event.",
+            ["format"],
+            registry=r,
+        )
         r.register(LedgerItems(url, regions))
+        r.register(LedgerRequests(url, regions))
+
+    def observe_ingest(self, summary: dict[str, Any]) -> None:
+        """Set the ingest coverage gauges from an ingest summary (``IngestReport.as_dict``)."""
+        formats = summary.get("formats") or {}
+        for fmt, row in formats.items():
+            self.ingest_unused_lines.labels(fmt).set(row.get("unused_lines", 0))
+            if row.get("coverage") is not None:
+                self.ingest_coverage.labels(fmt).set(row["coverage"])
 
     def scrape(self) -> bytes:
         return generate_latest(self.registry)

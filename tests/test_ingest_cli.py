@@ -69,7 +69,10 @@ def test_store_summary_json_and_bad_file_warns(tmp_path: Path) -> None:
     )
     assert code == 0
     summary = json.loads(out)
-    assert summary["events"] == 2 and summary["formats"] == {"jenkins": {"files": 1, "events": 2}}
+    assert summary["events"] == 2 and summary["formats"] == {
+        "jenkins": {"files": 1, "events": 2, "unused_lines": 0, "coverage": 1.0}
+    }
+    assert summary["unused_lines"] == 0 and summary["coverage"] == 1.0
     assert err.count("warning:") == 1 and "garbage.bin" in err
     assert set(store.usage_frame(url)["region"]) == {"us"}
     code, out, _ = invoke("ingest", str(DATA / "logs" / "jenkins-console.log"), "--db", url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analytics.staticrefs import StaticRef, classify, scan_paths
+from analytics.staticrefs.gitlog import GitError, parse_log
+from analytics.staticrefs.history import Revision, intervals, merge
+from warmer.oci.reference import parse
 
 REPO = Path(__file__).parent / "data" / "static" / "repo"
 
@@ -210,3 +214,64 @@ def test_unclosed_substitutions_and_continuation_only_lines_are_fast_and_clean()
     warnings.clear()
     scan_dockerfile("d", "FROM alpine:3\nRUN x\n" + "\\\n" * 3, found.append, warnings.append)
     assert [str(r.reference) for r in found] == ["docker.io/library/alpine:3"]
+
+
+def _rev(day: int, *images: str) -> Revision:
+    """A Dockerfile revision naming ``images``; ``"-"`` alone: the file is absent."""
+    when = datetime(2024, 5, day, tzinfo=UTC)
+    if images == ("-",):
+        return Revision(f"c{day}", when, None)
+    refs = [
+        StaticRef("Dockerfile", i, parse(x), "dockerfile", "FROM") for i, x in enumerate(images)
+    ]
+    return Revision(f"c{day}", when, refs)
+
+
+def test_history_spans_removals_re_additions_and_absent_files() -> None:
+    spans = intervals(
+        [
+            _rev(1, "alpine:3.19"),
+            _rev(2, "alpine:3.19", "redis:7"),
+            _rev(3, "-"),
+            _rev(4, "redis:7"),
+        ]
+    )
+    got = [
+        (s.reference.rsplit("/", 1)[1], s.first.day, s.last.day if s.last else None) for s in spans
+    ]
+    assert got == [("alpine:3.19", 1, 3), ("redis:7", 2, 3), ("redis:7", 4, None)]
+    assert spans[0].removed_in == "c3" and spans[2].added_in == "c4"
+
+
+def test_merge_dates_the_working_tree_by_history_and_keeps_removals() -> None:
+    now = datetime(2024, 6, 1, tzinfo=UTC)
+    spans = intervals([_rev(1, "alpine:3.19", "redis:7"), _rev(2, "alpine:3.20", "redis:7")])
+    tree = [  # redis removed and node added in the working tree, not committed
+        StaticRef("Dockerfile", 1, parse("alpine:3.20"), "dockerfile", "FROM"),
+        StaticRef("Dockerfile", 2, parse("node:22"), "dockerfile", "FROM"),
+    ]
+    got = {
+        (str(d.ref.reference).rsplit("/", 1)[1], d.present): (
+            d.first_seen.day,
+            d.last_seen,
+            d.dated_by,
+        )
+        for d in merge(tree, spans, now)
+    }
+    assert got == {
+        ("alpine:3.20", True): (2, now, "git"),
+        ("node:22", True): (1, now, "scan"),  # first_seen = now: June 1st
+        ("alpine:3.19", False): (1, datetime(2024, 5, 2, tzinfo=UTC), "git"),
+        ("redis:7", False): (1, now, "git"),  # removed since HEAD: at the scan time
+    }
+
+
+def test_git_log_records_parse_with_odd_file_names() -> None:
+    raw = b"\x01abc 1714557600\x00\nDockerfile\x00a b/\xc3\xa9\nx.yml\x00\x01def 1714471200\x00\x00"
+    commits = parse_log(raw)
+    assert [(c.sha, c.when.day, c.paths) for c in commits] == [
+        ("abc", 1, ("Dockerfile", "a b/\xe9\nx.yml")),
+        ("def", 30, ()),
+    ]
+    with pytest.raises(GitError):
+        parse_log(b"\x01abc notanumber\x00")

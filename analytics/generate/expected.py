@@ -15,6 +15,8 @@ digest). Pipelines contribute their expected runs per UTC hour (commit pipelines
 office profile and the weekday, nightly ones once a day, release trains on their weekday)
 for every use in force at that hour; ad-hoc mirror pulls add each tag's share of them.
 Bursts (retry storms) are left out: they are unpredictable by design.
+
+``logged_pulls`` is the other ground truth: how many pulls the logs hold, per format.
 """
 
 from __future__ import annotations
@@ -118,3 +120,10 @@ def expected_demand(work: Workload, region: str, day: pd.Timestamp | datetime) -
                     break
         rows.append((image, tag, float(hourly.sum()), total_real, stay))
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def logged_pulls(work: Workload) -> dict[str, int]:
+    """The pulls the generator wrote to its logs, per log format: what ingest must count
+    (each pull is one event, whatever the layout of the files)."""
+    counts = work.pulls["source"].value_counts()
+    return {str(source): int(n) for source, n in sorted(counts.items())}

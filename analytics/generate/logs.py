@@ -5,7 +5,8 @@ own timestamps (GitHub, GitLab runner 17, Jenkins timestamper, kubelet journal, 
 access log) carry them per line; docker, podman and BuildKit output has none, so those
 runs go to small files whose modification time is the run's time (what ingest falls back
 to). ``noise`` lines of build and test output around the pulls make the files the size
-and texture of real job logs.
+and texture of real job logs. ``buildkit_concatenated`` writes a day's builds of a pipeline
+into one log, without the headers that separate builds (an option of ``write_logs``).
 """
 
 from __future__ import annotations
@@ -220,32 +221,41 @@ def podman(run: Run) -> Iterator[str]:
         yield from _noise(run, i)
 
 
-def buildkit(run: Run) -> Iterator[str]:
+def buildkit(run: Run, cut: int = 0) -> Iterator[str]:
+    """A build's plain progress. ``cut`` 1: without its header (``#0 building with`` and the
+    ``load build definition`` vertex), as in logs of consecutive builds concatenated; 2:
+    also without the ``load metadata`` vertices (a log truncated at its start); 3: without
+    the header, the ``FROM`` titles cut with ``...`` (the ``resolve`` line names the image)
+    and no ``DONE``/``CACHED`` for them (a build cut off while pulling)."""
     n = 1
     yield run.banner()
-    yield '#0 building with "default" instance using docker driver'
-    yield ""
-    yield f"#{n} [internal] load build definition from Dockerfile"
-    yield f"#{n} transferring dockerfile: 612B done"
-    yield f"#{n} DONE 0.0s"
-    yield ""
+    if cut == 0:
+        yield '#0 building with "default" instance using docker driver'
+        yield ""
+        yield f"#{n} [internal] load build definition from Dockerfile"
+        yield f"#{n} transferring dockerfile: 612B done"
+        yield f"#{n} DONE 0.0s"
+        yield ""
     for p in run.pulls:
         n += 1
-        yield f"#{n} [internal] load metadata for {p.ref}"
-        yield f"#{n} DONE 0.9s"
-        yield ""
+        if cut < 2:
+            yield f"#{n} [internal] load metadata for {p.ref}"
+            yield f"#{n} DONE 0.9s"
+            yield ""
     for i, p in enumerate(run.pulls):
         n += 1
         pinned = f"{p.ref}@{p.digest}"
-        yield f"#{n} [build {i + 1}/4] FROM {pinned}"
+        title = f"{pinned[: len(p.ref) + 20]}..." if cut == 3 else pinned
+        yield f"#{n} [build {i + 1}/4] FROM {title}"
         yield f"#{n} resolve {pinned} 0.0s done"
         if p.pulled:
             for d, size in p.layers:
                 mb = size / 1e6
                 yield f"#{n} {d} {mb:.2f}MB / {mb:.2f}MB 1.1s done"
                 yield f"#{n} extracting {d} 0.8s done"
-            yield f"#{n} DONE 4.2s"
-        else:
+            if cut != 3:
+                yield f"#{n} DONE 4.2s"
+        elif cut != 3:
             yield f"#{n} CACHED"
         yield ""
     for line in _noise(run, n):
@@ -303,3 +313,11 @@ WRITERS = {
 }
 # Formats whose lines carry no time: one file per run, dated by its modification time.
 UNTIMED = ("docker", "podman", "buildkit")
+
+
+def buildkit_concatenated(runs: list[Run]) -> Iterator[str]:
+    """Consecutive builds in one log: the first whole, then in turn without the header,
+    truncated at the start, and cut short (``buildkit(run, cut)``), as CI systems that keep
+    one log per job of several builds, or cut logs, leave them."""
+    for i, run in enumerate(runs):
+        yield from buildkit(run, 0 if i == 0 else 1 + (i % 3))

@@ -22,14 +22,18 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
+import subprocess
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 
-from analytics.generate.logs import UNTIMED, WRITERS, Pull, Run
-from analytics.generate.workload import Pipeline, Workload
+from analytics.generate.logs import UNTIMED, WRITERS, Pull, Run, buildkit_concatenated
+from analytics.generate.workload import Pipeline, Use, Workload
+from analytics.staticrefs.gitlog import git_env
 from warmer.oci.reference import parse
 
 _RUNNER = {
@@ -91,11 +95,23 @@ def _runs(w: Workload, noise: int) -> dict[tuple[str, str, str, str], list[Run]]
     return out
 
 
-def write_logs(w: Workload, out: Path, noise: int = 12, gzip_every: int = 3) -> Written:
-    """Write every run's log text; timed formats gzipped every ``gzip_every`` days (0: never)."""
+def write_logs(
+    w: Workload, out: Path, noise: int = 12, gzip_every: int = 3, concat_buildkit: bool = False
+) -> Written:
+    """Write every run's log text; timed formats gzipped every ``gzip_every`` days (0: never).
+
+    ``concat_buildkit``: a pipeline's BuildKit builds of a day go to one file
+    (``<pipeline>.log``), consecutive builds without the header that separates them and
+    some truncated at their start (``logs.buildkit_concatenated``).
+    """
     stats = Written()
     start_day = pd.Timestamp(w.params.start).tz_convert("UTC").tz_localize(None)
-    for (region, source, day, key), runs in sorted(_runs(w, noise).items()):
+    groups: dict[tuple[str, str, str, str], list[Run]] = {}
+    for (region, source, day, key), runs in _runs(w, noise).items():
+        if concat_buildkit and source == "buildkit":
+            key = _slug(runs[0].pipeline)
+        groups.setdefault((region, source, day, key), []).extend(runs)
+    for (region, source, day, key), runs in sorted(groups.items()):
         runs.sort(key=lambda r: r.t)
         folder = out / "logs" / region / source / day
         folder.mkdir(parents=True, exist_ok=True)
@@ -105,8 +121,11 @@ def write_logs(w: Workload, out: Path, noise: int = 12, gzip_every: int = 3) -> 
             and (pd.Timestamp(day) - start_day).days % gzip_every == gzip_every - 1
         )
         path = folder / (key + (".log.gz" if gz else ".log"))
-        writer = WRITERS[source]
-        text = "\n".join(line for run in runs for line in writer(run)) + "\n"
+        if concat_buildkit and source == "buildkit":
+            text = "\n".join(buildkit_concatenated(runs)) + "\n"
+        else:
+            writer = WRITERS[source]
+            text = "\n".join(line for run in runs for line in writer(run)) + "\n"
         data = text.encode()
         if gz:
             path.write_bytes(gzip.compress(data, compresslevel=1, mtime=0))
@@ -125,17 +144,26 @@ def _familiar(ref: str) -> str:
     return parse(ref).familiar
 
 
-def repo_files(pl: Pipeline) -> dict[str, str]:
-    """The repository files naming the pipeline's images as they are at the end."""
-    live = [u for u in pl.uses if u.until is None and u.named]
+def _named_at(u: Use, at: datetime | None) -> bool:
+    if not u.named:
+        return False
+    if at is None:
+        return u.until is None
+    return u.since <= at and (u.until is None or at < u.until)
+
+
+def repo_files(pl: Pipeline, at: datetime | None = None) -> dict[str, str]:
+    """The repository files naming the pipeline's images at ``at`` (None: at the end)."""
+    live = [u for u in pl.uses if _named_at(u, at)]
     by_role: dict[str, list[str]] = defaultdict(list)
     for u in live:
         by_role[u.role].append(_familiar(u.ref))
     files: dict[str, str] = {}
     if by_role["base"]:
         base = by_role["base"][0]
+        # No `# syntax=` line: the workload never pulls a BuildKit frontend image, and a
+        # reference named in every Dockerfile but never pulled would skew the static signal.
         files["Dockerfile"] = (
-            "# syntax=docker/dockerfile:1\n"
             "ARG BASE=" + base + "\n"
             "FROM ${BASE} AS build\nWORKDIR /src\nCOPY . .\nRUN make build\n\n"
             'FROM ${BASE}\nCOPY --from=build /src/out /app\nCMD ["/app/run"]\n'
@@ -170,15 +198,68 @@ def repo_files(pl: Pipeline) -> dict[str, str]:
     return files
 
 
-def write_repos(w: Workload, out: Path) -> int:
+_GIT_IDENTITY = ["-c", "user.name=warmer generate", "-c", "user.email=generate@warmer.invalid"]
+
+
+def _git(repo: Path, args: list[str], when: datetime | None = None) -> None:
+    """``git -C repo ARGS`` with a fixed identity (no git config needed) and, for a commit,
+    author and committer dates ``when``."""
+    env = git_env()
+    if when is not None:
+        stamp = f"@{int(when.timestamp())} +0000"
+        env |= {"GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp}
+    cmd = ["git", "-C", str(repo), *_GIT_IDENTITY, "-c", "commit.gpgsign=false", *args]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, stdin=subprocess.DEVNULL)
+
+
+def write_repos(w: Workload, out: Path, git: bool = True) -> int:
+    """Each pipeline's repository under ``out/repos/<pipeline>``; returns the files written.
+
+    With ``git`` (and a git command on the PATH), each is a git repository whose history
+    is the pipeline's: a first commit when the pipeline starts, then one commit at each
+    time an image reference is added (an adoption) or replaced (a migration), dated then
+    (author and committer date, whole seconds, never after the use's first pull), so
+    ``warmer refs`` dates each reference as the workload's ground truth (``w.static``)
+    does. A repository left by an earlier generation is replaced."""
+    use_git = git and shutil.which("git") is not None
     n = 0
     for pl in w.pipelines:
-        for rel, text in repo_files(pl).items():
-            path = out / "repos" / pl.name / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+        repo = out / "repos" / pl.name
+        if use_git and (repo / ".git").is_dir():
+            shutil.rmtree(repo)  # an earlier generation's history would mix with this one
+        repo.mkdir(parents=True, exist_ok=True)
+        if use_git:
+            _git(repo, ["init", "-q", "-b", "main"])
+            _commit_history(pl, repo)
+        final = repo_files(pl)
+        for rel, text in final.items():
+            path = repo / rel
+            if not use_git:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
             n += 1
     return n
+
+
+def _commit_history(pl: Pipeline, repo: Path) -> None:
+    """One commit per change of the files' text, at the time of the change."""
+    named = [u for u in pl.uses if u.named]
+    times = sorted({u.since for u in named} | {u.until for u in named if u.until is not None})
+    before: dict[str, str] = {}
+    for t in times:
+        files = repo_files(pl, t)
+        if files == before:
+            continue
+        for rel in before.keys() - files.keys():
+            (repo / rel).unlink()
+        for rel, text in files.items():
+            path = repo / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        _git(repo, ["add", "-A", "--", *sorted(before.keys() | files.keys())])
+        what = "start" if not before else "change image references"
+        _git(repo, ["commit", "-q", "--no-verify", "-m", f"{pl.name}: {what}"], when=t)
+        before = files
 
 
 def write_meta(w: Workload, out: Path) -> None:

@@ -3,6 +3,10 @@
 A parser declares ``keywords`` (bytes). The driver finds lines containing one of them
 with ``bytes.find`` (memchr speed) and feeds only those lines, decoded, to ``feed``; a
 parser never sees the bulk of a CI log. Regexes run only on those lines.
+
+A parser counts in ``known`` every line it understood (a line of a pull it folds into an
+event, or one it knows to be about an image but deliberately not a use): the driver's
+coverage scan (``analytics.ingest.unused``) reports image-looking lines no parser knew.
 """
 
 from __future__ import annotations
@@ -37,11 +41,17 @@ class LineParser:
 
     name = ""
     keywords: tuple[bytes, ...] = ()
+    scan_unused = True  # False: image-looking lines of this format are not client output
 
     def __init__(self, emit: Emit, stats: ReadStats, default_time: datetime) -> None:
         self.emit = emit
         self.stats = stats
         self.default_time = default_time
+        self.known = 0  # lines understood (see the module docstring)
+
+    def recognized(self) -> int:
+        """Lines understood so far (parsers that delegate add their helper's count)."""
+        return self.known
 
     def feed(self, line: str) -> None:
         raise NotImplementedError
@@ -92,8 +102,22 @@ _PULL_VALUE_OPTS = frozenset(
         "--signature-policy",
         "--namespace",
         "-n",
+        "--user",
+        "-u",
+        "--snapshotter",
     }
 )
+
+
+def split_digest(ref: str) -> tuple[str, str | None]:
+    """``name:tag@digest`` as (``name:tag``, digest); a reference by digest alone is kept
+    whole (it names nothing else) with its digest; no digest gives (ref, None)."""
+    name, at, digest = ref.partition("@")
+    if not at:
+        return ref, None
+    if ":" in name.rsplit("/", 1)[-1]:
+        return name, digest or None
+    return ref, digest or None
 
 
 def pull_target(args: str) -> str | None:

@@ -20,19 +20,32 @@ _GH_RUNNER = re.compile(
     r"^(?:Runner name: '([^']+)'|Job is about to start running on the runner: (.+?) \()"
 )
 _GH_DEFINED = re.compile(r"^Job defined at: (\S+?)(?:@\S*)?$")
+_GH_STEP_TITLE = re.compile(r"(?:^|\]|Z )(?:Pull|Pulling) (?:container|down action) image '")
 
 
 class GitHubParser(LineParser):
     """GitHub Actions job log: every line starts with an RFC 3339 UTC timestamp."""
 
     name = "github"
-    keywords = (*CLIENT_KEYWORDS, b"Runner name:", b"Job defined at:", b"about to start running")
+    keywords = (
+        *CLIENT_KEYWORDS,
+        b"Runner name:",
+        b"Job defined at:",
+        b"about to start running",
+        b"container image",
+        b"action image",
+    )
 
     def __init__(self, emit: Emit, stats: ReadStats, default_time: datetime) -> None:
         super().__init__(emit, stats, default_time)
         self.client = ClientOutput(emit, source=self.name)
 
     def feed(self, line: str) -> None:
+        if (" container image '" in line or " action image '" in line) and _GH_STEP_TITLE.search(
+            line
+        ):
+            self.known += 1  # the step title; the pull is the docker command that follows
+            return
         m = _GH_LINE.match(line)
         if m:
             ts = parse_iso(m.group(1))
@@ -55,6 +68,9 @@ class GitHubParser(LineParser):
             return
         self.client.feed(content, ts)
 
+    def recognized(self) -> int:
+        return self.known + self.client.recognized()
+
     def finish(self) -> None:
         self.client.finish()
 
@@ -64,7 +80,17 @@ class GitHubParser(LineParser):
 _GL_TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) [0-9a-f]{2}[OE]\+? ?")
 _GL_SECTION = re.compile(r"section_(?:start|end):(\d+):[^\r\x1b\s]*")
 _GL_PULLING = re.compile(r"Pulling docker image (\S+) \.\.\.")
-_GL_USING = re.compile(r"Using docker image (sha256:[0-9a-f]{64}) for (\S+) with digest (\S+)")
+_GL_USING = re.compile(
+    r"Using docker image (sha256:[0-9a-f]{64}) for (\S+)(?: with digest (\S+))?(?: \.\.\.)?$"
+)
+# The job image and service lines (any executor: Docker, Docker Machine, Kubernetes...).
+_GL_ANNOUNCE = re.compile(r"^(?:Using [\w +-]*executor with image|Starting service) (\S+)")
+_GL_KNOWN = (
+    "Using effective pull policy",
+    "Using locally found image",
+    "WARNING: Failed to pull image",
+    "Pulling docker image",
+)
 _GL_RUNNER = re.compile(r"^on (\S+) [0-9A-Za-z_-]{8}\b")
 _GL_GIT = re.compile(
     r"(?:Initialized empty|Reinitialized existing) Git repository in /builds/(.+?)/\.git/"
@@ -83,6 +109,10 @@ class GitLabParser(LineParser):
         b"Using docker image",
         b"Git repository in",
         b" on ",
+        b"executor with image",
+        b"Starting service",
+        b"pull policy",
+        b"Failed to pull image",
     )
 
     def __init__(self, emit: Emit, stats: ReadStats, default_time: datetime) -> None:
@@ -94,6 +124,10 @@ class GitLabParser(LineParser):
         self.client = ClientOutput(self._hold, source=self.name)
         self.section_time: datetime | None = None
         self.pulling: dict[str, datetime | None] = {}
+        self.announced: dict[str, datetime | None] = {}  # job and service images named
+
+    def recognized(self) -> int:
+        return self.known + self.client.recognized()
 
     def feed(self, line: str) -> None:
         ts: datetime | None = None
@@ -107,18 +141,30 @@ class GitLabParser(LineParser):
             line = _GL_SECTION.sub("", line)
         ts = ts or self.section_time
         content = strip_ansi(line).strip()
-        if content.startswith("Pulling docker image"):
+        if content.startswith(_GL_KNOWN):
+            self.known += 1
             p = _GL_PULLING.match(content)
             if p:
                 self.pulling[p.group(1)] = ts
             return
+        if content.startswith("Starting service") or (
+            content.startswith("Using") and "executor with image" in content
+        ):
+            a = _GL_ANNOUNCE.match(content)
+            if a:
+                self.known += 1
+                if "$" not in a.group(1):
+                    self.announced.setdefault(a.group(1), ts)
+                return
         if content.startswith("Using docker image"):
             u = _GL_USING.match(content)
             if u:
+                self.known += 1
                 image = u.group(2)
                 pulled = image in self.pulling
-                start = self.pulling.pop(image, None) or ts
-                digest = u.group(3).rpartition("@")[2] or None
+                start = self.pulling.pop(image, None) or self.announced.pop(image, None) or ts
+                self.announced.pop(image, None)
+                digest = (u.group(3) or "").rpartition("@")[2] or None
                 self.emit(
                     Hit(
                         image,
@@ -149,7 +195,16 @@ class GitLabParser(LineParser):
             self.emit(
                 Hit(image, ts, None, None, pipeline=self.client.pipeline, runner=self.client.runner)
             )
+        for image, ts in self.announced.items():  # named, no pull line (Kubernetes, cut)
+            if image not in self.pulling:
+                self.emit(
+                    Hit(
+                        image, ts, None, None, pipeline=self.client.pipeline,
+                        runner=self.client.runner,
+                    )
+                )  # fmt: skip
         self.pulling.clear()
+        self.announced.clear()
         self.client.finish()
         self._release()
 
@@ -219,6 +274,7 @@ class JenkinsParser(LineParser):
         if "docker inspect -f ." in content:
             i = _JK_INSPECT.search(content)
             if i:
+                self.known += 1
                 self._flush_inspect()
                 self.inspect = (i.group(1), ts)
             return
@@ -231,6 +287,9 @@ class JenkinsParser(LineParser):
         else:
             self._flush_inspect()
         self.client.feed(content, ts)
+
+    def recognized(self) -> int:
+        return self.known + self.client.recognized()
 
     def finish(self) -> None:
         self._flush_inspect()

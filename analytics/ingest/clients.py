@@ -1,9 +1,12 @@
-"""Container client output: docker CLI pulls, podman/buildah pulls, BuildKit plain progress.
+"""Container client output: docker/nerdctl/crictl/ctr pulls, podman/buildah pulls and
+builds, BuildKit progress (``analytics.ingest.buildkit``), kaniko and classic-builder steps
+(``analytics.ingest.builders``).
 
 ``ClientOutput`` is a small state machine over the lines those tools print. It is used on
 its own for a saved client log and inside the CI parsers (GitHub, GitLab, Jenkins), which
 strip their own line prefixes first. One pull gives one hit: the command line, the progress
-and the final status are folded together.
+and the final status are folded together. Every hit carries ``name:tag`` as its reference
+and the digest apart (a reference printed as ``name:tag@digest`` is split).
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from analytics.ingest.base import Emit, Hit, LineParser, pull_target, strip_ansi
+from analytics.ingest.base import Emit, Hit, LineParser, pull_target, split_digest, strip_ansi
+from analytics.ingest.builders import Kaniko, StepFrom
+from analytics.ingest.buildkit import BuildKit
 from analytics.ingest.reader import ReadStats
 
 KEYWORDS: tuple[bytes, ...] = (
-    b" pull ",  # docker|podman|buildah|nerdctl pull
+    b" pull ",  # docker|podman|buildah|nerdctl|crictl|ctr [global options] pull
     b"Pulling from",
     b"Digest: sha256:",
     b"Status: ",
@@ -24,6 +29,7 @@ KEYWORDS: tuple[bytes, ...] = (
     b"Writing manifest",
     b"load metadata for",
     b"resolve image config for",
+    b" resolve ",
     b"FROM ",
     b"CACHED",
     b"DONE",
@@ -31,19 +37,26 @@ KEYWORDS: tuple[bytes, ...] = (
     b"B / ",  # BuildKit layer download progress: "12.5MB / 49.6MB"
     b"extracting sha256",
     b"load build definition",
+    b"building with",
+    b"[+] Building",
+    b"Retrieving image",
+    b"Unable to find image",
+    b"Image already in cache",
 )
 
-_PULL_CMD = re.compile(r"(?:^|[\s/'\"$+>])(docker|podman|buildah|nerdctl)(?: image)? pull\s+(.*)$")
+# The tool, its global options (``--config DIR``, ``-H host``, ``--context x``, ``-D``,
+# ``--tls``...: a flag or an option with one value), an optional ``image``, then ``pull``.
+_PULL_CMD = re.compile(
+    r"(?:^|[\s/'\"$+>])(docker|podman|buildah|nerdctl|crictl|ctr)"
+    r"((?:\s+-[^\s=]+(?:=\S*)?(?:\s+(?!-|pull\b|images?\b|i\b)[^\s]+)?)*)"
+    r"(?:\s+(?:image|images|i))?\s+pull\s+(.*)$"
+)
 _STATUS = re.compile(r"Status: (Downloaded newer image|Image is up to date) for (\S+)")
 _DIGEST = re.compile(r"^\s*Digest: (sha256:[0-9a-f]{64})")
-# Greedy, trailing dots stripped in code: a lazy token before `\.*$` is quadratic on a line
-# with a long run of dots in it (7 s for 60 KB).
-_TRYING = re.compile(r"Trying to pull (\S+)$")
-_BK_STEP = re.compile(r"^#(\d+) (.*)$")
-_BK_FROM = re.compile(r"^(?:\[[^\]]*\] )?FROM (\S+)")
-_BK_META = re.compile(r"^\[internal\] load metadata for (\S+)")
-_BK_RESOLVE = re.compile(r"^resolve image config for docker-image://(\S+)")
-_BK_DOWNLOAD = re.compile(r"^(?:sha256:[0-9a-f]+ \S+ / \S+|extracting sha256:)")
+# Greedy, the dots cut in code: a lazy token before `\.*$` is quadratic on a line with a
+# long run of dots in it (7 s for 60 KB), and a lazy token before optional groups costs 4x.
+_TRYING = re.compile(r"Trying to pull (?:repository )?(\S+)")
+_UNABLE = re.compile(r"Unable to find image '([^'\s]+)' locally")  # docker run / create
 
 
 class ClientOutput:
@@ -54,21 +67,32 @@ class ClientOutput:
         self.source = source
         self.pipeline: str | None = None
         self.runner: str | None = None
-        # docker/podman pull in progress: [reference, ts, tool, saw_output]
+        self.known = 0  # lines understood (see analytics.ingest.base)
+        # docker/podman pull in progress: [reference, ts, tool, saw_output]; tool "step"
+        # for the base image of a Dockerfile step (present unless a pull follows)
         self.pending: list[object] | None = None
         self.digest: str | None = None
         self.blobs_copied = 0
         self.blobs_skipped = 0
-        # BuildKit: step id -> [reference, ts, downloaded]; metadata refs never FROM'd
-        self.steps: dict[str, list[object]] = {}
-        self.meta: dict[str, datetime | None] = {}
+        self.buildkit = BuildKit(self._split_hit)
+        self.steps = StepFrom()
+        self.kaniko = Kaniko()
+
+    def recognized(self) -> int:
+        return self.known + self.buildkit.known
+
+    def _split_hit(
+        self, ref: str, ts: datetime | None, digest: str | None, pulled: bool | None
+    ) -> None:
+        self._hit(ref, ts, digest, pulled)
 
     def _hit(self, ref: str, ts: datetime | None, digest: str | None, pulled: bool | None) -> None:
+        name, pinned = split_digest(ref)
         self.emit(
             Hit(
-                ref,
+                name,
                 ts,
-                digest,
+                digest or pinned,
                 pulled,
                 pipeline=self.pipeline,
                 runner=self.runner,
@@ -82,7 +106,8 @@ class ClientOutput:
             ref, ts = self.pending[0], self.pending[1]
             assert isinstance(ref, str)
             assert ts is None or isinstance(ts, datetime)
-            self._hit(ref, ts, self.digest, None)
+            present = self.pending[2] == "step" and not self.pending[3]
+            self._hit(ref, ts, self.digest, False if present else None)
         self._reset_pull()
 
     def _reset_pull(self) -> None:
@@ -92,12 +117,16 @@ class ClientOutput:
 
     def feed(self, line: str, ts: datetime | None) -> None:
         if line.startswith("#"):
-            self._buildkit(line, ts)
+            self.buildkit.plain(line, ts)
+            return
+        if line.startswith(("=>", "[+]")):
+            self.buildkit.fancy(line, ts)
             return
         if " pull " in line:
             m = _PULL_CMD.search(line)
             if m:
-                target = pull_target(m.group(2))
+                self.known += 1
+                target = pull_target(m.group(3))
                 if target is None:
                     return
                 if self.pending is not None:
@@ -107,9 +136,18 @@ class ClientOutput:
                     self._flush_pending()
                 self.pending = [target, ts, m.group(1), False]
                 return
+        if "Unable to find image" in line:
+            u = _UNABLE.search(line)
+            if u:  # `docker run` pulls what it cannot find: the pull output follows
+                self.known += 1
+                if self.pending is None or self.pending[0] != u.group(1):
+                    self._flush_pending()
+                    self.pending = [u.group(1), ts, "docker", False]
+            return
         if "Status: " in line:
             m2 = _STATUS.search(line)
             if m2:
+                self.known += 1
                 pulled = m2.group(1).startswith("Downloaded")
                 start = ts if self.pending is None else self.pending[1]
                 assert start is None or isinstance(start, datetime)
@@ -124,19 +162,24 @@ class ClientOutput:
                     self.pending[3] = True
             return
         if "Pulling from" in line:
+            self.known += 1
             if self.pending is not None:
                 self.pending[3] = True
             return
         if "Trying to pull" in line:
             m4 = _TRYING.search(line)
             if m4:
-                if self.pending is not None and self.pending[3]:
+                self.known += 1
+                token = m4.group(1)  # "X...", "X ... not found", "X...ERRO[0000] ..."
+                target = token.split("...", 1)[0].rstrip(".") or token[:1]
+                if self.pending is not None and self.pending[3] and not self._candidate(target):
                     self._flush_pending()
                 start = ts if self.pending is None else self.pending[1]
-                target = m4.group(1).rstrip(".") or m4.group(1)[:1]
                 self.pending = [target, start or ts, "podman", True]
             return
         if "Copying blob" in line:
+            if self.pending is not None:
+                self.pending[3] = True
             if "already exists" in line:
                 self.blobs_skipped += 1
             else:
@@ -149,51 +192,43 @@ class ClientOutput:
             pulled = self.blobs_copied > 0 or self.blobs_skipped == 0
             self._hit(ref, start, None, pulled)
             self._reset_pull()
+            return
+        if "STEP " in line or "Step " in line:  # selected by "FROM ": the FROM steps only
+            self._step(line, ts)
+            return
+        if "Retrieving image" in line:
+            k = self.kaniko.feed(line)
+            if k is not None:
+                self.known += 1
+                if k[1]:  # kaniko fetches the manifest; whether layers follow is not said
+                    self._hit(k[1], ts, None, None)
+            return
+        if "Image already in cache" in line:  # kaniko's cache of a base already counted
+            self.known += 1
 
-    # -- BuildKit -------------------------------------------------------------------
-    def _buildkit(self, line: str, ts: datetime | None) -> None:
-        m = _BK_STEP.match(line)
-        if not m:
-            return
-        step, rest = m.group(1), m.group(2)
-        state = self.steps.get(step)
-        if state is not None:
-            if rest.startswith("CACHED"):
-                self._step_done(step, False)
-            elif rest.startswith("DONE"):
-                self._step_done(step, bool(state[2]))
-            elif rest.startswith("ERROR"):
-                self._step_done(step, None)
-            elif _BK_DOWNLOAD.match(rest):
-                state[2] = True
-            return
-        if "FROM " in rest:
-            f = _BK_FROM.match(rest)
-            if f and f.group(1) != "scratch":
-                ref = f.group(1)
-                self.steps[step] = [ref, ts, False]
-                self.meta.pop(ref.split("@", 1)[0], None)
-            return
-        if rest.startswith("[internal] load build definition"):
-            self.finish_buildkit()
-            return
-        meta = _BK_META.match(rest) or _BK_RESOLVE.match(rest)
-        if meta:
-            self.meta.setdefault(meta.group(1), ts)
+    def _candidate(self, target: str) -> bool:
+        """The next registry tried for the same short name, nothing copied yet (podman's
+        unqualified-search registries, docker's additional registries): the same pull."""
+        assert self.pending is not None
+        if self.pending[2] != "podman" or self.blobs_copied or self.blobs_skipped:
+            return False
+        last = str(self.pending[0]).rsplit("/", 1)[-1]
+        return last == target.rsplit("/", 1)[-1]
 
-    def _step_done(self, step: str, pulled: bool | None) -> None:
-        ref, ts, _ = self.steps.pop(step)
-        assert isinstance(ref, str)
-        assert ts is None or isinstance(ts, datetime)
-        _, _, digest = ref.partition("@")
-        self._hit(ref, ts, digest or None, pulled)
+    def _step(self, line: str, ts: datetime | None) -> None:
+        step = self.steps.feed(line)
+        if step is None:
+            return
+        self.known += 1
+        if self.pending is not None and self.pending[2] == "step":
+            self._flush_pending()  # no pull printed after the last FROM: it was present
+        if step[1]:
+            if self.pending is not None:
+                self._flush_pending()
+            self.pending = [step[1], ts, "step", False]
 
     def finish_buildkit(self) -> None:
-        for step in list(self.steps):
-            self._step_done(step, None)
-        for ref, ts in self.meta.items():
-            self._hit(ref, ts, None, None)
-        self.meta.clear()
+        self.buildkit.finish()
 
     def finish(self) -> None:
         self._flush_pending()
@@ -212,6 +247,9 @@ class ClientLogParser(LineParser):
 
     def feed(self, line: str) -> None:
         self.client.feed(strip_ansi(line).strip(), None)
+
+    def recognized(self) -> int:
+        return self.client.recognized()
 
     def finish(self) -> None:
         self.client.finish()

@@ -22,6 +22,7 @@ FORMATS = (
     "jenkins",
     "kubelet",
     "buildkit",
+    "kaniko",
     "podman",
     "docker",
 )
@@ -35,7 +36,7 @@ _ACCESS = re.compile(
 )
 
 _DISTRIBUTION = ('msg="response completed', '"http.request.uri"', '{"events":')
-_GITLAB = ("gitlab-runner", "section_start:", "Using Docker executor")
+_GITLAB = ("gitlab-runner", "section_start:", "Using Docker executor", "executor with image")
 _JENKINS = ("[Pipeline]", "Started by ", "Running in Durability level")
 _KUBELET = (
     "kubelet[",
@@ -43,13 +44,25 @@ _KUBELET = (
     "already present on machine",
     'Pulling image "',
     'Pulling image \\"',
+    'PullImage \\"',
+    '"kind": "Event"',
+    '"kind":"Event"',
+    '"apiVersion": "events.k8s.io/',
+    "Pulling image: ",
+    'Successfully pulled image "',
 )
-_PODMAN = ("Trying to pull", "Getting image source signatures")
+_BUILDKIT = ("[+] Building", "=> [internal]", "=> CACHED")
+_KANIKO = ("Retrieving image manifest", "Retrieving image ")
+_PODMAN = ("Trying to pull", "Getting image source signatures", "STEP 1/", "STEP 1:")
 _DOCKER = (
     "Pulling from ",
     "Status: Downloaded newer image",
     "Status: Image is up to date",
     "Using default tag:",
+    "Sending build context to Docker daemon",
+    "Step 1/",
+    "Step 1 : FROM",
+    "Unable to find image '",
 )
 _OTHER = ("go.version=", "instance.id=", " /v2/", "##[group]", "##[command]", "LAST SEEN")
 _OTHER2 = ("REASON", "\n#")
@@ -58,6 +71,8 @@ _MARKERS = (
     *_GITLAB,
     *_JENKINS,
     *_KUBELET,
+    *_BUILDKIT,
+    *_KANIKO,
     *_PODMAN,
     *_DOCKER,
     *_OTHER,
@@ -139,8 +154,10 @@ def _decide(found: set[str], text: Callable[[], str]) -> str | None:
         return "jenkins"
     if has(_KUBELET) or ("LAST SEEN" in found and "REASON" in found):
         return "kubelet"
-    if ("\n#" in found or "start#" in found) and _BK_STEP.search(text()):
+    if (("\n#" in found or "start#" in found) and _BK_STEP.search(text())) or has(_BUILDKIT):
         return "buildkit"
+    if has(_KANIKO):
+        return "kaniko"
     if has(_PODMAN):
         return "podman"
     if has(_DOCKER):

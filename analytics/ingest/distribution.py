@@ -47,6 +47,7 @@ class _Pull:
 class DistributionParser(LineParser):
     name = "distribution"
     keywords = (b"/manifests/",)
+    scan_unused = False  # a registry's own log: every pull is a request line, read above
 
     def __init__(
         self, emit: Emit, stats: ReadStats, default_time: datetime, upstream: str | None = None

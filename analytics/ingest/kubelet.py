@@ -1,8 +1,13 @@
-"""Kubernetes image events: kubelet journal lines, ``kubectl get events`` tables, JSON events.
+"""Kubernetes image events: kubelet journal lines, ``kubectl get events`` tables and JSON
+(JSON lines, or a whole ``-o json`` document), container runtime logs (containerd, CRI-O).
 
 ``Pulling image "x"`` opens a pull; ``Successfully pulled image "x" in 3.2s`` closes it
 (a real pull); ``Container image "x" already present on machine`` is a use without a
 pull. A pull that never succeeded is emitted at the end with ``pulled`` unknown.
+containerd's ``PullImage "x"`` opens a pull that ``Pulled image "x" with image id ...,
+repo digest "name@sha256:..."`` (with the digest) or ``PullImage "x" returns image
+reference`` closes; CRI-O's ``Pulling image: x`` / ``Pulled image: name@sha256:...`` too.
+Events of ``events.k8s.io/v1`` (``note``, ``regarding``) read like core ones.
 """
 
 from __future__ import annotations
@@ -10,29 +15,67 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
+from typing import Any
 
 from analytics.ingest.base import Emit, Hit, LineParser, parse_iso
 from analytics.ingest.reader import ReadStats
 
 _IMAGE = r'image \\?"([^"\\]+)\\?"'
-_PULLING = re.compile(r"Pulling " + _IMAGE)
+_PULLING = re.compile(r"[Pp]ulling " + _IMAGE)  # lower case before Kubernetes 1.2
 _PULLED = re.compile(r"Successfully pulled " + _IMAGE)
-_PRESENT = re.compile(r"Container " + _IMAGE + r" already present on machine")
+_PRESENT = re.compile(r"[Cc]ontainer " + _IMAGE + r" already present on machine")
+_CD_PULL = re.compile(r'PullImage \\?"([^"\\]+)\\?"( returns)?')
+_CD_PULLED = re.compile(
+    r'Pulled image \\?"([^"\\]+)\\?".*?repo digest \\?"[^"\\@]+@(sha256:[0-9a-f]{64})'
+)
+_CRIO = re.compile(r"(Pulling|Pulled) image: (\S+?)\"?(?:\s|$)")
 _ISO_PREFIX = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)\s")
+_LOGRUS_TIME = re.compile(r'\btime="?(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:?\d\d)?')
 _KLOG = re.compile(r"\b[IWE](\d\d)(\d\d) (\d\d:\d\d:\d\d\.\d+)\s")
 _OBJECT = re.compile(r'object="([^"]+)"|\bpod/(\S+)')
-_JOURNAL_HOST = re.compile(r"^(?:\S+ \S+ \S+|\S+) (\S+) kubelet\[\d+\]:")
+_JOURNAL_HOST = re.compile(r"^(?:\S+ \S+ \S+|\S+) (\S+) (?:kubelet|containerd|crio)\[\d+\]:")
 # ReplicaSet and Job pod names end in generated suffixes; strip them to name the workload.
 _POD_SUFFIX = re.compile(r"(?:-[0-9a-f]{6,10})?-[0-9a-z]{5}$")
+# Lines about an image that are not a use of it (a failure, the runtime's bookkeeping).
+_NOT_A_USE = (
+    "Failed to pull image",
+    "Back-off pulling image",
+    "ImageCreate event",
+    "ImageUpdate event",
+    "ImageDelete event",
+    "Error: ErrImagePull",
+    "Error: ImagePullBackOff",
+)
 
 
 def workload(obj: str) -> str:
     return _POD_SUFFIX.sub("", obj)
 
 
+def is_document(head: bytes) -> bool:
+    """A pretty-printed JSON document (``kubectl get events -o json``), not JSON lines."""
+    text = head.lstrip()
+    if not text.startswith(b"{"):
+        return False
+    try:
+        json.loads(text.split(b"\n", 1)[0])
+    except ValueError:
+        return True
+    return False
+
+
 class KubeletParser(LineParser):
     name = "kubelet"
-    keywords = (b"Pulling image", b"Successfully pulled image", b"already present on machine")
+    keywords = (
+        b"Pulling image",
+        b"Successfully pulled image",
+        b"already present on machine",
+        b"PullImage ",
+        b"Pulled image",
+        b"pull image",
+        b"pulling image",
+        b"Image",
+    )
 
     def __init__(self, emit: Emit, stats: ReadStats, default_time: datetime) -> None:
         super().__init__(emit, stats, default_time)
@@ -46,6 +89,9 @@ class KubeletParser(LineParser):
         if k:  # klog has no year: take it from the file's default time
             year = self.default_time.year
             return parse_iso(f"{year}-{k.group(1)}-{k.group(2)}T{k.group(3)}+00:00")
+        t = _LOGRUS_TIME.search(line)
+        if t:  # containerd / CRI-O: nanoseconds, cut to what datetime holds
+            return parse_iso(f"{t.group(1)}{(t.group(2) or '')[:7]}{t.group(3) or 'Z'}")
         return None
 
     def feed(self, line: str) -> None:
@@ -61,34 +107,115 @@ class KubeletParser(LineParser):
     def _json(self, line: str) -> None:
         try:
             ev = json.loads(line)
-            message = ev["message"]
-            inv = ev.get("involvedObject") or {}
-            obj = f"{inv.get('namespace', '')}/{inv.get('name', '')}".strip("/") or None
-            stamp = ev.get("lastTimestamp") or ev.get("eventTime") or ev.get("firstTimestamp")
-            ts = parse_iso(stamp.replace("Z", "+00:00")) if isinstance(stamp, str) else None
-            host = (ev.get("source") or {}).get("host") or ev.get("reportingInstance")
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        except (ValueError, RecursionError):
             self.stats.malformed += 1
             return
-        if isinstance(message, str):
-            self._message(message, ts, obj, host if isinstance(host, str) else None)
+        if not self.event(ev):
+            self.stats.malformed += 1
+
+    def event(self, ev: Any) -> bool:
+        """One Kubernetes Event object (core/v1 or events.k8s.io/v1); False if it is none."""
+        try:
+            message = ev.get("message") or ev.get("note")
+            if not isinstance(message, str):
+                return "reason" in ev or "involvedObject" in ev or "regarding" in ev
+            inv = ev.get("involvedObject") or ev.get("regarding") or {}
+            obj = f"{inv.get('namespace', '')}/{inv.get('name', '')}".strip("/") or None
+            stamp = (
+                ev.get("lastTimestamp")
+                or ev.get("deprecatedLastTimestamp")
+                or ev.get("eventTime")
+                or ev.get("firstTimestamp")
+            )
+            ts = parse_iso(stamp.replace("Z", "+00:00")) if isinstance(stamp, str) else None
+            source = ev.get("source") or ev.get("deprecatedSource") or {}
+            host = source.get("host") or ev.get("reportingInstance")
+        except (KeyError, TypeError, AttributeError):
+            return False
+        self._message(message, ts, obj, host if isinstance(host, str) else None)
+        return True
+
+    def document(self, text: str) -> None:
+        """A whole JSON document: an event, a list of them (``items``), or several
+        concatenated (``kubectl get events -w -o json``)."""
+        decoder = json.JSONDecoder()
+        pos, end = 0, len(text)
+        while pos < end:
+            while pos < end and text[pos].isspace():
+                pos += 1
+            if pos >= end:
+                break
+            try:
+                obj, pos = decoder.raw_decode(text, pos)
+            except (ValueError, RecursionError):
+                self.stats.malformed += 1
+                return
+            items = obj.get("items") if isinstance(obj, dict) else None
+            for ev in items if isinstance(items, list) else [obj]:
+                if not (isinstance(ev, dict) and self.event(ev)):
+                    self.stats.malformed += 1
+                else:
+                    self.known += 1
 
     def _message(self, text: str, ts: datetime | None, obj: str | None, host: str | None) -> None:
         pipeline = workload(obj) if obj else None
         if "Successfully pulled" in text:
             m = _PULLED.search(text)
             if m:
+                self.known += 1
                 start, _ = self.pending.pop((obj, m.group(1)), (ts, None))
                 self.emit(Hit(m.group(1), start or ts, None, True, pipeline, runner=host))
             return
         if "already present" in text:
             m = _PRESENT.search(text)
             if m:
+                self.known += 1
                 self.emit(Hit(m.group(1), ts, None, False, pipeline, runner=host))
             return
-        m = _PULLING.search(text)
+        if any(marker in text for marker in _NOT_A_USE):
+            self.known += 1
+            return
+        m = _PULLING.search(text) if "ulling image" in text else None
         if m:
+            self.known += 1
             self.pending.setdefault((obj, m.group(1)), (ts, host))
+            return
+        if "PullImage " in text or "Pulled image" in text:
+            self._runtime(text, ts, pipeline, host)
+
+    def _runtime(
+        self, text: str, ts: datetime | None, pipeline: str | None, host: str | None
+    ) -> None:
+        """containerd and CRI-O pull lines (the image is the key: they name no pod)."""
+        done = _CD_PULLED.search(text)
+        if done:
+            self.known += 1
+            start, _ = self.pending.pop((None, done.group(1)), (ts, None))
+            self.emit(Hit(done.group(1), start or ts, done.group(2), True, pipeline, runner=host))
+            return
+        p = _CD_PULL.search(text)
+        if p:
+            self.known += 1
+            if not p.group(2):
+                self.pending.setdefault((None, p.group(1)), (ts, host))
+            elif (None, p.group(1)) in self.pending:  # no "Pulled image" line (older)
+                start, _ = self.pending.pop((None, p.group(1)))
+                self.emit(Hit(p.group(1), start or ts, None, True, pipeline, runner=host))
+            return
+        c = _CRIO.search(text)
+        if c:
+            self.known += 1
+            image = c.group(2)
+            if c.group(1) == "Pulling":
+                self.pending.setdefault((None, image), (ts, host))
+                return
+            name, _, digest = image.partition("@")
+            for key in list(self.pending):
+                if key[0] is None and key[1].rsplit(":", 1)[0] == name:
+                    start, _ = self.pending.pop(key)
+                    self.emit(Hit(key[1], start or ts, digest or None, True, pipeline, runner=host))
+                    return
+            self.emit(Hit(image, ts, digest or None, True, pipeline, runner=host))
 
     def finish(self) -> None:
         for (obj, image), (ts, host) in self.pending.items():

@@ -23,7 +23,7 @@ from analytics.ingest.ci import GitHubParser, GitLabParser, JenkinsParser
 from analytics.ingest.clients import ClientLogParser
 from analytics.ingest.detect import FORMATS, detect_bytes
 from analytics.ingest.distribution import DistributionParser
-from analytics.ingest.kubelet import KubeletParser
+from analytics.ingest.kubelet import KubeletParser, is_document
 from analytics.ingest.reader import (
     HEAD,
     BlockReader,
@@ -36,7 +36,8 @@ from analytics.ingest.reader import (
     open_stream,
     skip,
 )
-from analytics.ingest.select import selector
+from analytics.ingest.select import line_ends, selector
+from analytics.ingest.unused import SUSPECT_PATTERNS, Unused, looks_like_reference
 from analytics.regions import RegionRules
 from warmer.oci.reference import Reference, try_parse
 
@@ -68,6 +69,9 @@ class FileResult:
     # "unknown-format" and "missing" (a path named that does not exist).
     problem: str | None = None
     reason: str | None = None  # for damaged and unreadable files: why, without the path
+    # Lines that look like an image use but gave no event (analytics.ingest.unused); line
+    # numbers count from where this read started.
+    unused: Unused = field(default_factory=Unused)
 
     @property
     def failed(self) -> bool:
@@ -107,7 +111,7 @@ def make_parser(
         return KubeletParser(emit, stats, when)
     if fmt == "distribution":
         return DistributionParser(emit, stats, when, upstream=opts.upstream)
-    if fmt in ("docker", "podman", "buildkit"):
+    if fmt in ("docker", "podman", "buildkit", "kaniko"):
         return ClientLogParser(emit, stats, when, fmt)
     raise ValueError(f"unknown log format {fmt!r} (known: {', '.join(FORMATS)})")
 
@@ -150,6 +154,9 @@ class _Normaliser:
             log.debug("%s: not an image reference: %r", self.path, hit.reference)
             return
         assert isinstance(ref, Reference)
+        digest = hit.digest or ref.digest
+        if ref.digest and ref.tag:  # name:tag@digest: the reference is name:tag, digest apart
+            ref = Reference(ref.registry, ref.repository, ref.tag, None)
         pipeline = self.opts.pipeline or hit.pipeline
         region = self.opts.rules.resolve(hit.runner, pipeline, self.path, hit.mirror)
         self.count += 1
@@ -157,7 +164,7 @@ class _Normaliser:
             Event(
                 timestamp=hit.timestamp or self.when,
                 reference=ref,
-                digest=hit.digest or ref.digest,
+                digest=digest,
                 source=hit.source or self.fmt,
                 pipeline=pipeline,
                 region=region,
@@ -278,10 +285,15 @@ def _scan(
         if isinstance(parser, DistributionParser):
             parser.prime(first.decode("utf-8", "replace"))
         reader = BlockReader(stream, stats, prefix=prefix, last=last)
-        select, feed = selector(parser.keywords), parser.feed
-        for block in reader:
-            for s, e in select(block):
-                feed(block[s:e].decode("utf-8"))
+        if isinstance(parser, KubeletParser) and start == 0 and is_document(first):
+            parser.document(b"".join(reader).decode("utf-8"))  # kubectl -o json: one value
+        elif parser.scan_unused:
+            _read_scanning(reader, parser, norm, result.unused)
+        else:
+            select, feed = selector(parser.keywords), parser.feed
+            for block in reader:
+                for s, e in select(block):
+                    feed(block[s:e].decode("utf-8"))
         parser.finish()
         result.events = norm.count
         result.end = start + reader.consumed
@@ -291,6 +303,63 @@ def _scan(
         return result
     finally:
         stream.close()
+
+
+def _read_scanning(
+    reader: BlockReader, parser: LineParser, norm: _Normaliser, unused: Unused
+) -> None:
+    """Feed the parser its lines and count the image-looking lines it did not understand.
+
+    The suspect lines (few, known by the offset of their newline) are merged into the
+    parser's lines in one pass; only a suspect line the parser is fed costs two
+    ``recognized()`` calls, and only one it is not fed is looked up on its own.
+    """
+    select, feed = selector(parser.keywords), parser.feed
+    suspect, recognized = line_ends(SUSPECT_PATTERNS), parser.recognized
+    end = 1 << 62
+    for block in reader:
+        sus = suspect(block)
+        if not sus:
+            for s, e in select(block):
+                feed(block[s:e].decode("utf-8"))
+            continue
+        missed: list[tuple[int, str]] = []
+        it = iter(sus)
+        nxt = next(it)
+        for s, e in select(block):
+            while nxt < e:  # a suspect line the parser does not even select
+                _check(block, nxt, missed)
+                nxt = next(it, end)
+            line = block[s:e].decode("utf-8")
+            if e != nxt:
+                feed(line)
+                continue
+            known, events = recognized(), norm.count
+            feed(line)
+            if known == recognized() and events == norm.count and looks_like_reference(line):
+                missed.append((s, line))
+            nxt = next(it, end)
+        while nxt < end:
+            _check(block, nxt, missed)
+            nxt = next(it, end)
+        if missed:
+            _count_missed(reader, block, missed, unused)
+
+
+def _check(block: bytes, line_end: int, missed: list[tuple[int, str]]) -> None:
+    start = block.rfind(b"\n", 0, line_end) + 1
+    line = block[start:line_end].decode("utf-8")
+    if looks_like_reference(line):
+        missed.append((start, line))
+
+
+def _count_missed(
+    reader: BlockReader, block: bytes, missed: list[tuple[int, str]], unused: Unused
+) -> None:
+    base = reader.stats.lines - block.count(b"\n")  # lines before this block
+    for s, line in missed:
+        no = base + block.count(b"\n", 0, s) + 1 if unused.wants_sample() else 0
+        unused.add(no, line)
 
 
 def _seek_to(

@@ -82,6 +82,46 @@ def selector(keywords: tuple[bytes, ...], fast: bool = True) -> Callable[[bytes]
     return sel
 
 
+_ENDS_CACHE: dict[tuple[bytes, ...], Callable[[bytes], list[int]]] = {}
+
+
+def line_ends(patterns: tuple[bytes, ...], fast: bool = True) -> Callable[[bytes], list[int]]:
+    """A function ``block -> the end offsets (the newline's) of the lines where one of
+    ``patterns`` matches``, ascending, each once.
+
+    Each pattern must run to the end of its line (``...[^\\n]*$``, a syntax both ``re`` and
+    Hyperscan accept, ``$`` at a line end): then every match of a line ends at its newline,
+    Hyperscan reports it once, and no line start has to be searched for.
+    """
+    sel = _ENDS_CACHE.get(patterns) if fast else None
+    if sel is not None:
+        return sel
+    if not fast or _hs is None:
+        compiled = re.compile(b"|".join(b"(?:%s)" % p for p in patterns), re.MULTILINE)
+
+        def slow(block: bytes) -> list[int]:
+            return sorted({m.end() for m in compiled.finditer(block)})
+
+        return slow
+    db: Any = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+    db.compile(
+        expressions=list(patterns),
+        ids=list(range(len(patterns))),
+        elements=len(patterns),
+        flags=[_hs.HS_FLAG_MULTILINE] * len(patterns),
+    )
+
+    def fast_ends(block: bytes) -> list[int]:
+        ends: list[int] = []
+        db.scan(block, match_event_handler=lambda _i, _s, end, _f, _c: ends.append(end))
+        if len(patterns) > 1:
+            ends = sorted(set(ends))
+        return ends
+
+    _ENDS_CACHE[patterns] = fast_ends
+    return fast_ends
+
+
 def literal_set(
     literals: list[bytes], regexes: dict[str, bytes] | None = None
 ) -> Callable[[bytes], set[str]]:

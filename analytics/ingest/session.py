@@ -28,6 +28,7 @@ from analytics.ingest.run import (
     unreadable,
     walk,
 )
+from analytics.ingest.unused import coverage
 
 if TYPE_CHECKING:  # the store (pandas, SQLAlchemy) is imported only when storing
     from analytics.store import Aggregate
@@ -42,11 +43,58 @@ class IngestReport:
     stats: ReadStats = field(default_factory=ReadStats)
     events_by_format: Counter[str] = field(default_factory=Counter)
     files_by_format: Counter[str] = field(default_factory=Counter)
+    unused_by_format: Counter[str] = field(default_factory=Counter)
     unchanged: int = 0  # files already ingested to their end
+
+    SAMPLES = 10  # unused lines listed in the summary, over all files
 
     @property
     def events(self) -> int:
         return sum(self.events_by_format.values())
+
+    @property
+    def unused(self) -> int:
+        """Lines that look like an image use but gave no event (analytics.ingest.unused)."""
+        return sum(self.unused_by_format.values())
+
+    @property
+    def coverage(self) -> float | None:
+        """events / (events + unused lines): 1.0 when every image-looking line was used."""
+        return coverage(self.events, self.unused)
+
+    def coverage_by_format(self) -> dict[str, float | None]:
+        return {
+            fmt: coverage(self.events_by_format[fmt], self.unused_by_format[fmt])
+            for fmt in sorted(self.files_by_format)
+        }
+
+    def coverage_rows(self) -> list[dict[str, object]]:
+        """One row per format: files, events, unused lines, coverage (a table to plot)."""
+        return [
+            {
+                "format": fmt,
+                "files": self.files_by_format[fmt],
+                "events": self.events_by_format[fmt],
+                "unused_lines": self.unused_by_format[fmt],
+                "coverage": cov,
+            }
+            for fmt, cov in self.coverage_by_format().items()
+        ]
+
+    def unused_files(self, first: int = 50) -> dict[str, int]:
+        """The files with the most unused lines (at most ``first``), most first."""
+        counts = [(f.unused.count, f.path) for f in self.files if f.unused.count]
+        return {path: n for n, path in sorted(counts, key=lambda c: (-c[0], c[1]))[:first]}
+
+    def unused_samples(self) -> list[dict[str, object]]:
+        """The first unused lines: file, line number (from where the read started), text."""
+        out: list[dict[str, object]] = []
+        for f in self.files:
+            for line, text in f.unused.samples:
+                if len(out) >= self.SAMPLES:
+                    return out
+                out.append({"file": f.path, "line": line, "format": f.format, "text": text})
+        return out
 
     @property
     def warnings(self) -> list[str]:
@@ -66,9 +114,18 @@ class IngestReport:
             "unchanged": self.unchanged,
             "events": self.events,
             "formats": {
-                fmt: {"files": self.files_by_format[fmt], "events": self.events_by_format[fmt]}
+                fmt: {
+                    "files": self.files_by_format[fmt],
+                    "events": self.events_by_format[fmt],
+                    "unused_lines": self.unused_by_format[fmt],
+                    "coverage": coverage(self.events_by_format[fmt], self.unused_by_format[fmt]),
+                }
                 for fmt in sorted(self.files_by_format)
             },
+            "unused_lines": self.unused,
+            "coverage": self.coverage,
+            "unused_files": self.unused_files(),
+            "unused_sample": self.unused_samples(),
             "skipped_lines": self.stats.skipped,
             "skipped": {
                 k: v for k, v in self.stats.as_dict().items() if k not in ("bytes", "lines")
@@ -143,6 +200,7 @@ def _add(
     if result.format and result.problem in (None, "damaged") and result.end >= 0:
         report.files_by_format[result.format] += 1
         report.events_by_format[result.format] += result.events
+        report.unused_by_format[result.format] += result.unused.count
         if result.problem is None and result.start > 0 and result.end == result.start:
             report.unchanged += 1
     if on_file:

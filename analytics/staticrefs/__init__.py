@@ -19,10 +19,10 @@ from analytics.staticrefs.dockerfiles import scan_dockerfile
 from analytics.staticrefs.model import Found, StaticRef, Warn
 from analytics.staticrefs.yamlfiles import scan_yaml
 
-__all__ = ["ScanTally", "StaticRef", "classify", "scan_file", "scan_paths"]
+__all__ = ["MAX_FILE", "SKIP_DIRS", "ScanTally", "StaticRef", "classify", "scan_file", "scan_paths"]
 
 MAX_FILE = 8 << 20
-_SKIP_DIRS = {".git", ".hg", ".svn", "node_modules", ".venv", "venv", "__pycache__", ".tox"}
+SKIP_DIRS = {".git", ".hg", ".svn", "node_modules", ".venv", "venv", "__pycache__", ".tox"}
 
 
 def classify(path: Path) -> str | None:
@@ -127,7 +127,7 @@ def _walk(root: Path) -> Iterator[Path]:
         yield root
         return
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
         for name in sorted(filenames):
             yield Path(dirpath) / name
 

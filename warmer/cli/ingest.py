@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from analytics.events import Event
 from analytics.ingest import FORMATS, FileResult, Options, ingest
 from analytics.regions import RegionRules, RuleError
 from analytics.staticrefs import ScanTally, StaticRef, scan_paths
+from analytics.staticrefs.history import DEFAULT_MAX_REVISIONS, Dated, date_refs
 from warmer.cli.common import (
     CONTEXT_SETTINGS,
     BadInput,
@@ -84,10 +86,13 @@ def ingest_command(
     """Read CI, kubelet and registry logs into hourly usage counts.
 
     \b
-    Formats are detected per file: docker, podman, buildkit, github, gitlab, jenkins,
-    kubelet, distribution (access logs and notification events). Plain, .gz and .zst
-    files; directories are walked. Re-ingesting a file adds nothing; a grown log is read
-    from where the last ingest stopped. Unreadable lines are skipped and counted.
+    Formats are detected per file: docker, podman (and buildah), buildkit, kaniko, github,
+    gitlab, jenkins, kubelet (and containerd, CRI-O, Kubernetes events as tables or JSON),
+    distribution (access logs and notification events). Plain, .gz and .zst files;
+    directories are walked. Re-ingesting a file adds nothing; a grown log is read from
+    where the last ingest stopped. Unreadable lines are skipped and counted. Lines that
+    look like an image reference but gave no event are counted per format (coverage =
+    events / (events + unused)) and the first are shown with file:line.
     \b
       warmer ingest logs/ --dry-run --json     one event per line, nothing stored
       warmer ingest ci/ --rule runner:us-*=us  store, counts per format
@@ -133,6 +138,8 @@ def ingest_command(
         emit_json(summary)
     else:
         click.echo(_summary_text(summary))
+    if summary["unused_lines"] and as_json:  # the text summary says it otherwise
+        click.echo(f"warning: {_unused_text(summary)}", err=True)
     missing = report.problems("missing")
     if missing:  # a path named on the command line does not exist: bad usage
         raise BadInput(f"no such file or directory: {_names(missing)}")
@@ -146,10 +153,28 @@ def _names(results: list[FileResult]) -> str:
     return _listed([r.path for r in results])
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _unused_text(s: dict[str, Any]) -> str:
+    """How many image-looking lines gave no event, the coverage, and where the first are."""
+    text = (
+        f"{s['unused_lines']} line(s) look like an image reference but gave no event "
+        f"(coverage {_percent(s['coverage'])}); pulls may be undercounted"
+    )
+    for row in s["unused_sample"][:3]:
+        text += f"\n  {row['file']}:{row['line']}: {row['text']}"
+    return text
+
+
 def _summary_text(s: dict[str, Any]) -> str:
-    lines = [f"{'format':<14}{'files':>7}{'events':>10}"]
+    lines = [f"{'format':<14}{'files':>7}{'events':>10}{'unused':>8}{'coverage':>10}"]
     for name, row in s["formats"].items():
-        lines.append(f"{name:<14}{row['files']:>7}{row['events']:>10}")
+        lines.append(
+            f"{name:<14}{row['files']:>7}{row['events']:>10}{row['unused_lines']:>8}"
+            f"{_percent(row['coverage']):>10}"
+        )
     skipped = ", ".join(f"{k} {v}" for k, v in s["skipped"].items() if v) or "none"
     lines.append(
         f"{s['files']} file(s), {s['unchanged']} unchanged, {s['events']} event(s), "
@@ -161,6 +186,8 @@ def _summary_text(s: dict[str, Any]) -> str:
             "skipped files: "
             + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in files.items() if v)
         )
+    if s["unused_lines"]:
+        lines.append("unused: " + _unused_text(s))
     return "\n".join(lines)
 
 
@@ -169,9 +196,21 @@ def _summary_text(s: dict[str, Any]) -> str:
 @json_option
 @_db
 @click.option("--no-store", is_flag=True, help="Only list; do not record them in the store.")
+@click.option(
+    "--max-revisions",
+    default=DEFAULT_MAX_REVISIONS,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Git revisions read per file, newest first (0: no history, date at scan time).",
+)
 @click.pass_context
 def refs_command(
-    ctx: click.Context, paths: tuple[Path, ...], as_json: bool, db_url: str | None, no_store: bool
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    as_json: bool,
+    db_url: str | None,
+    no_store: bool,
+    max_revisions: int,
 ) -> None:
     """List image references named in Dockerfiles, compose, Kubernetes and CI files.
 
@@ -180,7 +219,10 @@ def refs_command(
     skipped), COPY --from=IMAGE, RUN --mount=from=IMAGE; docker-compose*.y*ml / compose*.y*ml:
     image:; .github/workflows/*.y*ml: container, services, uses: docker://;
     .gitlab-ci.yml: image, services; any other YAML with Kubernetes pod specs.
-    The references are also stored (first-seen times kept) unless --no-store.
+    In a git work tree each reference is dated by HEAD's first-parent history: first seen
+    at the commit that added it, and one no longer named is listed as removed at the
+    commit that removed it (dated_by: git); elsewhere, or without git, at the scan time
+    (dated_by: scan). The references are also stored unless --no-store.
     One warning per unresolvable or invalid reference, naming file:line.
     """
     found: list[StaticRef] = []
@@ -191,9 +233,22 @@ def refs_command(
             click.echo(f"warning: {warning}", err=True)
     if not any(Path(p).exists() for p in paths):
         raise BadInput("none of the given paths exist")
+    now = datetime.now(UTC).replace(microsecond=0)
+    history = date_refs(list(paths), found, scanned, now, max_revisions)
+    dated = history.dated
     if not no_store:
-        store.add_static_refs(database_url(ctx, db_url), found, files=scanned)
-    _show_refs(found, as_json)
+        kept = store.add_dated_refs(database_url(ctx, db_url), dated, history.files, now)
+        dated = [  # a reference dated at scan time keeps the first sighting stored before
+            replace(d, first_seen=kept.get((d.ref.file, d.ref.line, str(d.ref.reference)), now))
+            if d.dated_by == "scan" and d.present
+            else d
+            for d in dated
+        ]
+    _show_refs(dated, as_json)
+    for note in history.notes:
+        click.echo(f"note: {note}", err=True)
+    if history.repos:
+        click.echo(history.summary(), err=True)
     skipped = [
         f"{len(names)} {what}"
         for what, names in (("not regular", tally.not_regular), ("too large", tally.too_large))
@@ -212,19 +267,29 @@ def _listed(names: list[str], first: int = 3) -> str:
     return ", ".join(names[:first]) + more
 
 
-def _show_refs(found: list[StaticRef], as_json: bool) -> None:
+def _show_refs(dated: list[Dated], as_json: bool) -> None:
     if as_json:
-        for ref in found:
-            emit_json(ref.to_json())
+        for d in dated:
+            emit_json(d.to_json())
         return
-    if not found:
+    if not dated:
         click.echo("no image references found", err=True)
         return
-    width = max(len(f"{r.file}:{r.line}") for r in found)
-    for ref in found:
-        where = f"{ref.file}:{ref.line}"
-        extra = f"  ({ref.platform})" if ref.platform else ""
-        click.echo(f"{where:<{width}}  {ref.kind:<10} {ref.reference}{extra}")
+
+    def where(d: Dated) -> str:
+        return f"{d.ref.file}:{d.ref.line}" if d.present else f"{d.ref.file} (removed)"
+
+    def when(d: Dated) -> str:
+        until = "" if d.present else f" to {d.last_seen:%Y-%m-%d}"
+        return f"{d.first_seen:%Y-%m-%d}{until} {d.dated_by}"
+
+    width = max(len(where(d)) for d in dated)
+    span = max(len(when(d)) for d in dated)
+    for d in dated:
+        extra = f"  ({d.ref.platform})" if d.ref.platform else ""
+        click.echo(
+            f"{where(d):<{width}}  {d.ref.kind:<10} {when(d):<{span}}  {d.ref.reference}{extra}"
+        )
 
 
 commands = [ingest_command, refs_command]

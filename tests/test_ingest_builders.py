@@ -1,0 +1,260 @@
+"""Build and runtime output beyond the basic formats: BuildKit builds cut or concatenated,
+the tty screen, bake; kaniko; podman/buildah and classic builder steps; client global
+options; GitLab executors and services; containerd and Kubernetes event JSON documents."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from analytics.events import Event
+from analytics.ingest import Options, scan_file
+
+AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+D1 = "sha256:" + "1" * 64
+D2 = "sha256:" + "2" * 64
+
+
+def scan(tmp_path: Path, text: str, fmt: str | None = None) -> tuple[list[Event], object]:
+    path = tmp_path / "x.log"
+    path.write_text(text)
+    out: list[Event] = []
+    result = scan_file(path, Options(default_time=AT, format=fmt), out.append)
+    return out, result
+
+
+def refs(evs: list[Event]) -> list[tuple[str, str | None, bool | None]]:
+    return sorted(((str(e.reference), e.digest, e.pulled) for e in evs), key=str)
+
+
+def build(first: int, image: str, digest: str, header: bool = True, done: bool = True) -> str:
+    """One build's plain progress, numbered from ``first`` (2 when the header is cut)."""
+    n = first
+    lines = []
+    if header:
+        lines += ['#0 building with "default" instance using docker driver', ""]
+        lines += [f"#{n} [internal] load build definition from Dockerfile", f"#{n} DONE 0.0s", ""]
+        n += 1
+    lines += [f"#{n} [internal] load metadata for {image}", f"#{n} DONE 0.5s", ""]
+    n += 1
+    lines += [f"#{n} [1/2] FROM {image}@{digest}", f"#{n} resolve {image}@{digest} done"]
+    lines += [f"#{n} CACHED" if done else f"#{n} sha256:{'a' * 64} 1MB / 5MB 0.2s", ""]
+    n += 1
+    lines += [f"#{n} [2/2] RUN make", f"#{n} DONE 1.0s", ""]
+    return "\n".join(lines) + "\n"
+
+
+def test_buildkit_concatenated_builds_without_header_each_count(tmp_path: Path) -> None:
+    img = "docker.io/library/golang:1.22"
+    text = build(1, img, D1) + build(2, img, D1, header=False) + build(2, img, D2, header=False)
+    evs, res = scan(tmp_path, text, "buildkit")
+    assert refs(evs) == [(img, D1, False), (img, D1, False), (img, D2, False)]
+    assert res.unused.count == 0  # type: ignore[attr-defined]
+
+
+def test_buildkit_cut_build_then_new_build_with_lower_numbers(tmp_path: Path) -> None:
+    # The first build is cut while pulling (no DONE): the next build's #2 starts anew.
+    img = "docker.io/library/node:20"
+    text = build(1, img, D1, done=False) + build(2, img, D1, header=False)
+    evs, _ = scan(tmp_path, text, "buildkit")
+    assert refs(evs) == sorted([(img, D1, False), (img, D1, None)], key=str)
+
+
+def test_buildkit_second_metadata_after_from_is_a_new_build(tmp_path: Path) -> None:
+    img = "docker.io/library/alpine:3.19"
+    text = (
+        f"#5 [internal] load metadata for {img}\n#6 [1/1] FROM {img}@{D1}\n#6 CACHED\n"
+        f"#7 [internal] load metadata for {img}\n#8 [1/1] FROM {img}@{D1}\n#8 CACHED\n"
+    )
+    evs, _ = scan(tmp_path, text, "buildkit")
+    assert refs(evs) == [(img, D1, False), (img, D1, False)]
+
+
+def test_buildkit_truncated_from_takes_the_resolve_line(tmp_path: Path) -> None:
+    img = "docker.io/library/python:3.12-slim"
+    text = f"#4 [1/3] FROM {img}@{D1[:20]}...\n#4 resolve {img}@{D1} 0.0s done\n#4 DONE 2.1s\n"
+    evs, res = scan(tmp_path, text, "buildkit")
+    assert refs(evs) == [(img, D1, False)]
+    assert res.stats.malformed == 0  # type: ignore[attr-defined]
+
+
+def test_buildkit_one_image_once_per_build_across_platforms(tmp_path: Path) -> None:
+    img = "docker.io/library/debian:12"
+    text = (
+        f"#3 [linux/amd64 internal] load metadata for {img}\n"
+        f"#4 [linux/arm64 internal] load metadata for {img}\n"
+        f"#5 [linux/amd64 1/2] FROM {img}@{D1}\n#6 [linux/arm64 1/2] FROM {img}@{D1}\n"
+        "#5 CACHED\n#6 CACHED\n"
+    )
+    evs, _ = scan(tmp_path, text, "buildkit")
+    assert refs(evs) == [(img, D1, False)]
+
+
+def test_buildx_bake_targets_and_screen_output(tmp_path: Path) -> None:
+    bake = (
+        "#1 [internal] load local bake definitions\n#1 DONE 0.0s\n"
+        "#2 [app internal] load build definition from Dockerfile\n#2 DONE 0.0s\n"
+        "#3 [api internal] load build definition from Dockerfile\n#3 DONE 0.0s\n"
+        "#4 [app internal] load metadata for docker.io/library/nginx:1.27\n#4 DONE 1.0s\n"
+        "#5 [api internal] load metadata for docker.io/library/python:3.12\n#5 DONE 1.0s\n"
+        f"#6 [app 1/2] FROM docker.io/library/nginx:1.27@{D1}\n#6 CACHED\n"
+    )
+    evs, _ = scan(tmp_path, bake, "buildkit")
+    assert refs(evs) == [
+        ("docker.io/library/nginx:1.27", D1, False),
+        ("docker.io/library/python:3.12", None, None),  # resolved, its FROM cut off
+    ]
+    screen = (  # a terminal redraws the screen: each step once, from its last state
+        "[+] Building 1.0s (3/5)\n => [internal] load metadata for docker.io/library/redis:7  0.9s\n"
+        f" => [1/2] FROM docker.io/library/redis:7@{D1}  0.1s\n"
+        "[+] Building 2.0s (5/5) FINISHED\n"
+        " => [internal] load metadata for docker.io/library/redis:7  0.9s\n"
+        f" => [1/2] FROM docker.io/library/redis:7@{D1}  1.0s\n"
+        f" => => sha256:{'b' * 64} 5MB / 5MB  0.8s\n"
+    )
+    evs, _ = scan(tmp_path, screen)
+    assert refs(evs) == [("docker.io/library/redis:7", D1, True)]
+
+
+def test_kaniko_builds_concatenated(tmp_path: Path) -> None:
+    one = (
+        "INFO[0000] Retrieving image manifest golang:1.22\n"
+        "INFO[0000] Retrieving image golang:1.22 from registry index.docker.io\n"
+        "INFO[0001] Retrieving image manifest alpine:3.19\n"
+        "INFO[0002] Built cross stage deps: map[0:[/app]]\n"
+        "INFO[0002] Retrieving image manifest golang:1.22\n"
+        "INFO[0002] Returning cached image manifest\n"
+    )
+    evs, res = scan(tmp_path, one + one)
+    assert res.format == "kaniko"  # type: ignore[attr-defined]
+    assert [str(e.reference) for e in evs] == [
+        "docker.io/library/golang:1.22",
+        "docker.io/library/alpine:3.19",
+        "docker.io/library/golang:1.22",
+        "docker.io/library/alpine:3.19",
+    ]
+
+
+def test_dockerfile_steps_podman_and_classic(tmp_path: Path) -> None:
+    podman = (
+        "STEP 1/4: FROM registry.fedoraproject.org/fedora:40 AS build\n"
+        "Trying to pull registry.fedoraproject.org/fedora:40...\n"
+        "Getting image source signatures\nCopying blob 1a2b3c4d5e6f done\n"
+        "Writing manifest to image destination\n"
+        "STEP 2/4: RUN make\n"
+        "STEP 3/4: FROM build\n"  # an earlier stage: no image
+        "STEP 4/4: FROM quay.io/acme/base:2\n"  # present: nothing pulled
+        "COMMIT app\n"
+    )
+    evs, res = scan(tmp_path, podman)
+    assert res.format == "podman"  # type: ignore[attr-defined]
+    assert refs(evs) == [
+        ("quay.io/acme/base:2", None, False),
+        ("registry.fedoraproject.org/fedora:40", None, True),
+    ]
+    classic = (
+        "Sending build context to Docker daemon  2.048kB\n"
+        "Step 1/3 : FROM alpine:3.19\n3.19: Pulling from library/alpine\n"
+        f"Digest: {D1}\nStatus: Downloaded newer image for alpine:3.19\n ---> 05455a08881e\n"
+        "Step 2/3 : RUN true\n"
+    )
+    evs, _ = scan(tmp_path, classic)
+    assert refs(evs) == [("docker.io/library/alpine:3.19", D1, True)]
+
+
+def test_client_global_options_before_the_subcommand(tmp_path: Path) -> None:
+    lines = [
+        "$ docker -H tcp://10.0.0.5:2376 --tls --tlscacert /certs/ca.pem pull a/one:1",
+        "$ docker --context prod -D pull b/two:2",
+        "$ docker --log-level=debug image pull c/three:3",
+        "$ podman --root /var/lib/x --log-level debug pull quay.io/d/four:4",
+        "$ nerdctl -n k8s.io pull e/five:5",
+        "$ sudo ctr -n k8s.io images pull docker.io/f/six:6",
+        "$ docker --config /tmp/cfg pull --platform linux/arm64 g/seven:7",
+    ]
+    evs, res = scan(tmp_path, "\n".join(lines) + "\n", "docker")
+    assert [str(e.reference) for e in evs] == [
+        "docker.io/a/one:1",
+        "docker.io/b/two:2",
+        "docker.io/c/three:3",
+        "quay.io/d/four:4",
+        "docker.io/e/five:5",
+        "docker.io/f/six:6",
+        "docker.io/g/seven:7",
+    ]
+    assert res.unused.count == 0  # type: ignore[attr-defined]
+
+
+def test_gitlab_executors_and_services(tmp_path: Path) -> None:
+    text = (
+        "Running with gitlab-runner 16.11.0 (91a27b2a)\n"
+        "Using Kubernetes executor with image alpine:3.19 ...\n"
+        "Using attach strategy to execute scripts...\n"
+    )
+    evs, _ = scan(tmp_path, text)
+    assert refs(evs) == [("docker.io/library/alpine:3.19", None, None)]
+    old = (
+        "Running with gitlab-runner 12.0.0 (abcdef12)\n"
+        "Using Docker executor with image ruby:3.3 ...\n"
+        "Starting service postgres:16 ...\n"
+        "Pulling docker image postgres:16 ...\n"
+        f"Using docker image sha256:{'c' * 64} for postgres:16 ...\n"
+        "Pulling docker image ruby:3.3 ...\n"
+        f"Using docker image sha256:{'d' * 64} for ruby:3.3 with digest ruby@{D2} ...\n"
+    )
+    evs, res = scan(tmp_path, old)
+    assert refs(evs) == [
+        ("docker.io/library/postgres:16", None, True),
+        ("docker.io/library/ruby:3.3", D2, True),
+    ]
+    assert res.unused.count == 0  # type: ignore[attr-defined]
+
+
+def test_kubectl_events_json_document_and_events_v1(tmp_path: Path) -> None:
+    items = [
+        {
+            "kind": "Event",
+            "involvedObject": {"kind": "Pod", "namespace": "shop", "name": "api-7d4b9c8f6-x2k9p"},
+            "reason": "Pulled",
+            "message": 'Successfully pulled image "nginx:1.27" in 2.3s (2.3s including waiting)',
+            "source": {"component": "kubelet", "host": "node-1"},
+            "lastTimestamp": "2024-05-01T10:00:00Z",
+        },
+        {
+            "kind": "Event",
+            "apiVersion": "events.k8s.io/v1",
+            "regarding": {"kind": "Pod", "namespace": "shop", "name": "web-5f6d7c8b9-abcde"},
+            "reason": "Pulled",
+            "note": 'Container image "redis:7" already present on machine',
+            "eventTime": "2024-05-01T10:01:00.000000Z",
+            "reportingInstance": "node-2",
+        },
+    ]
+    doc = json.dumps({"apiVersion": "v1", "kind": "List", "items": items}, indent=4)
+    evs, res = scan(tmp_path, doc)
+    assert res.format == "kubelet"  # type: ignore[attr-defined]
+    assert refs(evs) == [
+        ("docker.io/library/nginx:1.27", None, True),
+        ("docker.io/library/redis:7", None, False),
+    ]
+    assert {e.pipeline for e in evs} == {"shop/api", "shop/web"}
+    assert evs[0].timestamp == datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
+    # `kubectl get events -w -o json`: pretty-printed objects one after the other
+    evs, _ = scan(tmp_path, "\n".join(json.dumps(i, indent=2) for i in items))
+    assert len(evs) == 2
+
+
+def test_containerd_pull_with_repo_digest(tmp_path: Path) -> None:
+    text = (
+        'time="2024-05-01T10:00:00.123456789Z" level=info msg="PullImage \\"nginx:1.27\\""\n'
+        'time="2024-05-01T10:00:02Z" level=info msg="Pulled image \\"nginx:1.27\\" with image id '
+        f'\\"sha256:{"e" * 64}\\", repo tag \\"docker.io/library/nginx:1.27\\", repo digest '
+        f'\\"docker.io/library/nginx@{D1}\\", size \\"1\\" in 2s"\n'
+        'time="2024-05-01T10:00:02Z" level=info msg="PullImage \\"nginx:1.27\\" returns image '
+        f'reference \\"sha256:{"e" * 64}\\""\n'
+    )
+    evs, res = scan(tmp_path, text)
+    assert res.format == "kubelet"  # type: ignore[attr-defined]
+    assert refs(evs) == [("docker.io/library/nginx:1.27", D1, True)]
+    assert evs[0].timestamp == datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=UTC)

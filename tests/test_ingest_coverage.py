@@ -1,0 +1,99 @@
+"""Undercount is never silent, and the generator's concatenated BuildKit logs are counted.
+
+Ingest counts, per format and file, the lines that look like an image reference but gave
+no event; ``warmer ingest`` prints the count and the coverage, ``--json`` a redacted sample
+with ``file:line``, and the service exports the coverage as a Prometheus gauge.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from analytics.generate.expected import logged_pulls
+from analytics.generate.workload import Params, generate
+from analytics.generate.write import write_logs
+from analytics.ingest import Options, ingest
+from jobs.metrics import Metrics
+from warmer.cli.main import cli
+
+UNUSABLE = """$ docker pull alpine:3.19
+3.19: Pulling from library/alpine
+Digest: sha256:c5b1261d6d3e43071626931fc004f70149baeba2c8ec672bd4f27761f8e1ad6b
+Status: Downloaded newer image for alpine:3.19
+Fetching image ghcr.io/acme/runner:2.1 for the job
+Pulling image registry.example.com/app:1.0 with --password hunter2
+"""
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(cli, ["--config", "/nonexistent.toml", *args], catch_exceptions=False)
+    return r.exit_code, r.stdout, r.stderr
+
+
+@pytest.mark.timeout(300)
+def test_concatenated_buildkit_logs_are_counted(tmp_path: Path) -> None:
+    work = generate(Params(weeks=1, seed=11, pipelines_per_region=10))
+    write_logs(work, tmp_path, noise=1, gzip_every=0, concat_buildkit=True)
+    logs = sorted((tmp_path / "logs").glob("*/buildkit/*/*.log"))
+    texts = [p.read_text() for p in logs]
+    builds = sum(t.count("+ echo 'run ") for t in texts)
+    headers = sum(t.count("#0 building with") for t in texts)
+    assert builds > 2 * len(logs) and headers == len(logs)  # consecutive builds, one header
+    got: Counter[str] = Counter()
+    report = ingest([tmp_path / "logs"], Options(), on_event=lambda e: got.update([e.source]))
+    want = logged_pulls(work)
+    assert got["buildkit"] >= 0.99 * want["buildkit"]
+    assert sum(got.values()) >= 0.99 * sum(want.values())
+    assert report.unused == 0 and report.coverage == 1.0
+
+
+def test_unusable_lines_are_counted_and_shown(tmp_path: Path) -> None:
+    log = tmp_path / "job.log"
+    log.write_text(UNUSABLE)
+    code, out, err = invoke("ingest", str(log), "--dry-run")
+    assert code == 0 and out.count("alpine:3.19") == 1
+    assert "2 line(s) look like an image reference but gave no event" in err
+    assert "coverage 33.3%" in err and f"{log}:5: Fetching image ghcr.io/acme/runner:2.1" in err
+    code, out, err = invoke("ingest", str(log), "--json", "--db", f"sqlite:///{tmp_path / 'w.db'}")
+    summary = json.loads(out)
+    assert summary["unused_lines"] == 2 and summary["coverage"] == pytest.approx(1 / 3, abs=1e-3)
+    assert summary["formats"]["docker"]["unused_lines"] == 2
+    assert summary["unused_files"] == {str(log): 2}
+    sample = summary["unused_sample"]
+    assert [(s["file"], s["line"]) for s in sample] == [(str(log), 5), (str(log), 6)]
+    assert "hunter2" not in out + err and "<redacted>" in sample[1]["text"]
+    assert "warning: 2 line(s)" in err  # --json: the count is said on stderr too
+
+
+def test_coverage_gauge(tmp_path: Path) -> None:
+    log = tmp_path / "job.log"
+    log.write_text(UNUSABLE)
+    report = ingest([log], Options())
+    metrics = Metrics(f"sqlite:///{tmp_path / 'm.db'}", [])
+    metrics.observe_ingest(report.as_dict())
+    text = metrics.scrape().decode()
+    assert 'warmer_ingest_unused_lines{format="docker"} 2.0' in text
+    assert 'warmer_ingest_coverage{format="docker"} 0.3333' in text
+
+
+def test_suspect_lines_same_with_and_without_hyperscan() -> None:
+    from analytics.ingest.select import line_ends
+    from analytics.ingest.unused import SUSPECT_PATTERNS
+
+    block = (UNUSABLE + "STEP 1/2: FROM fedora\nnoise line\n" + "x" * 100 + "\n").encode()
+    fast, slow = line_ends(SUSPECT_PATTERNS)(block), line_ends(SUSPECT_PATTERNS, fast=False)(block)
+    assert fast == slow and len(fast) == 5 and all(block[e : e + 1] == b"\n" for e in fast)
+
+
+def test_samples_are_redacted_and_cut() -> None:
+    from analytics.ingest.unused import SAMPLE_CHARS, redact
+
+    line = "\x1b[31mdocker login -p s3cr3t https://bob:pw@reg.example.com token=abc\x1b[0m"
+    out = redact(line)
+    assert "s3cr3t" not in out and "bob:pw" not in out and "abc" not in out and "\x1b" not in out
+    assert len(redact("FROM x:1 " * 100)) == SAMPLE_CHARS
