@@ -12,17 +12,22 @@ counted once), and the set is scored against that day's actual pulls:
 Tags are resolved at midnight, as the warmer would do in its window: a tag that moves during
 the day makes later pulls miss the new layers, for every strategy but the oracle.
 
-Strategies: ``model`` (``analytics.rank``), ``yesterday`` (the set pulled the day before),
-``frequency`` (all-time top by pulls), ``static`` (images named in files, by file count) and
-``oracle`` (that day's actual pulls). All go through the selection production runs, the
-planner (``warmer.warm.plan``: greedy by value per new byte, retried with each valuable
-image it left out taken first; see ``choose``), so differences come from the predictions
-alone and the backtest scores the decision the warmer makes. The model's predictions
-include ``stay`` (the share of a tag's pulls before its expected weekly move), which the
-planner's value uses (see its "Value"). The planner's value is pulls, not bytes: it serves
-the most predicted pulls per byte, while the byte hit rate weights each pull by its size.
-The oracle is the planner with perfect knowledge, not an upper bound: a greedy choice at
-the budget edge can lose to another strategy's on a day, and the oracle maximises pulls.
+Strategies: ``ensemble`` (``analytics.ensemble``: the production ranking, which weighs the
+others by their record on the region's recent days), ``model`` (``analytics.rank``),
+``yesterday`` (the set pulled the day before), ``seasonal`` (the set pulled on the same
+weekday one week before: seasonal-naive), ``frequency`` (all-time top by pulls), ``decayed``
+(pulls weighted by half-life ``RankParams.half_life_days``), ``static`` (images named in
+files, by file count) and ``oracle`` (that day's actual pulls). The ensemble is given the
+day's budget and each image's bytes, as the planner has them. All go through the selection
+production runs, the planner (``warmer.warm.plan``: greedy by value per new byte, retried
+with each valuable image it left out taken first; see ``choose``), so differences come from
+the predictions alone and the backtest scores the decision the warmer makes. The model's
+predictions include ``stay`` (the share of a tag's pulls before its expected weekly move),
+which the planner's value uses (see its "Value"). The planner's value is pulls, not bytes:
+it serves the most predicted pulls per byte, while the byte hit rate weights each pull by
+its size. The oracle is the planner with perfect knowledge, not an upper bound: a greedy
+choice at the budget edge can lose to another strategy's on a day, and the oracle maximises
+pulls.
 
 With ``expected`` (a day's expected demand, known for a generated workload: see
 ``analytics.generate.expected``), every warm set is also scored against that expectation
@@ -47,6 +52,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from analytics.ensemble import EnsembleParams, Planner, rank_ensemble
 from analytics.frames import normalise_static, normalise_usage, static_at, utc_naive
 from analytics.rank import RankParams, rank
 from warmer.warm.plan import Blob, Budget, WantedImage, plan
@@ -55,8 +61,19 @@ from warmer.warm.topology import MirrorNode
 DAY = pd.Timedelta(days=1)
 Layer = tuple[str, int]
 DEFAULT_IMAGE_BYTES = 250_000_000  # size model for an image without layer data
-STRATEGIES = ("model", "yesterday", "frequency", "static", "oracle", "ideal", "ideal_noisy")
-BASELINES = ("yesterday", "frequency", "static")
+STRATEGIES = (
+    "ensemble",
+    "model",
+    "yesterday",
+    "seasonal",
+    "frequency",
+    "decayed",
+    "static",
+    "oracle",
+    "ideal",
+    "ideal_noisy",
+)
+BASELINES = ("yesterday", "seasonal", "frequency", "decayed", "static")
 Demand = Callable[[pd.Timestamp], pd.DataFrame]  # a day -> image, tag, pulls, real, stay
 # The budget counts distinct layer bytes: a mirror that caches by digest (a layer shared by
 # images once), fetches a cold byte once and has no capped link.
@@ -211,10 +228,54 @@ def _yesterday(
     return _by_tag(before[before["day"] == day - DAY])
 
 
+def _seasonal(
+    before: pd.DataFrame, static: pd.DataFrame, day: pd.Timestamp, actual: pd.DataFrame
+) -> pd.DataFrame:
+    return _by_tag(before[before["day"] == day - 7 * DAY])
+
+
 def _frequency(
     before: pd.DataFrame, static: pd.DataFrame, day: pd.Timestamp, actual: pd.DataFrame
 ) -> pd.DataFrame:
     return _by_tag(before)
+
+
+def _decayed(half_life: float) -> Strategy:
+    def run(
+        before: pd.DataFrame, static: pd.DataFrame, day: pd.Timestamp, actual: pd.DataFrame
+    ) -> pd.DataFrame:
+        age = (day - before["day"]) / DAY
+        return _by_tag(before.assign(w=before["pulls"] * 0.5 ** ((age - 1) / half_life)), "w")
+
+    return run
+
+
+def _ensemble(params: RankParams, ensemble: EnsembleParams, sizes: Sizes, budget: int) -> Strategy:
+    memo: dict[tuple[str, pd.Timestamp], list[float]] = {}  # a day's losses, once over
+
+    def run(
+        before: pd.DataFrame, static: pd.DataFrame, day: pd.Timestamp, actual: pd.DataFrame
+    ) -> pd.DataFrame:
+        at = day.to_pydatetime()
+
+        def layers(image: str, tag: str) -> list[Layer]:
+            return sizes(image, tag, "", at)
+
+        def warm(candidates: pd.DataFrame) -> set[str]:
+            return choose(candidates, sizes, at, budget)
+
+        ranked = rank_ensemble(
+            before,
+            static,
+            day,
+            params=params,
+            ensemble=ensemble,
+            planner=Planner(layers, warm),
+            memo=memo,
+        )
+        return ranked[["image", "tag", "digest", "score", "stay"]]
+
+    return run
 
 
 def _static(
@@ -316,6 +377,7 @@ def backtest(
     params: RankParams | None = None,
     default_bytes: int = DEFAULT_IMAGE_BYTES,
     expected: Demand | None = None,
+    ensemble: EnsembleParams | None = None,
 ) -> pd.DataFrame:
     """One row per (day, strategy): pulls, hits, bytes, hit bytes and the day's kinds; with
     ``expected``, also the expected bytes and hit bytes, and the ``ideal`` and
@@ -331,10 +393,14 @@ def backtest(
     start = u["day"].min() + warmup_days * DAY
     days = list(pd.date_range(start, u["day"].max(), freq="D"))
     derived = derive_kinds(u, region, days)
+    p = params or RankParams()
     strategies: dict[str, Strategy] = {
-        "model": _model(params or RankParams()),
+        "ensemble": _ensemble(p, ensemble or EnsembleParams(), sizes, budget),
+        "model": _model(p),
         "yesterday": _yesterday,
+        "seasonal": _seasonal,
         "frequency": _frequency,
+        "decayed": _decayed(p.half_life_days),
         "static": _static,
         "oracle": _oracle,
     }

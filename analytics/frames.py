@@ -131,7 +131,9 @@ class Features:
     and last day. ``bump_hours`` are, per region, the UTC hours of the target's weekday in
     which the region pulls markedly more than in the same hour of its other weekdays, week
     after week (a weekly release train; see ``bump_hours``), and ``bump_daily[k, a]`` the
-    key's pulls in its region's bump hours ``a`` days before the target."""
+    key's pulls in its region's bump hours ``a`` days before the target. ``real_daily`` is
+    ``daily`` counting only real pulls (present uses left out): what the ensemble scores
+    its predictors against (``analytics.ensemble``)."""
 
     info: pd.DataFrame
     daily: np.ndarray
@@ -141,6 +143,9 @@ class Features:
     older: pd.DataFrame
     bump_daily: np.ndarray
     bump_hours: dict[str, list[int]]
+    real_daily: np.ndarray  # as ``daily``, pulls minus present uses: what a mirror serves
+    uses_daily: np.ndarray  # as ``daily``, every use counted whole (present ones too)
+    older_pulls: np.ndarray  # each key's tagged uses before the lookback (all-time frequency)
 
 
 BUMP_Z = 4.0  # Poisson deviations of a region's hour on the weekday over its other weekdays
@@ -224,8 +229,10 @@ def usage_features(
     d, d_u = _codes(usage["digest"].to_numpy()[idx])
     s, _ = _codes(usage["source"].to_numpy()[idx])
     pulls = usage["pulls"].to_numpy(dtype=np.float64)[idx]
+    present = usage["present"].to_numpy(dtype=np.float64)[idx]
+    real = pulls - present
+    raw = pulls
     if present_weight != 1.0:  # a use of an image already on the node counts this much
-        present = usage["present"].to_numpy(dtype=np.float64)[idx]
         pulls = pulls - (1.0 - present_weight) * present
     pipes = usage["pipelines"].to_numpy(dtype=np.int64)[idx]
     stamp, day, hour = stamp[idx], day[idx].astype(np.int64), hour[idx]
@@ -272,6 +279,16 @@ def usage_features(
         k3[recent] * width + age[recent], weights=pulls[recent], minlength=n * width
     )
     daily = daily.reshape(n, width)
+    real_daily = (
+        np.bincount(k3[recent] * width + age[recent], weights=real[recent], minlength=n * width)
+        .astype(np.float64)
+        .reshape(n, width)
+    )
+    uses_daily = (
+        np.bincount(k3[recent] * width + age[recent], weights=raw[recent], minlength=n * width)
+        .astype(np.float64)
+        .reshape(n, width)
+    )
     hourly = np.bincount(k3[recent] * 24 + hour[recent], weights=pulls[recent], minlength=n * 24)
     hourly = hourly.reshape(n, 24)
     dow = (day // 86_400_000_000_000 + 3) % 7  # Monday 0: 1970-01-01 was a Thursday
@@ -356,6 +373,7 @@ def usage_features(
 
     # Keys that had pulls only before the lookback (tagged ones): long memory.
     old = (age > lookback) & (tags[k4] != "") if len(k4) else np.zeros(0, bool)
+    older_pulls = np.bincount(k3[old], weights=raw[old], minlength=n).astype(np.float64)
     older = pd.DataFrame(
         {
             "region": keys["region"].to_numpy()[k3[old]] if n else [],
@@ -388,4 +406,7 @@ def usage_features(
             for g in range(g_n)
             if bumps[g].any()
         },
+        real_daily[active],
+        uses_daily[active],
+        older_pulls[active],
     )

@@ -13,6 +13,8 @@ Pure functions over frames; ``now`` is always passed in. For every (region, imag
   also shows region-wide in a few hours of its weekday, week after week (the weekday's
   *bump hours*, ``Features.bump_hours``), and there a key's excess stands out of the day's
   noise: a key pulled in them more than on its other weekdays gets that excess added;
+  a boost fades once the peak stops recurring (by the odds that it still does after a
+  weekday that fell short of it; the per-day estimate lives in ``analytics.estimates``);
 * **hour-of-day** profile, for the share of a day's pulls that falls inside a window;
 * **recency**: the decay itself, plus the last pull shown in the reasons; a key's history
   starts at its first pull in the lookback, so an image adopted on Wednesday is not
@@ -37,15 +39,23 @@ Pure functions over frames; ``now`` is always passed in. For every (region, imag
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
 import pandas as pd
 
-from analytics.frames import normalise_static, static_at, usage_features, utc_naive
+from analytics.estimates import (
+    DAY,
+    RankParams,
+    day_estimates,
+    history,
+    region_groups,
+    target_day,
+    weekend_from_weekdays,
+)
+from analytics.frames import Features, normalise_static, static_at, usage_features, utc_naive
 
-DAY = pd.Timedelta(days=1)
+__all__ = ["OUTPUT_COLUMNS", "RankParams", "rank", "rank_features", "target_day"]
 _DOW = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 OUTPUT_COLUMNS = [
     "region",
@@ -62,183 +72,6 @@ OUTPUT_COLUMNS = [
     "last_seen",
     "stay",
 ]
-
-
-@dataclass(frozen=True)
-class RankParams:
-    half_life_days: float = 4.0
-    lookback_days: int = 28
-    dow_shrink: float = 3.0  # pseudo-weeks pulling the day-of-week factor toward 1
-    dow_z: float = 3.0  # Poisson deviations a weekday must differ by to get a factor at all
-    kind_shrink: float = 1.0  # pseudo-days pulling a weekday/weekend mean toward all days
-    weekend_shrink: float = 40.0  # pseudo-days pulling a weekend mean toward the weekdays'
-    hour_shrink: float = 24.0  # pseudo-pulls pulling an image's hours toward the region's
-    # A newer tag named this recently is a migration in progress: as long as the lookback,
-    # since the old tag's decayed history outlives a migration spread over two weeks.
-    migration_days: int = 28
-    prior_half_life_days: float = 7.0
-    long_memory: float = 0.01  # weight of the daily rate of images not pulled in the lookback
-    key_history: bool = True  # a key's history starts at its first pull in the lookback
-    present_weight: float = 0.3  # a use of an image already on the node, in pulls
-    bumps: bool = True  # weekly bump hours (release trains) set their images' weekday factor
-
-
-def target_day(now: pd.Timestamp) -> pd.Timestamp:
-    """The next whole UTC day: ``now`` itself at midnight, else the following midnight."""
-    return (now - pd.Timedelta(1, "ns")).normalize() + DAY
-
-
-def _day_estimates(
-    daily: np.ndarray,
-    valid: np.ndarray,
-    target: pd.Timestamp,
-    day: pd.Timestamp,
-    p: RankParams,
-    groups: np.ndarray,
-    weekend: np.ndarray | None = None,
-    bump: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Expected pulls on ``day`` per key, the day-of-week factor applied, and whether that
-    factor came from the region's weekly bump hours (``bump``: ``_bump_factor``).
-
-    The decayed mean over days of the same kind (weekday or weekend) is shrunk toward the
-    decayed mean over all days times the region's ratio between the two (``groups`` holds
-    each key's region number), so a thin weekend history borrows from the week. For a
-    weekend day, ``weekend`` (``_weekend_from_weekdays``, -1 where unknown) is the target
-    instead: two weekend days a week are too few to tell a nightly job from a quiet one.
-    """
-    ages = np.arange(daily.shape[1])
-    dows = np.array([(target - int(a) * DAY).dayofweek for a in ages])
-    is_weekend = day.dayofweek >= 5
-    same = ((dows >= 5) == is_weekend) & (ages >= 1)
-    weights = np.where(same, 0.5 ** ((ages - 1) / p.half_life_days), 0.0)
-    w = valid * weights  # valid: (keys, ages) days inside the region's history
-    denom = w.sum(axis=1)
-    zeros = np.zeros(len(daily))
-    same_est = np.divide((daily * w).sum(axis=1), denom, out=zeros.copy(), where=denom > 0)
-    w_all = valid * np.where(ages >= 1, 0.5 ** ((ages - 1) / p.half_life_days), 0.0)
-    d_all = w_all.sum(axis=1)
-    all_est = np.divide((daily * w_all).sum(axis=1), d_all, out=zeros.copy(), where=d_all > 0)
-    n_groups = int(groups.max()) + 1 if len(groups) else 0
-    num = np.bincount(groups, weights=same_est, minlength=n_groups)
-    den = np.bincount(groups, weights=all_est, minlength=n_groups)
-    # A region with no day of that kind yet (logs of one weekend) has no ratio: 1.
-    seen_kind = np.bincount(groups, weights=denom > 0, minlength=n_groups) > 0
-    ratio = np.divide(num, den, out=np.ones(n_groups), where=(den > 0) & seen_kind)[groups]
-    c = p.kind_shrink
-    est = (denom * same_est + c * ratio * all_est) / (denom + c)
-    if is_weekend and weekend is not None:
-        c = p.weekend_shrink
-        est = np.where(weekend >= 0, (denom * same_est + c * weekend) / (denom + c), est)
-    # Day-of-week factor: the decayed mean on that weekday over the decayed mean on days
-    # of its kind, shrunk toward 1 by ``dow_shrink`` pseudo-weeks; kept only where the
-    # weekday's pulls over the lookback differ from what the mean of its kind gives by more
-    # than ``dow_z`` Poisson deviations. A release train (3-5 times its weekday mean)
-    # passes at once; the week-to-week noise of a busy image on an ordinary weekday does
-    # not, since an unfounded factor moves big images across the budget edge.
-    on = valid * (same & (dows == day.dayofweek))
-    w_dow = w * on
-    n_dow = on.sum(axis=1)
-    sum_dow = w_dow.sum(axis=1)
-    mean_dow = np.divide((daily * w_dow).sum(axis=1), sum_dow, out=zeros.copy(), where=sum_dow > 0)
-    k = p.dow_shrink
-    factor = np.divide(
-        n_dow * mean_dow + k * est,
-        (n_dow + k) * est,
-        out=np.ones(len(daily)),
-        where=est > 0,
-    )
-    of_kind = valid * same
-    n_kind = of_kind.sum(axis=1)
-    mean_kind = np.divide((daily * of_kind).sum(axis=1), n_kind, out=zeros.copy(), where=n_kind > 0)
-    usual = n_dow * mean_kind
-    deviation = np.abs((daily * on).sum(axis=1) - usual) / np.sqrt(np.maximum(usual, 1.0))
-    factor = np.where(deviation > p.dow_z, factor, 1.0)
-    train = np.zeros(len(daily), dtype=bool)
-    if bump is not None and not is_weekend:
-        others = valid * same * (dows != day.dayofweek)
-        train, bumped = _bump_factor(bump, est, on, others, w, p)
-        factor = np.where(train, bumped, factor)
-    return est * factor, factor, train
-
-
-def _bump_factor(
-    bump: np.ndarray,
-    est: np.ndarray,
-    on: np.ndarray,
-    others: np.ndarray,
-    w: np.ndarray,
-    p: RankParams,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The day-of-week factor of keys pulled in their region's weekly bump hours, and which
-    keys it is for.
-
-    A release train adds the same runs every week in the same few hours; over the whole day
-    its images' excess hides in the day's noise (a 20 % uplift on 60 pulls a day passes 3
-    Poisson deviations one week in two), in the train's hours it stands out. ``bump[k, a]``
-    is the key's pulls in those hours (``Features.bump_daily``); where its excess on the
-    weekday's days over its other weekdays passes ``dow_z`` deviations, the day is the
-    key's kind mean without the weekday's share of that excess, plus the excess: a plain
-    mean of the weekday's days, since a train repeats week after week and one week's
-    count is noise.
-    """
-    n_on, n_off = on.sum(axis=1), others.sum(axis=1)
-    s_on, s_off = (bump * on).sum(axis=1), (bump * others).sum(axis=1)
-    usual = np.divide(n_on * s_off, n_off, out=np.zeros(len(est)), where=n_off > 0)
-    z = (s_on - usual) / np.sqrt(np.maximum(usual, 1.0))
-    excess = np.divide(s_on, n_on, out=np.zeros(len(est)), where=n_on > 0) - np.divide(
-        s_off, n_off, out=np.zeros(len(est)), where=n_off > 0
-    )
-    # The weekday's share of the kind mean's weights: that much of the excess is in ``est``.
-    w_sum = w.sum(axis=1)
-    share = np.divide((w * on).sum(axis=1), w_sum, out=np.zeros(len(est)), where=w_sum > 0)
-    day = est + (1.0 - share) * excess
-    train = (z > p.dow_z) & (excess > 0) & (n_off > 0) & (est > 0)
-    return train, np.divide(day, est, out=np.ones(len(est)), where=est > 0)
-
-
-def _weekend_from_weekdays(
-    daily: np.ndarray,
-    valid: np.ndarray,
-    target: pd.Timestamp,
-    weekday_hourly: np.ndarray,
-    hourly: np.ndarray,
-    groups: np.ndarray,
-    p: RankParams,
-) -> np.ndarray:
-    """A weekend day's pulls per key from its weekdays, hour by hour (-1: no weekdays).
-
-    Scheduled jobs run every day at their hour; people push on weekdays. So each UTC hour
-    keeps, on a weekend day, the share of its weekday pulls that the whole region keeps
-    in that hour (about all of them at night, a few at the office peak), and a key's
-    weekend day is its decayed weekday rate spread over its weekday hours, each hour
-    weighted by that share: a key pulled at 3 a.m. keeps its rate, one pulled at 10 a.m.
-    keeps a few per cent, whatever its own two weekend days a week happened to show.
-    """
-    ages = np.arange(daily.shape[1])
-    dows = np.array([(target - int(a) * DAY).dayofweek for a in ages])
-    weekday = valid * ((dows < 5) & (ages >= 1))
-    weekend = valid * ((dows >= 5) & (ages >= 1))
-    n_groups = int(groups.max()) + 1 if len(groups) else 0
-    keep = np.zeros((n_groups, 24))
-    weekend_hourly = np.maximum(hourly - weekday_hourly, 0.0)
-    for g in range(n_groups):
-        mine = groups == g
-        # The region's days: those of its longest-lived key.
-        n_weekdays = max(float(weekday[mine].sum(axis=1).max()), 1.0)
-        n_weekend = max(float(weekend[mine].sum(axis=1).max()), 1.0)
-        per_weekday = weekday_hourly[mine].sum(axis=0) / n_weekdays
-        per_weekend = weekend_hourly[mine].sum(axis=0) / n_weekend
-        keep[g] = np.divide(per_weekend, per_weekday, out=np.zeros(24), where=per_weekday > 0)
-    w = weekday * 0.5 ** (np.maximum(ages - 1, 0) / p.half_life_days)
-    denom = w.sum(axis=1)
-    rate = np.divide((daily * w).sum(axis=1), denom, out=np.zeros(len(daily)), where=denom > 0)
-    total = weekday_hourly.sum(axis=1)
-    share = np.divide(
-        weekday_hourly, total[:, None], out=np.zeros_like(weekday_hourly), where=total[:, None] > 0
-    )
-    kept = (share * keep[groups]).sum(axis=1)
-    return np.where((total > 0) & (denom > 0), rate * kept, -1.0)
 
 
 RECENT_DAYS = 3  # days behind the split between tags, each worth half the next
@@ -323,32 +156,36 @@ def rank(
     """The ranking at ``now``: one row per (region, image, tag), best first per region."""
     p = params or RankParams()
     now_ts = utc_naive(now)
+    feats = usage_features(
+        usage, now_ts, target_day(now_ts), p.lookback_days, region, p.present_weight
+    )
+    return rank_features(feats, static, now_ts, window, region, p)
+
+
+def rank_features(
+    feats: Features,
+    static: pd.DataFrame | None,
+    now: datetime | pd.Timestamp,
+    window: tuple[datetime | pd.Timestamp, datetime | pd.Timestamp] | None,
+    region: str | None,
+    p: RankParams,
+) -> pd.DataFrame:
+    """``rank`` over features already aggregated (``usage_features`` for ``now``'s target
+    day, with ``p.lookback_days``): the ensemble aggregates once for all its predictors."""
+    now_ts = utc_naive(now)
     target = target_day(now_ts)
     w_start, w_end = (
         (utc_naive(window[0]), utc_naive(window[1])) if window else (target, target + DAY)
     )
-    feats = usage_features(usage, now_ts, target, p.lookback_days, region, p.present_weight)
     info, daily, hourly, region_start = feats.info, feats.daily, feats.hourly, feats.region_start
     st = static_at(normalise_static(static), now_ts)
     regions = sorted(region_start) if region is None else [region]
-    ages = np.arange(daily.shape[1])
-    first_valid = np.array(
-        [((target - region_start[r]) // DAY) for r in info["region"]], dtype=np.int64
-    )
-    if p.key_history and len(info):
-        # A key's history starts at its first pull in the lookback: days before an image
-        # was adopted (or a tag existed) are not zeros of its demand.
-        seen = daily > 0
-        oldest = daily.shape[1] - 1 - np.argmax(seen[:, ::-1], axis=1)
-        first_valid = np.minimum(first_valid, np.maximum(np.where(seen.any(axis=1), oldest, 0), 1))
-    valid = (ages[None, :] <= first_valid[:, None]).astype(np.float64)
-
-    groups = (
-        pd.factorize(info["region"])[0].astype(np.int64) if len(info) else np.zeros(0, np.int64)
-    )
-    weekend = _weekend_from_weekdays(daily, valid, target, feats.weekday_hourly, hourly, groups, p)
+    valid = history(feats, target, p)
+    first_valid = valid.sum(axis=1).astype(np.int64) - 1
+    groups = region_groups(feats)
+    weekend = weekend_from_weekdays(daily, valid, target, feats.weekday_hourly, hourly, groups, p)
     bump = feats.bump_daily if p.bumps else None
-    score, factor, train = _day_estimates(daily, valid, target, target, p, groups, weekend, bump)
+    score, factor, train = day_estimates(daily, valid, target, target, p, groups, weekend, bump)
     region_prof = pd.DataFrame(hourly).groupby(info["region"].to_numpy()).sum()
     window_score = np.zeros(len(info))
     profile = np.zeros_like(hourly)
@@ -370,7 +207,7 @@ def rank(
         hours[first_h:last_h] = 1.0
         # The bump hours are the target's weekday's: other days of a window go without.
         day_bump = bump if day == target else None
-        est, _, _ = _day_estimates(daily, valid, target, day, p, groups, weekend, day_bump)
+        est, _, _ = day_estimates(daily, valid, target, day, p, groups, weekend, day_bump)
         window_score += est * (profile @ hours)
         day += DAY
     stay, move_at = _stay(info, profile, target, first_valid)

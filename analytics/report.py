@@ -101,6 +101,32 @@ def load_backtest(
     return pd.concat(rows, ignore_index=True)[columns]
 
 
+def load_ensemble_weights(
+    url: str, regions: Iterable[str] | None = None, warmup_days: int = 7
+) -> pd.DataFrame:
+    """The ensemble's weights per region as of each day after the warm-up, as the
+    production ranking (``analytics.ensemble``) would have set them that morning from the
+    region's record. Columns: region, day, predictor, weight."""
+    from analytics.ensemble import weights_over_time
+
+    usage = load_usage(url)
+    static = load_static(url)
+    names = sorted(usage["region"].unique()) if regions is None else list(regions)
+    frames = []
+    for region in names:
+        mine = usage[usage["region"] == region]
+        if mine.empty:
+            continue
+        first = pd.Timestamp(mine["day"].min()).tz_localize(None).normalize()
+        last = pd.Timestamp(mine["day"].max()).tz_localize(None).normalize()
+        days = list(pd.date_range(first + pd.Timedelta(days=warmup_days), last, freq="D"))
+        frames.append(weights_over_time(mine, static, region, days).assign(region=region))
+    columns = ["region", "day", "predictor", "weight"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
 def load_runs(url: str, limit: int = 1000) -> pd.DataFrame:
     """Warm runs, oldest first, with their stored summary figures."""
     from warmer.store.ledger import Ledger, as_utc
@@ -250,10 +276,13 @@ def hour_weekday(usage: pd.DataFrame) -> pd.DataFrame:
 
 
 def static_vs_observed(usage: pd.DataFrame, static: pd.DataFrame) -> pd.DataFrame:
-    """Per image tag: files naming it, pulls seen, and which of the two it has.
+    """Per image tag: files naming it now, pulls seen, and which of the two it has.
 
     ``status`` is ``named and pulled``, ``named, never pulled`` or ``pulled, not named``.
+    A reference the git history shows removed (``removed`` set) no longer names it.
     """
+    if "removed" in static.columns:
+        static = static[static["removed"].isna()]
     files = (
         static.groupby(["image", "tag"])["file"].nunique().rename("files")
         if not static.empty

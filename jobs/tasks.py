@@ -251,7 +251,10 @@ async def ingest(ctx: Context) -> Summary:
             [p for p in paths if p.exists()], Options(rules=rules), url=ctx.url,
             on_file=stop_between_files,
         )  # fmt: skip
-        return report.as_dict()
+        summary = report.as_dict()
+        if ctx.metrics is not None:
+            ctx.metrics.observe_ingest(summary)
+        return summary
 
     try:
         report = await asyncio.to_thread(work)
@@ -261,13 +264,14 @@ async def ingest(ctx: Context) -> Summary:
 
 
 async def rank(ctx: Context) -> Summary:
-    """Rank each served region from the store and save it for the planner."""
+    """Rank each served region from the store (the ensemble, ``analytics.ensemble``) and save
+    it for the planner."""
 
     def work() -> dict[str, int]:
         import pandas as pd
 
         from analytics import store
-        from analytics.rank import rank as rank_frame
+        from analytics.ensemble import rank_ensemble as rank_frame
         from warmer.store.rankings import save_ranking
 
         now = utcnow()

@@ -12,6 +12,8 @@ import pytest
 
 from analytics.backtest import (
     Sizes,
+    _decayed,
+    _seasonal,
     backtest,
     choose,
     effective_days,
@@ -221,6 +223,27 @@ def days_of(model: list[float], baseline: list[float], kinds: str = "weekday") -
     return pd.DataFrame(rows)
 
 
+def test_seasonal_and_decayed_baselines() -> None:
+    """Seasonal-naive ranks by the same weekday one week earlier; the decayed mean weighs
+    each day by half for every ``half_life`` days of age (yesterday counts fully)."""
+    rows = [
+        # A Thursday train a week before the Thursday predicted, a daily image since.
+        ("2024-03-07", "train", 40),
+        *[(str(d.date()), "daily", 5) for d in pd.date_range("2024-03-07", "2024-03-13")],
+        ("2024-03-10", "old", 16),  # 4 days before: half of yesterday's weight at 4 days
+    ]
+    before = pd.DataFrame(
+        [{"day": pd.Timestamp(d), "image": image, "tag": "1", "pulls": n} for d, image, n in rows]
+    )
+    day = pd.Timestamp("2024-03-14")
+    seasonal = _seasonal(before, pd.DataFrame(), day, pd.DataFrame()).set_index("image")
+    assert seasonal["score"].to_dict() == {"daily": 5, "train": 40}
+    decayed = _decayed(3.0)(before, pd.DataFrame(), day, pd.DataFrame()).set_index("image")
+    assert decayed.loc["old", "score"] == pytest.approx(16 * 0.5)
+    assert decayed.loc["train", "score"] == pytest.approx(40 * 0.5**2)
+    assert decayed.loc["daily", "score"] == pytest.approx(5 * sum(0.5 ** (a / 3) for a in range(7)))
+
+
 def test_margin_interval_tells_a_ranking_from_the_luck_of_a_few_days() -> None:
     # Better on every day: the whole interval is above zero.
     lo, hi = margin_interval(
@@ -271,12 +294,16 @@ def test_cli_generate_ingest_rank_backtest(tmp_path: Path) -> None:
     assert done.exit_code == 0, done.output
     result = json.loads(done.output)
     assert {r["strategy"] for r in result["rates"]} == {
+        "ensemble",
         "model",
         "yesterday",
+        "seasonal",
         "frequency",
+        "decayed",
         "static",
         "oracle",
     }
+    assert {"over_seasonal", "over_decayed"} <= set(result["ensemble_margins"][0])
     bad = runner.invoke(cli, ["backtest", "--region", "eu", "--budget", "lots", "--db", url])
     assert bad.exit_code == 2
     assert "--budget" in bad.output and "Traceback" not in bad.output
@@ -308,9 +335,12 @@ def test_expected_scores_and_the_ideal_predictor(
 ) -> None:
     days, summary = small_history
     assert set(days["strategy"]) == {
+        "ensemble",
         "model",
         "yesterday",
+        "seasonal",
         "frequency",
+        "decayed",
         "static",
         "oracle",
         "ideal",

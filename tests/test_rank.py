@@ -152,6 +152,28 @@ def test_weekly_release_train_day_of_week_factor() -> None:
     assert friday.loc[GO, "score"] < out.loc[GO, "score"] / 3
 
 
+def test_a_weekly_peak_that_stopped_fades() -> None:
+    """Tuesday trains of 17 pulls for three weeks, none on the last Tuesday (the issue's
+    ``0 pulls/7d, last pulled 12d ago, Tue x17``): no boost is left for the next one,
+    while a train that still ran last Tuesday keeps its boost."""
+    tuesdays = [d for d in WEEKS if d.dayofweek == 1]
+    base = daily(PY, "3.12", WEEKS, 3)
+    tuesday = pd.Timestamp("2024-04-02T00:00Z")
+    stopped = usage(daily(GO, "1.22", pd.DatetimeIndex(tuesdays[:-1]), 17) + base)
+    out = rank(stopped, None, tuesday).set_index("image")
+    assert "Tue x" not in out.loc[GO, "reasons"], out.loc[GO, "reasons"]
+    assert "0 pulls/7d" in out.loc[GO, "reasons"]
+    assert out.loc[GO, "score"] < 1.0
+    running = usage(daily(GO, "1.22", pd.DatetimeIndex(tuesdays), 17) + base)
+    kept = rank(running, None, tuesday).set_index("image")
+    assert "Tue x" in kept.loc[GO, "reasons"]
+    assert kept.loc[GO, "score"] > 8
+    # Were a stop never believed, the stopped train kept its boost.
+    unfaded = rank(stopped, None, tuesday, params=RankParams(dow_recur_odds=1e30))
+    unfaded = unfaded.set_index("image")
+    assert unfaded.loc[GO, "score"] > 4 * out.loc[GO, "score"]
+
+
 def _train_history(trains: list[pd.Timestamp]) -> pd.DataFrame:
     """Office hours every weekday: node 6 pulls an hour, python 4 (8-17h UTC). On each
     day of ``trains``, a release train pulls golang 30 times an hour at 14-16h UTC, and

@@ -215,12 +215,34 @@ def test_missing_sqlite_database_is_named_and_not_created(tmp_path: Path) -> Non
 def test_backtest_curve_has_every_strategy_at_every_budget(sample: Sample) -> None:
     budgets = [200_000_000, 2_000_000_000]
     curve = report.load_backtest(sample.url, sample.catalogue, budgets, regions=["eu"])
-    assert set(curve["strategy"]) == {"model", "yesterday", "frequency", "static", "oracle"}
+    assert set(curve["strategy"]) == {
+        "ensemble",
+        "model",
+        "yesterday",
+        "seasonal",
+        "frequency",
+        "decayed",
+        "static",
+        "oracle",
+    }
     assert sorted(curve["budget"].unique()) == budgets
     assert (curve["days"] == 7 * PARAMS.weeks - 7).all()
     assert curve["byte_hit_rate"].between(0, 1).all()
     rate = curve.set_index(["budget", "strategy"])["byte_hit_rate"]
     assert rate[(budgets[1], "oracle")] > rate[(budgets[0], "oracle")]  # more budget, more hits
+
+
+def test_ensemble_weights_per_region_and_day(sample: Sample) -> None:
+    weights = report.load_ensemble_weights(sample.url, regions=["eu", "us"])
+    assert list(weights.columns) == ["region", "day", "predictor", "weight"]
+    assert set(weights["region"]) == {"eu", "us"}
+    assert weights["day"].nunique() == 7 * PARAMS.weeks - 7
+    per_day = weights.groupby(["region", "day"])["weight"]
+    assert (per_day.sum() - 1).abs().max() < 1e-9
+    assert (per_day.count() == 6).all()
+    # The first scored day has no record yet: the prior, the model's half.
+    first = weights[weights["day"] == weights["day"].min()].set_index(["region", "predictor"])
+    assert first.loc[("eu", "model"), "weight"] == pytest.approx(0.5)
 
 
 # -- operations -------------------------------------------------------------------------

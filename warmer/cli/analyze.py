@@ -82,6 +82,11 @@ def check_region(ctx: click.Context, url: str, region: str) -> None:
     help="Days.",
 )
 @click.option("--no-store", is_flag=True, help="Do not record the ranking for the planner.")
+@click.option(
+    "--model-only",
+    is_flag=True,
+    help="Rank with the model alone, not the ensemble that weighs it against the baselines.",
+)
 @click.pass_context
 def rank_command(
     ctx: click.Context,
@@ -93,14 +98,18 @@ def rank_command(
     window: tuple[str, str] | None,
     half_life: float,
     no_store: bool,
+    model_only: bool,
 ) -> None:
     """Predicted pulls per image tag for the next day and window, with the reasons.
 
     Reads the usage aggregates and static references from the store (fill it with
     `warmer ingest` and `warmer refs`), stores the full ranking for the planner and prints
-    the top rows.
+    the top rows. The ranking is an ensemble: the model, yesterday, frequency, a decayed
+    mean, the same weekday last week and static references, each weighted by how well it
+    did on the region's last 14 days; each row's reasons name the predictors behind it.
     """
     from analytics import store
+    from analytics.ensemble import LABELS, rank_ensemble
     from analytics.rank import RankParams, rank
     from warmer.store.rankings import save_ranking
 
@@ -116,14 +125,10 @@ def rank_command(
             raise BadInput(f"--window {window[0]} {window[1]}: the end must be after the start")
     since = (pd.Timestamp(now) - pd.Timedelta(days=35)).date()
     usage = store.usage_frame(url, region=region, since=since)
-    ranking = rank(
-        usage,
-        store.static_frame(url),
-        now,
-        window=win,
-        region=region,
-        params=RankParams(half_life_days=half_life),
-    )
+    params = RankParams(half_life_days=half_life)
+    ranker = rank if model_only else rank_ensemble
+    ranking = ranker(usage, store.static_frame(url), now, window=win, region=region, params=params)
+    weights = ranking.attrs.get("weights", {}).get(region, {})
     if not no_store:
         save_ranking(url, ranking, computed_at=now)
     shown = ranking.head(top)
@@ -135,6 +140,11 @@ def rank_command(
     if shown.empty:
         click.echo(f"no usage or static references for region {region!r} in {url}")
         return
+    if weights:
+        learned = ", ".join(
+            f"{LABELS[n]} {w:.0%}" for n, w in sorted(weights.items(), key=lambda x: -x[1])
+        )
+        click.echo(f"ensemble weights for {region} (last 14 days): {learned}")
     for row in shown.itertuples(index=False):
         ref = f"{row.image}:{row.tag}" if row.tag else f"{row.image}@{row.digest}"
         click.echo(f"{row.rank:>3}  {row.score:9.1f}  {row.window_score:9.1f}  {ref}")
@@ -173,7 +183,10 @@ def backtest_command(
     catalogue: Path | None,
     warmup: int,
 ) -> None:
-    """Rolling-origin backtest: model vs yesterday, frequency, static and the oracle.
+    """Rolling-origin backtest: the ensemble and the model vs each baseline and the oracle.
+
+    Also the ensemble (the ranking `warmer rank` stores) and the baselines seasonal (the
+    same weekday last week) and decayed (a decayed mean).
 
     Image sizes come from --catalogue (layers, shared ones counted once); without it every
     image is priced at 250 MB. A labels.json beside the catalogue adds the generator's day
@@ -206,22 +219,28 @@ def backtest_command(
         raise BadInput(f"region {region!r}: history shorter than the {warmup}-day warm-up")
     summary = summarise(days)
     table = margins(summary)
+    ensemble = margins(summary, "ensemble")
     if as_json:
-        emit_json(_result(region, limit, summary, table))
+        emit_json(_result(region, limit, summary, table, ensemble))
         return
     pivot = summary.pivot(index="kind", columns="strategy", values="byte_hit_rate")
     click.echo(f"byte hit rate, region {region}, budget {budget}, {days['day'].nunique()} days")
     click.echo(pivot.round(3).to_string())
+    click.echo("\nensemble margins")
+    click.echo(ensemble.round(3).to_string(index=False))
     click.echo("\nmodel margins")
     click.echo(table.round(3).to_string(index=False))
 
 
-def _result(region: str, budget: int, summary: pd.DataFrame, table: pd.DataFrame) -> dict[str, Any]:
+def _result(
+    region: str, budget: int, summary: pd.DataFrame, table: pd.DataFrame, ensemble: pd.DataFrame
+) -> dict[str, Any]:
     return {
         "region": region,
         "budget": budget,
         "rates": json.loads(summary.to_json(orient="records")),
         "margins": json.loads(table.to_json(orient="records")),
+        "ensemble_margins": json.loads(ensemble.to_json(orient="records")),
     }
 
 
