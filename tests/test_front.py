@@ -15,7 +15,7 @@ import pytest
 from conftest import RegistryFactory
 
 from warmer.sandbox.front import FrontServer, start_front
-from warmer.sandbox.frontstate import FrontConfig, Stats, classify, window_rates
+from warmer.sandbox.frontstate import FrontConfig, Stats, classify, peak_windows, window_rates
 from warmer.sandbox.procs import Proc
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -299,3 +299,25 @@ async def test_distribution_proxy_pings_a_parent_that_sends_no_challenge(
     assert pings >= 2 and tokens == 0
     pings, tokens = await pings_for("token", "pings-token")
     assert pings <= 1 and tokens >= 1
+
+
+def test_peak_windows_are_exact_over_chunk_records() -> None:
+    chunks = [(0.0, 100), (0.5, 100), (0.99, 100), (1.0, 50), (3.0, 200), (7.9, 10)]
+    w = peak_windows(chunks, (1.0, 5.0))
+    # [0, 1) holds the first three; [0.5, 1.5) holds 100 + 100 + 50.
+    assert w["peak"] == {"1": 300, "5": 550}
+    assert (w["bytes"], w["first"], w["last"]) == (560, 0.0, 7.9)
+    assert peak_windows([], (1.0,))["peak"] == {"1": 0}
+
+
+async def test_windows_and_pings_are_recorded(client: httpx.AsyncClient, pushed: Pushed) -> None:
+    await client.post("/_front/stats/reset")
+    assert (await client.get("/v2/")).status_code == 200
+    url = f"/v2/{pushed.repo}/blobs/{pushed.blob_digest}"
+    assert (await client.get(url)).content == pushed.blob
+    stats = (await client.get("/_front/stats")).json()
+    assert stats["pings"] == 1
+    windows = (await client.get("/_front/windows", params={"raw": "1"})).json()
+    assert windows["bytes"] == stats["bytes_served"] >= len(pushed.blob)
+    assert sum(n for _, n in windows["chunks"]) == windows["bytes"]
+    assert windows["peak"]["10"] == windows["bytes"]  # all of it within 10 s

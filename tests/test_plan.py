@@ -523,11 +523,20 @@ def check_invariants(
     by_image = {w.image: w for w in wanted}
     assert [i.order for i in result.items] == list(range(len(result.items)))
     seen: dict[tuple[str, str | None, str, str], int] = {}
+    aliases: set[tuple[tuple[str, str | None, str, str], str]] = set()
     for item in result.items:
         w = by_image[item.image]
         node = nodes[item.mirror]
         k = key(item.mirror, item.instance, item.upstream_repository, item.digest)
-        assert k not in seen, f"{k} planned twice"
+        if k in seen:
+            # Only another tag of a top manifest fetched there already ("Aliases"): its own
+            # item at a child tier, after the first, with no parent bytes.
+            assert item.kind == "manifest" and item.digest == w.digest and w.tag, k
+            assert item.reference == w.tag and (k, w.tag) not in aliases, f"{k} planned twice"
+            assert node.parent is not None and item.parent_cost == 0
+            assert item.depends_on == (seen[k],)
+            aliases.add((k, w.tag))
+            continue
         assert not is_held(k), f"{k} is held already"
         seen[k] = item.order
         assert item.mirror in warm and item.image in result.images
@@ -784,14 +793,22 @@ def test_a_continuation_depends_on_the_earlier_part_and_skips_what_it_planned() 
 
 def test_an_alias_of_an_image_of_the_earlier_part_is_planned_as_in_one_plan() -> None:
     # python:3 resolves to the same manifest as python:3.12: in one plan it is picked at no
-    # cost (no item of its own); in a continuation too, not "already warm".
+    # cost, its only item the regional mirror's request for its tag (a pull-through mirror
+    # keeps a tag only when asked for it); in a continuation the same, not "already warm".
     first = plan([image("python", {"l1": 50}, tag="3.12")], CHAIN, ["regional"], [], NO_LIMIT, NOW)
     alias = image("python", {"l1": 50}, tag="3")
     then = plan([alias], CHAIN, ["regional"], [], NO_LIMIT, NOW, after=first)
     single = plan(
         [image("python", {"l1": 50}, tag="3.12"), alias], CHAIN, ["regional"], [], NO_LIMIT, NOW
     )
-    assert then.items == () and then.skipped == ()
+    assert then.skipped == ()
+    (tag,) = then.items
+    assert (tag.mirror, tag.reference, tag.parent_cost) == ("regional", "3", 0)
+    assert tag.depends_on == tuple(
+        i.order for i in first.items if i.mirror == "regional" and i.reference == "3.12"
+    )
+    tags = sorted((i.mirror, i.reference) for i in single.items if i.reference in ("3", "3.12"))
+    assert len(tags) == 3 and tags[1:] == [("regional", "3"), ("regional", "3.12")]
     assert (
         set(merge(first, then).images)
         == set(single.images)

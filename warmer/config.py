@@ -280,11 +280,34 @@ class WindowConfig(_Strict):
         return self
 
 
+class ArtifactsConfig(_Strict):
+    """What is warmed with each image and what must verify: see warmer.warm.artifacts."""
+
+    kinds: list[Literal["signatures", "attestations", "sbom", "all", "none"]] = ["signatures"]
+    types: list[str] = Field(default_factory=list)  # more referrer artifactTypes to warm
+    depth: int = Field(default=2, ge=0, le=4)
+    verify: dict[Literal["keys"], list[str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _usable(self) -> ArtifactsConfig:
+        if "none" in self.kinds and len(self.kinds) > 1:
+            raise ValueError("kinds: 'none' cannot be combined with other kinds")
+        if self.verify.get("keys"):
+            from warmer.oci.cosign import SignatureError, load_public_keys
+
+            try:
+                load_public_keys(self.verify["keys"])
+            except SignatureError as exc:
+                raise ValueError(f"verify.keys: {exc}") from None
+        return self
+
+
 class RegionConfig(_Strict):
     mirrors: list[str]
     windows: list[WindowConfig] = Field(default_factory=list)
     budget: Budget = None
     platforms: list[str] = Field(default_factory=lambda: ["linux/amd64"])
+    artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
 
     @field_validator("mirrors", "platforms")
     @classmethod

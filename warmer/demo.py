@@ -2,9 +2,11 @@
 
 Each step prints the ``warmer`` command it runs, so the demo doubles as a tutorial:
 sandbox up (real registries, seeded) -> generate weeks of CI logs and repositories ->
-ingest -> static references -> rank per region -> backtest -> plan -> warm both regions
-through central -> prove with skopeo, the upstream unreachable, that a regional mirror
-serves what was warmed -> status -> sandbox down. The database is left in the demo
+ingest -> static references -> rank per region -> sign the ranked images at the upstream
+(cosign's format, the sandbox's key) -> backtest -> plan -> warm both regions through
+central (signatures with their images) -> prove with skopeo, the upstream unreachable, that
+a regional mirror serves what was warmed, and read its signature there the way cosign does
+and verify it -> status -> sandbox down. The database is left in the demo
 directory for the notebooks.
 """
 
@@ -111,6 +113,7 @@ class Demo:
             )  # fmt: skip
             rankings[region] = rows
         self.results["rankings"] = rankings
+        self._sign_ranked(box, rankings)
         bt = self.warmer(
             "backtest", "--region", "eu", "--budget", "2GiB", "--catalogue",
             str(ci / "catalogue.json"), "--json", json_out=True, ok=(0, 1),
@@ -148,6 +151,63 @@ class Demo:
             f"pulls, at {self.workload_scale:g} of their real size: "
             f"{format_size(report.bytes_pushed)})"
         )
+
+    def _sign_ranked(self, box: Sandbox, rankings: dict[str, list[dict[str, Any]]]) -> None:
+        """Sign every tag of the ranked docker.io repositories at the upstream, as
+        ``cosign sign --recursive --key cosign.key`` would (the key is made in the demo
+        directory), so the warm carries the signatures and the proof can verify one."""
+        from warmer.sandbox.seed import run_sync, sandbox_signer, sign_catalogue
+
+        if self._workload is None:
+            return
+        repos = sorted({
+            str(row["image"]).split("/", 1)[1] for rows in rankings.values() for row in rows
+            if str(row.get("image", "")).startswith("docker.io/")
+        })  # fmt: skip
+        signer = sandbox_signer(self.directory)
+        n = run_sync(sign_catalogue(box.upstream_url, self._workload, signer, tuple(repos)))
+        self.results["signed"] = n
+        self.echo(
+            f"\n(signed {n} image and platform digests of {len(repos)} ranked repositories at "
+            f"the upstream with {self.directory / 'cosign.key'}, in cosign's format)"
+        )
+
+    def _signature_proof(self, url: str, repo_tag: str) -> dict[str, Any]:
+        """What ``cosign verify --key cosign.pub`` reads, from the regional mirror alone:
+        the tag's digest, its ``sha256-<hex>.sig`` manifest by tag, each payload blob."""
+        import hashlib
+
+        import httpx
+
+        from warmer.oci.cosign import (
+            SignatureError,
+            artifact_tag,
+            check_signature,
+            load_public_key,
+            signature_layers,
+        )
+        from warmer.oci.manifest import MANIFEST_ACCEPT
+
+        repository, _, tag = repo_tag.rpartition(":")
+        key = load_public_key((self.directory / "cosign.pub").read_bytes())
+        accept = {"Accept": MANIFEST_ACCEPT}
+        self.echo(f"\n(reading {repo_tag}'s signature from the eu mirror as cosign does)")
+        try:
+            with httpx.Client(base_url=f"{url}/v2/{repository}", timeout=60) as http:
+                top = http.get(f"/manifests/{tag}", headers=accept)
+                top.raise_for_status()
+                digest = "sha256:" + hashlib.sha256(top.content).hexdigest()
+                sig = http.get(f"/manifests/{artifact_tag(digest)}", headers=accept)
+                if sig.status_code != 200:
+                    raise SignatureError(f"no signature there (HTTP {sig.status_code})")
+                for layer in signature_layers(sig.json()):
+                    payload = http.get(f"/blobs/{layer.digest}").content
+                    check_signature(payload, layer.signature, [key], digest, repository,
+                                    registries={"docker.io"})  # fmt: skip
+                    return {"ok": True, "digest": digest, "signature": artifact_tag(digest)}
+                raise SignatureError("no cosign signature layer")
+        except (httpx.HTTPError, SignatureError, ValueError) as exc:
+            return {"ok": False, "error": str(exc)[:300]}
 
     def _tag_moves(self, box: Sandbox) -> None:
         """A warmed tag moves upstream; refresh finds it by HEAD and warms the new digest;
@@ -207,6 +267,7 @@ class Demo:
                f"docker://{host}/{repo_tag}", f"dir:{dest}"]  # fmt: skip
         self.echo(f"\n$ {' '.join(cmd)}    # upstream down (503 for everything)")
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        signature = self._signature_proof(box.eu_url, repo_tag)  # the upstream still down
         front.clear_faults()
         ok = proc.returncode == 0
         digests: list[str] = []
@@ -219,6 +280,7 @@ class Demo:
             "ok": ok,
             "blobs": len(digests),
             "error": proc.stderr.strip()[-300:] if not ok else "",
+            "signature": signature,
         }
 
 
@@ -258,6 +320,12 @@ def summary(results: dict[str, Any]) -> str:
             f"{run.get('skipped', 0)} skipped in {run.get('seconds', 0)}s; "
             + ", ".join(f"{m} {format_size(b)}" for m, b in sorted(by_mirror.items()))
         )
+        share = run.get("artifacts") or {}
+        if share.get("items"):
+            lines.append(
+                f"  signatures with them: {share.get('done', 0)} of {share['items']} items, "
+                f"{format_size(share.get('bytes', 0))}"
+            )
     wan = results.get("wan", {})
     if wan:
         gets = wan.get("requests", {}).get("manifest", {}).get("GET", 0)
@@ -272,6 +340,11 @@ def summary(results: dict[str, Any]) -> str:
         lines.append(
             f"proof: skopeo pulled {proof.get('image')} from the eu mirror with the upstream "
             f"down: {verdict} ({proof.get('blobs', 0)} blobs)"
+        )
+        sig = proof.get("signature") or {}
+        lines.append(
+            "proof: its cosign signature read from the eu mirror, upstream down: "
+            + ("verifies with cosign.pub" if sig.get("ok") else f"FAILED: {sig.get('error')}")
         )
     ref = results.get("refresh", {})
     if ref:

@@ -36,6 +36,7 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
 _MEDIA_TYPE_RE = re.compile(rf"^{_TOKEN}/{_TOKEN}$")
 _HEX64_RE = re.compile(r"^[a-f0-9]{64}$")
+_ARTIFACT_TAG_RE = re.compile(r"^sha256-[a-f0-9]{64}(\.sig|\.att|\.sbom)?$")
 MAX_SIZE = 1 << 42  # 4 TiB: more than any layer, less than anything absurd
 
 
@@ -76,6 +77,30 @@ class ManifestRecord(_Strict):
     check_media_type = field_validator("media_type")(_media_type)
 
 
+class ArtifactRecord(_Strict):
+    """A signature, attestation, SBOM or referrer attached to an image (or to another
+    artifact: ``subject``), with the tag a client finds it by (``sha256-<hex>.sig``, the
+    fallback tag ``sha256-<hex>`` of a referrers index; None: a referrer, by digest)."""
+
+    kind: Literal["signatures", "attestations", "sbom", "other", "referrers"]
+    subject: str
+    digest: str
+    size: int = Field(ge=0, le=MAX_SIZE)
+    media_type: str
+    tag: str | None = None
+    blobs: list[BlobRecord] = Field(default_factory=list)
+
+    check_digests = field_validator("digest", "subject")(_digest)
+    check_media_type = field_validator("media_type")(_media_type)
+
+    @field_validator("tag")
+    @classmethod
+    def check_tag(cls, value: str | None) -> str | None:
+        if value is not None and not _ARTIFACT_TAG_RE.match(value):
+            raise ValueError(f"not an artifact tag: {value[:80]!r}")
+        return value
+
+
 class ImageRecord(_Strict):
     name: str = Field(
         description="canonical reference as asked, e.g. docker.io/library/python:3.12"
@@ -91,9 +116,16 @@ class ImageRecord(_Strict):
     platforms: list[str]
     manifests: list[ManifestRecord]
     blobs: list[BlobRecord]
+    artifacts: list[ArtifactRecord] = Field(
+        default_factory=list, description="pushed after the image, by tag; indexes last"
+    )
 
     check_digests = field_validator("digest", "source_digest")(_digest)
     check_media_type = field_validator("media_type")(_media_type)
+
+    def all_blobs(self) -> list[BlobRecord]:
+        """The image's blobs, then its artifacts' blobs (repeats left in)."""
+        return [*self.blobs, *(b for a in self.artifacts for b in a.blobs)]
 
     @field_validator("repository")
     @classmethod
@@ -143,7 +175,7 @@ class Bundle(_Strict):
         seen: set[str] = set()
         out: list[BlobRecord] = []
         for image in self.images:
-            for blob in image.blobs:
+            for blob in image.all_blobs():
                 if blob.digest not in have and blob.digest not in seen:
                     seen.add(blob.digest)
                     out.append(blob)
@@ -152,7 +184,9 @@ class Bundle(_Strict):
     def missing_manifests(self) -> list[str]:
         """Manifests images need but the bundle lacks: always an error (deltas keep them)."""
         have = self.blob_files()
-        return sorted({m.digest for i in self.images for m in i.manifests if m.digest not in have})
+        needed = {m.digest for i in self.images for m in i.manifests}
+        needed |= {a.digest for i in self.images for a in i.artifacts}
+        return sorted(needed - have)
 
     def dumps(self) -> bytes:
         return (self.model_dump_json(indent=2) + "\n").encode()

@@ -5,6 +5,13 @@ Resumable: a blob already in the layout that hashes to its digest is not fetched
 a download in progress goes to a temporary name renamed only after it verifies. A delta
 (``since``) leaves out the blobs its base bundle carried; manifests are always written, so
 the delta's index is complete and imports on top of its base.
+
+Artifacts (``discover``: signatures, attestations, SBOMs, referrers, found at the source by
+:mod:`warmer.warm.discover`) travel with their image: their manifests and blobs go into the
+layout, each tagged one listed in ``index.json`` under its tag (``sha256-<hex>.sig``, the
+fallback tag ``sha256-<hex>``) and recorded in ``bundle.json`` so the import pushes them
+after the image. A fallback index is narrowed to the referrers the bundle carries (a
+registry refuses an index naming manifests it does not hold).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Protocol
 
 from warmer.bundle.bundlefile import (
     BUNDLE_FILE,
+    ArtifactRecord,
     BlobRecord,
     Bundle,
     ImageRecord,
@@ -40,6 +48,7 @@ from warmer.bundle.ocilayout import (
 )
 from warmer.oci.manifest import Descriptor, ImageTree, Manifest, Platform, sha256_digest
 from warmer.oci.reference import Reference
+from warmer.warm.artifacts import REFERRERS, Artifact
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +70,14 @@ class Source(Protocol):
         chunk_size: int = ...,
     ) -> int: ...
 
+    async def get_manifest(
+        self, repository: str, reference: str, known: str | None = None
+    ) -> Manifest: ...
+
+
+#: Finds the artifacts attached to an image's digests at its source.
+Discover = Callable[[Reference, Sequence[str]], Awaitable[Sequence[Artifact]]]
+
 
 @dataclass
 class ExportStats:
@@ -72,6 +89,8 @@ class ExportStats:
     bytes_reused: int = 0
     blobs_omitted: int = 0
     bytes_omitted: int = 0
+    artifacts: int = 0  # artifact manifests carried
+    artifact_bytes: int = 0  # their manifests and blobs
     failed: list[str] = field(default_factory=list)
 
 
@@ -80,6 +99,7 @@ class _Resolved:
     ref: Reference
     tree: ImageTree
     top: Manifest  # what the tag points to in the bundle (the source index, or a filtered one)
+    artifacts: list[tuple[Artifact, Manifest]] = field(default_factory=list)
 
 
 def filtered_index(index: Manifest, keep: Sequence[str]) -> Manifest:
@@ -117,6 +137,20 @@ def image_record(item: _Resolved) -> ImageRecord:
         manifests.append(
             ManifestRecord(digest=top.digest, size=top.size, media_type=top.media_type)
         )
+    artifacts = [
+        ArtifactRecord(
+            kind=a.kind,  # type: ignore[arg-type]  # one of the kinds discovery returns
+            subject=a.subject,
+            digest=m.digest,
+            size=m.size,
+            media_type=m.media_type,
+            tag=a.tag,
+            blobs=[
+                BlobRecord(digest=b.digest, size=b.size, media_type=b.media_type) for b in a.blobs
+            ],
+        )
+        for a, m in item.artifacts
+    ]
     return ImageRecord(
         name=ref_name(ref),
         registry=ref.registry,
@@ -130,7 +164,19 @@ def image_record(item: _Resolved) -> ImageRecord:
         blobs=[
             BlobRecord(digest=d.digest, size=d.size, media_type=d.media_type) for d in tree.blobs()
         ],
+        artifacts=artifacts,
     )
+
+
+async def attach(source: Source, item: _Resolved, found: Sequence[Artifact]) -> None:
+    """Read each artifact manifest's bytes at the source (by digest) into ``item``; a
+    fallback index narrowed to the referrers found with it."""
+    referrers = {(a.subject, a.digest) for a in found if a.tag is None}
+    for a in found:
+        m = await source.get_manifest(item.ref.repository, a.digest, a.digest)
+        if a.kind == REFERRERS:
+            m = filtered_index(m, [d for s, d in referrers if s == a.subject])
+        item.artifacts.append((a, m))
 
 
 async def export_bundle(
@@ -142,8 +188,10 @@ async def export_bundle(
     since: tuple[Bundle, bytes] | None = None,
     concurrency: int = 4,
     on_bytes: Callable[[int], Awaitable[None]] | None = None,
+    discover: Discover | None = None,
 ) -> tuple[Bundle, ExportStats]:
-    """Export ``refs`` into the layout at ``dest``; ``source_for(ref)`` is where to read each."""
+    """Export ``refs`` into the layout at ``dest``; ``source_for(ref)`` is where to read each,
+    ``discover`` (None: no artifacts) finds the artifacts of each image's digests there."""
     layout = OciLayout(dest)
     layout.init()
     layout.remove_partials()
@@ -165,7 +213,16 @@ async def export_bundle(
             if tree.index is not None
             else tree.images[0][1]
         )
-        resolved.append(_Resolved(ref, tree, top))
+        item = _Resolved(ref, tree, top)
+        if discover is not None:
+            digests = [tree.digest, *(m.digest for _, m in tree.images)]
+            try:
+                await attach(source_for(ref), item, await discover(ref, digests))
+            except Exception as exc:  # the image without its signatures is not what was asked
+                log.warning("cannot read the artifacts of %s: %s", ref, exc)
+                stats.failed.append(f"{ref}: artifacts: {exc}")
+                continue
+        resolved.append(item)
 
     base_blobs = since[0].blob_files() if since else set()
     wanted: dict[str, tuple[Reference | None, Descriptor]] = {}
@@ -174,7 +231,14 @@ async def export_bundle(
             layout.write_blob(manifest.digest, manifest.body)
         if item.top.is_index:
             layout.write_blob(item.top.digest, item.top.body)
-        for d in item.tree.blobs():
+        for a, m in item.artifacts:
+            layout.write_blob(m.digest, m.body)
+            stats.artifacts += 1
+            stats.artifact_bytes += m.size + sum(b.size for b in a.blobs)
+        artifact_blobs = [
+            Descriptor(b.media_type, b.digest, b.size) for a, _ in item.artifacts for b in a.blobs
+        ]
+        for d in [*item.tree.blobs(), *artifact_blobs]:
             if d.digest in base_blobs:
                 if d.digest not in wanted:
                     stats.blobs_omitted += 1
@@ -183,6 +247,7 @@ async def export_bundle(
                 continue
             wanted.setdefault(d.digest, (item.ref, d))
     manifest_digests = {m.digest for i in resolved for m in image_record(i).manifests}
+    manifest_digests |= {m.digest for i in resolved for _, m in i.artifacts}
     stats.manifests = len(manifest_digests)
 
     gate = asyncio.Semaphore(concurrency)
@@ -217,6 +282,11 @@ async def export_bundle(
         )
         for i in resolved
     ]
+    for i in resolved:
+        for a, m in i.artifacts:  # tagged ones by their tag; referrers by digest
+            name = f"{i.ref.name}:{a.tag}" if a.tag else None
+            names = {CONTAINERD_NAME: name} if name else {}
+            entries.append(IndexEntry(m.media_type, m.digest, m.size, name, names))
     layout.write_index(entries)
     files = {
         LAYOUT_FILE: hash_file(dest / LAYOUT_FILE)[0],

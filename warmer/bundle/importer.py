@@ -3,8 +3,11 @@
 Order: every checksum is verified before anything is sent; a delta's omitted blobs are
 checked at the target (HEAD) before anything is sent; then blobs (HEAD first: skipped when
 present, mounted from another repository of the same import when possible, else uploaded
-in chunks from the file), then platform manifests by digest, then indexes, then tags. Every
-step checks first, so importing the same bundle again pushes nothing.
+in chunks from the file), then platform manifests by digest, then indexes, then tags, then
+the image's artifacts: referrers by digest, signatures, attestations and SBOMs by their tag
+(``sha256-<hex>.sig``), the referrers fallback index (tag ``sha256-<hex>``) last, since a
+registry refuses an index naming manifests it does not hold. Every step checks first, so
+importing the same bundle again pushes nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from warmer.bundle.bundlefile import Bundle, file_problems
+from warmer.bundle.bundlefile import ArtifactRecord, Bundle, file_problems
 from warmer.bundle.ocilayout import blob_relpath
 from warmer.bundle.source import BundleSource, actual_checksums, read_bundle
 from warmer.oci.auth import repository_scope
@@ -64,6 +67,8 @@ class ImportReport:
     manifests_skipped: int = 0
     tags_pushed: list[str] = field(default_factory=list)
     tags_skipped: list[str] = field(default_factory=list)
+    artifacts_pushed: int = 0
+    artifacts_skipped: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -218,7 +223,7 @@ async def _missing_base_blobs(client: RegistryClient, bundle: Bundle, prefix: st
     missing: list[str] = []
     for image in bundle.images:
         repo = target_repository(prefix, image.repository)
-        for blob in image.blobs:
+        for blob in image.all_blobs():
             if blob.digest not in carried and await client.blob_size(repo, blob.digest) is None:
                 missing.append(f"{blob.digest} ({image.name}, at {repo})")
     return missing
@@ -247,7 +252,7 @@ async def import_bundle(
     needs: dict[str, tuple[int, list[str]]] = {}
     for image in bundle.images:
         repo = target_repository(prefix, image.repository)
-        for blob in image.blobs:
+        for blob in image.all_blobs():
             if blob.digest in carried:
                 repos = needs.setdefault(blob.digest, (blob.size, []))[1]
                 if repo not in repos:
@@ -304,4 +309,27 @@ async def import_bundle(
             body = f.read()
         await client.put_manifest(repo, image.tag, body, image.media_type)
         report.tags_pushed.append(shown)
+    for image in bundle.images:  # after every image: an artifact may sign another's digest
+        repo = target_repository(prefix, image.repository)
+        for a in sorted(image.artifacts, key=_push_order):
+            if await _present(client, repo, a):
+                report.artifacts_skipped += 1
+                continue
+            with source.open(blob_relpath(a.digest)) as f:
+                body = f.read()
+            await client.put_manifest(repo, a.tag or a.digest, body, a.media_type)
+            report.artifacts_pushed += 1
     return report
+
+
+def _push_order(a: ArtifactRecord) -> int:
+    """Referrers (by digest) first, then tagged artifacts, then fallback indexes."""
+    return 2 if a.kind == "referrers" else 0 if a.tag is None else 1
+
+
+async def _present(client: RegistryClient, repo: str, a: ArtifactRecord) -> bool:
+    """Whether the target already has the artifact under its tag (or digest)."""
+    try:
+        return (await client.head_manifest(repo, a.tag or a.digest)).digest == a.digest
+    except NotFound:
+        return False

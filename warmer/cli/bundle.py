@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from warmer.bundle.bundlefile import BUNDLE_FILE, Bundle, BundleFormatError, loads
-from warmer.bundle.export import ExportStats, Source, export_bundle, write_tar
+from warmer.bundle.export import Discover, ExportStats, export_bundle, write_tar
 from warmer.bundle.importer import (
     BundleInvalid,
     ImportReport,
@@ -30,6 +30,8 @@ from warmer.oci.reference import InvalidReference, Reference, parse
 from warmer.oci.registry import RegistryClient, RegistryError
 from warmer.oci.transport import check_base_url
 from warmer.units import format_size
+from warmer.warm.artifacts import KINDS, Artifact, ArtifactPolicy
+from warmer.warm.discover import Discovery
 
 MAX_TOP = 1_000_000  # images: more than any ranking, small enough for every database's LIMIT
 
@@ -110,7 +112,7 @@ def _platforms(texts: Sequence[str]) -> list[Platform]:
 @contextlib.asynccontextmanager
 async def _sources(
     config: Config | None, source_url: str | None, refs: Sequence[Reference]
-) -> AsyncIterator[tuple[Callable[[Reference], Source], str]]:
+) -> AsyncIterator[tuple[Callable[[Reference], RegistryClient], str]]:
     """One registry client per source: ``--from URL`` for all, else each image's upstream."""
     clients: dict[str, RegistryClient] = {}
     try:
@@ -140,6 +142,45 @@ async def _sources(
             await client.aclose()
 
 
+ARTIFACT_KINDS = ("signatures", "attestations", "sbom", "all", "none")
+
+
+def _artifact_policy(
+    config: Config | None, region: str | None, kinds: str | None
+) -> ArtifactPolicy:
+    """``--artifacts KINDS`` (comma-separated), else the region's kinds, else signatures."""
+    if kinds is None:
+        if config is not None and region is not None:
+            settings = config.region(region).artifacts
+            return ArtifactPolicy.from_config(settings.model_copy(update={"verify": {}}))
+        return ArtifactPolicy()
+    asked = [k.strip() for k in kinds.split(",") if k.strip()]
+    bad = [k for k in asked if k not in ARTIFACT_KINDS]
+    if bad or not asked:
+        raise BadInput(
+            f"--artifacts {kinds!r}: expected a comma-separated list of {', '.join(ARTIFACT_KINDS)}"
+        )
+    chosen = set(KINDS) if "all" in asked else set(asked) - {"none"}
+    return ArtifactPolicy(kinds=frozenset(chosen))
+
+
+def _discoverer(
+    source_for: Callable[[Reference], RegistryClient], policy: ArtifactPolicy
+) -> Discover | None:
+    """Artifact discovery at each image's source (one :class:`Discovery` per client)."""
+    if not policy.active:
+        return None
+    finders: dict[int, Discovery] = {}
+
+    async def discover(ref: Reference, digests: Sequence[str]) -> list[Artifact]:
+        client = source_for(ref)
+        # HEAD first (a missing tag costs no GET), then GET what exists.
+        finder = finders.setdefault(id(client), Discovery(client, policy, probe=client))
+        return await finder.find(ref.repository, digests)
+
+    return discover
+
+
 def _read_since(path: str | None) -> tuple[Bundle, bytes] | None:
     if path is None:
         return None
@@ -160,6 +201,13 @@ def _read_since(path: str | None) -> tuple[Bundle, bytes] | None:
 @click.option("--since", type=click.Path(exists=True, dir_okay=False), help="Base bundle.json.")
 @click.option("--from", "source_url", help="Registry to read from (default: each upstream).")
 @click.option("--platform", "platforms", multiple=True, help="os/arch[/variant], repeatable.")
+@click.option(
+    "--artifacts",
+    "artifact_kinds",
+    metavar="KINDS",
+    help="Artifacts carried with each image: signatures (default; or the region's kinds), "
+    "attestations, sbom, all, none; comma-separated.",
+)
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True)
 @json_option
 @click.pass_context
@@ -174,6 +222,7 @@ def export_command(
     since: str | None,
     source_url: str | None,
     platforms: tuple[str, ...],
+    artifact_kinds: str | None,
     concurrency: int,
     as_json: bool,
 ) -> None:
@@ -183,18 +232,21 @@ def export_command(
       warmer export python:3.12 debian:12 --from http://mirror:5000 --to ./bundle --tar
       warmer export --images list.txt --to ./delta --since ./bundle/bundle.json
     Every blob is verified; running it again resumes. --since writes only the blobs the
-    earlier bundle lacks (manifests always), to import on top of it.
+    earlier bundle lacks (manifests always), to import on top of it. Each image's cosign
+    signatures (and, with --artifacts, attestations, SBOMs, referrers) go with it.
     """
     refs = select_images(ctx, region, top, images_file, images)
     wanted = _platforms(platforms)
     base = _read_since(since)
     config = optional_config(ctx) if not source_url else None
+    policy = _artifact_policy(config, region, artifact_kinds)
 
     async def run() -> tuple[Bundle, ExportStats]:
         async with _sources(config, source_url, refs) as (source_for, label):
             return await export_bundle(
-                source_for, label, refs, Path(dest), wanted, base, concurrency
-            )
+                source_for, label, refs, Path(dest), wanted, base, concurrency,
+                discover=_discoverer(source_for, policy),
+            )  # fmt: skip
 
     try:
         bundle, stats = asyncio.run(run())
@@ -218,7 +270,8 @@ def export_command(
         click.echo(
             f"{stats.images} images, {stats.manifests} manifests; "
             f"fetched {stats.blobs_fetched} blobs ({format_size(stats.bytes_fetched)}), "
-            f"reused {stats.blobs_reused} ({format_size(stats.bytes_reused)})"
+            f"reused {stats.blobs_reused} ({format_size(stats.bytes_reused)}); "
+            f"{stats.artifacts} artifacts ({format_size(stats.artifact_bytes)})"
             + (
                 f", left {stats.blobs_omitted} to the base bundle"
                 f" ({format_size(stats.bytes_omitted)})"
@@ -311,7 +364,8 @@ def import_command(
         f"pushed {report.blobs_pushed} blobs ({format_size(report.bytes_pushed)}), mounted "
         f"{report.blobs_mounted}, skipped {report.blobs_skipped} present "
         f"({format_size(report.bytes_skipped)}); manifests pushed {report.manifests_pushed}, "
-        f"skipped {report.manifests_skipped}"
+        f"skipped {report.manifests_skipped}; artifacts pushed {report.artifacts_pushed}, "
+        f"skipped {report.artifacts_skipped}"
     )
 
 

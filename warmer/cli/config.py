@@ -1,12 +1,15 @@
-"""``warmer config check``: validate a config file and show the topology it describes."""
+"""``warmer config check``: validate a config file and show the topology it describes, and
+(``--probe``, ``--probed``) compare what it says about each mirror with what ``warmer probe``
+measured."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from warmer.cli.common import CONTEXT_SETTINGS, BadInput, emit_json, json_option
+from warmer.cli.common import CONTEXT_SETTINGS, BadInput, WorkFailed, emit_json, json_option
 from warmer.config import Config, ConfigError, load
 from warmer.units import format_size
 
@@ -26,15 +29,27 @@ def config_group() -> None:
 
 
 @config_group.command("check", context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--probe",
+    "run_probes",
+    is_flag=True,
+    help="Probe every mirror now (`warmer probe`: pushes a canary upstream) and compare.",
+)
+@click.option("--probed", is_flag=True, help="Compare with the last stored `warmer probe` results.")
 @json_option
 @click.pass_context
-def check(ctx: click.Context, as_json: bool) -> None:
+def check(ctx: click.Context, run_probes: bool, probed: bool, as_json: bool) -> None:
     """Validate the config file: unknown keys, bad units, broken parent chains.
 
-    Exits 2 naming the file, the key and the problem.
+    Exits 2 naming the file, the key and the problem. With --probe (run the probes now) or
+    --probed (their stored results), also lists each mirror key that disagrees with what
+    was measured, and the probes' recommendations; exit 1 when any key disagrees.
     """
     cfg = load_config(ctx)
     chains = {name: cfg.chain(name) for name in cfg.mirrors}
+    if run_probes or probed:
+        _compare_probes(ctx, cfg, run_probes, as_json)
+        return
     if as_json:
         emit_json(
             {
@@ -58,6 +73,44 @@ def check(ctx: click.Context, as_json: bool) -> None:
             f"  region {name}: mirrors {', '.join(reg.mirrors)}; budget {budget}; "
             f"{len(reg.windows)} window(s); platforms {', '.join(reg.platforms)}"
         )
+
+
+def _compare_probes(ctx: click.Context, cfg: Config, run: bool, as_json: bool) -> None:
+    """Each mirror's keys against its probe (run now, or the stored one); exit 1 on any
+    disagreement."""
+    from warmer.cli.probe import probe_dir, run_probe
+    from warmer.upkeep.probe import disagreements, load_saved, recommendations, save
+
+    where = probe_dir(ctx)
+    out: dict[str, dict[str, Any]] = {}
+    differ = 0
+    for name in sorted(cfg.mirrors):
+        report = run_probe(cfg, name, None) if run else load_saved(where, name)
+        if report is None:
+            out[name] = {"probed": False}
+            continue
+        if run:
+            save(report, where)
+        found = disagreements(report, cfg)
+        differ += len(found)
+        out[name] = {
+            "probed": True,
+            "probed_at": report.probed_at,
+            "disagreements": found,
+            "recommendations": recommendations(report, cfg),
+        }
+    if as_json:
+        emit_json({"ok": differ == 0, "mirrors": out})
+    else:
+        for name, v in out.items():
+            if not v["probed"]:
+                click.echo(f"  mirror {name}: not probed (`warmer probe {name}`)")
+                continue
+            click.echo(f"  mirror {name}: {len(v['disagreements'])} disagreement(s)")
+            for line in [*v["disagreements"], *v["recommendations"]]:
+                click.echo(f"    {line}")
+    if differ:
+        raise WorkFailed(f"{differ} mirror key(s) disagree with what the probes measured")
 
 
 commands = [config_group]

@@ -31,8 +31,9 @@ def demo_command(
 
     \b
     sandbox up -> generate CI logs and repositories -> ingest -> refs -> rank -> backtest
-    -> plan -> run (eu and us, through central) -> skopeo pulls from a regional mirror
-    with the upstream down -> status -> sandbox down.
+    -> sign the ranked images -> plan -> run (eu and us, through central; signatures with
+    their images) -> skopeo pulls from a regional mirror with the upstream down, and the
+    image's cosign signature is read there and verified -> status -> sandbox down.
     The database stays in DIR for the notebooks. Exit 1 if a step fails.
     """
     from warmer.demo import Demo, DemoError, summary
@@ -49,6 +50,8 @@ def demo_command(
         click.echo(summary(results))
     if not results.get("proof", {}).get("ok"):
         raise WorkFailed("the regional mirror did not serve the warmed image")
+    if not (results["proof"].get("signature") or {}).get("ok"):
+        raise WorkFailed("the warmed image's signature did not verify at the regional mirror")
 
 
 commands = [demo_command]

@@ -77,12 +77,20 @@ def refresh_command(
             f"{report.stale_tiers} stale tier answer(s), {report.renewed} renewed; "
             f"{report.warmed_items} item(s) warmed, "
             f"{report.upstream_counted_requests} counted upstream request(s)"
+            + (
+                f"; artifacts: {report.artifacts_new} new, {report.artifacts_resigned} "
+                f"re-signed ({report.artifact_heads} HEADs)"
+                if report.artifact_heads
+                else ""
+            )
         )
         for t in report.tags:
             if t.moved:
                 click.echo(
                     f"  moved {t.image}:{t.tag} {_short(t.old_digest)} -> {_short(t.digest)}"
                 )
+            for a in t.artifacts:
+                click.echo(f"  {t.image}:{t.tag}: {a['reason']}")
             for s in t.stale:
                 fixed = "fresh after invalidation" if s.get("fresh_after") else "still stale"
                 click.echo(
@@ -232,6 +240,7 @@ def verify_command(
         _print_reconcile(report.lost)
         click.echo(
             f"verified {report.objects} object(s) ({report.bytes} bytes) and {report.tags} tag(s)"
+            + (f", {report.artifact_tags} artifact tag(s)" if report.artifact_tags else "")
         )
         for f in report.incidents:
             click.echo(f"INCIDENT {f.kind} at {f.mirror} ({f.url}): {f.detail}")

@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Start, stop and check a sandbox of real registries on 127.0.0.1.",
     ),
     "config": ("warmer.cli.config", "Inspect and validate the configuration."),
+    "probe": (
+        "warmer.cli.probe",
+        "Measure how MIRROR behaves, with a canary image pushed to its upstream.",
+    ),
     "plan": (
         "warmer.cli.warm",
         "Show what a warm run would fetch, mirror by mirror, without fetching it.",
@@ -51,7 +55,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "backtest": (
         "warmer.cli.analyze",
-        "Rolling-origin backtest: model vs yesterday, frequency, static and the oracle.",
+        "Rolling-origin backtest: the ensemble and the model vs each baseline and the oracle.",
     ),
     "generate": (
         "warmer.cli.analyze",

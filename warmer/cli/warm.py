@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from collections import Counter
 from datetime import datetime, timedelta
@@ -39,6 +40,7 @@ from warmer.cli.config import load_config
 from warmer.config import Config, ConfigError
 from warmer.store.ledger import Ledger, RunItem, as_utc, utcnow
 from warmer.units import UnitError, format_duration, format_size, parse_duration, parse_size
+from warmer.warm.artifacts import per_image as artifacts_per_image
 from warmer.warm.execute import RunStats
 from warmer.warm.plan import ALREADY_WARM
 from warmer.warm.prepared import Prepared, skipped_rows
@@ -53,6 +55,7 @@ from warmer.warm.run import (
     plan_region,
     warm,
 )
+from warmer.warm.stats import nest_requests
 
 
 def _parse_opts(budget: str | None, window: str | None) -> tuple[int | None, timedelta | None]:
@@ -116,9 +119,11 @@ def _plan_json(prepared: Prepared) -> dict[str, Any]:
                 "parent_cost": item.parent_cost,
                 "depends_on": list(item.depends_on),
                 "image": item.image,
+                "artifact": item.artifact,
             }
             for item in plan.items
         ],
+        "artifacts_per_image": artifacts_per_image(plan),
         "skipped": skipped_rows(plan.skipped, prepared.unresolved),
         "bytes_by_mirror": dict(plan.bytes_by_mirror),
         "parent_bytes_by_mirror": dict(plan.parent_bytes_by_mirror),
@@ -135,17 +140,21 @@ def _print_plan(prepared: Prepared, console: Console) -> None:
         counts["items"] += 1
         counts["bytes"] += item.size
         counts["wan"] += item.parent_cost if item.tier == 0 else 0
+    artifacts = artifacts_per_image(plan)
     table = Table(title=f"plan for region {prepared.region}", show_lines=False)
-    for column in ("#", "image", "items", "bytes read", "top-tier parent bytes"):
+    columns = ("#", "image", "items", "bytes read", "top-tier parent bytes", "artifacts")
+    for column in columns:
         table.add_column(column, justify="right" if column != "image" else "left")
     for n, image in enumerate(plan.images, 1):
         counts = per_image.get(image, Counter())
+        attached = artifacts.get(image)
         table.add_row(
             str(n),
             image,
             str(counts["items"]),
             format_size(counts["bytes"]),
             format_size(counts["wan"]),
+            f"{attached['count']} ({format_size(attached['bytes'])})" if attached else "-",
         )
     console.print(table)
     for mirror, read in sorted(plan.bytes_by_mirror.items()):
@@ -250,6 +259,28 @@ class _Progress:
             self.progress.advance(self.bytes_task, item.size)
 
 
+ARTIFACT_TAG = re.compile(r"^sha256-[0-9a-f]{64}(\.sig|\.att|\.sbom)?$")
+
+
+def _artifact_share(ledger: Ledger, run_id: int, outcome: WarmOutcome) -> dict[str, int]:
+    """A run's artifact items (signatures, SBOMs... as planned, or by their cosign or
+    fallback tag for a resumed run): items, done, bytes read, requests to the mirrors
+    (one per item done) and manifest requests at the top tier (upstream GETs when missing)."""
+    marked = {(i.mirror, i.digest) for p in outcome.passes for i in p.plan.items if i.artifact}
+    items = [
+        i for i in ledger.items(run_id)
+        if (i.mirror, i.digest) in marked or ARTIFACT_TAG.match(i.reference)
+    ]  # fmt: skip
+    done = [i for i in items if i.state == "done"]
+    return {
+        "items": len(items),
+        "done": len(done),
+        "bytes": sum(i.bytes for i in done),
+        "requests": len(done),
+        "top_tier_manifest_requests": sum(1 for i in done if i.kind == "manifest" and not i.tier),
+    }
+
+
 def _summary(stats: RunStats, run_id: int, console: Console) -> None:
     console.print(
         f"run {run_id}: {stats.done} done, {stats.failed} failed, "
@@ -266,6 +297,18 @@ def _summary(stats: RunStats, run_id: int, console: Console) -> None:
         f"  manifest requests made to resolve: {stats.manifest_requests} (the rate reserve "
         f"admitted up to {stats.upstream_requests_reserved} in this warm)"
     )
+    for level, kinds in nest_requests(stats.requests_by_tier).items():
+        where = level if level == "upstream" else f"tier {level}"
+        total = sum(n for methods in kinds.values() for n in methods.values())
+        parts = ", ".join(
+            f"{kind} {method} {n}" for kind, by in kinds.items() for method, n in by.items()
+        )
+        console.print(f"  requests to {where}: {total} ({parts})")
+    if stats.manifests_from_resolve:
+        console.print(
+            f"  {stats.manifests_from_resolve} manifest(s) answered while resolving, "
+            "not asked for again"
+        )
     if stats.incidents:
         console.print(f"  [red]{stats.incidents} incident(s): see `warmer status`[/red]")
     if stats.restored:
@@ -365,10 +408,17 @@ def run_command(
         raise WorkFailed(f"{exc} (`warmer run --wait` waits for it)") from None
     failed = incidents = 0
     for run_id, stats in outcome.runs:
+        share = _artifact_share(ledger, run_id, outcome)
         if as_json:
-            emit_json({"run": run_id, "region": region, **stats.as_dict()})
+            emit_json({"run": run_id, "region": region, **stats.as_dict(), "artifacts": share})
         else:
             _summary(stats, run_id, Console())
+            if share["items"]:
+                Console().print(
+                    f"  artifacts: {share['done']} of {share['items']} item(s), "
+                    f"{format_size(share['bytes'])} ({share['top_tier_manifest_requests']} "
+                    "manifest request(s) at the top tier)"
+                )
         failed += stats.failed
         incidents += stats.incidents
     left_out = [s for p in outcome.passes for s in p.plan.skipped]
@@ -438,6 +488,7 @@ def status_command(ctx: click.Context, region: str | None, limit: int, as_json: 
 
     runs = ledger.recent_runs(limit, region)
     holdings = ledger.holdings_summary()
+    artifacts = Counter(m for m, _, _, _ in ledger.artifact_tags(cfg.mirrors))
     incidents = ledger.incidents()[:20]
     expiring = expiring_before_next_window(cfg, ledger, utcnow())
     if as_json:
@@ -455,6 +506,7 @@ def status_command(ctx: click.Context, region: str | None, limit: int, as_json: 
                     for run in runs
                 ],
                 "holdings": holdings,
+                "artifact_manifests": dict(sorted(artifacts.items())),
                 "expiring_before_next_window": [e.as_dict() for e in expiring],
                 "incidents": [
                     {
@@ -494,6 +546,8 @@ def status_command(ctx: click.Context, region: str | None, limit: int, as_json: 
     for held in holdings:
         table.add_row(held["mirror"], held["state"], str(held["items"]), format_size(held["bytes"]))
     console.print(table)
+    for mirror, n in sorted(artifacts.items()):
+        console.print(f"  {mirror}: {n} artifact manifest(s) by tag (signatures, SBOMs...)")
     for e in expiring:
         console.print(
             f"  {e.mirror}: {e.objects} object(s), {format_size(e.bytes)} expire before the "

@@ -104,6 +104,10 @@ class RegistryClient(RegistryTransport):
     holds the rate-limit headers last seen from this registry (``None`` until one is seen).
     """
 
+    # Whether get_manifest(..., known=) asks a tag with a HEAD after a GET by digest (set for
+    # CNCF distribution mirrors, whose behaviour it relies on).
+    tags_by_head = False
+
     # --- pulling ------------------------------------------------------------------------
 
     def _path(self, repository: str, kind: str, reference: str = "") -> str:
@@ -168,8 +172,22 @@ class RegistryClient(RegistryTransport):
             return ManifestHead(m.digest, m.media_type, m.size)
         return ManifestHead(digest, media_type, size)
 
-    async def get_manifest(self, repository: str, reference: str) -> Manifest:
-        """GET a manifest; its sha256 is checked against the digest asked for or announced."""
+    async def get_manifest(
+        self, repository: str, reference: str, known: str | None = None
+    ) -> Manifest:
+        """GET a manifest; its sha256 is checked against the digest asked for or announced.
+
+        With ``known`` (the digest the tag ``reference`` is expected to point to) and
+        ``tags_by_head`` set: GET by that digest, then HEAD the tag. A pull-through CNCF
+        distribution keeps the tag either way, but a GET by tag of a manifest it lacks asks
+        its parent for the tag twice (it fetches the manifest by the tag too: measured on
+        2.8), and each ask is a round trip there (with an anonymous parent, a re-ping too).
+        A tag that points elsewhere now is then fetched by tag: its current manifest.
+        """
+        if known is not None and self.tags_by_head and not _is_digest(reference):
+            manifest = await self.get_manifest(repository, known)
+            if (await self.head_manifest(repository, reference)).digest == known:
+                return manifest
         what = (
             f"manifest {repository}:{reference}"
             if not _is_digest(reference)
@@ -211,6 +229,13 @@ class RegistryClient(RegistryTransport):
         which is not fetched here).
         """
         top = await self.get_manifest(repository, reference)
+        return await self.tree(repository, reference, top, platforms)
+
+    async def tree(
+        self, repository: str, reference: str, top: Manifest, platforms: Sequence[Platform] = ()
+    ) -> ImageTree:
+        """:meth:`resolve` from its top manifest ``top`` (fetched already as ``reference``):
+        the platform manifests of an index are fetched, a single manifest is the tree."""
         if not top.is_index:
             desc = Descriptor(top.media_type, top.digest, top.size)
             return ImageTree(
@@ -268,6 +293,18 @@ class RegistryClient(RegistryTransport):
         if resp is None:
             return None
         return served_from_storage(resp.headers)
+
+    async def blob_headers(
+        self, repository: str, digest: str, method: str = "GET"
+    ) -> httpx.Headers | None:
+        """One blob request (``GET``, body read and dropped, or ``HEAD``) and its answer's
+        headers (None: 404), whether a mirror answered from storage or relayed: for
+        ``warmer probe``."""
+        resp = await self._call(
+            method, self._path(repository, "blobs", digest),
+            [repository_scope(repository, "pull")], f"blob {repository}@{digest}", ok=(200, 404),
+        )  # fmt: skip
+        return None if resp.status_code == 404 else resp.headers
 
     async def fetch_blob(
         self,

@@ -17,6 +17,7 @@ import logging
 import re
 import ssl
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Self, TypeVar
@@ -163,6 +164,25 @@ def _is_digest(reference: str) -> bool:
     return ":" in reference
 
 
+_API_PATH = re.compile(r"/v2/(?:(?P<repo>.+?)/(?P<kind>manifests|blobs|tags)/(?P<ref>[^/]*))?$")
+
+
+def request_kind(path: str) -> str:
+    """What a request to a registry asks for, by its path: ``ping`` (``/v2/``),
+    ``manifest``, ``blob``, ``upload`` (blob uploads), ``tags``, ``catalog`` or ``other``:
+    the kinds the transport counts requests by (:attr:`RegistryTransport.requests`)."""
+    if path.rstrip("/").endswith("/v2"):
+        return "ping"
+    if "/v2/_catalog" in path:
+        return "catalog"
+    m = _API_PATH.search(path)
+    if m is None or m["kind"] is None:
+        return "upload" if "/blobs/uploads/" in path else "other"
+    if m["kind"] == "blobs":
+        return "blob" if m["ref"] and m["ref"] != "uploads" else "upload"
+    return "manifest" if m["kind"] == "manifests" else "tags"
+
+
 #: The longest Retry-After believed (a day): a larger one is read as a day.
 MAX_RETRY_AFTER = 86400.0
 _DELTA_SECONDS = re.compile(r"[0-9]{1,10}(?:\.[0-9]{1,6})?", re.ASCII)
@@ -232,6 +252,10 @@ class RegistryTransport:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.last_ratelimit: RateLimit | None = None
+        # Requests sent to this registry, by (kind, method): see request_kind. Each attempt
+        # counts (a retry is a round trip too); a redirect to another host (blob storage)
+        # does not, and a token request counts as ("token", "GET").
+        self.requests: Counter[tuple[str, str]] = Counter()
         self._challenge: auth.Challenge | None = None
         self._tokens = TokenCache()
         self._token_locks: dict[auth.TokenKey, asyncio.Lock] = {}
@@ -296,6 +320,7 @@ class RegistryTransport:
         except CredentialsError as exc:
             raise Unauthorized(f"{self.url}: {exc}") from None
         where = safe_url(request.url)
+        self.requests[("token", request.method)] += 1
         try:
             resp = await self._http.send(request, follow_redirects=True)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
@@ -336,6 +361,8 @@ class RegistryTransport:
             if authorization and self._same_origin(url):
                 hdrs["Authorization"] = authorization
             request = self._http.build_request(method, url, headers=hdrs, content=content)
+            if self._same_origin(url):
+                self.requests[(request_kind(url.path), method)] += 1
             try:
                 resp = await self._http.send(request, stream=stream, follow_redirects=False)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:

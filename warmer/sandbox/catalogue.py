@@ -178,6 +178,11 @@ class Tag:
         raise KeyError(f"{self.reference} has no {platform} image")
 
 
+#: Repositories the sandbox signs in cosign's format when asked (``seed.sign_catalogue``):
+#: the organisation's own images, as a team signing what it builds would.
+SIGNED = ("someorg/app", "someorg/api")
+
+
 @dataclass(frozen=True)
 class Catalogue:
     seed: int

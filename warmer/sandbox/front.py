@@ -32,6 +32,11 @@ the control endpoints below (all JSON):
     ``bytes_served``, ``status`` {code: n}, ``repositories`` {repo: {requests, bytes_served}},
     ``blobs`` {digest: {GET, HEAD, bytes_served}}, ``manifest_gets_counted``,
     ``throttled``, ``faults_applied`` {kind: n}, ``series`` {interval_s, bytes: [...]}.
+``GET /_front/windows[?raw=1]``
+    exact sliding-window peaks of the bytes sent towards the client since the last reset,
+    from a per-chunk record of when each body chunk left (``peak`` {"1": bytes, "2", "5",
+    "10"}, ``bytes``, ``first``/``last`` seconds; ``raw``: the (seconds, bytes) records).
+    ``stats`` also counts ``pings``: ``GET /v2/``, a distribution proxy's parent check.
 ``POST /_front/stats/reset``
     zero the counters and the time series (the rate-limit window is kept).
 ``GET /_front/config`` / ``POST /_front/config``
@@ -72,6 +77,7 @@ from warmer.sandbox.frontstate import (
     FrontState,
     Stats,
     classify,
+    peak_windows,
 )
 from warmer.units import parse_rate
 
@@ -100,6 +106,8 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
     method, path = request.method, request.path
     kind, repo, ref = classify(path)
     state.stats.request(kind, method, repo, ref)
+    if path in ("/v2/", "/v2") and method == "GET":
+        state.stats.pings += 1
     fault = state.take_fault(method, path)
     resp = await _answer(request, state, fault, kind, repo, ref)
     state.stats.status[resp.status] += 1
@@ -218,6 +226,15 @@ async def _stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE].stats.to_json())
 
 
+async def _windows(request: web.Request) -> web.Response:
+    stats = request.app[STATE].stats
+    body = peak_windows(stats.chunks)
+    if request.query.get("raw"):
+        body["chunks"] = stats.chunks
+        body["t0_monotonic"] = stats.t0
+    return web.json_response(body)
+
+
 async def _stats_reset(request: web.Request) -> web.Response:
     request.app[STATE].stats = Stats()
     return web.json_response({"reset": True})
@@ -274,6 +291,7 @@ def make_app(upstream: str, config: FrontConfig | None = None) -> web.Applicatio
     app.cleanup_ctx.append(session_ctx)
     app.router.add_get("/_front/stats", _stats)
     app.router.add_post("/_front/stats/reset", _stats_reset)
+    app.router.add_get("/_front/windows", _windows)
     app.router.add_route("*", "/_front/config", _config)
     app.router.add_route("*", "/_front/faults", _faults)
     app.router.add_get("/token", _token)
@@ -326,6 +344,12 @@ class FrontControl:
 
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", "stats")
+        return result
+
+    def windows(self, raw: bool = False) -> dict[str, Any]:
+        """Sliding-window peaks of the bytes sent since the last reset (``raw``: with the
+        per-chunk (seconds, bytes) records)."""
+        result: dict[str, Any] = self._call("GET", "windows" + ("?raw=1" if raw else ""))
         return result
 
     def reset(self) -> None:

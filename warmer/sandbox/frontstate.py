@@ -18,6 +18,8 @@ from warmer.units import parse_rate
 
 INTERVAL = 0.1  # seconds per time-series bucket
 MAX_BUCKETS = 36_000  # one hour of series; later bytes still count in totals
+MAX_CHUNKS = 4_000_000  # per-chunk records kept (about 60 GB at the paced chunk size)
+WINDOWS = (1.0, 2.0, 5.0, 10.0)  # seconds: the sliding windows the front reports peaks of
 
 AUTH_MODES = ("none", "token")
 TOKEN_TTL = 300  # seconds, as Docker Hub's anonymous tokens
@@ -48,6 +50,30 @@ def window_rates(
         return {"peak": 0.0, "mean": 0.0}
     sums = [sum(series[i : i + n]) / window for i in range(max(1, len(series) - n + 1))]
     return {"peak": max(sums), "mean": sum(series) / (len(series) * interval)}
+
+
+def peak_windows(
+    chunks: list[tuple[float, int]], windows: tuple[float, ...] = WINDOWS
+) -> dict[str, Any]:
+    """Exact sliding-window peaks over per-chunk (time, bytes) records, sorted by time:
+    ``peak`` {window: the most bytes sent in any ``[t, t + window)``}, and the ``bytes``,
+    ``first`` and ``last`` times of the transfer (so its mean is bytes / (last - first))."""
+    peaks: dict[str, int] = {}
+    for window in windows:
+        best, total, j = 0, 0, 0
+        for t, n in chunks:
+            total += n
+            while chunks[j][0] <= t - window:
+                total -= chunks[j][1]
+                j += 1
+            best = max(best, total)
+        peaks[f"{window:g}"] = best
+    return {
+        "peak": peaks,
+        "bytes": sum(n for _, n in chunks),
+        "first": chunks[0][0] if chunks else 0.0,
+        "last": chunks[-1][0] if chunks else 0.0,
+    }
 
 
 @dataclass
@@ -147,6 +173,9 @@ class Stats:
     throttled: int = 0
     faults_applied: Counter[str] = field(default_factory=Counter)
     series: list[int] = field(default_factory=list)
+    # (seconds since t0, bytes) of each body chunk as it left towards the client
+    chunks: list[tuple[float, int]] = field(default_factory=list)
+    pings: int = 0  # GET /v2/ (also counted as "other"): a distribution proxy's parent check
 
     def request(self, kind: str, method: str, repo: str | None, ref: str | None) -> None:
         self.requests[(kind, method)] += 1
@@ -164,7 +193,10 @@ class Stats:
             self._repo(repo)["bytes_served"] += n
         if kind == "blob" and ref is not None:
             self.blobs.setdefault(ref, Counter())["bytes_served"] += n
-        i = int((time.monotonic() - self.t0) / INTERVAL)
+        elapsed = time.monotonic() - self.t0
+        if len(self.chunks) < MAX_CHUNKS:
+            self.chunks.append((elapsed, n))
+        i = int(elapsed / INTERVAL)
         if i < MAX_BUCKETS:
             if i >= len(self.series):
                 self.series.extend([0] * (i + 1 - len(self.series)))
@@ -193,6 +225,7 @@ class Stats:
             "throttled": self.throttled,
             "faults_applied": dict(self.faults_applied),
             "series": {"interval_s": INTERVAL, "bytes": self.series},
+            "pings": self.pings,
         }
 
 

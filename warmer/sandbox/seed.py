@@ -1,5 +1,10 @@
 """Push a :mod:`warmer.sandbox.catalogue` into a registry with the project's own client.
 
+Also signs what it pushed, in cosign's classic format (:func:`push_signature`: a
+``sha256-<hex>.sig`` tag), and attaches OCI 1.1 referrers the way a registry without the
+referrers API needs them (:func:`push_referrer`: the artifact with its ``subject``, listed
+in the fallback tag ``sha256-<hex>`` index), for tests and the demo.
+
 A blob shared by several repositories is uploaded once, into the first repository that needs
 it, and cross-repository mounted into the others (an upload is the fallback when the
 registry declines the mount). Pushing is idempotent: blobs already present are skipped.
@@ -8,13 +13,23 @@ registry declines the mount). Pushing is idempotent: blobs already present are s
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
-from warmer.oci.registry import DigestMismatch, RegistryClient
-from warmer.sandbox.catalogue import Catalogue, Image, Layer, Tag, moved
+from warmer.oci.cosign import (
+    Signer,
+    artifact_tag,
+    fallback_tag,
+    signature_image,
+    simple_signing_payload,
+)
+from warmer.oci.manifest import OCI_INDEX, OCI_MANIFEST, Descriptor
+from warmer.oci.registry import DigestMismatch, NotFound, RegistryClient
+from warmer.sandbox.catalogue import SIGNED, Catalogue, Image, Layer, Tag, moved, sha256
 
 T = TypeVar("T")
 
@@ -152,3 +167,102 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     if error:
         raise error[0]
     return result[0]
+
+
+EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
+
+
+async def push_signature(
+    client: RegistryClient,
+    repository: str,
+    digest: str,
+    docker_reference: str,
+    signers: list[Signer],
+) -> str:
+    """Sign ``digest`` as ``cosign sign --key`` does (one layer per signer) and push the
+    signature under ``sha256-<hex>.sig`` in ``repository``; returns its manifest digest."""
+    payload = simple_signing_payload(docker_reference, digest)
+    image = signature_image([(payload, s.sign(payload)) for s in signers])
+    for blob in image.blobs:
+        await client.push_blob(repository, blob)
+    return await client.put_manifest(
+        repository, artifact_tag(digest), image.manifest, image.media_type
+    )
+
+
+async def push_referrer(
+    client: RegistryClient, repository: str, subject: Descriptor, artifact_type: str, body: bytes
+) -> Descriptor:
+    """Attach ``body`` to ``subject`` as an OCI 1.1 artifact (``artifactType``, ``subject``)
+    and list it in the subject's fallback tag index (what a client reads where the registry
+    has no referrers API); returns the artifact's descriptor."""
+    config = await client.push_blob(repository, b"{}")
+    layer = await client.push_blob(repository, body)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": {"mediaType": EMPTY_CONFIG, "digest": config.digest, "size": config.size},
+        "layers": [{"mediaType": artifact_type, "digest": layer.digest, "size": layer.size}],
+        "subject": {
+            "mediaType": subject.media_type,
+            "digest": subject.digest,
+            "size": subject.size,
+        },
+    }
+    data = json.dumps(manifest, separators=(",", ":")).encode()
+    digest = await client.put_manifest(repository, sha256(data), data, OCI_MANIFEST)
+    entry = {
+        "mediaType": OCI_MANIFEST,
+        "digest": digest,
+        "size": len(data),
+        "artifactType": artifact_type,
+    }
+    tag = fallback_tag(subject.digest)
+    try:
+        listed = (await client.get_manifest(repository, tag)).data.get("manifests") or []
+    except NotFound:
+        listed = []
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [*listed, entry]}
+    body_index = json.dumps(index, separators=(",", ":")).encode()
+    await client.put_manifest(repository, tag, body_index, OCI_INDEX)
+    return Descriptor(OCI_MANIFEST, digest, len(data))
+
+
+def sandbox_signer(directory: Path) -> Signer:
+    """The sandbox's signing key: ``directory/cosign.key`` (made on first use), its public
+    half beside it as ``cosign.pub`` (what a verifying policy's ``verify.keys`` names)."""
+    key, pub = directory / "cosign.key", directory / "cosign.pub"
+    if key.exists():
+        return Signer.from_pem(key.read_bytes())
+    signer = Signer.generate()
+    directory.mkdir(parents=True, exist_ok=True)
+    key.write_bytes(signer.private_pem())
+    key.chmod(0o600)
+    pub.write_bytes(signer.public_pem())
+    return signer
+
+
+async def sign_catalogue(
+    url: str,
+    catalogue: Catalogue,
+    signer: Signer,
+    repositories: tuple[str, ...] = SIGNED,
+    registry: str = "docker.io",
+) -> int:
+    """Sign each tag of ``repositories`` (its digest and, for an index, each platform
+    manifest, as ``cosign sign --recursive``) in the registry at ``url``; returns the
+    number of signatures pushed. Idempotent per digest (the tag is overwritten)."""
+    done: set[tuple[str, str]] = set()
+    async with RegistryClient(url, retries=2) as client:
+        for tag in catalogue.tags:
+            if tag.repository not in repositories:
+                continue
+            digests = [tag.digest, *(i.digest for i in tag.images if tag.index)]
+            for digest in digests:
+                if (tag.repository, digest) in done:
+                    continue
+                done.add((tag.repository, digest))
+                name = f"{registry}/{tag.repository}"
+                await push_signature(client, tag.repository, digest, name, [signer])
+    return len(done)

@@ -538,6 +538,28 @@ class Ledger:
             {"mirror": m, "state": st, "items": int(n), "bytes": int(b)} for m, st, n, b in rows
         ]
 
+    def artifact_tags(self, mirrors: Iterable[str]) -> list[tuple[str, str, str, str]]:
+        """(mirror, repository, tag, digest) of the artifact manifests warmed by tag
+        at ``mirrors`` (cosign ``sha256-<hex>.sig/.att/.sbom``, fallback ``sha256-<hex>``),
+        the latest run's digest per tag, only where the mirror still holds it warm."""
+        latest: dict[tuple[str, str, str], tuple[int, str]] = {}
+        with self.session() as s:
+            rows = s.execute(
+                sa.select(col(RunItem.mirror), col(RunItem.upstream_repository),
+                          col(RunItem.reference), col(RunItem.digest), col(RunItem.run_id))
+                .join(Holding, sa.and_(col(Holding.mirror) == col(RunItem.mirror),
+                                       col(Holding.repository) == col(RunItem.upstream_repository),
+                                       col(Holding.digest) == col(RunItem.digest)))
+                .where(col(RunItem.mirror).in_(list(mirrors)), col(RunItem.kind) == "manifest",
+                       col(RunItem.state) == "done", col(RunItem.reference).like("sha256-%"),
+                       col(Holding.state) == "warm")
+            ).all()  # fmt: skip
+        for m, repo, tag, digest, run_id in rows:
+            key = (str(m), str(repo), str(tag))
+            if key not in latest or latest[key][0] < int(run_id):
+                latest[key] = (int(run_id), str(digest))
+        return sorted((*k, d) for k, (_, d) in latest.items())
+
     # batched writes ---------------------------------------------------------------------------
 
     def apply(self, ops: Sequence[LedgerOp]) -> None:

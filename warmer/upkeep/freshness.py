@@ -241,3 +241,70 @@ def pin_advice(
     return PinAdvice(
         file, line, reference, name, tag, pinned, current, status, moved_at, ago, pin, error
     )
+
+
+# -- artifacts (signatures, attestations, SBOMs, referrers) -----------------------------------
+
+ARTIFACT_NAMES = {".sig": "signature", ".att": "attestation", ".sbom": "SBOM"}
+
+
+def artifact_name(tag: str) -> str:
+    """What an artifact tag holds: signature, attestation, SBOM, or referrers (the fallback
+    tag ``sha256-<hex>``)."""
+    for suffix, name in ARTIFACT_NAMES.items():
+        if tag.endswith(suffix):
+            return name
+    return "referrers"
+
+
+@dataclass(frozen=True)
+class ArtifactChange:
+    """An artifact tag of an unchanged image whose upstream digest some tier lacks:
+    new (no tier held it) or re-signed (a tier held another digest under the tag)."""
+
+    tag: str
+    digest: str  # what the upstream answers now
+    old_digest: str | None  # what a tier held under the tag before (re-signed), else None
+    mirrors: tuple[str, ...]  # tiers that do not hold ``digest`` under the tag
+
+    @property
+    def resigned(self) -> bool:
+        return self.old_digest is not None
+
+    @property
+    def reason(self) -> str:
+        name = artifact_name(self.tag)
+        if self.old_digest is not None:
+            what = "re-signed" if name == "signature" else f"{name} changed"
+            return f"{what} {self.tag} {short(self.old_digest)} -> {short(self.digest)}"
+        return f"new {name} {self.tag}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tag": self.tag,
+            "digest": self.digest,
+            "old_digest": self.old_digest,
+            "mirrors": list(self.mirrors),
+            "reason": self.reason,
+        }
+
+
+def artifact_changes(
+    upstream: dict[str, str | None],
+    held: dict[tuple[str, str], str],
+    tiers: Sequence[str],
+) -> list[ArtifactChange]:
+    """The artifact tags to warm: ``upstream`` maps each tag asked to its digest there
+    (None: absent), ``held`` maps (tier, tag) to the digest the ledger holds warm there
+    under the tag. A tag the upstream lacks is not a change (a signature removed upstream
+    stays where it was warmed)."""
+    out = []
+    for tag, digest in upstream.items():
+        if digest is None:
+            continue
+        lacking = tuple(m for m in tiers if held.get((m, tag)) != digest)
+        if not lacking:
+            continue
+        old = next((held[(m, tag)] for m in lacking if (m, tag) in held), None)
+        out.append(ArtifactChange(tag, digest, old, lacking))
+    return out

@@ -20,6 +20,15 @@ ranking or the ledger tracks:
    and a drift event is recorded (tag, old -> new, when detected, which tiers were stale
    and for how long).
 
+Artifacts (signatures, attestations, SBOMs, referrers: :mod:`warmer.warm.artifacts`) of
+a tag that did not move are checked too, where a region's policy warms them: HEAD at the
+upstream of each cosign tag (``sha256-<hex>.sig`` / ``.att`` / ``.sbom``) and fallback tag
+(``sha256-<hex>``) of the image's digest and of its platform manifests held at the top
+tier; a digest a serving tier does not hold under that tag (a new signature, or a re-signed
+tag: then a drift on the artifact tag) warms the image through the tiers, which discovers
+and warms the artifact (and, under a verifying policy, records a ``signature`` incident if
+it no longer verifies).
+
 Upstream manifest GETs are spent only in step 4 (the top tier fetches each manifest it
 does not hold once); ``RefreshReport.upstream_counted_requests`` counts them as the
 top-tier manifest items of the warm plans.
@@ -31,16 +40,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from warmer.config import Config, ConfigError
+from warmer.oci.cosign import artifact_tag, fallback_tag
+from warmer.oci.manifest import INDEX_TYPES
 from warmer.oci.reference import InvalidReference, Reference, parse
-from warmer.oci.registry import RegistryClient, RegistryError
+from warmer.oci.registry import NotFound, RegistryClient, RegistryError
 from warmer.store.ledger import Holding, Ledger, as_utc
 from warmer.upkeep import freshness as fr
 from warmer.upkeep.invalidate import run_hook
+from warmer.warm.artifacts import ArtifactPolicy
 from warmer.warm.resolve import Want, mirror_client, upstream_client, wants_from_ranking
 from warmer.warm.run import RegionBusy, monotonic_deadline, warm
 
@@ -69,6 +81,7 @@ class TagResult:
     stale: list[dict[str, Any]] = field(default_factory=list)
     warm_reason: str | None = None
     error: str = ""
+    artifacts: list[dict[str, Any]] = field(default_factory=list)  # fr.ArtifactChange dicts
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +93,7 @@ class TagResult:
             "stale": self.stale,
             "warm_reason": self.warm_reason,
             "error": self.error,
+            "artifacts": self.artifacts,
         }
 
 
@@ -103,6 +117,9 @@ class RefreshReport:
     tags: list[TagResult] = field(default_factory=list)
     deadline_hit: bool = False
     deferred: int = 0  # tags that need warming, left for the next window (check-only)
+    artifact_heads: int = 0  # upstream HEADs of artifact tags (not counted by Docker Hub)
+    artifacts_new: int = 0  # artifact tags of unchanged images new at the upstream
+    artifacts_resigned: int = 0  # artifact tags whose digest changed (a drift each)
 
     @property
     def ok(self) -> bool:
@@ -125,6 +142,9 @@ class RefreshReport:
             "untracked": self.untracked,
             "deadline_hit": self.deadline_hit,
             "deferred": self.deferred,
+            "artifact_heads": self.artifact_heads,
+            "artifacts_new": self.artifacts_new,
+            "artifacts_resigned": self.artifacts_resigned,
             "ok": self.ok,
             "tags": [t.as_dict() for t in self.tags if t.moved or t.stale or t.warm_reason],
         }
@@ -196,6 +216,11 @@ class _Checker:
         self.config, self.ledger, self.now, self.report = config, ledger, now, report
         self.held = held
         self.ranked_regions = ranked_regions
+        self.policies = {
+            r: p for r in config.regions
+            if (p := ArtifactPolicy.from_config(config.region(r).artifacts)).active
+        }  # fmt: skip
+        self.artifact_held: dict[tuple[str, str, str], str] = {}  # (mirror, repo, tag) -> digest
         self.margin = config.refresh.renew_before
         self.clients: dict[str, RegistryClient] = {}
         self.to_warm: list[tuple[Tracked, Want, str]] = []
@@ -277,12 +302,14 @@ class _Checker:
         still_stale = await self._invalidate(t, verdict, result)
         held_fresh = self._held_fresh(t, digest, [a.mirror for a in answers])
         result.warm_reason = fr.needs_warm(verdict, held_fresh)
+        if not result.warm_reason and not verdict.drift:
+            t, result.warm_reason = await self._artifacts(t, digest, media_type, answers, result)
         if result.warm_reason:
             top_stale = any(self.config.tier(m) == 0 for m in still_stale)
             # Through a top tier still serving the old digest, warm the new one by digest.
             want_ref = ref.with_digest(digest) if top_stale else ref
             self.to_warm.append((t, Want(want_ref, t.score), result.warm_reason))
-            if not verdict.drift:
+            if not verdict.drift and not result.artifacts:
                 self.report.renewed += 1
         if verdict.moved and verdict.old_digest:
             self.report.moved += 1
@@ -297,6 +324,73 @@ class _Checker:
             self.report.drift_events += 1
             self.report.stale_tiers += len(verdict.stale)
         return result
+
+    async def _artifacts(
+        self, t: Tracked, digest: str, media_type: str, answers: list[fr.TierAnswer],
+        result: TagResult,
+    ) -> tuple[Tracked, str | None]:  # fmt: skip
+        """HEAD the image's artifact tags at the upstream; a tag a serving tier (of a region
+        warming artifacts) lacks is why to warm: ``t`` narrowed to those regions."""
+        regions = {r for r in t.regions if r in self.policies}
+        tiers = {r: _region_tiers(self.config, r, t.upstream) for r in regions}
+        serving = sorted({a.mirror for a in answers if a.digest == digest}
+                         & {m for ms in tiers.values() for m in ms})  # fmt: skip
+        if not serving:
+            return t, None
+        kinds = sorted({k for r in regions for k in self.policies[r].tag_kinds()})
+        subjects = [digest, *await self._platforms(t, digest, media_type, serving)]
+        tags = [artifact_tag(s, k) for s in subjects for k in kinds] + [
+            fallback_tag(s) for s in subjects
+        ]
+        found = await asyncio.gather(*(self._head_artifact(t, tag) for tag in tags))
+        repo = t.ref.repository
+        held = {(m, tag): d for (m, r, tag), d in self.artifact_held.items() if r == repo}
+        changes = fr.artifact_changes(dict(zip(tags, found, strict=True)), held, serving)
+        for c in changes:
+            result.artifacts.append(c.as_dict())
+            if c.old_digest is None:
+                self.report.artifacts_new += 1
+                continue
+            self.report.artifacts_resigned += 1
+            self.report.drift_events += 1
+            self.ledger.record_drift(
+                image=t.ref.name, tag=c.tag, upstream=t.upstream, old_digest=c.old_digest,
+                new_digest=c.digest, detected_at=self.now, moved_after=None, stale_tiers=[],
+            )  # fmt: skip
+            log.warning("%s: %s", t.ref.familiar, c.reason)
+        if not changes:
+            return t, None
+        lacking = {m for c in changes for m in c.mirrors}
+        needed = {r for r, ms in tiers.items() if ms & lacking}
+        return replace(t, regions=needed), "; ".join(c.reason for c in changes)
+
+    async def _platforms(
+        self, t: Tracked, digest: str, media_type: str, serving: list[str]
+    ) -> list[str]:
+        """The platform manifests of an index that the top tier holds (read there by digest:
+        held, so no upstream request), whose own artifacts are looked for too."""
+        top = next((m for m in serving if self.config.tier(m) == 0), None)
+        repo = t.ref.repository
+        if media_type not in INDEX_TYPES or top is None or (top, repo, digest) not in self.held:
+            return []
+        path = self.config.mirrors[top].repository_for(repo)
+        try:
+            index = await self.client(top).get_manifest(path, digest)
+        except RegistryError as exc:
+            self.report.errors.append(f"{t.ref.familiar}: mirror {top}: {exc}")
+            return []
+        return [d.digest for d in index.manifests if (top, repo, d.digest) in self.held]
+
+    async def _head_artifact(self, t: Tracked, tag: str) -> str | None:
+        """The digest of an artifact tag at the upstream (HEAD), None when it has none."""
+        self.report.artifact_heads += 1
+        try:
+            return (await self.client(t.upstream).head_manifest(t.ref.repository, tag)).digest
+        except NotFound:
+            return None
+        except RegistryError as exc:
+            self.report.errors.append(f"{t.ref.familiar}: upstream {t.upstream} {tag}: {exc}")
+            return None
 
     async def _invalidate(self, t: Tracked, verdict: fr.Assessment, result: TagResult) -> list[str]:
         """Call the hooks of stale tiers and HEAD again; returns the tiers still stale."""
@@ -379,6 +473,8 @@ async def refresh(
         if key not in held or h.state == "warm":
             held[key] = h
     checker = _Checker(config, ledger, now, report, held, ranked_regions)
+    for mirror, repo, tag, digest in ledger.artifact_tags(mirrors):
+        checker.artifact_held[(mirror, repo, tag)] = digest
     mono = monotonic_deadline(deadline)
     sem = asyncio.Semaphore(config.refresh.concurrency)
 

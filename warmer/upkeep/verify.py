@@ -16,6 +16,14 @@ at the tiers that serve it:
 * content the tier no longer has is ``lost`` (found by the reconcile, or a 404 on re-read)
   and stops counting as warm.
 
+Artifacts (signatures, attestations, SBOMs, referrers) are ordinary manifest and blob
+holdings, re-read like the rest. Each artifact warmed *by its tag* (``sha256-<hex>.sig``,
+the fallback tag ``sha256-<hex>``) is HEADed at its tier by that tag: a tier answering
+another digest than the one warmed is stale when the upstream answers that digest too (the
+tag was re-signed upstream: ``warmer refresh`` warms it), an incident (``foreign-digest``)
+when it does not; a tier that no longer answers the tag (404) is an incident (``lost``):
+a client verifying signatures would be refused there.
+
 An incident is recorded in the ledger (:meth:`Ledger.record_incident`, which stops the item
 counting as warm, so the next run plans it again) and reported with exactly what differs
 and where. Nothing is repaired silently.
@@ -66,6 +74,7 @@ class VerifyReport:
     objects: int = 0  # holdings re-read
     bytes: int = 0
     tags: int = 0  # tags compared with the upstream
+    artifact_tags: int = 0  # artifact tags HEADed at the tiers that hold them
     incidents: list[Finding] = field(default_factory=list)
     stale: list[Finding] = field(default_factory=list)
     lost: ReconcileReport = field(default_factory=ReconcileReport)
@@ -81,6 +90,7 @@ class VerifyReport:
             "objects": self.objects,
             "bytes": self.bytes,
             "tags": self.tags,
+            "artifact_tags": self.artifact_tags,
             "incidents": [f.as_dict() for f in self.incidents],
             "stale": [f.as_dict() for f in self.stale],
             "reconcile": self.lost.as_dict(),
@@ -227,6 +237,54 @@ class _Verifier:
                     )
                 )  # fmt: skip
 
+    async def artifact(self, mirror: str, repository: str, tag: str, digest: str) -> None:
+        """One artifact tag at the tier it was warmed through: still the digest warmed?"""
+        m = self.config.mirrors[mirror]
+        path = m.repository_for(repository)
+        shown = f"{repository}:{tag}"
+        try:
+            served: str | None = (await self.client(mirror, m.url).head_manifest(path, tag)).digest
+        except NotFound:
+            served = None
+        except RegistryError as exc:
+            self.report.errors.append(f"{shown}: mirror {mirror}: {exc}")
+            return
+        self.report.artifact_tags += 1
+        if served == digest:
+            return
+        if served is None:
+            detail = f"{mirror} no longer answers {shown} (404); it was warmed as {digest}"
+            self.incident(Finding("lost", mirror, m.url, repository, digest, detail))
+            return
+        upstream = self.config.upstream_of(mirror)
+        try:
+            current: str | None = (
+                await self.client(upstream, self.config.upstreams[upstream].url).head_manifest(
+                    repository, tag
+                )
+            ).digest
+        except NotFound:
+            current = None
+        except RegistryError as exc:
+            self.report.errors.append(f"{shown}: upstream {upstream}: {exc}")
+            return
+        if served == current:
+            self.report.stale.append(
+                Finding(
+                    "stale", mirror, m.url, repository, served,
+                    f"{mirror} answers {shown} with {served}, not the {digest} warmed: "
+                    f"re-signed at the upstream {upstream}; `warmer refresh` warms it",
+                )
+            )  # fmt: skip
+            return
+        self.incident(
+            Finding(
+                "foreign-digest", mirror, m.url, repository, served,
+                f"{mirror} answers {shown} with {served}: neither the {digest} warmed nor "
+                f"what the upstream {upstream} has ({current or 'nothing'})",
+            )
+        )  # fmt: skip
+
 
 async def verify(
     config: Config,
@@ -251,6 +309,8 @@ async def verify(
         await asyncio.gather(*(v.holding(h) for h in rows))
         for image, tag in ledger.tracked_tags():
             await v.tag(image, tag, mirrors)
+        for mirror, repository, tag, digest in ledger.artifact_tags(mirrors):
+            await v.artifact(mirror, repository, tag, digest)
     finally:
         await v.close()
     return v.report

@@ -6,9 +6,9 @@ functions of ``warmer.warm.policy``; this module does the I/O and reads the cloc
 
 * one :class:`Lane` per mirror instance: its client and a bounded number of requests
   (the mirror's ``link.concurrency``);
-* a token bucket per mirror's parent *link*, shared by its instances, charged with what a
-  request will cost that link (``parent_cost``: a cold blob through CNCF distribution 2.8
-  is pulled twice, at full speed, whatever our read rate) before it starts;
+* a pacer per mirror's parent *link* (``warmer.warm.pacing``), shared by its instances:
+  a request's ``parent_cost`` (a cold blob is pulled twice by distribution 2.8) is paid in
+  time, the mirror's full-speed background store when it starts, our read as it arrives;
 * never two requests for the same digest through the same mirror instance at once, and
   none until the mirror has presumably stored the last one: CNCF distribution 2.8 stores a
   cold blob in a background fetch that may end a second after our read, and while it runs
@@ -22,7 +22,7 @@ functions of ``warmer.warm.policy``; this module does the I/O and reads the cloc
   confirmed with a HEAD: a distribution mirror answers from its storage with
   ``Accept-Ranges``/``Cache-Control``; an answer without them means the copy was lost to
   the race above, and that HEAD has the mirror fetch and store it (counted as
-  ``restored``);
+  ``restored``); a copy answered from storage was held already and is not asked about;
 * every byte hashed against its digest while streaming, nothing written to disk; a
   mismatch is an incident, never warm;
 * the deadline: no item starts after it; in-flight ones get a grace period, then are
@@ -65,9 +65,10 @@ from warmer.store.ledger import (
 )
 from warmer.store.writer import LedgerWriter
 from warmer.warm import policy
-from warmer.warm.pacing import TokenBucket
+from warmer.warm.pacing import LinkPacer, paced
 from warmer.warm.policy import CONFIRM_TRIES, SETTLE
 from warmer.warm.reserve import RateReserve
+from warmer.warm.resolve import Learned
 from warmer.warm.slots import Priority, PrioritySlots
 from warmer.warm.startorder import StartKey, is_light, start_keys
 from warmer.warm.stats import MovedTag, RunStats
@@ -82,7 +83,7 @@ __all__ = ["SETTLE", "Executor", "Lane", "ProgressHook", "RunStats"]
 
 @dataclass
 class Lane:
-    """One mirror instance's side of a run: its client, its slots, and the token bucket of
+    """One mirror instance's side of a run: its client, its slots, and the pacer of
     its mirror's parent link (shared with the mirror's other instances)."""
 
     mirror: str
@@ -91,7 +92,7 @@ class Lane:
     slots: PrioritySlots
     light_slots: asyncio.Semaphore  # manifests and small blobs: see policy.LaneSlots
     bulk_slots: PrioritySlots  # blobs on no chain of shared blobs
-    bucket: TokenBucket | None  # the parent link's; None when the link has no cap
+    bucket: LinkPacer | None  # the parent link's; None when the link has no cap
     ttl: timedelta | None
     expiry: str  # the mirror's expiry policy (MirrorConfig.expiry)
     scope: str
@@ -117,6 +118,7 @@ class Executor:
         on_progress: ProgressHook | None = None,
         reserve: RateReserve | None = None,
         client_factory: Callable[[str, str], RegistryClient],
+        learned: Learned | None = None,
     ) -> None:
         self.config = config
         self.ledger = ledger
@@ -128,8 +130,9 @@ class Executor:
         self.reserve = reserve
         self.stats = RunStats()
         self._client_factory = client_factory
+        self._learned = learned  # what the top tiers answered while resolving
         self._lanes: dict[str, Lane] = {}
-        self._buckets: dict[str, TokenBucket] = {}  # mirror -> its parent link's bucket
+        self._buckets: dict[str, LinkPacer] = {}  # mirror -> its parent link's pacer
         self._items: dict[int, RunItem] = {}
         self._rank: dict[int, StartKey] = {}  # seq -> start key (slot and link priority)
         self._events: dict[int, asyncio.Event] = {}  # seq -> set when the item is settled
@@ -146,7 +149,7 @@ class Executor:
             # All instances of a mirror pull over the same parent link: one bucket for them.
             bucket = self._buckets.get(mirror)
             if bucket is None and m.link.bandwidth:
-                bucket = self._buckets[mirror] = TokenBucket(m.link.bandwidth)
+                bucket = self._buckets[mirror] = LinkPacer(m.link.bandwidth)
             slots = policy.lane_slots(m.link.concurrency)
             lane = Lane(
                 mirror=mirror,
@@ -187,8 +190,6 @@ class Executor:
                 for item in items:
                     if item.state == "running":
                         item.state = "pending"
-                if self.reserve is not None:
-                    await self.reserve.refresh()
                 self._until = policy.monotonic_deadline(
                     self.deadline, now=utcnow(), now_mono=time.monotonic()
                 )
@@ -280,6 +281,7 @@ class Executor:
 
     async def _close(self) -> None:
         for lane in self._lanes.values():
+            self.stats.add_requests(self.config.tier(m := lane.mirror), m, lane.client.requests)
             await lane.client.aclose()
 
     def _progress(self, what: str, item: RunItem, n: int = 0) -> None:
@@ -352,7 +354,7 @@ class Executor:
                 if not self._before(until, item):
                     return "pending"
                 # Its key now: a part of the plan that joined meanwhile may have changed it.
-                await bucket.take(charge, self._rank[item.seq])
+                await bucket.start(item, charge, self._rank[item.seq])
             if not self._before(until, item):
                 # The link was busy until past the deadline: no blob starts after it.
                 return "pending"
@@ -363,7 +365,6 @@ class Executor:
                 lane.busy_until[item.digest] = policy.busy_after_read(
                     now, now - started, self.settle
                 )
-                lane.fetched[item.digest].add(item.repository)
             return state
 
     def _before(self, until: float | None, item: RunItem) -> bool:
@@ -465,8 +466,11 @@ class Executor:
         self._progress("start", item)
         stored: list[bool] = []  # whether the blob's answer came from the mirror's storage
         try:
-            if item.kind == "manifest":
-                manifest = await lane.client.get_manifest(item.repository, item.reference)
+            if self._learned is not None and self._learned.answered(item):  # not asked again
+                n = self.stats.learned(item.size)
+            elif item.kind == "manifest":
+                known = item.digest if lane.client.tags_by_head else None  # see get_manifest
+                manifest = await lane.client.get_manifest(item.repository, item.reference, known)
                 n = len(manifest.body)
                 if manifest.digest != item.digest:
                     return self._moved(item, lane, manifest.digest, n)
@@ -478,7 +482,7 @@ class Executor:
                 n = await lane.client.fetch_blob(
                     item.repository,
                     item.digest,
-                    on_bytes=counted,
+                    on_bytes=paced(lane.bucket, item.seq, counted),
                     on_answer=stored.append,
                     size=item.size,
                 )
@@ -507,6 +511,8 @@ class Executor:
             self._finish(item, "failed", reason)
             log.warning("%s %s@%s failed: %s", item.mirror, item.repository, item.digest, reason)
             return "failed"
+        if item.kind == "blob" and not (stored and stored[0]):  # not held before: stored now
+            lane.fetched[item.digest].add(item.repository)
         now = utcnow()
         # The holding before the item's state: the ledger is always a prefix of these
         # writes, so an item it shows done has its holding recorded.

@@ -39,12 +39,29 @@ Retries
     A retried set is then ordered by the same greedy restricted to it, which takes all of it
     (the set fits, so every marginal cost on the way does too).
 
+Aliases
+    Tags of one repository that resolve to one manifest (``latest``, ``3``, ``3.12``) share
+    its items, but a pull-through mirror keeps a tag only when it is asked for that tag
+    (CNCF distribution stores the tag when it resolves it through its parent). Central is
+    asked for every tag when they are resolved; at a child tier, each further tag of a
+    manifest this plan fetches there gets an item of its own: the manifest by that tag, no
+    parent bytes, after the first tag's item (the executor GETs the manifest, which the
+    mirror holds by then, and HEADs the tag). A tag whose manifest a mirror already held
+    before the plan is not asked again.
+
 Continuation
     ``plan(..., after=earlier)`` plans more images into a run that already has ``earlier``'s
     items (the warm run starts fetching its first images while the rest still resolve):
     ``earlier``'s objects count as planned (they cost nothing again, a child tier's item
     depends on them), their bytes count against the budget and the window, the new items
     are numbered after them, and images ``earlier`` planned are not planned again.
+
+Artifacts
+    An image's ``artifacts`` (signatures, attestations, SBOMs, referrers: see
+    ``warmer.warm.artifacts``) are planned with it, as part of it: same tiers, same budget
+    and window, same greedy (they add to its cost). A manifest with a ``reference`` is
+    fetched by that tag (a cosign ``sha256-<hex>.sig``, a referrers fallback tag), so each
+    mirror keeps the tag a client looks up; its items are marked ``artifact``.
 
 Limits
     ``Budget.bytes`` counts the bytes crossing the links of the target chains: the sum of
@@ -91,6 +108,8 @@ class Blob:
     size: int
     kind: Literal["manifest", "blob"]
     media_type: str = ""
+    reference: str = ""  # a manifest fetched by this tag (an artifact's cosign/fallback tag)
+    artifact: bool = False  # attached to the image (warmer.warm.artifacts), not part of it
 
 
 @dataclass(frozen=True)
@@ -104,6 +123,7 @@ class WantedImage:
     manifests: tuple[Blob, ...]  # index first (if any), then platform manifests, fetch order
     blobs: tuple[Blob, ...]  # configs + layers of the selected platforms, de-duplicated
     stay: float = 1.0  # share of the pulls before the tag's expected move (see Value)
+    artifacts: tuple[Blob, ...] = ()  # signatures, SBOMs... (warmer.warm.artifacts.plan_blobs)
 
 
 @dataclass(frozen=True)
@@ -128,6 +148,7 @@ class PlanItem:
     reference: str  # tag for the top manifest (the mirror records the tag), else the digest
     parent_cost: int  # bytes on the mirror's parent link
     depends_on: tuple[int, ...]  # orders of the parent tier's items for the same object
+    artifact: bool = False  # an artifact attached to ``image`` (a signature, an SBOM...)
 
 
 @dataclass(frozen=True)
@@ -168,7 +189,7 @@ class _Candidate:
 def _contents(want: WantedImage) -> list[Blob]:
     seen: set[str] = set()
     out: list[Blob] = []
-    for item in (*want.manifests, *want.blobs):
+    for item in (*want.manifests, *want.blobs, *want.artifacts):
         if item.size < 0:
             raise PlanError(f"{want.image}: {item.digest} has a negative size")
         if item.digest not in seen:
@@ -183,7 +204,7 @@ def _worths(wanted: Sequence[WantedImage]) -> dict[str, float]:
     for want in wanted:
         if not 0.0 <= want.stay <= 1.0:
             raise PlanError(f"{want.image}: stay must be between 0 and 1, not {want.stay}")
-        for digest in {item.digest for item in (*want.manifests, *want.blobs)}:
+        for digest in {item.digest for item in (*want.manifests, *want.blobs, *want.artifacts)}:
             holders[digest] = holders.get(digest, 0) + 1
     out: dict[str, float] = {}
     for want in wanted:
@@ -224,13 +245,17 @@ class _Pool:
         self.held = held
         # An earlier plan of the same run: its objects are planned already (see Continuation).
         self.prior: dict[Key, int] = {}
+        self.tagged: set[tuple[Key, str]] = set()  # (object, reference) of manifest items
         self.offset = 0
         self.spent = 0
         self.link_bytes: dict[str, int] = dict.fromkeys(topo.warm, 0)
         if after is not None:
             for item in after.items:
                 repo = topo.scope_repo(item.mirror, item.upstream_repository)
-                self.prior[(item.mirror, item.instance, repo, item.digest)] = item.order
+                key = (item.mirror, item.instance, repo, item.digest)
+                self.prior.setdefault(key, item.order)
+                if item.kind == "manifest":
+                    self.tagged.add((key, item.reference))
                 self.offset = max(self.offset, item.order + 1)
                 self.spent += item.parent_cost
                 if item.mirror in self.link_bytes:
@@ -292,6 +317,7 @@ class _Planner:
         self.picked: set[int] = set()
         self.skipped: dict[str, str] = dict(pool.skipped)
         self.cands = [cand.copy() for cand in pool.cands]
+        self.tagged = set(pool.tagged)  # (object, reference) of every manifest item
 
     def worth(self) -> float:
         return math.fsum(self.cands[cid].worth for cid in self.picked)
@@ -372,9 +398,32 @@ class _Planner:
                     other.link[name] -= cost
                     other.version += 1
                     touched.add(cid)
+        if self.emit and cand.want.tag:
+            self._alias(cand.want, cand.want.tag)
         return touched
 
-    def _emit(self, want: WantedImage, key: Key, slot: Slot, blob: Blob, cost: int) -> None:
+    def _alias(self, want: WantedImage, tag: str) -> None:
+        """A tag whose top manifest another tag's item of this plan fetches through a
+        child-tier mirror gets its own item there (see "Aliases")."""
+        top = next(m for m in want.manifests if m.digest == want.digest)
+        for name in self.topo.mirrors_for(want.upstream):
+            repo = self.topo.scope_repo(name, want.repository)
+            for slot in self.topo.slots(name):
+                key = (name, slot.instance, repo, want.digest)
+                if slot.tier == 0 or key not in self.planned or (key, tag) in self.tagged:
+                    continue
+                self._emit(want, key, slot, top, 0, reference=tag, after=self.planned[key])
+
+    def _emit(
+        self,
+        want: WantedImage,
+        key: Key,
+        slot: Slot,
+        blob: Blob,
+        cost: int,
+        reference: str = "",
+        after: int | None = None,
+    ) -> None:
         name = slot.node.name
         top = blob.kind == "manifest" and blob.digest == want.digest
         order = self.offset + len(self.items)
@@ -391,12 +440,22 @@ class _Planner:
                 size=blob.size,
                 media_type=blob.media_type,
                 image=want.image,
-                reference=want.tag if top and want.tag else blob.digest,
+                reference=reference
+                or blob.reference
+                or (want.tag if top and want.tag else blob.digest),
                 parent_cost=cost,
-                depends_on=self._parents(name, want.repository, blob.digest),
+                depends_on=(
+                    (after,)
+                    if after is not None
+                    else self._parents(name, want.repository, blob.digest)
+                ),
+                artifact=blob.artifact,
             )
         )
-        self.planned[key] = order
+        if after is None:
+            self.planned[key] = order
+        if blob.kind == "manifest":
+            self.tagged.add((key, self.items[-1].reference))
 
     def _parents(self, name: str, repository: str, digest: str) -> tuple[int, ...]:
         """Orders of the parent's items for this object (every parent instance, since the

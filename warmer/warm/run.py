@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from warmer.config import Config
-from warmer.oci.reference import InvalidReference, parse, try_parse
-from warmer.oci.registry import RegistryError
+from warmer.oci.reference import try_parse
 from warmer.store.ledger import Ledger, Run, RunItem, as_utc, utcnow
 from warmer.warm import plan as planner
 from warmer.warm.execute import SETTLE, Executor, ProgressHook, RunStats
 from warmer.warm.lease import RegionBusy, region_lease
+from warmer.warm.moves import confirm_moves
 from warmer.warm.prepared import (
     Prepared,
     holdings,
@@ -41,7 +41,15 @@ from warmer.warm.prepared import (
     start_run,
 )
 from warmer.warm.reserve import RateReserve
-from warmer.warm.resolve import RESERVE_REASON, Ready, Want, mirror_client, resolve, upstream_client
+from warmer.warm.resolve import (
+    RESERVE_REASON,
+    Learned,
+    Ready,
+    Want,
+    mirror_client,
+    resolve,
+    upstream_client,
+)
 from warmer.warm.stats import MovedTag
 
 __all__ = [
@@ -158,13 +166,17 @@ async def execute(
     on_progress: ProgressHook | None = None,
     settle: float = SETTLE,
     more: AsyncIterator[Sequence[RunItem]] | None = None,
+    learned: Learned | None = None,
 ) -> RunStats:
     """Run (or resume) ``run_id`` and close it in the ledger with its summary.
 
     A run with nothing pending (everything warm, or done before it was resumed) is closed
     the same way: the executor starts nothing and reports what the ledger holds.
     The caller owns ``reserve`` (it may have served planning in the same event loop) and
-    closes its client. ``more`` yields items added to the run while it runs.
+    closes its client. ``more`` yields items added to the run while it runs. ``learned``:
+    what resolving the run's images learned (the executor does not ask the top tier again
+    for what it answered then) and the requests it sent, counted in the run's summary with
+    the executor's and the reserve's (upstream) requests.
     """
     ledger.set_run_state(run_id, "running", owner=owner())
     executor = Executor(
@@ -176,8 +188,10 @@ async def execute(
         on_progress=on_progress,
         settle=settle,
         client_factory=lambda m, url: mirror_client(config, m, url),
+        learned=learned,
     )
     stats = await executor.run(more)
+    _count_requests(config, stats, learned, reserve)
     state = "done"
     if stats.pending:
         state = "aborted"
@@ -185,6 +199,22 @@ async def execute(
         state = "failed"
     ledger.finish_run(run_id, state, stats.as_dict(), utcnow())
     return stats
+
+
+def _count_requests(
+    config: Config, stats: RunStats, learned: Learned | None, reserve: RateReserve | None
+) -> None:
+    """Add to ``stats`` the requests resolving sent to the top tiers and those the reserve
+    sent to the upstream since it was last counted (a warm's passes share the reserve)."""
+    if learned is not None:
+        for (mirror, kind, method), n in learned.requests.items():
+            stats.add_requests(config.tier(mirror), mirror, {(kind, method): n})
+        learned.requests.clear()  # counted once, with the run resolving them fed
+    if reserve is not None and reserve.client is not None:
+        url = reserve.client.url
+        name = next((n for n, u in config.upstreams.items() if u.url.rstrip("/") == url), url)
+        stats.add_requests("upstream", name, reserve.client.requests)
+        reserve.client.requests.clear()
 
 
 async def plan_region(
@@ -294,10 +324,10 @@ async def _warm(
                 )  # fmt: skip
                 outcome.passes.append(prepared)
             else:
-                prepared = await prepare(
+                learned = Learned()
+                prepared = await _prepare(
                     config, ledger, region, todo, now=pass_now, budget=budget_left,
-                    window=window, reserve=reserve, until=time.monotonic(),
-                    renew_within=renew_within,
+                    window=window, reserve=reserve, renew_within=renew_within, learned=learned,
                 )  # fmt: skip
                 outcome.passes.append(prepared)
                 run_id = start_run(ledger, prepared, pass_now, deadline)
@@ -305,14 +335,14 @@ async def _warm(
                     on_run(run_id, prepared)
                 stats = await execute(
                     config, ledger, run_id, deadline=deadline, reserve=reserve,
-                    on_progress=on_progress,
+                    on_progress=on_progress, learned=learned,
                 )  # fmt: skip
             stats.manifest_requests = prepared.manifest_requests
             outcome.runs.append((run_id, stats))
             moved: list[Want] = []
             if stats.moved and not outcome.moved and not stats.deadline_hit:
                 # Once: a tag that moves again meanwhile is the next run's.
-                moved = await confirm_moves(config, ledger, stats.moved, utcnow())
+                moved = await confirm_moves(config, ledger, stats.moved, utcnow(), stats)
                 outcome.moved.extend(stats.moved)
             held = {s.image for s in outcome.held_back}
             stalled = len(outcome.runs) > 1 and len(held) == len(todo)  # waited, got nowhere
@@ -331,41 +361,33 @@ async def _warm(
     return outcome
 
 
-async def confirm_moves(
-    config: Config, ledger: Ledger, moved: Sequence[MovedTag], now: datetime
-) -> list[Want]:
-    """Ask the upstream (HEAD, not counted by Docker Hub) about each tag that resolved to
-    another digest at fetch time than at plan time: the new images of those that moved
-    (each recorded as a drift event) to warm now; a tier answering a digest the upstream
-    does not is a stale metadata cache, ``warmer refresh``'s business (logged)."""
-    out: list[Want] = []
-    for m in moved:
-        try:
-            ref = parse(m.image)
-        except InvalidReference:
-            continue
-        upstream = config.upstream_for_registry(ref.registry)
-        if upstream is None:
-            continue
-        try:
-            async with upstream_client(config, upstream) as client:
-                head = await client.head_manifest(ref.repository, m.tag)
-        except RegistryError as exc:
-            log.warning("%s: could not ask %s whether the tag moved: %s", m.image, upstream, exc)
-            continue
-        if head.digest == m.got:
-            ledger.record_drift(
-                image=ref.name, tag=m.tag, upstream=upstream, old_digest=m.planned,
-                new_digest=m.got, detected_at=now, moved_after=None, stale_tiers=[],
-            )  # fmt: skip
-            log.warning("%s moved to %s while it was warmed: warming the new image", m.image, m.got)
-            out.append(Want(ref))
-        else:
-            log.warning(
-                "%s: a tier answered %s where the upstream has %s (a stale metadata cache: "
-                "see warmer refresh)", m.image, m.got, head.digest,
-            )  # fmt: skip
-    return out
+async def _prepare(
+    config: Config,
+    ledger: Ledger,
+    region: str,
+    wants: Sequence[Want],
+    *,
+    now: datetime,
+    budget: int | None,
+    window: timedelta | None,
+    reserve: RateReserve | None,
+    renew_within: timedelta | None,
+    learned: Learned,
+) -> Prepared:
+    """:func:`warmer.warm.prepared.prepare` for a run about to start: what resolving
+    learned is noted in ``learned``, so the run does not ask the top tier for it again."""
+    wanted, unresolved = await resolve(
+        config, ledger, region, wants, now, reserve=reserve, until=time.monotonic(),
+        learned=learned,
+    )  # fmt: skip
+    budget_bytes = budget if budget is not None else config.region(region).budget
+    result = planner.plan(
+        wanted, mirror_nodes(config), region_targets(config, region),
+        holdings(config, ledger, now, renew_within),
+        planner.Budget(bytes=budget_bytes, window=window), now,
+    )  # fmt: skip
+    requests = sum(len(w.manifests) for w in wanted)
+    return Prepared(region, result, unresolved, window, budget_bytes, requests)
 
 
 async def _resume(
@@ -436,9 +458,11 @@ async def _pipelined(
     run plans the rest.
     """
     ready: Ready = asyncio.Queue()
+    learned = Learned()
     resolution = resolve(
-        config, ledger, region, wants, now, reserve=reserve, until=time.monotonic(), ready=ready
-    )
+        config, ledger, region, wants, now, reserve=reserve, until=time.monotonic(),
+        ready=ready, learned=learned,
+    )  # fmt: skip
     resolving = asyncio.create_task(resolution)
     nodes, targets = mirror_nodes(config), region_targets(config, region)
     held = holdings(config, ledger, now, renew_within)
@@ -473,7 +497,7 @@ async def _pipelined(
 
         stats = await execute(
             config, ledger, run_id, deadline=deadline, reserve=reserve,
-            on_progress=on_progress, more=rest(),
+            on_progress=on_progress, more=rest(), learned=learned,
         )  # fmt: skip
         await resolving  # done: ``rest`` read its end; raises what resolving raised
     finally:

@@ -1,10 +1,16 @@
 """What a warm run did: the counts and bytes the executor keeps, printed as the summary,
-stored with the run, and added up over a warm's passes."""
+stored with the run, and added up over a warm's passes.
+
+Requests are counted where they are sent (``RegistryTransport.requests``) and added up here
+per tier (``"upstream"``, ``"0"`` central, ``"1"`` regional ...) and per registry, by kind
+(``manifest``, ``blob``, ``ping``, ``token`` ...) and method: each one through a mirror can
+cost its parent a round trip (distribution 2.8 re-pings an anonymous parent before each),
+so the summary shows what a run asked for, not only what it moved."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +50,29 @@ class RunStats:
     deadline_hit: bool = False
     restored: int = 0
     moved: list[MovedTag] = field(default_factory=list)
+    # Requests sent: (tier, kind, method) and (registry, kind, method); see add_requests.
+    requests_by_tier: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    requests_by_registry: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    # Manifest items done without a request: the top tier answered them while resolving.
+    manifests_from_resolve: int = 0
+
+    def add_requests(
+        self, tier: int | str, registry: str, requests: Mapping[tuple[str, str], int]
+    ) -> None:
+        """Add one client's ``requests`` ({(kind, method): n}) under ``tier`` (``"upstream"``
+        or a mirror's tier number) and ``registry`` (a mirror or an upstream's name)."""
+        for (kind, method), n in requests.items():
+            self.requests_by_tier[(str(tier), kind, method)] += n
+            self.requests_by_registry[(registry, kind, method)] += n
+
+    def learned(self, size: int) -> int:
+        """Count a manifest item answered while resolving (not asked again); its size."""
+        self.manifests_from_resolve += 1
+        return size
+
+    def merge_requests(self, other: RunStats) -> None:
+        self.requests_by_tier.update(other.requests_by_tier)
+        self.requests_by_registry.update(other.requests_by_registry)
 
     def count_run(self, items: Sequence[RunItem]) -> None:
         """Counts and bytes from the run's items as the ledger has them: a resumed run's
@@ -75,4 +104,17 @@ class RunStats:
             "deadline_hit": self.deadline_hit,
             "restored": self.restored,
             "moved": [m.as_dict() for m in self.moved],
+            "requests_by_tier": nest_requests(self.requests_by_tier),
+            "requests_by_registry": nest_requests(self.requests_by_registry),
+            "manifests_from_resolve": self.manifests_from_resolve,
         }
+
+
+def nest_requests(counts: Mapping[tuple[str, str, str], int]) -> dict[str, Any]:
+    """``{(where, kind, method): n}`` as ``{where: {kind: {method: n}}}`` (the sandbox
+    front's ``requests`` shape), sorted."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for (where, kind, method), n in sorted(counts.items()):
+        if n:
+            out.setdefault(where, {}).setdefault(kind, {})[method] = n
+    return out
