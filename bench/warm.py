@@ -324,6 +324,21 @@ def scenario(
     return result
 
 
+def wanted(
+    cat: Catalogue, images: int | None
+) -> tuple[list[tuple[str, str]], list[str], dict[str, int], set[tuple[str, str]]]:
+    """The first ``images`` tags (all with None): (repository, tag) pairs, references, the
+    mirror minimum and the (repository, blob) pairs every mirror must hold after."""
+    pairs = [(t.repository, t.tag) for t in cat.tags][: images or None]
+    refs = [f"{r}:{t}" for r, t in pairs]
+    return (
+        pairs,
+        refs,
+        mirror_minimum(cat, pairs, "linux/amd64"),
+        wanted_pairs(cat, pairs, "linux/amd64"),
+    )
+
+
 def sign_all(box: Sandbox, base: Path) -> int:
     """Sign every tag of the catalogue in cosign's format (index and platform manifests)."""
     from warmer.sandbox.seed import run_sync, sandbox_signer, sign_catalogue
@@ -373,14 +388,7 @@ def token(args: argparse.Namespace) -> None:
         box.seed_catalogue()
         cat = box.catalogue
         signed = sign_all(box, base) if args.signed else 0
-        pairs = [(t.repository, t.tag) for t in cat.tags]
-        if args.quick:
-            pairs = pairs[:10]
-        if args.images:
-            pairs = pairs[: args.images]
-        refs = [f"{r}:{t}" for r, t in pairs]
-        minimum = mirror_minimum(cat, pairs, "linux/amd64")
-        must_hold = wanted_pairs(cat, pairs, "linux/amd64")
+        pairs, refs, minimum, must_hold = wanted(cat, 10 if args.quick else args.images)
         tmp = base / "copies"
         tmp.mkdir()
         results: dict[str, Any] = {}
@@ -536,10 +544,7 @@ def fast_link(args: argparse.Namespace) -> None:
     try:
         box.seed_catalogue()
         cat = box.catalogue
-        pairs = [(t.repository, t.tag) for t in cat.tags][: args.images or None]
-        refs = [f"{r}:{t}" for r, t in pairs]
-        minimum = mirror_minimum(cat, pairs, "linux/amd64")
-        must_hold = wanted_pairs(cat, pairs, "linux/amd64")
+        pairs, refs, minimum, must_hold = wanted(cat, args.images)
         result = scenario(
             "warmer", box, base, cap, lambda p, cfg, d: run_warmer(cfg, "all", refs), must_hold
         )
@@ -656,10 +661,7 @@ def anonymous(args: argparse.Namespace) -> None:
     try:
         box.seed_catalogue()
         cat = box.catalogue
-        pairs = [(t.repository, t.tag) for t in cat.tags][: args.images or None]
-        refs = [f"{r}:{t}" for r, t in pairs]
-        minimum = mirror_minimum(cat, pairs, "linux/amd64")
-        must_hold = wanted_pairs(cat, pairs, "linux/amd64")
+        _, refs, minimum, must_hold = wanted(cat, args.images)
         tmp = base / "copies"
         tmp.mkdir()
         after = through_central(refs, tmp)

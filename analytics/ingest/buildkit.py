@@ -93,14 +93,7 @@ class BuildKit:
                 pulled = state.downloaded if rest.startswith("DONE") else None
                 self._close(key, False if rest.startswith("CACHED") else pulled)
                 self.done.add(n)
-            elif rest.startswith("resolve "):
-                r = _RESOLVE.match(rest)
-                if r:
-                    self.known += 1
-                    state.ref = r.group(1)
-            elif _DOWNLOAD.match(rest):
-                state.downloaded = True
-            elif "FROM " in rest:
+            elif not self._progress(state, rest) and "FROM " in rest:
                 self.known += 1  # the title printed again when the printer returns to it
             return
         if rest.startswith(_END):
@@ -126,6 +119,20 @@ class BuildKit:
         if r:  # the vertex's title line was lost: its resolve line names the image
             self.known += 1
             self._open(key, r.group(1), ts)
+
+    def _progress(self, state: _Step, rest: str) -> bool:
+        """A FROM step's progress line (plain or tty): its ``resolve IMAGE@DIGEST`` (the
+        reference when the title was cut with ``...``) or a layer download; False if neither."""
+        if rest.startswith("resolve "):
+            r = _RESOLVE.match(rest)
+            if r:
+                self.known += 1
+                state.ref = r.group(1)
+        elif _DOWNLOAD.match(rest):
+            state.downloaded = True
+        else:
+            return False
+        return True
 
     def _boundary(self, n: int, rest: str) -> None:
         title = not rest.startswith(_END)
@@ -191,15 +198,8 @@ class BuildKit:
         sub, status, rest = m.group(1), m.group(2), m.group(3)
         if sub:
             state = self.steps.get(self.last_fancy or "")
-            if state is None:
-                return
-            if rest.startswith("resolve "):
-                r = _RESOLVE.match(rest)
-                if r:
-                    self.known += 1
-                    state.ref = r.group(1)
-            elif _DOWNLOAD.match(rest):
-                state.downloaded = True
+            if state is not None:
+                self._progress(state, rest)
             return
         f = _FROM.match(rest) if "FROM " in rest else None
         img = None if f else _IMAGE_STEP.match(rest)
