@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from warmer.sandbox.catalogue import build
-from warmer.sandbox.front import start_front
-from warmer.sandbox.frontstate import FrontConfig, peak_windows
-from warmer.sandbox.procs import Proc
+from warmer.sandbox.front import FrontControl
+from warmer.sandbox.procs import Proc, free_port, spawn, wait_ready
 from warmer.sandbox.seed import seed
 
 RegistryFactory = Callable[..., Proc]
+ROOT = Path(__file__).resolve().parents[1]
 
 CAP = 2_000_000  # bytes/s: the warmer's cap
 LINK = 20_000_000  # bytes/s: the front's own speed
@@ -36,10 +36,17 @@ async def test_pacing_keeps_the_windows_within_the_cap_on_a_faster_link(
     upstream = await asyncio.to_thread(registry_factory, "pace-upstream")
     catalogue = build(7, SCALE)
     await seed(upstream.url, catalogue, concurrency=4, fresh=True)
-    front = await start_front(
-        upstream.url, config=FrontConfig(bandwidth=LINK, latency_ms=2, ratelimit_limit=None)
-    )
+    # The front is a process of its own, as between real hosts: in the test's process its
+    # clock and its rate limiter would share the suite's event loop and pauses.
+    port = free_port()
+    argv = [sys.executable, "-m", "warmer.sandbox.front", "--listen", str(port)]
+    argv += ["--upstream", upstream.url, "--bandwidth", str(LINK), "--latency-ms", "2"]
+    argv += ["--ratelimit", "-1", "--auth", "none"]
+    front = spawn("pace-front", argv, tmp_path / "front.log", env={"PYTHONPATH": str(ROOT)})
+    front.url = f"http://127.0.0.1:{port}"
     try:
+        await asyncio.to_thread(wait_ready, front.url, front)
+        control = FrontControl(front.url)
         mirror = await asyncio.to_thread(registry_factory, "pace-mirror", parent_url=front.url)
         config = tmp_path / "warmer.toml"
         config.write_text(
@@ -61,7 +68,7 @@ mirrors = ["central"]
 """
         )
         refs = [f"{t.repository}:{t.tag}" for t in catalogue.tags]
-        front.state.stats.chunks.clear()
+        await asyncio.to_thread(control.reset)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "warmer.cli.main", "--config", str(config),
             "run", "--region", "all", "--json", *refs,
@@ -71,12 +78,11 @@ mirrors = ["central"]
         assert proc.returncode == 0, err.decode()[-2000:]
         assert json.loads(out.decode().strip().splitlines()[-1])  # the run's summary
         await asyncio.sleep(1.0)  # the mirror's last background stores
-        chunks = list(front.state.stats.chunks)
+        windows = await asyncio.to_thread(control.windows)
     finally:
-        await front.close()
+        front.stop()
 
     largest = max(layer.size for t in catalogue.tags for layer in t.image("linux/amd64").layers)
-    windows = peak_windows(chunks, (1.0, 5.0, 10.0))
     total = windows["bytes"]
     # The link did carry the warm (about twice the pairs' bytes through distribution 2.8),
     # and more than a 10 s window's allowance of it: the windows below are not trivially met.
