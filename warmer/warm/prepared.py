@@ -21,7 +21,7 @@ from warmer.config import Config
 from warmer.store.ledger import Ledger, as_utc
 from warmer.warm import plan as planner
 from warmer.warm.reserve import RateReserve
-from warmer.warm.resolve import Want, resolve
+from warmer.warm.resolve import Learned, Want, resolve
 
 
 @dataclass
@@ -101,15 +101,17 @@ async def prepare(
     reserve: RateReserve | None = None,
     until: float | None = None,
     renew_within: timedelta | None = None,
+    learned: Learned | None = None,
 ) -> Prepared:
     """Resolve ``wants`` and plan them all at once (``budget`` None: the region's).
 
     With a ``reserve``, resolving waits at it until ``until`` (a ``time.monotonic()``
     value; None waits for the limit window to reset); an image it could not wait for is
-    left out with the reason.
+    left out with the reason. With ``learned`` (a run about to start), what resolving
+    learned is noted there, so the run does not ask the top tier for it again.
     """
     wanted, unresolved = await resolve(
-        config, ledger, region, wants, now, reserve=reserve, until=until
+        config, ledger, region, wants, now, reserve=reserve, until=until, learned=learned
     )
     budget_bytes = budget if budget is not None else config.region(region).budget
     result = planner.plan(

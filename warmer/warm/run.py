@@ -325,9 +325,10 @@ async def _warm(
                 outcome.passes.append(prepared)
             else:
                 learned = Learned()
-                prepared = await _prepare(
+                prepared = await prepare(
                     config, ledger, region, todo, now=pass_now, budget=budget_left,
-                    window=window, reserve=reserve, renew_within=renew_within, learned=learned,
+                    window=window, reserve=reserve, until=time.monotonic(),
+                    renew_within=renew_within, learned=learned,
                 )  # fmt: skip
                 outcome.passes.append(prepared)
                 run_id = start_run(ledger, prepared, pass_now, deadline)
@@ -359,35 +360,6 @@ async def _warm(
     finally:
         await _release(reserve, outcome, config, region)
     return outcome
-
-
-async def _prepare(
-    config: Config,
-    ledger: Ledger,
-    region: str,
-    wants: Sequence[Want],
-    *,
-    now: datetime,
-    budget: int | None,
-    window: timedelta | None,
-    reserve: RateReserve | None,
-    renew_within: timedelta | None,
-    learned: Learned,
-) -> Prepared:
-    """:func:`warmer.warm.prepared.prepare` for a run about to start: what resolving
-    learned is noted in ``learned``, so the run does not ask the top tier for it again."""
-    wanted, unresolved = await resolve(
-        config, ledger, region, wants, now, reserve=reserve, until=time.monotonic(),
-        learned=learned,
-    )  # fmt: skip
-    budget_bytes = budget if budget is not None else config.region(region).budget
-    result = planner.plan(
-        wanted, mirror_nodes(config), region_targets(config, region),
-        holdings(config, ledger, now, renew_within),
-        planner.Budget(bytes=budget_bytes, window=window), now,
-    )  # fmt: skip
-    requests = sum(len(w.manifests) for w in wanted)
-    return Prepared(region, result, unresolved, window, budget_bytes, requests)
 
 
 async def _resume(
