@@ -193,3 +193,13 @@ def test_probe_needs_push_access_and_a_known_mirror(anonymous: Probed) -> None:
     )
     down = anonymous.warmer("probe", "m")
     assert down.exit_code == 1 and "does not answer /v2/" in down.stderr, down.output
+
+
+def test_an_auth_scheme_from_the_network_is_reported_only_as_a_plain_token() -> None:
+    from warmer.upkeep.probe import auth_scheme
+
+    assert auth_scheme('Bearer realm="https://auth.example/token",service="x"') == "bearer"
+    assert auth_scheme("Basic realm=x") == "basic"
+    assert auth_scheme("") == ""
+    assert auth_scheme("\x1b[31mevil realm=x") == "unrecognised"
+    assert auth_scheme("a" * 40) == "unrecognised"

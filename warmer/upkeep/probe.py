@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -50,6 +51,7 @@ from warmer.warm.resolve import mirror_client, upstream_client
 How = Literal["measured", "inferred", "unknown"]
 STORE_WAIT = 5.0  # seconds a background store may take before the next step reads it
 PROBE_FILE = "probe-{mirror}.json"
+_SCHEME = re.compile(r"[a-z][a-z0-9._-]{0,31}")  # an auth scheme token
 
 
 class ProbeError(RuntimeError):
@@ -353,9 +355,19 @@ async def _rtt(client: httpx.AsyncClient, url: str, n: int = 3) -> tuple[float |
             return None, None
         ms = (time.monotonic() - t0) * 1000
         best = ms if best is None else min(best, ms)
-        auth = resp.headers.get("www-authenticate", "").split(" ", 1)[0].lower()
+        auth = auth_scheme(resp.headers.get("www-authenticate", ""))
         challenge = auth if resp.status_code == 401 and auth else "none"
     return best, challenge
+
+
+def auth_scheme(header: str) -> str:
+    """The scheme of a ``WWW-Authenticate`` value (``bearer``, ``basic``), lower case;
+    ``unrecognised`` for anything that is not a plain token (the value comes from the
+    network and goes into the report), ``""`` when absent."""
+    scheme = header.split(" ", 1)[0].lower()
+    if not scheme:
+        return ""
+    return scheme if _SCHEME.fullmatch(scheme) else "unrecognised"
 
 
 async def _answer(client: RegistryClient, method: str, repo: str, digest: str) -> httpx.Headers:
