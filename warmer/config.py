@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from warmer.config_messages import messages
+from warmer.config_messages import show as _show
 from warmer.oci.auth import ENV_NAME, check_ref
 from warmer.store.db import DEFAULT_URL
 from warmer.store.dburl import DatabaseURLError, check_url, mask_url
@@ -76,11 +77,6 @@ def _positive(v: Any) -> timedelta:
     return d
 
 
-def _show(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 Budget = Annotated[int | None, BeforeValidator(_budget)]
 Rate = Annotated[int | None, BeforeValidator(_rate)]
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
@@ -93,8 +89,6 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 #: Headers that carry a credential: never literal in the file (use headers_env).
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 _CREDENTIAL_KEYS = "username, password_env, password_file, token_env or docker_config"
-_TOML = {"bool": "a boolean", "str": "a string", "list": "an array", "dict": "a table"}
-_TOML |= {"int": "an integer", "float": "a float", "datetime": "a date-time"}
 
 
 class _Strict(BaseModel):
@@ -280,25 +274,55 @@ class WindowConfig(_Strict):
         return self
 
 
+class SignerIdentityConfig(_Strict):
+    """One identity allowed to sign keylessly (exact, as cosign's --certificate-identity)."""
+
+    identity: str = Field(min_length=1)  # the certificate's email or URI subject
+    issuer: str = Field(min_length=1)  # the OIDC issuer (https://token.actions...)
+
+
+class VerifyConfig(_Strict):
+    """A verifying policy: key-based (``keys``), keyless (``identities`` under
+    ``trusted_root``), or both (either kind of signature then admits an image)."""
+
+    keys: list[str] = Field(default_factory=list)  # PEM public keys (cosign.pub)
+    identities: list[SignerIdentityConfig] = Field(default_factory=list)
+    trusted_root: str | None = None  # a trusted_root.json, or "public-good"
+
+    @model_validator(mode="after")
+    def _usable(self) -> VerifyConfig:
+        from warmer.oci.cosign import SignatureError, load_public_keys
+        from warmer.oci.keyless import load_trusted_root
+
+        try:
+            load_public_keys(self.keys)
+        except SignatureError as exc:
+            raise ValueError(f"keys: {exc}") from None
+        if self.trusted_root is not None and not self.identities:
+            raise ValueError(
+                "trusted_root: needs identities (who may sign); without them a certificate "
+                "of any identity the root's authority issued would pass"
+            )
+        if self.identities:
+            try:
+                load_trusted_root(self.trusted_root or "public-good")
+            except SignatureError as exc:
+                raise ValueError(f"trusted_root: {exc}") from None
+        return self
+
+
 class ArtifactsConfig(_Strict):
     """What is warmed with each image and what must verify: see warmer.warm.artifacts."""
 
     kinds: list[Literal["signatures", "attestations", "sbom", "all", "none"]] = ["signatures"]
     types: list[str] = Field(default_factory=list)  # more referrer artifactTypes to warm
     depth: int = Field(default=2, ge=0, le=4)
-    verify: dict[Literal["keys"], list[str]] = Field(default_factory=dict)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
 
     @model_validator(mode="after")
     def _usable(self) -> ArtifactsConfig:
         if "none" in self.kinds and len(self.kinds) > 1:
             raise ValueError("kinds: 'none' cannot be combined with other kinds")
-        if self.verify.get("keys"):
-            from warmer.oci.cosign import SignatureError, load_public_keys
-
-            try:
-                load_public_keys(self.verify["keys"])
-            except SignatureError as exc:
-                raise ValueError(f"verify.keys: {exc}") from None
         return self
 
 
@@ -543,37 +567,11 @@ def _check_host(v: str) -> str:
     return v
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part.startswith("function-") or part in ("function-after", "function-before"):
-            continue
-        elif not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", part):  # a quoted TOML key: quoted here
-            out += f"[{_show(part)}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _messages(exc: ValidationError) -> Iterator[str]:
-    for err in exc.errors():
-        where = _loc(tuple(err["loc"]))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"].endswith("_type") and "input" in err:
-            # The type given, never the value (it may be a secret written in the wrong place).
-            msg += f" (got {_TOML.get(type(err['input']).__name__, 'another type')})"
-        yield f"{where}: {msg}" if where else msg
-
-
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        lines = list(_messages(exc))
+        lines = list(messages(exc))
         text = "; ".join(lines)
         for c in "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029":  # one line, whatever keys hold
             text = text.replace(c, repr(c)[1:-1])

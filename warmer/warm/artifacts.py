@@ -10,7 +10,7 @@ Kinds (``regions.NAME.artifacts.kinds``)
     signatures as OCI 1.1 referrers), ``attestations`` (``.att``; in-toto / DSSE
     referrers), ``sbom`` (``.sbom``; SPDX / CycloneDX / syft referrers), ``all``, ``none``.
     Default ``["signatures"]``. ``types`` allow-lists more referrer ``artifactType`` values.
-    A verifying policy (``verify.keys``) implies ``signatures``.
+    A verifying policy (``verify.keys``, ``verify.identities``) implies ``signatures``.
 
 What is looked for
     For each digest of the image (its index and the selected platform manifests): one tag
@@ -44,6 +44,7 @@ from warmer.oci.cosign import (
     load_public_keys,
     signature_layers,
 )
+from warmer.oci.keyless import PUBLIC_GOOD, KeylessPolicy, SignerIdentity
 from warmer.warm.plan import Blob, Plan
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class ArtifactPolicy:
     types: frozenset[str] = frozenset()
     depth: int = 2
     keys: tuple[PublicKey, ...] = ()
+    keyless: KeylessPolicy | None = None
 
     @classmethod
     def from_config(cls, config: ArtifactsConfig) -> ArtifactPolicy:
@@ -97,10 +99,15 @@ class ArtifactPolicy:
         if "all" in kinds:
             kinds = set(KINDS)
         kinds.discard("none")
-        keys = tuple(load_public_keys(config.verify.get("keys", [])))
-        if keys:
+        verify = config.verify
+        keys = tuple(load_public_keys(verify.keys))
+        keyless = None
+        if verify.identities:
+            who = [SignerIdentity(i.identity, i.issuer) for i in verify.identities]
+            keyless = KeylessPolicy.load(verify.trusted_root or PUBLIC_GOOD, who)
+        if keys or keyless:
             kinds.add("signatures")
-        return cls(frozenset(kinds), frozenset(config.types), config.depth, keys)
+        return cls(frozenset(kinds), frozenset(config.types), config.depth, keys, keyless)
 
     @property
     def active(self) -> bool:
@@ -108,7 +115,7 @@ class ArtifactPolicy:
 
     @property
     def verifying(self) -> bool:
-        return bool(self.keys)
+        return bool(self.keys) or self.keyless is not None
 
     def tag_kinds(self) -> list[str]:
         """The kinds looked for as cosign tags, in cosign's order."""
@@ -192,32 +199,52 @@ def per_image(plan: Plan) -> dict[str, dict[str, int]]:
 
 def signature_verdict(
     signatures: Sequence[tuple[Mapping[str, Any], Mapping[str, bytes]]],
-    keys: Sequence[PublicKey],
+    policy: ArtifactPolicy,
     digest: str,
     repository: str,
     registries: Collection[str] = (),
+    bundles: Sequence[bytes] = (),
 ) -> str | None:
-    """None when one signature of ``digest`` verifies, else the reason none does.
+    """None when one signature of ``digest`` verifies under ``policy``, else the reason
+    none does.
 
     ``signatures``: each ``.sig`` manifest (parsed JSON) with its payloads by digest (the
-    payloads that could not be read are absent).
+    payloads that could not be read are absent), checked with the policy's keys;
+    ``bundles``: the sigstore bundles (JSON) attached to ``digest`` as referrers, checked
+    with its keyless policy.
     """
     reasons: list[str] = []
-    for manifest, payloads in signatures:
-        layers = signature_layers(manifest)
-        if not layers:
-            reasons.append("signature manifest has no cosign signature layer")
-        for layer in layers:
-            payload = payloads.get(layer.digest)
-            if payload is None:
-                reasons.append(f"payload {layer.digest} could not be read")
-                continue
+    if policy.keys:
+        for manifest, payloads in signatures:
+            layers = signature_layers(manifest)
+            if not layers:
+                reasons.append("signature manifest has no cosign signature layer")
+            for layer in layers:
+                payload = payloads.get(layer.digest)
+                if payload is None:
+                    reasons.append(f"payload {layer.digest} could not be read")
+                    continue
+                try:
+                    check_signature(
+                        payload, layer.signature, policy.keys, digest, repository, registries
+                    )
+                except SignatureError as exc:
+                    reasons.append(str(exc))
+                    continue
+                return None
+    if policy.keyless is not None:
+        for body in bundles:
             try:
-                check_signature(payload, layer.signature, keys, digest, repository, registries)
+                policy.keyless.check(body, digest)
             except SignatureError as exc:
                 reasons.append(str(exc))
                 continue
             return None
     if not reasons:
-        return "unsigned: no cosign signature found"
+        wanted = " or ".join(
+            what
+            for what, on in (("cosign signature", policy.keys), ("sigstore bundle", policy.keyless))
+            if on
+        )
+        return f"unsigned: no {wanted or 'signature'} found"
     return "; ".join(dict.fromkeys(reasons))

@@ -20,8 +20,9 @@ it answers 404 (CNCF distribution 2.8, as a registry or a proxy, sends a plain-t
 API: ``Discovery(client, policy, spend=None, probe=None)``; ``await discovery.find(
 repository, digests, upstream_repository=None)`` returns the
 :class:`~warmer.warm.artifacts.Artifact` list;
-``await discovery.verdict(repository, digest, artifacts, registries)`` is None when the
-image's cosign signature verifies with the policy's keys, else the reason. ``spend(n)``
+``await discovery.verdict(repository, digest, artifacts, registries)`` is None when a
+signature of the image verifies under the policy (a cosign ``.sig`` with its keys, or a
+keyless sigstore bundle referrer), else the reason. ``spend(n)``
 is awaited before each manifest request (the upstream rate-limit reserve): it returns False
 to stop, and then :class:`OutOfRequests` is raised.
 """
@@ -36,6 +37,7 @@ from typing import Any
 
 from warmer.oci.auth import repository_scope
 from warmer.oci.cosign import MAX_PAYLOAD, artifact_tag, fallback_tag, signature_layers
+from warmer.oci.keyless import MAX_BUNDLE, is_bundle_type
 from warmer.oci.manifest import OCI_INDEX, Manifest
 from warmer.oci.registry import NotFound, RegistryClient, RegistryError
 from warmer.oci.validate import InvalidValue, check_digest, check_media_type, check_size
@@ -244,6 +246,18 @@ class Discovery:
                     subjects.append(a.digest)  # an SBOM's or attestation's own signatures
         return out
 
+    async def _read(self, repository: str, digest: str, size: int, limit: int) -> bytes | None:
+        """A small blob's bytes (verified against its digest by the client), or None."""
+        chunks: list[bytes] = []
+        try:
+            await self.client.fetch_blob(
+                repository, digest, sink=chunks.append, size=min(size, limit)
+            )
+        except RegistryError as exc:
+            log.debug("%s@%s: unreadable: %s", repository, digest, exc)
+            return None
+        return b"".join(chunks)
+
     async def verdict(
         self,
         repository: str,
@@ -251,25 +265,25 @@ class Discovery:
         artifacts: Sequence[Artifact],
         registries: Collection[str] = (),
     ) -> str | None:
-        """None when a cosign ``.sig`` of ``digest`` verifies with the policy's keys, else
-        why not. Reads each signature's payload blobs (a few hundred bytes each)."""
-        signatures = [a for a in artifacts if a.subject == digest and a.kind == "signatures"
-                      and a.tag is not None]  # fmt: skip
+        """None when a signature of ``digest`` verifies under the policy (a cosign ``.sig``
+        with its keys, a sigstore bundle referrer with its keyless identities), else why
+        not. Reads each signature's payload blobs and each bundle (a few KB each)."""
         found: list[tuple[Mapping[str, Any], Mapping[str, bytes]]] = []
-        for a in signatures:
-            payloads: dict[str, bytes] = {}
-            for layer in signature_layers(a.data):
-                chunks: list[bytes] = []
-                try:
-                    await self.client.fetch_blob(
-                        repository,
-                        layer.digest,
-                        sink=chunks.append,
-                        size=min(layer.size, MAX_PAYLOAD),
-                    )
-                except RegistryError as exc:
-                    log.debug("%s@%s: payload unreadable: %s", repository, layer.digest, exc)
-                    continue
-                payloads[layer.digest] = b"".join(chunks)
-            found.append((a.data, payloads))
-        return signature_verdict(found, self.policy.keys, digest, repository, registries)
+        bundles: list[bytes] = []
+        for a in artifacts:
+            if a.subject != digest or a.kind != "signatures":
+                continue
+            if a.tag is not None and self.policy.keys:
+                payloads: dict[str, bytes] = {}
+                for layer in signature_layers(a.data):
+                    body = await self._read(repository, layer.digest, layer.size, MAX_PAYLOAD)
+                    if body is not None:
+                        payloads[layer.digest] = body
+                found.append((a.data, payloads))
+            elif a.tag is None and self.policy.keyless and is_bundle_type(a.artifact_type):
+                for blob in a.blobs:
+                    if is_bundle_type(blob.media_type):
+                        body = await self._read(repository, blob.digest, blob.size, MAX_BUNDLE)
+                        if body is not None:
+                            bundles.append(body)
+        return signature_verdict(found, self.policy, digest, repository, registries, bundles)
