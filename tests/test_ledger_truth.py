@@ -179,11 +179,16 @@ def test_two_runs_of_one_region_at_once(chain: Chain) -> None:
     first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # The second starts once the first holds the region (bounded wait on the lease table).
     ledger = chain.ledger()
-    for _ in range(200):
+    # (Bounded at 60 s: a loaded machine can take seconds to start the first process; if
+    # the second started before the lease existed, it would race the first, not meet it.)
+    for _ in range(1200):
         with ledger.engine.connect() as conn:
             if conn.exec_driver_sql("SELECT 1 FROM job_lease WHERE name = 'run:eu'").first():
                 break
+        assert first.poll() is None, "the first run ended before it was seen holding eu"
         time.sleep(0.05)
+    else:
+        pytest.fail("the first run did not take the region's lease in 60 s")
     second = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     out, err = first.communicate(timeout=120)
     assert first.returncode == 0, err
