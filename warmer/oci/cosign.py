@@ -28,8 +28,8 @@ Public API (used by discovery, the verifying policy, and by refresh/verify/expor
 Verification is what ``cosign verify --key`` checks offline for a key-based signature: the
 signature over the payload bytes verifies with the key (ECDSA P-256 over SHA-256, DER; or
 Ed25519 over the bytes), the payload's type is cosign's, its digest is the image's, and its
-docker-reference names the expected repository. Transparency-log (Rekor) bundles and keyless
-certificates are not checked here.
+docker-reference names the expected repository. Keyless sigstore bundles (Fulcio
+certificates, Rekor entries) are :mod:`warmer.oci.keyless`'s.
 """
 
 from __future__ import annotations
