@@ -8,7 +8,7 @@ functions of ``warmer.warm.policy``; this module does the I/O and reads the cloc
   (the mirror's ``link.concurrency``);
 * a pacer per mirror's parent *link* (``warmer.warm.pacing``), shared by its instances:
   a request's ``parent_cost`` (a cold blob is pulled twice by distribution 2.8) is paid in
-  time, the mirror's full-speed background store when it starts, our read as it arrives;
+  time when it starts, our read held until it has arrived (``paid_request``);
 * never two requests for the same digest through the same mirror instance at once, and
   none until the mirror has presumably stored the last one: CNCF distribution 2.8 stores a
   cold blob in a background fetch that may end a second after our read, and while it runs
@@ -65,7 +65,7 @@ from warmer.store.ledger import (
 )
 from warmer.store.writer import LedgerWriter
 from warmer.warm import policy
-from warmer.warm.pacing import LinkPacer, paced
+from warmer.warm.pacing import LinkPacer, paced, paid_request
 from warmer.warm.policy import CONFIRM_TRIES, SETTLE
 from warmer.warm.reserve import RateReserve
 from warmer.warm.resolve import Learned
@@ -149,7 +149,9 @@ class Executor:
             # All instances of a mirror pull over the same parent link: one bucket for them.
             bucket = self._buckets.get(mirror)
             if bucket is None and m.link.bandwidth:
-                bucket = self._buckets[mirror] = LinkPacer(m.link.bandwidth)
+                bucket = self._buckets[mirror] = LinkPacer(
+                    m.link.bandwidth, defer_big=self.deadline is None
+                )
             slots = policy.lane_slots(m.link.concurrency)
             lane = Lane(
                 mirror=mirror,
@@ -348,18 +350,16 @@ class Executor:
         elif share == "bulk":
             gate = lane.bulk_slots.hold(key)
         async with gate, lane.slots.hold(key):
-            bucket = lane.bucket
-            charge = policy.link_charge(item.parent_cost, capped=bucket is not None)
-            if bucket is not None and charge:
-                if not self._before(until, item):
-                    return "pending"
-                # Its key now: a part of the plan that joined meanwhile may have changed it.
-                await bucket.start(item, charge, self._rank[item.seq])
-            if not self._before(until, item):
-                # The link was busy until past the deadline: no blob starts after it.
+            charge = policy.link_charge(item.parent_cost, capped=lane.bucket is not None)
+            if charge and not self._before(until, item):
                 return "pending"
-            started = time.monotonic()
-            state = await self._fetch(item, lane, until)
+            # Its key now: a part of the plan that joined meanwhile may have changed it.
+            async with paid_request(lane.bucket, item, charge, self._rank[item.seq]):
+                if not self._before(until, item):
+                    # The link was busy until past the deadline: no blob starts after it.
+                    return "pending"
+                started = time.monotonic()
+                state = await self._fetch(item, lane, until)
             if state == "done" and item.kind == "blob":
                 now = time.monotonic()
                 lane.busy_until[item.digest] = policy.busy_after_read(

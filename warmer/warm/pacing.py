@@ -3,23 +3,48 @@
 What a request costs the parent link is modelled in *time*, not only in bytes. A cold blob
 through CNCF distribution 2.8 crosses the link twice (``parent_cost``): once in the
 mirror's background store, which starts with the request and runs at the link's full
-speed whatever we do, and once in the copy streamed to us, which our reads can throttle
-(except the part the mirror and the sockets buffer ahead of our reads, ``READ_AHEAD``).
-So a request is charged its *lump* (the background store and the read-ahead) when it
-starts, spread over the time the link takes to carry it (the link's speed is learnt
-from the first transfers, read unthrottled: ``LinkSpeed``), and the rest of our read
-chunk by chunk as it arrives.
+speed whatever we do, and once in the copy streamed to us. We choose only when each
+request starts (and how fast we read our copy); the pacer admits a start when the bytes
+it will put on the link fit in every window of ``WINDOWS``, a window of ``w`` seconds
+carrying at most ``rate x (w + burst)``.
 
-:class:`LinkWindows` (pure: times are passed in) admits bytes so that every sliding
-window of ``WINDOWS`` carries at most ``rate x (window + burst)``, and it
-does so exactly for what it was told: each window counts what was admitted in it, lumps
-in pieces over their predicted time on the link. Allowances: 1 s windows 1.5 x the cap,
-5 s and 10 s windows 1.02 and 1.01 x the cap. A lump larger than a window's allowance (a
-single blob whose background store alone exceeds it) is the one unavoidable excess: it
-starts only when that window is empty, so such a window holds that object and nothing else.
+When the bytes land: the link carries what was admitted one request after the other
+(``landing``: after the first answer's lag and after what it carries already, at the
+speed learnt from the first transfers, ``LinkSpeed``; concurrent transfers share it, but
+a busy link delivers the same bytes by the same time either way). :class:`LinkWindows`
+counts each piece in every window from its admission until the window has passed its
+predicted end, so a piece landing *earlier* than predicted is still counted, and only one
+landing later could slip past: every prediction leans late. The speed is a lower bound
+(measured from admission, so including the wait for the first bytes; the cap while
+unknown: a link slower than the cap holds it by itself).
+
+Our copy is the part no prediction covers: the socket buffers between the parent and us
+(the mirror's two, ours; Linux autotunes them to tens of MB on a connection that carried
+fast reads: one benchmark run saw a 43 MB read all sent before we read any of it) take in
+any part of it at the link's speed whatever our pace. So the long windows (``LONG`` and
+up: 5 s and 10 s) *hold* each request's read from its start until we have read it (a byte
+cannot land after we read it): they stay within the cap whatever the buffers do. A short
+window cannot hold a read longer than its allowance (it would never fit); there, our read
+is paced instead, assuming the parent runs ``READ_AHEAD`` ahead of it (measured on a fresh
+connection): best effort, which holds when the buffers are no bigger than that. So a start
+is charged its *lump* in the short windows (the store and the read-ahead), its store and
+its held read in the long ones; a read chunk is charged in the short windows only, and
+releases its bytes from the long windows' hold as landed now.
+
+Allowances: 1 s windows 2 x the cap, 5 s and 10 s windows 1.03 and 1.02 x the cap. A
+lump larger than a window's allowance (a single blob whose background store alone exceeds
+it) is the one unavoidable excess: it starts only when that window is empty, so such a
+window holds that object and nothing else. Its cost is idle time: a 5 s window that must
+take an 87 MB blob whole (cap 20 MB/s: 103 MB allowed) carries little else for about 5 s
+before it and 5 s after it.
 :class:`LinkPacer` is its asynchronous face, shared by every worker on one link: waiters
 are served by ``priority`` (lowest first, then arrival), starts before reads, and a
-waiter that cannot fit holds the others back (a big lump would starve otherwise).
+waiter that cannot fit holds the others back (a big lump would starve otherwise), but
+for reads while it waits for the long windows (reads only use the short ones, and the
+bytes a long window holds for a read are released only by reading it), and but for a
+start that fills most of a long window in a run without a deadline (``defer_big``: size,
+not plan order, decides there): it goes when the windows drain, at the latest at the
+end of the run, where no window after it is left nearly idle.
 
 Hand-written because the rate limiters on PyPI count requests or enforce one window,
 not byte amounts of very different sizes over several windows at once.
@@ -29,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import heapq
 import itertools
 import logging
@@ -36,7 +62,7 @@ import math
 import statistics
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from warmer.store.ledger import RunItem
@@ -45,147 +71,247 @@ from warmer.warm.slots import Priority
 log = logging.getLogger("warmer.warm.pacing")
 
 # The sliding windows held within the cap: (window, burst), both in seconds: a window may
-# carry rate x (window + burst). 1 s windows get a wider burst: one blob's lump (its
-# background store and read-ahead) is often bigger than a tenth of a second of the cap.
-# The longer ones keep a margin for what the model cannot see (when exactly the parent
-# sends what it was asked for).
-WINDOWS: tuple[tuple[float, float], ...] = ((1.0, 0.5), (5.0, 0.1), (10.0, 0.1))
+# carry rate x (window + burst). 1 s windows get a wide burst, a second of the cap: one
+# blob's lump (its background store and read-ahead) is often bigger than a tenth of a
+# second of the cap, and a lump is counted from its admission to a window past its
+# predicted end (the wait for its first bytes, its place behind what the link carries
+# already and its time on the link: as long as the window itself), so a narrower one
+# would hold the link under the cap. The longer ones keep a margin (the target: 5 %) for
+# what the model cannot see (a clock step, a burst of the link's own buffers).
+WINDOWS: tuple[tuple[float, float], ...] = ((1.0, 1.0), (5.0, 0.15), (10.0, 0.2))
+# Windows of at least this many seconds hold a read's bytes from its start until read;
+# shorter ones pace the read (see the module).
+LONG = 2.0
 # Bytes of our read that the sockets between the parent and us (the mirror's two, ours)
 # take in at link speed whatever our pace: measured on Linux loopback through distribution
 # 2.8 with autotuned buffers, 10 MB on a fresh connection and up to 17 MB on one that
-# carried fast reads before. Reads shorter than this are part of the lump.
+# carried fast reads before (more at times: the long windows do not rely on it). Reads
+# shorter than this are part of the lump.
 READ_AHEAD = 20 << 20
 PIECE = 1 << 20  # a lump is recorded in pieces of at most this many bytes ...
 PIECE_S = 0.05  # ... and at most this many seconds of its time on the link
-PROBE_MIN = 4 << 20  # link bytes (twice) of a whole read that measures the link's speed
+PROBE_MIN = 4 << 20  # bytes of a whole read that measures the link's speed
 MAX_LAG = 1.0  # seconds: the longest first answer counted in a burst's predicted time
+BIG = 0.5  # a start needing more than this share of a long window's allowance fills it
+RECHECK = 0.25  # seconds: the longest nap while only reads in progress can make room
 READ: Priority = (1 << 30,)  # reads queue behind every start (whose keys are tuples)
+
+
+class _Window:
+    """One sliding window: its pieces (end, bytes) sorted by end, from ``first`` on those
+    not yet past, their sum, and the bytes it holds for reads in progress."""
+
+    def __init__(self, length: float, allowance: float) -> None:
+        self.length = length
+        self.allowance = allowance
+        self.pieces: list[tuple[float, float]] = []
+        self.first = 0
+        self.sum = 0.0
+        self.held = 0.0
+
+    def add(self, end: float, n: float) -> None:
+        i = bisect.bisect_right(self.pieces, (end, n))
+        self.pieces.insert(i, (end, n))
+        if i < self.first:
+            self.first += 1  # it had left the window already
+        else:
+            self.sum += n
+
+    def expire(self, now: float) -> None:
+        i, s = self.first, self.sum
+        while i < len(self.pieces) and self.pieces[i][0] <= now - self.length:
+            s -= self.pieces[i][1]
+            i += 1
+        self.first, self.sum = i, max(0.0, s)
+        if i > 4096:  # the window has moved past them
+            del self.pieces[:i]
+            self.first = 0
+
+    def fits_at(self, now: float, n: float) -> float:
+        """When ``n`` more bytes fit (``now``: at once; ``inf``: not before a hold ends)."""
+        allowed = self.allowance
+        # Too big for the window on its own: it goes alone.
+        over = self.sum + self.held + min(n, allowed) - allowed
+        if over <= 1e-6:
+            return now
+        if over > self.sum + 1e-6:
+            return math.inf  # only what the reads in progress release can make room
+        shed, i = 0.0, self.first
+        while i < len(self.pieces):
+            shed += self.pieces[i][1]
+            if shed >= over - 1e-6:
+                break
+            i += 1
+        end = self.pieces[min(i, len(self.pieces) - 1)][0]
+        return end + self.length + 1e-6
 
 
 class LinkWindows:
     """The bytes admitted on one link, and when more may go (pure: ``now`` is passed in).
 
-    An admission of ``n`` bytes at ``now`` spanning ``span`` seconds is recorded as
-    pieces ending over ``(now, now + span]``; a window ``(t - w, t]`` counts every piece
-    that ends after ``t - w``, pieces still to come too: counted early, a lump cannot be
-    joined by another in a window it may still reach (conservative: on a link no faster
-    than the cap, it under-admits a little).
+    An admission is recorded as pieces ending over its predicted time on the link; a
+    window ``(t - w, t]`` counts every piece that ends after ``t - w``, pieces still to come
+    too: counted early, a lump cannot be joined by another in a window it may still reach,
+    and it is counted wherever it lands between its admission and its predicted end.
+    Amounts may differ between the short windows and the long ones (``long``), and the
+    long ones may *hold* bytes (a read in progress) until they are released as landed.
     """
 
-    def __init__(self, rate: float, windows: tuple[tuple[float, float], ...] = WINDOWS):
+    def __init__(
+        self,
+        rate: float,
+        windows: tuple[tuple[float, float], ...] = WINDOWS,
+        long_from: float = LONG,
+    ):
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.rate = float(rate)
         self.windows = tuple(sorted(w for w, _ in windows))
         self.allowance = {w: self.rate * (w + burst) for w, burst in windows}
-        self._pieces: list[tuple[float, float]] = []  # (end, bytes), sorted by end
-        self._first = {w: 0 for w in self.windows}  # index of the first piece in each window
-        self._sums = {w: 0.0 for w in self.windows}
-
-    def _add(self, end: float, n: float) -> None:
-        i = bisect.bisect_right(self._pieces, (end, n))
-        self._pieces.insert(i, (end, n))
-        for w in self.windows:
-            if i < self._first[w]:
-                self._first[w] += 1  # it had left that window already
-            else:
-                self._sums[w] += n
+        self._all = [_Window(w, self.allowance[w]) for w in self.windows]
+        self._long = [x for x in self._all if x.length >= long_from]
+        self._short = [x for x in self._all if x.length < long_from]
+        self.short_max = max((x.length for x in self._short), default=0.0)
+        self.long_min = min((x.allowance for x in self._long), default=math.inf)
 
     def _expire(self, now: float) -> None:
-        for w in self.windows:
-            i, s = self._first[w], self._sums[w]
-            while i < len(self._pieces) and self._pieces[i][0] <= now - w:
-                s -= self._pieces[i][1]
-                i += 1
-            self._first[w], self._sums[w] = i, max(0.0, s)
-        drop = self._first[self.windows[-1]]
-        if drop > 4096:  # every window has moved past them
-            del self._pieces[:drop]
-            self._first = {w: i - drop for w, i in self._first.items()}
+        for x in self._all:
+            x.expire(now)
 
     def in_window(self, now: float, window: float) -> float:
+        """The bytes counted in the window of ``window`` seconds ending at ``now``."""
         self._expire(now)
-        return self._sums[window]
+        x = self._all[self.windows.index(window)]
+        return x.sum + x.held
 
-    def wait(self, now: float, n: float) -> float:
-        """Seconds from ``now`` until ``n`` bytes fit in every window (0: now)."""
+    def wait(self, now: float, n: float, long: float | None = None) -> float:
+        """Seconds from ``now`` until ``n`` bytes fit in every short window and ``long``
+        (default ``n``) in every long one (0: now; ``inf``: not before a hold is released)."""
+        return max(self.waits(now, n, long))
+
+    def waits(self, now: float, n: float, long: float | None = None) -> tuple[float, float]:
+        """:meth:`wait` for the short windows and for the long ones, apart."""
         self._expire(now)
-        until = now
-        for w in self.windows:
-            allowed = self.allowance[w]
-            # Too big for the window on its own: it goes alone.
-            over = self._sums[w] + min(n, allowed) - allowed
-            if over <= 1e-6:
+        more = n if long is None else long
+        short_until = long_until = now
+        for x in self._short:
+            if n > 0:
+                short_until = max(short_until, x.fits_at(now, n))
+        for x in self._long:
+            if more > 0:
+                long_until = max(long_until, x.fits_at(now, more))
+        return short_until - now, long_until - now
+
+    def record(
+        self,
+        now: float,
+        n: float,
+        span: float = 0.0,
+        *,
+        after: float = 0.0,
+        long: float | None = None,
+    ) -> None:
+        """Admit ``n`` bytes (``long`` in the long windows, default ``n``) at ``now``, on the
+        link over ``(now + after, now + after + span]``."""
+        self._expire(now)
+        for group, k in ((self._short, n), (self._long, n if long is None else long)):
+            if k <= 0:
                 continue
-            shed, i = 0.0, self._first[w]
-            while i < len(self._pieces):
-                shed += self._pieces[i][1]
-                if shed >= over - 1e-6:
-                    break
-                i += 1
-            end = self._pieces[min(i, len(self._pieces) - 1)][0]
-            until = max(until, end + w + 1e-6)
-        return until - now
+            parts = max(1, math.ceil(k / PIECE), math.ceil(span / PIECE_S))
+            for j in range(parts):
+                end = now + after + span * (j + 1) / parts
+                for x in group:
+                    x.add(end, k / parts)
 
-    def record(self, now: float, n: float, span: float = 0.0) -> None:
-        """Admit ``n`` bytes at ``now``, on the link over the next ``span`` seconds."""
-        if n <= 0:
-            return
+    def hold(self, n: float) -> None:
+        """The long windows count ``n`` more bytes (a read's) until they are released."""
+        for x in self._long:
+            x.held += n
+
+    def release(self, now: float, n: float) -> None:
+        """``n`` held bytes have landed by ``now``: they count as a piece ending now."""
         self._expire(now)
-        k = max(1, math.ceil(n / PIECE), math.ceil(span / PIECE_S))
-        for j in range(k):
-            self._add(now + span * (j + 1) / k, n / k)
+        for x in self._long:
+            x.held = max(0.0, x.held - n)
+            x.add(now, n)
+
+
+def landing(now: float, n: float, lag: float, speed: float, busy: float) -> tuple[float, float]:
+    """Pure: when the link carries ``n`` bytes asked for at ``now``: after the first
+    answer's ``lag`` and after what it carries until ``busy``, at ``speed`` bytes/s."""
+    first = max(now + lag, busy)
+    return first, first + n / speed
 
 
 class LinkSpeed:
     """The link's speed, learnt from the reads that ran unthrottled beside the mirror's
-    store (those the read-ahead takes whole): from our
-    first byte of a request to our last, the link carried the rest of its cost (both
-    copies flow side by side) and that of every such request read within that time. The
-    fastest observed counts, never below ``floor`` (the cap: a link slower than the cap
-    holds it by itself). Traffic not counted (paced reads) or a busy client only make it
-    measure less than the link's speed, which predicts longer bursts: the safe side.
-    ``answered`` learns the lag between asking and the first bytes (the median counts)."""
+    store (those the read-ahead takes whole): from the request's admission to our last
+    byte, the link carried at least our copy, and that of every such request admitted
+    and read within that time. Not the store: measured at the benchmark's front, it often
+    ends well after our read (counting it measured up to twice the link's speed). Each
+    observation includes the wait for the first bytes, and the store beside it, traffic
+    not counted (paced reads) or a busy client only make it measure less than the link's
+    speed: the safe side, since a later landing is predicted. Not the fastest observed
+    but the median of the recent ones counts: a short read that a burst of the link's own
+    buffers carries (a token bucket's, a queue's) measures more than the link's speed.
+    ``bytes_per_s`` is never below ``floor`` (the cap: a link slower than the cap holds it
+    by itself), and the floor while nothing was measured. ``answered`` learns the lag
+    between asking and the first bytes (the median counts too)."""
 
     def __init__(self, floor: float = 0.0) -> None:
         self.floor = floor
-        self.bytes_per_s: float | None = None
+        self.measured: float | None = None
         self.observed = 0
         self._recent: deque[tuple[float, float, float]] = deque(maxlen=64)
         self._lags: deque[float] = deque(maxlen=32)
+        self._speeds: deque[float] = deque(maxlen=32)
 
-    def finished(self, started: float, ended: float, link_bytes: float) -> None:
-        """A request that cost the link ``link_bytes`` ran from ``started`` to ``ended``."""
-        self._recent.append((started, ended, link_bytes))
-        if link_bytes < 2 * PROBE_MIN or ended <= started:
-            return  # short transfers measure the buffers on the way, not the link
+    @property
+    def bytes_per_s(self) -> float:
+        return max(self.measured or 0.0, self.floor)
+
+    def finished(self, started: float, ended: float, read: float) -> None:
+        """A request admitted at ``started`` had its ``read`` bytes (our copy) read to the
+        end at ``ended``."""
+        self._recent.append((started, ended, read))
+        if read < PROBE_MIN or ended <= started:
+            return  # short transfers measure the round trip, not the link
         nested = sum(b for s, e, b in self._recent if s >= started and e <= ended)
         self.observed += 1
-        speed = max(nested / (ended - started), self.floor)
-        if self.bytes_per_s is None or speed > self.bytes_per_s * 1.05:
-            self.bytes_per_s = speed
+        self._speeds.append(nested / (ended - started))
+        speed = statistics.median(self._speeds)
+        if self.measured is None or abs(speed - self.measured) > 0.05 * self.measured:
             log.info("parent link: measured %.1f MB/s", speed / 1e6)
+        self.measured = speed
 
     def answered(self, seconds: float) -> None:
         """A request's first bytes came ``seconds`` after it was admitted."""
         self._lags.append(min(seconds, MAX_LAG))
 
-    def span(self, n: float) -> float:
-        """Seconds until the link has carried ``n`` bytes asked for now: the slowest recent
-        first answer, then ``n`` at the measured speed (all at once while unknown)."""
-        lag = statistics.median(self._lags) if self._lags else 0.0
-        return lag + (n / self.bytes_per_s if self.bytes_per_s else 0.0)
+    @property
+    def lag(self) -> float:
+        """The usual wait for a request's first bytes (0 while unknown)."""
+        return statistics.median(self._lags) if self._lags else 0.0
 
 
 @dataclass(frozen=True)
 class Charge:
     """How a request's cost on the link is paid: ``lump`` when it starts, ``paced`` as our
     read arrives (after its first ``prepaid`` bytes). A read with nothing paced runs
-    unthrottled: it measures the link."""
+    unthrottled: it measures the link. The store is ``lump - prepaid``, our read
+    ``prepaid + paced`` (what the long windows hold)."""
 
     lump: int
     paced: int
     prepaid: int
+
+    @property
+    def store(self) -> int:
+        return self.lump - self.prepaid
+
+    @property
+    def read(self) -> int:
+        return self.prepaid + self.paced
 
 
 def split_charge(size: int, charge: int) -> Charge:
@@ -205,9 +331,21 @@ class _Reader:
     whole: bool  # all of it paid up front (read unthrottled)
     link_bytes: int
     started: float
+    held: int  # bytes the long windows still hold for it
     read: int = 0
-    first: float = 0.0  # when its first bytes came
-    first_bytes: int = 0
+
+
+@dataclass(eq=False)
+class _Ask:
+    """A waiter's bytes: ``n`` in the short windows, ``long`` in the long ones, ``held``
+    more held there; ``link_bytes`` its time on the link (0: lands now)."""
+
+    n: float
+    long: float
+    held: float
+    link_bytes: float
+    start: bool
+    paid: asyncio.Future[None]
 
 
 class LinkPacer:
@@ -219,14 +357,18 @@ class LinkPacer:
         windows: tuple[tuple[float, float], ...] = WINDOWS,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        *,
+        defer_big: bool = False,
     ) -> None:
         self.window = LinkWindows(rate, windows)
+        self.defer_big = defer_big  # see _serve (the run has no deadline: size decides)
         self.rate = self.window.rate
         self.speed = LinkSpeed(floor=self.rate)
         self._clock = clock
         self._sleep = sleep  # injectable with the clock, so tests run on a fake time line
-        # (priority, arrival, bytes, span, is_start, future): served best first.
-        self._waiters: list[tuple[Priority, int, float, float, bool, asyncio.Future[None]]] = []
+        self._busy = 0.0  # until when the link carries what was admitted (predicted)
+        # (priority, arrival, ask): served best first.
+        self._waiters: list[tuple[Priority, int, _Ask]] = []
         self._arrivals = itertools.count()
         self._arrived = asyncio.Event()
         self._server: asyncio.Task[None] | None = None
@@ -234,93 +376,195 @@ class LinkPacer:
         self.taken = 0
 
     async def start(self, item: RunItem, charge: int, priority: Priority) -> None:
-        """Pay what ``item``'s request costs the link up front (its lump); its read is
-        paced afterwards by :meth:`read`."""
+        """Pay what ``item``'s request costs the link up front (its lump; in the long
+        windows its store and a hold on its read); its read is paced by :meth:`read`,
+        and :meth:`finish` releases what it did not read."""
         size = item.size if item.kind == "blob" else 0
         split = split_charge(size, charge)
-        await self.take(split.lump, priority, span=self.speed.span(split.lump), start=True)
-        if size and charge:
-            reader = _Reader(size, split.prepaid, split.paced == 0, charge, self._clock())
+        self.finish(item.seq)  # a retry: the earlier attempt is over
+        await self.take(
+            split.lump, priority, long=split.store, held=split.read, link_bytes=charge, start=True
+        )
+        if split.read:
+            whole = split.paced == 0
+            reader = _Reader(size, split.prepaid, whole, charge, self._clock(), split.read)
             self._readers[item.seq] = reader
 
     async def read(self, seq: int, n: int) -> None:
-        """``n`` more bytes of item ``seq``'s read arrived: pay for what the parent sends in
-        their place (the buffers between it and us, ``prepaid`` bytes, stay full)."""
+        """``n`` more bytes of item ``seq``'s read arrived: they have crossed the link (the
+        long windows count them as landed now); pay, in the short windows, for what the
+        parent sends in their place (the buffers, ``prepaid`` bytes, stay full)."""
         reader = self._readers.get(seq)
         if reader is None:
             return  # nothing of it crosses the link, or all of it was paid
         before = reader.read
         reader.read += n
+        now = self._clock()
         if not before:
-            reader.first, reader.first_bytes = self._clock(), n
-            self.speed.answered(reader.first - reader.started)
+            self.speed.answered(now - reader.started)
+        self._release(reader, now, n)
         if reader.read >= reader.size:
             del self._readers[seq]
             if reader.whole:  # read unthrottled: it measures the link
-                # Both copies flow side by side from our first byte to our last.
-                rest = reader.link_bytes * (reader.size - reader.first_bytes) / reader.size
-                self.speed.finished(reader.first, self._clock(), rest)
+                read = min(reader.size, reader.link_bytes)
+                self.speed.finished(reader.started, now, read)
         if reader.whole:
             return
         # The buffers stay full: reading byte k lets the parent send byte k + prepaid now.
         ahead = reader.prepaid
         due = min(reader.read + ahead, reader.size) - min(before + ahead, reader.size)
         if due > 0:
-            await self.take(due, READ)
+            await self.take(due, READ, long=0)
 
-    async def take(
-        self, n: float, priority: Priority = 0, *, span: float = 0.0, start: bool = False
-    ) -> None:
-        """Admit ``n`` bytes on the link over ``span`` seconds, waiting (by priority, then
-        arrival) until every window has room."""
+    def finish(self, seq: int) -> None:
+        """Item ``seq``'s request is over (read or not): the long windows stop holding
+        what was not read, counted as landed now (a cut stream sent no more)."""
+        reader = self._readers.pop(seq, None)
+        if reader is not None:
+            self._release(reader, self._clock(), reader.held)
+
+    def _release(self, reader: _Reader, now: float, n: int) -> None:
+        n = min(n, reader.held)
         if n <= 0:
             return
-        if not self._waiters and self.window.wait(self._clock(), n) <= 0:
-            self._pay(n, span)
+        reader.held -= n
+        self.window.release(now, n)
+        if self._waiters:
+            self._arrived.set()  # room may have been made for a waiter held back by it
+
+    async def take(
+        self,
+        n: float,
+        priority: Priority = 0,
+        *,
+        long: float | None = None,
+        held: float = 0.0,
+        link_bytes: float = 0.0,
+        start: bool = False,
+    ) -> None:
+        """Admit ``n`` bytes on the link (``long`` in the long windows, default ``n``, and
+        ``held`` more held there), landing over the time the link takes to carry
+        ``link_bytes`` after what it carries already, waiting (by priority, then arrival)
+        until every window has room."""
+        long = n if long is None else long
+        if n <= 0 and long <= 0 and held <= 0:
+            return
+        if not self._waiters and self.window.wait(self._clock(), n, long + held) <= 0:
+            self._pay(n, long, held, link_bytes)
             return
         paid: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (priority, next(self._arrivals), n, span, start, paid))
+        ask = _Ask(n, long, held, link_bytes, start, paid)
+        heapq.heappush(self._waiters, (priority, next(self._arrivals), ask))
         if self._server is None or self._server.done():
             self._server = asyncio.create_task(self._serve())
         self._arrived.set()
         await paid  # cancelled: the server drops it unpaid
 
-    def _pay(self, n: float, span: float) -> None:
-        if span or n > PIECE:
-            log.debug("link: %.0f bytes over %.3fs at %.3f", n, span, self._clock())
-        self.window.record(self._clock(), n, span)
+    def _pay(self, n: float, long: float, held: float, link_bytes: float) -> None:
+        now = self._clock()
+        after = span = 0.0
+        if link_bytes:
+            speed = self.speed.bytes_per_s
+            first, last = landing(now, link_bytes, self.speed.lag, speed, self._busy)
+            self._busy = last
+            after, span = first - now, last - first
+            log.debug("link: %.0f bytes over (%.3f, %.3f] at %.3f", n, after, span, now)
+        self.window.record(now, n, span, after=after, long=long)
+        self.window.hold(held)
         self.taken += int(n)
 
     def reprioritize(self, update: Callable[[Priority], Priority]) -> None:
         """Give every waiting start the priority ``update`` maps its own to (reads keep
         theirs); see PrioritySlots."""
-        self._waiters = [
-            (update(p) if s else p, a, n, span, s, paid) for p, a, n, span, s, paid in self._waiters
-        ]
+        self._waiters = [(update(p) if ask.start else p, a, ask) for p, a, ask in self._waiters]
         heapq.heapify(self._waiters)
         self._arrived.set()  # the best waiter may have changed
 
     async def _serve(self) -> None:
-        """Admit the best waiter as soon as it fits; look again on arrivals."""
+        """Admit the best waiter as soon as it fits; look again on arrivals and releases."""
         while self._waiters:
-            _, _, n, span, _, paid = self._waiters[0]
-            if paid.done():  # its taker was cancelled
+            ask = self._waiters[0][2]
+            if ask.paid.done():  # its taker was cancelled
                 heapq.heappop(self._waiters)
                 continue
-            delay = self.window.wait(self._clock(), n)
+            now = self._clock()
+            short, long = self.window.waits(now, ask.n, ask.long + ask.held)
+            delay = max(short, long)
             if delay <= 0:
                 heapq.heappop(self._waiters)
-                self._pay(n, span)
-                paid.set_result(None)
+                self._pay(ask.n, ask.long, ask.held, ask.link_bytes)
+                ask.paid.set_result(None)
                 continue
+            # It waits for the long windows at least as long as a read admitted now stays
+            # in the short ones: reads go meanwhile, or as soon as one fits (they only use
+            # the short windows, and what the long ones hold for a read only its reading
+            # releases). A start that fills most of a long window holds no one back when
+            # it may be deferred: holding the others back would idle the link for about a
+            # window before it, and it goes when the windows drain, at the latest once the
+            # rest of the run's work is done (no window after it is then left nearly idle).
+            held_back: Callable[[_Ask], bool] | None = None
+            if self.defer_big and self._fills_long(ask):
+                held_back = self._fills_long
+            elif long >= self.window.short_max:
+                held_back = _not_read
+            if held_back is not None:
+                admitted, fits = self._admit_passing(now, held_back)
+                if admitted:
+                    continue
+                delay = min(delay, fits)
             self._arrived.clear()
-            nap = asyncio.ensure_future(self._sleep(delay))
+            nap = asyncio.ensure_future(self._sleep(delay if delay < math.inf else RECHECK))
             arrival = asyncio.ensure_future(self._arrived.wait())
             try:
                 await asyncio.wait({nap, arrival}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 for task in (nap, arrival):
                     task.cancel()
+
+    def _fills_long(self, ask: _Ask) -> bool:
+        return ask.start and ask.long + ask.held > BIG * self.window.long_min
+
+    def _admit_passing(self, now: float, held_back: Callable[[_Ask], bool]) -> tuple[bool, float]:
+        """Admit the waiters that fit, best first, but those ``held_back`` says may not pass
+        the best one, which waits, until one does not fit (it holds the rest back).
+        Returns whether any went, and the seconds until the next would fit (``inf``: none
+        may pass)."""
+        admitted: list[_Ask] = []
+        fits = math.inf
+        for _, _, ask in sorted(self._waiters, key=lambda w: (w[0], w[1])):
+            if held_back(ask) or ask.paid.done():
+                continue
+            fits = self.window.wait(now, ask.n, ask.long + ask.held)
+            if fits > 0:
+                break
+            self._pay(ask.n, ask.long, ask.held, ask.link_bytes)
+            ask.paid.set_result(None)
+            admitted.append(ask)
+        if admitted:
+            self._waiters = [w for w in self._waiters if w[2] not in admitted]
+            heapq.heapify(self._waiters)
+        return bool(admitted), fits
+
+
+def _not_read(ask: _Ask) -> bool:
+    """Not a read's chunk (charged in the short windows only)."""
+    return bool(ask.start or ask.long or ask.held)
+
+
+@contextlib.asynccontextmanager
+async def paid_request(
+    pacer: LinkPacer | None, item: RunItem, charge: int, priority: Priority
+) -> AsyncIterator[None]:
+    """Around item's request: pay its cost to ``pacer`` before it starts (nothing to pay:
+    at once) and, when it ends, have the link stop holding what it did not read."""
+    if pacer is None or not charge:
+        yield
+        return
+    await pacer.start(item, charge, priority)
+    try:
+        yield
+    finally:
+        pacer.finish(item.seq)
 
 
 def paced(
