@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import os
 import shutil
@@ -65,6 +66,7 @@ from warmer.units import parse_rate  # noqa: E402
 WARMER = str(Path(sys.executable).with_name("warmer"))
 SKOPEO_FAILURES: list[str] = []
 LAST_SUMMARY: dict[str, Any] = {}  # the last `warmer run --json` summary
+PING_TIMES: dict[str, list[float]] = {}  # per scenario: when the upstream saw each ping
 
 
 def mirror_minimum(cat: Catalogue, refs: list[tuple[str, str]], platform: str) -> dict[str, int]:
@@ -221,6 +223,7 @@ def measure(front: FrontControl, fn: Any) -> dict[str, Any]:
     return {
         "wan_peak_bytes": windows["peak"],  # exact sliding windows, from per-chunk records
         "wan_pings": stats.get("pings", 0),
+        "_ping_times": stats.get("ping_times", []),  # moved to PING_TIMES by scenario()
         "wall_s": round(wall, 2),
         "wan_bytes": stats["bytes_served"],
         "wan_blob_bytes": blob_bytes,
@@ -314,6 +317,7 @@ def scenario(
     try:
         cfg = config_for(d, box.front_url, procs, cap)
         result = measure(box.front, lambda: fn(procs, cfg, d))
+        PING_TIMES[name] = result.pop("_ping_times")
         result["held"] = {m: held(d / m, pairs) for m in procs if (d / m / "data").exists()}
         if after is not None:
             result.update(after(procs))
@@ -647,6 +651,24 @@ def through_central(refs: list[str], tmp: Path) -> Any:
     return after
 
 
+def ping_chain(times: list[float], rtt_ms: float, wall: float) -> dict[str, Any]:
+    """Where the upstream's serialized ping chain sat idle during a run: before the first
+    ping, after the last, and between pings further apart than one round trip (the chain
+    is busy for one RTT per ping)."""
+    if not times:
+        return {}
+    rtt = rtt_ms / 1000
+    times = sorted(times)
+    gaps = [(b - a - rtt, a) for a, b in itertools.pairwise(times) if b - a > rtt]
+    gaps.sort(reverse=True)
+    return {
+        "first_s": round(times[0], 3),
+        "after_last_s": round(wall - times[-1] - rtt, 3),
+        "idle_between_s": round(sum(g for g, _ in gaps), 3),
+        "largest_gaps": [{"at_s": round(t, 2), "idle_s": round(g, 3)} for g, t in gaps[:6]],
+    }
+
+
 def anonymous(args: argparse.Namespace) -> None:
     """An anonymous parent (no token flow: distribution 2.8 pings it before every remote
     request, one ping at a time) and ``rtt_ms`` between the regional mirrors and central:
@@ -672,7 +694,7 @@ def anonymous(args: argparse.Namespace) -> None:
         }
         results: dict[str, Any] = {}
         for name, fn in runs.items():
-            if name == "burst" and args.skip_burst:
+            if (name == "burst" and args.skip_burst) or (args.only and name != args.only):
                 continue
             LAST_SUMMARY.clear()
             results[name] = scenario(name, box, base, cap, fn, must_hold, make=make, after=after)
@@ -683,13 +705,21 @@ def anonymous(args: argparse.Namespace) -> None:
     finally:
         box.stop()
         shutil.rmtree(base, ignore_errors=True)
-    w, loop = results["warmer"], results["loop"]
+    w = results["warmer"]
     floor = w["wan_pings"] * rtt / 1000
+    pings = {k: ping_chain(PING_TIMES.get(k, []), rtt, v["wall_s"]) for k, v in results.items()}
+    if args.only:
+        w["ping_chain"], w["ping_floor_s"] = pings["warmer"], round(floor, 2)
+        w["wall_over_ping_floor"] = round(w["wall_s"] / floor, 3) if floor else None
+        print(json.dumps(w, indent=2))
+        return
+    loop = results["loop"]
     checks: dict[str, Any] = {
         "ping_floor_s": round(floor, 2),
         "wall_over_ping_floor": round(w["wall_s"] / floor, 3) if floor else None,
         "wall_over_loop": round(w["wall_s"] / loop["wall_s"], 3),
         "upstream_pings": {k: v["wan_pings"] for k, v in results.items()},
+        "ping_chain": pings,
         "requests_through_central": {k: v["requests_through_central"] for k, v in results.items()},
         "served_offline": {k: v["served_offline"] for k, v in results.items()},
     }

@@ -71,6 +71,7 @@ from multidict import CIMultiDict
 
 from warmer.sandbox.frontstate import (
     AUTH_MODES,
+    MAX_PINGS_TIMED,
     TOKEN_TTL,
     Fault,
     FrontConfig,
@@ -108,6 +109,8 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
     state.stats.request(kind, method, repo, ref)
     if path in ("/v2/", "/v2") and method == "GET":
         state.stats.pings += 1
+        if len(state.stats.ping_times) < MAX_PINGS_TIMED:
+            state.stats.ping_times.append(time.monotonic() - state.stats.t0)
     fault = state.take_fault(method, path)
     resp = await _answer(request, state, fault, kind, repo, ref)
     state.stats.status[resp.status] += 1

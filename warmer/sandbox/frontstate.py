@@ -19,6 +19,7 @@ from warmer.units import parse_rate
 INTERVAL = 0.1  # seconds per time-series bucket
 MAX_BUCKETS = 36_000  # one hour of series; later bytes still count in totals
 MAX_CHUNKS = 4_000_000  # per-chunk records kept (about 60 GB at the paced chunk size)
+MAX_PINGS_TIMED = 100_000  # ping arrival times kept
 WINDOWS = (1.0, 2.0, 5.0, 10.0)  # seconds: the sliding windows the front reports peaks of
 
 AUTH_MODES = ("none", "token")
@@ -176,6 +177,8 @@ class Stats:
     # (seconds since t0, bytes) of each body chunk as it left towards the client
     chunks: list[tuple[float, int]] = field(default_factory=list)
     pings: int = 0  # GET /v2/ (also counted as "other"): a distribution proxy's parent check
+    # seconds since t0 at which each ping arrived: where a serialized ping chain sat idle
+    ping_times: list[float] = field(default_factory=list)
 
     def request(self, kind: str, method: str, repo: str | None, ref: str | None) -> None:
         self.requests[(kind, method)] += 1
@@ -226,6 +229,7 @@ class Stats:
             "faults_applied": dict(self.faults_applied),
             "series": {"interval_s": INTERVAL, "bytes": self.series},
             "pings": self.pings,
+            "ping_times": [round(t, 4) for t in self.ping_times],
         }
 
 
