@@ -33,7 +33,7 @@ from artifacts_support import dumps as _dumps
 from artifacts_support import get as _get
 from artifacts_support import push_image as _push_image
 
-from warmer.config import ArtifactsConfig
+from warmer.config import ArtifactsConfig, VerifyConfig
 from warmer.oci.cosign import (
     SIGNATURE_ANNOTATION,
     SignatureError,
@@ -245,7 +245,7 @@ def test_policy_from_config_and_artifact_types(tmp_path: Path) -> None:
     assert not none.active
     # A verifying policy implies signatures, even with kinds = ["none"].
     strict = ArtifactPolicy.from_config(
-        ArtifactsConfig(kinds=["none"], verify={"keys": [str(key)]})
+        ArtifactsConfig(kinds=["none"], verify=VerifyConfig(keys=[str(key)]))
     )
     assert strict.verifying and strict.kinds == {"signatures"} and strict.active
 

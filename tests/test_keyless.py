@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 from sigstore_fake import FakeSigstore
 
-from warmer.config import ArtifactsConfig, ConfigError, parse_config
+from warmer.config import (
+    ArtifactsConfig,
+    ConfigError,
+    SignerIdentityConfig,
+    VerifyConfig,
+    parse_config,
+)
 from warmer.oci.cosign import SignatureError
 from warmer.oci.keyless import PUBLIC_GOOD, KeylessPolicy, SignerIdentity, is_bundle_type
 from warmer.warm.artifacts import ArtifactPolicy, signature_verdict
@@ -96,14 +102,16 @@ def test_verdict_names_what_was_missing_and_why() -> None:
 def test_config_keyless_policy(tmp_path: Path) -> None:
     config = ArtifactsConfig(
         kinds=["none"],
-        verify={"identities": [{"identity": CODY.identity, "issuer": CODY.issuer}],
-                "trusted_root": ROOT},
+        verify=VerifyConfig(identities=[SignerIdentityConfig(identity=CODY.identity,
+                                                             issuer=CODY.issuer)],
+                            trusted_root=ROOT),
     )  # fmt: skip
     policy = ArtifactPolicy.from_config(config)
     assert policy.verifying and policy.kinds == {"signatures"} and not policy.keys
     assert policy.keyless is not None and policy.keyless.identities == (CODY,)
     # identities alone: the public-good root shipped with sigstore-python
-    default = ArtifactsConfig(verify={"identities": [{"identity": "a", "issuer": "b"}]})
+    who = [SignerIdentityConfig(identity="a", issuer="b")]
+    default = ArtifactsConfig(verify=VerifyConfig(identities=who))
     assert ArtifactPolicy.from_config(default).keyless is not None
 
     base = '[upstreams.hub]\nurl = "http://127.0.0.1:1"\n'
