@@ -23,7 +23,7 @@ PACKAGES = ("warmer", "analytics", "jobs")
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("basics", ("warmer.units", "warmer.windows", "warmer.oci", "warmer.reference")),
     ("store", ("warmer.store",)),
-    ("config", ("warmer.config", "warmer.config_messages")),
+    ("config", ("warmer.config", "warmer.config_messages", "warmer.config_values")),
     ("warm", ("warmer.warm",)),
     ("analytics", ("analytics",)),
     ("upkeep", ("warmer.upkeep", "warmer.bundle", "warmer.nodes", "warmer.sandbox")),

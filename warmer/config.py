@@ -8,18 +8,15 @@ file, a Docker ``config.json``). ``config.example.toml`` documents every key.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import tomllib
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -29,58 +26,23 @@ from pydantic import (
 
 from warmer.config_messages import messages
 from warmer.config_messages import show as _show
+from warmer.config_values import (
+    Budget,
+    Duration,
+    PositiveDuration,
+    Rate,
+    check_host,
+    check_http_url,
+)
 from warmer.oci.auth import ENV_NAME, check_ref
 from warmer.store.db import DEFAULT_URL
-from warmer.store.dburl import DatabaseURLError, check_url, mask_url
-from warmer.units import UnitError, parse_duration, parse_rate, parse_size
+from warmer.store.dburl import DatabaseURLError, check_url
 
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file, the key and why."""
 
 
-def _budget(v: Any) -> int | None:
-    if v is None:
-        return None
-    try:
-        size = parse_size(v)
-    except UnitError as exc:
-        raise ValueError(str(exc)) from None
-    if size == 0:
-        # Zero is never "unlimited": it would plan nothing, silently.
-        raise ValueError("0 would warm nothing (leave budget out for no limit)")
-    return size
-
-
-def _rate(v: Any) -> int | None:
-    if v is None or v == "unlimited":
-        return None
-    try:
-        return parse_rate(v)
-    except UnitError as exc:
-        hint = ' (leave bandwidth out, or write "unlimited", for no cap)'
-        raise ValueError(str(exc) + (hint if "less than 1 B/s" in str(exc) else "")) from None
-
-
-def _duration(v: Any) -> timedelta:
-    try:
-        return parse_duration(v)
-    except UnitError as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _positive(v: Any) -> timedelta:
-    """A duration that must be more than 0 (a timeout, a poll or renewal interval, a TTL)."""
-    d = _duration(v)
-    if d <= timedelta(0):
-        raise ValueError(f"{_show(v)}: must be more than 0")
-    return d
-
-
-Budget = Annotated[int | None, BeforeValidator(_budget)]
-Rate = Annotated[int | None, BeforeValidator(_rate)]
-Duration = Annotated[timedelta, BeforeValidator(_duration)]
-PositiveDuration = Annotated[timedelta, BeforeValidator(_positive)]
 # TOML gives numbers, booleans and datetimes their own types: a value of another type is a
 # mistake (``retries = true``, ``concurrency = "4"``) and is not converted (strict models).
 # Only the datetimes also take ISO 8601 strings.
@@ -88,7 +50,6 @@ LaxDatetime = Annotated[datetime | None, Field(strict=False)]
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 #: Headers that carry a credential: never literal in the file (use headers_env).
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
-_CREDENTIAL_KEYS = "username, password_env, password_file, token_env or docker_config"
 
 
 class _Strict(BaseModel):
@@ -139,7 +100,7 @@ class UpstreamConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        return _check_url(v)
+        return check_http_url(v)
 
 
 class LinkConfig(_Strict):
@@ -190,7 +151,7 @@ class InvalidateHook(_Strict):
         if (self.url is None) == (self.command is None):
             raise ValueError("give exactly one of url (an HTTP request) or command (an argv)")
         if self.url is not None:
-            _check_url(self.url, "headers_env")
+            check_http_url(self.url, "headers_env")
         if self.command is not None and not self.command:
             raise ValueError("command: an empty argv")
         return self
@@ -223,12 +184,12 @@ class MirrorConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        return _check_url(v)
+        return check_http_url(v)
 
     @field_validator("replicas")
     @classmethod
     def _replicas(cls, v: list[str]) -> list[str]:
-        return [_check_url(u) for u in v]
+        return [check_http_url(u) for u in v]
 
     @model_validator(mode="after")
     def _prefix(self) -> MirrorConfig:
@@ -414,7 +375,7 @@ class ServeConfig(_Strict):
     @field_validator("metrics_host")
     @classmethod
     def _host(cls, v: str) -> str:
-        return _check_host(v)
+        return check_host(v)
 
     @field_validator("misfire_grace")
     @classmethod
@@ -531,40 +492,6 @@ class Config(_Strict):
             known = ", ".join(sorted(self.regions)) or "none"
             raise ConfigError(f"unknown region {name!r} (configured: {known})")
         return self.regions[name]
-
-
-def _check_url(v: str, use: str = "") -> str:
-    """An http(s) URL with a host and no user or password in it: the message points to
-    ``use`` (default: the credentials table) and never repeats the password."""
-    shown = mask_url(v)
-    if not (v.startswith("http://") or v.startswith("https://")):
-        raise ValueError(f"{_show(shown)} is not an http(s) URL")
-    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in v):
-        raise ValueError(f"{_show(shown)}: a URL cannot hold spaces or control characters")
-    try:
-        parts = urlsplit(v)
-        parts.port  # noqa: B018 (raises on a port out of range)
-    except ValueError:
-        raise ValueError(f"{_show(shown)} is not a valid URL (host or port)") from None
-    if "@" in parts.netloc:
-        use = use or f"the credentials table beside url ({_CREDENTIAL_KEYS})"
-        raise ValueError(f"{_show(shown)}: a user or password never goes in a URL; use {use}")
-    if not parts.hostname:
-        raise ValueError(f"{_show(shown)} names no host")
-    return v.rstrip("/")
-
-
-def _check_host(v: str) -> str:
-    """An IP address or a DNS host name (``metrics_host``)."""
-    try:
-        ipaddress.ip_address(v)
-        return v
-    except ValueError:
-        pass
-    label = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    if len(v) > 253 or not re.fullmatch(rf"{label}(?:\.{label})*\.?", v):
-        raise ValueError(f"{_show(v)} is not an IP address or host name")
-    return v
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
