@@ -59,6 +59,20 @@ def test_wrong_identity_and_wrong_issuer_are_rejected() -> None:
             policy.check(BUNDLE, DIGEST)
 
 
+def test_identity_regexp_must_match_the_whole_subject() -> None:
+    for pattern in (r"cody@[a-z]+\.com", r".*@soyland\.com"):
+        who = SignerIdentity(pattern, CODY.issuer, regexp=True)
+        assert KeylessPolicy.load(ROOT, [who]).check(BUNDLE, DIGEST) == who
+    for pattern, issuer in (
+        (r"cody@soyland", CODY.issuer),  # a prefix is not a match
+        (r"x.*@soyland\.com", CODY.issuer),
+        (r".*", "https://accounts.google.com"),  # the issuer stays exact
+    ):
+        policy = KeylessPolicy.load(ROOT, [SignerIdentity(pattern, issuer, regexp=True)])
+        with pytest.raises(SignatureError, match="not match"):
+            policy.check(BUNDLE, DIGEST)
+
+
 def test_wrong_digest_and_tampered_payload_are_rejected() -> None:
     policy = KeylessPolicy.load(ROOT, [CODY])
     with pytest.raises(SignatureError, match=f"bundle signs {DIGEST}, not sha256:0000"):
@@ -113,6 +127,11 @@ def test_config_keyless_policy(tmp_path: Path) -> None:
     who = [SignerIdentityConfig(identity="a", issuer="b")]
     default = ArtifactsConfig(verify=VerifyConfig(identities=who))
     assert ArtifactPolicy.from_config(default).keyless is not None
+    pattern = [SignerIdentityConfig(identity_regexp=r"cody@.*", issuer=CODY.issuer)]
+    keyless = ArtifactPolicy.from_config(
+        ArtifactsConfig(verify=VerifyConfig(identities=pattern, trusted_root=ROOT))
+    ).keyless
+    assert keyless is not None and keyless.check(BUNDLE, DIGEST).regexp
 
     base = '[upstreams.hub]\nurl = "http://127.0.0.1:1"\n'
     base += '[mirrors.eu]\nurl = "http://127.0.0.1:3"\nparent = "hub"\n'
@@ -124,6 +143,11 @@ def test_config_keyless_policy(tmp_path: Path) -> None:
         f'identities = [{{ identity = "a", issuer = "b" }}]\ntrusted_root = "{DATA / "SOURCES.md"}"':
             "not a sigstore trusted root",
         'identities = [{ identity = "a" }]': "identities[0].issuer: Field required",
+        'identities = [{ issuer = "b" }]': "give one of identity (exact) or identity_regexp",
+        'identities = [{ identity = "a", identity_regexp = "a", issuer = "b" }]':
+            "give one of identity",
+        'identities = [{ identity_regexp = "(", issuer = "b" }]':
+            "identity_regexp: not a regular expression",
         'identities = [{ identity = "", issuer = "b" }]': "identities[0].identity",
         'keys = ["/nonexistent.pub"]': "regions.eu.artifacts.verify: Value error, keys:",
     }  # fmt: skip

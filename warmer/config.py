@@ -236,10 +236,23 @@ class WindowConfig(_Strict):
 
 
 class SignerIdentityConfig(_Strict):
-    """One identity allowed to sign keylessly (exact, as cosign's --certificate-identity)."""
+    """One identity allowed to sign keylessly: the certificate's subject (an email or URI)
+    exactly (``identity``) or as a whole match of ``identity_regexp`` (as cosign's
+    --certificate-identity[-regexp]), and its OIDC issuer, exactly."""
 
-    identity: str = Field(min_length=1)  # the certificate's email or URI subject
-    issuer: str = Field(min_length=1)  # the OIDC issuer (https://token.actions...)
+    identity: str | None = Field(default=None, min_length=1)
+    identity_regexp: str | None = Field(default=None, min_length=1)
+    issuer: str = Field(min_length=1)  # e.g. https://token.actions.githubusercontent.com
+
+    @model_validator(mode="after")
+    def _one(self) -> SignerIdentityConfig:
+        if (self.identity is None) == (self.identity_regexp is None):
+            raise ValueError("give one of identity (exact) or identity_regexp")
+        try:
+            re.compile(self.identity_regexp or "")
+        except re.error as exc:
+            raise ValueError(f"identity_regexp: not a regular expression: {exc}") from None
+        return self
 
 
 class VerifyConfig(_Strict):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +64,10 @@ MAX_BUNDLE = 1024 * 1024
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # sigstore-python is imported when a policy is loaded: it is heavy
+    from cryptography.x509 import Certificate
     from sigstore.models import TrustedRoot
     from sigstore.verify import Verifier
+    from sigstore.verify.policy import VerificationPolicy
 
 
 def is_bundle_type(media_type: str) -> bool:
@@ -75,14 +78,62 @@ def is_bundle_type(media_type: str) -> bool:
 @dataclass(frozen=True)
 class SignerIdentity:
     """Who may sign: the certificate's subject (an email or a workflow URI) and the OIDC
-    issuer that vouched for it, both compared exactly (as cosign's
-    ``--certificate-identity`` and ``--certificate-oidc-issuer``)."""
+    issuer that vouched for it (as cosign's ``--certificate-identity`` and
+    ``--certificate-oidc-issuer``). With ``regexp`` the identity is a regular expression
+    the subject must match whole (``--certificate-identity-regexp``: a workflow signing at
+    any tag); the issuer is always exact."""
 
     identity: str
     issuer: str
+    regexp: bool = False
 
     def __str__(self) -> str:
         return f"{self.identity} ({self.issuer})"
+
+    def policy(self) -> VerificationPolicy:
+        """The sigstore-python verification policy for this identity."""
+        from sigstore.verify import policy
+
+        if not self.regexp:
+            return policy.Identity(identity=self.identity, issuer=self.issuer)
+        return _IdentityPattern(re.compile(self.identity), policy.OIDCIssuer(self.issuer))
+
+
+#: The Sigstore "other name" SAN type (an identity that is neither an email nor a URI).
+_OTHERNAME_OID = "1.3.6.1.4.1.57264.1.7"
+MAX_SAN = 4096  # characters: a longer subject alternative name is not matched
+
+
+class _IdentityPattern:
+    """A verification policy: the OIDC issuer (exact), then a subject alternative name
+    (email, URI or Sigstore other name) that ``pattern`` matches whole. Runs after the
+    certificate chained to the trusted root, so the names come from a trusted issuer."""
+
+    def __init__(self, pattern: re.Pattern[str], issuer: VerificationPolicy) -> None:
+        self.pattern = pattern
+        self.issuer = issuer
+
+    def verify(self, cert: Certificate) -> None:
+        from cryptography.x509 import (
+            OtherName,
+            RFC822Name,
+            SubjectAlternativeName,
+            UniformResourceIdentifier,
+        )
+        from sigstore.errors import VerificationError
+
+        self.issuer.verify(cert)
+        names = cert.extensions.get_extension_for_class(SubjectAlternativeName).value
+        sans: list[str] = [*names.get_values_for_type(RFC822Name)]
+        sans += names.get_values_for_type(UniformResourceIdentifier)
+        for other in names.get_values_for_type(OtherName):
+            if other.type_id.dotted_string == _OTHERNAME_OID:
+                sans.append(other.value.decode("utf-8", "replace"))
+        if not any(len(n) <= MAX_SAN and self.pattern.fullmatch(n) for n in sans):
+            raise VerificationError(
+                f"Certificate's SANs do not match {self.pattern.pattern!r}; "
+                f"actual SANs: {sorted(sans)}"
+            )
 
 
 def load_trusted_root(spec: str, where: str = "trusted root") -> TrustedRoot:
@@ -167,7 +218,6 @@ class KeylessPolicy:
         signed it, or raise SignatureError with why not."""
         from sigstore.errors import Error as SigstoreError
         from sigstore.models import Bundle
-        from sigstore.verify import policy
 
         if len(body) > MAX_BUNDLE:
             raise SignatureError(f"bundle is {len(body)} bytes (more than {MAX_BUNDLE})")
@@ -178,9 +228,7 @@ class KeylessPolicy:
         reasons: list[str] = []
         for who in self.identities:
             try:
-                kind, payload = self.verifier.verify_dsse(
-                    bundle, policy.Identity(identity=who.identity, issuer=who.issuer)
-                )
+                kind, payload = self.verifier.verify_dsse(bundle, who.policy())
             except (SigstoreError, ValueError) as exc:
                 reasons.append(_reason(exc))
                 continue

@@ -103,7 +103,10 @@ class ArtifactPolicy:
         keys = tuple(load_public_keys(verify.keys))
         keyless = None
         if verify.identities:
-            who = [SignerIdentity(i.identity, i.issuer) for i in verify.identities]
+            who = [
+                SignerIdentity(i.identity or i.identity_regexp or "", i.issuer, not i.identity)
+                for i in verify.identities
+            ]
             keyless = KeylessPolicy.load(verify.trusted_root or PUBLIC_GOOD, who)
         if keys or keyless:
             kinds.add("signatures")
