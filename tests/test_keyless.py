@@ -23,7 +23,13 @@ from warmer.config import (
     parse_config,
 )
 from warmer.oci.cosign import SignatureError
-from warmer.oci.keyless import PUBLIC_GOOD, KeylessPolicy, SignerIdentity, is_bundle_type
+from warmer.oci.keyless import (
+    PUBLIC_GOOD,
+    KeylessPolicy,
+    SignerIdentity,
+    _utf8_string,
+    is_bundle_type,
+)
 from warmer.warm.artifacts import ArtifactPolicy, signature_verdict
 
 DATA = Path(__file__).parent / "data" / "sigstore"
@@ -71,6 +77,13 @@ def test_identity_regexp_must_match_the_whole_subject() -> None:
         policy = KeylessPolicy.load(ROOT, [SignerIdentity(pattern, issuer, regexp=True)])
         with pytest.raises(SignatureError, match="not match"):
             policy.check(BUNDLE, DIGEST)
+
+
+def test_other_name_values_are_read_as_der_utf8_strings() -> None:
+    assert _utf8_string(b"\x0c\x05alice") == "alice"
+    long = "x" * 200
+    assert _utf8_string(b"\x0c\x81\xc8" + long.encode()) == long
+    assert _utf8_string(b"plain") == "plain"  # not DER: taken as it is
 
 
 def test_wrong_digest_and_tampered_payload_are_rejected() -> None:

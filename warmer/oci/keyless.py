@@ -128,12 +128,25 @@ class _IdentityPattern:
         sans += names.get_values_for_type(UniformResourceIdentifier)
         for other in names.get_values_for_type(OtherName):
             if other.type_id.dotted_string == _OTHERNAME_OID:
-                sans.append(other.value.decode("utf-8", "replace"))
+                sans.append(_utf8_string(other.value))
         if not any(len(n) <= MAX_SAN and self.pattern.fullmatch(n) for n in sans):
             raise VerificationError(
                 f"Certificate's SANs do not match {self.pattern.pattern!r}; "
                 f"actual SANs: {sorted(sans)}"
             )
+
+
+def _utf8_string(der: bytes) -> str:
+    """The text of a DER UTF8String (an other-name SAN's value); the bytes as text if they
+    are not one."""
+    if len(der) >= 2 and der[0] == 0x0C:
+        size, start = der[1], 2
+        if size & 0x80:  # long form: the next (size & 0x7f) bytes hold the length
+            start = 2 + (size & 0x7F)
+            size = int.from_bytes(der[2:start], "big")
+        if start + size == len(der):
+            return der[start:].decode("utf-8", "replace")
+    return der.decode("utf-8", "replace")
 
 
 def load_trusted_root(spec: str, where: str = "trusted root") -> TrustedRoot:
