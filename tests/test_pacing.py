@@ -10,18 +10,20 @@ import random
 import pytest
 
 from warmer.store.ledger import RunItem
+from warmer.warm.linkwindows import LinkWindows, landing
 from warmer.warm.pacing import (
+    AHEAD,
     PROBE_MIN,
     READ,
     READ_AHEAD,
     Charge,
     LinkPacer,
     LinkSpeed,
-    LinkWindows,
-    landing,
     paid_request,
     split_charge,
+    store_end,
 )
+from warmer.warm.policy import busy_after_read
 from warmer.warm.slots import Priority
 
 pytestmark = pytest.mark.timeout(30)
@@ -373,3 +375,24 @@ async def test_reprioritize_reorders_starts_only() -> None:
 def test_bad_rate() -> None:
     with pytest.raises(ValueError):
         LinkWindows(0)
+
+
+async def test_a_start_waits_until_the_links_queue_is_short() -> None:
+    """On a link no faster than the cap, a start goes when what was admitted before it is
+    predicted to have nearly crossed the link (its lag plus AHEAD), not as soon as the
+    windows have room: admitted early, its read would be held while it waits."""
+    p, t = pacer(10 * MB)
+    began = t.now
+    await p.start(blob(1, 4 * MB), 8 * MB, (0,))  # 0.8 s on the link at the floor speed
+    assert t.now == began and store_end(p, 1) == pytest.approx(began + 0.8)
+    await p.start(blob(2, 4 * MB), 8 * MB, (1,))  # the windows have room for it at once
+    assert t.now - began == pytest.approx(0.8 - AHEAD, abs=0.02)
+    assert store_end(p, 2) == pytest.approx(began + 1.6, abs=0.02)  # queued behind it
+    assert store_end(p, 2) is None and store_end(None, 2) is None  # asked once
+
+
+def test_a_blob_is_busy_until_its_store_has_crossed_the_link() -> None:
+    # The read took 1 s and ended at 10; the link carries its store until 13.
+    assert busy_after_read(10.0, 1.0, 0.4) == pytest.approx(10.0 + 0.4 + 0.25)
+    assert busy_after_read(10.0, 1.0, 0.4, store_end=13.0) == pytest.approx(13.4)
+    assert busy_after_read(10.0, 1.0, 0.4, store_end=9.0) == pytest.approx(10.65)

@@ -14,8 +14,8 @@ functions of ``warmer.warm.policy``; this module does the I/O and reads the cloc
   cold blob in a background fetch that may end a second after our read, and while it runs
   (its ``inflight`` set is keyed by digest alone) it answers a request for the same digest
   by fetching it again without storing it, even under another repository, which then never
-  gets its copy. So after a cold blob the digest stays busy for ``settle`` (0.4 s) plus
-  a quarter of the time our read took;
+  gets its copy. So after a cold blob the digest stays busy for ``settle`` (0.4 s) plus a
+  quarter of our read's time, or past the store's predicted end on a paced link;
 * a child tier's request waits for the parent tier's item for the same object and for
   that busy time (otherwise the parent fetches the blob a third time from its own parent);
 * at the end, blobs shared by several repositories of a per-repository cache are
@@ -65,7 +65,7 @@ from warmer.store.ledger import (
 )
 from warmer.store.writer import LedgerWriter
 from warmer.warm import policy
-from warmer.warm.pacing import LinkPacer, paced, paid_request
+from warmer.warm.pacing import LinkPacer, paced, paid_request, store_end
 from warmer.warm.policy import CONFIRM_TRIES, SETTLE
 from warmer.warm.reserve import RateReserve
 from warmer.warm.resolve import Learned
@@ -363,7 +363,7 @@ class Executor:
             if state == "done" and item.kind == "blob":
                 now = time.monotonic()
                 lane.busy_until[item.digest] = policy.busy_after_read(
-                    now, now - started, self.settle
+                    now, now - started, self.settle, store_end(lane.bucket, item.seq)
                 )
             return state
 

@@ -31,6 +31,13 @@ is charged its *lump* in the short windows (the store and the read-ahead), its s
 its held read in the long ones; a read chunk is charged in the short windows only, and
 releases its bytes from the long windows' hold as landed now.
 
+A start also waits until the link's predicted queue (what was admitted and has not crossed
+it yet) is down to the first answer's lag plus ``AHEAD``: enough to keep the link busy, and
+on a link no faster than the cap a read admitted long before it can flow would be held by
+the long windows all that while (they then admit less than the link carries). The
+predicted end of each start's bytes is kept (:func:`store_end`): the mirror is storing
+the blob until then, so no other request for it goes to that mirror earlier.
+
 Allowances: 1 s windows 2 x the cap, 5 s and 10 s windows 1.03 and 1.02 x the cap. A
 lump larger than a window's allowance (a single blob whose background store alone exceeds
 it) is the one unavoidable excess: it starts only when that window is empty, so such a
@@ -46,6 +53,10 @@ start that fills most of a long window in a run without a deadline (``defer_big`
 not plan order, decides there): it goes when the windows drain, at the latest at the
 end of the run, where no window after it is left nearly idle.
 
+The window accounting and the landing prediction are pure and live in
+:mod:`warmer.warm.linkwindows`; this module holds the link's speed, the charges and the
+asynchronous pacer.
+
 Hand-written because the rate limiters on PyPI count requests or enforce one window,
 not byte amounts of very different sizes over several windows at once.
 """
@@ -53,7 +64,6 @@ not byte amounts of very different sizes over several windows at once.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import heapq
 import itertools
@@ -66,181 +76,27 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from warmer.store.ledger import RunItem
+from warmer.warm.linkwindows import WINDOWS, LinkWindows, landing
 from warmer.warm.slots import Priority
 
 log = logging.getLogger("warmer.warm.pacing")
 
-# The sliding windows held within the cap: (window, burst), both in seconds: a window may
-# carry rate x (window + burst). 1 s windows get a wide burst, a second of the cap: one
-# blob's lump (its background store and read-ahead) is often bigger than a tenth of a
-# second of the cap, and a lump is counted from its admission to a window past its
-# predicted end (the wait for its first bytes, its place behind what the link carries
-# already and its time on the link: as long as the window itself), so a narrower one
-# would hold the link under the cap. The longer ones keep a margin (the target: 5 %) for
-# what the model cannot see (a clock step, a burst of the link's own buffers).
-WINDOWS: tuple[tuple[float, float], ...] = ((1.0, 1.0), (5.0, 0.15), (10.0, 0.2))
-# Windows of at least this many seconds hold a read's bytes from its start until read;
-# shorter ones pace the read (see the module).
-LONG = 2.0
 # Bytes of our read that the sockets between the parent and us (the mirror's two, ours)
 # take in at link speed whatever our pace: measured on Linux loopback through distribution
 # 2.8 with autotuned buffers, 10 MB on a fresh connection and up to 17 MB on one that
 # carried fast reads before (more at times: the long windows do not rely on it). Reads
 # shorter than this are part of the lump.
 READ_AHEAD = 20 << 20
-PIECE = 1 << 20  # a lump is recorded in pieces of at most this many bytes ...
-PIECE_S = 0.05  # ... and at most this many seconds of its time on the link
 PROBE_MIN = 4 << 20  # bytes of a whole read that measures the link's speed
 MAX_LAG = 1.0  # seconds: the longest first answer counted in a burst's predicted time
 BIG = 0.5  # a start needing more than this share of a long window's allowance fills it
 RECHECK = 0.25  # seconds: the longest nap while only reads in progress can make room
+# Seconds of predicted work (beyond the first answer's lag) the link may have queued when a
+# start is admitted: enough to keep it busy, little enough that what the long windows hold
+# for reads waiting behind the queue stays small (on a link no faster than the cap, a
+# start admitted early is held for its whole wait: the windows then admit less).
+AHEAD = 0.5
 READ: Priority = (1 << 30,)  # reads queue behind every start (whose keys are tuples)
-
-
-class _Window:
-    """One sliding window: its pieces (end, bytes) sorted by end, from ``first`` on those
-    not yet past, their sum, and the bytes it holds for reads in progress."""
-
-    def __init__(self, length: float, allowance: float) -> None:
-        self.length = length
-        self.allowance = allowance
-        self.pieces: list[tuple[float, float]] = []
-        self.first = 0
-        self.sum = 0.0
-        self.held = 0.0
-
-    def add(self, end: float, n: float) -> None:
-        i = bisect.bisect_right(self.pieces, (end, n))
-        self.pieces.insert(i, (end, n))
-        if i < self.first:
-            self.first += 1  # it had left the window already
-        else:
-            self.sum += n
-
-    def expire(self, now: float) -> None:
-        i, s = self.first, self.sum
-        while i < len(self.pieces) and self.pieces[i][0] <= now - self.length:
-            s -= self.pieces[i][1]
-            i += 1
-        self.first, self.sum = i, max(0.0, s)
-        if i > 4096:  # the window has moved past them
-            del self.pieces[:i]
-            self.first = 0
-
-    def fits_at(self, now: float, n: float) -> float:
-        """When ``n`` more bytes fit (``now``: at once; ``inf``: not before a hold ends)."""
-        allowed = self.allowance
-        # Too big for the window on its own: it goes alone.
-        over = self.sum + self.held + min(n, allowed) - allowed
-        if over <= 1e-6:
-            return now
-        if over > self.sum + 1e-6:
-            return math.inf  # only what the reads in progress release can make room
-        shed, i = 0.0, self.first
-        while i < len(self.pieces):
-            shed += self.pieces[i][1]
-            if shed >= over - 1e-6:
-                break
-            i += 1
-        end = self.pieces[min(i, len(self.pieces) - 1)][0]
-        return end + self.length + 1e-6
-
-
-class LinkWindows:
-    """The bytes admitted on one link, and when more may go (pure: ``now`` is passed in).
-
-    An admission is recorded as pieces ending over its predicted time on the link; a
-    window ``(t - w, t]`` counts every piece that ends after ``t - w``, pieces still to come
-    too: counted early, a lump cannot be joined by another in a window it may still reach,
-    and it is counted wherever it lands between its admission and its predicted end.
-    Amounts may differ between the short windows and the long ones (``long``), and the
-    long ones may *hold* bytes (a read in progress) until they are released as landed.
-    """
-
-    def __init__(
-        self,
-        rate: float,
-        windows: tuple[tuple[float, float], ...] = WINDOWS,
-        long_from: float = LONG,
-    ):
-        if rate <= 0:
-            raise ValueError("rate must be positive")
-        self.rate = float(rate)
-        self.windows = tuple(sorted(w for w, _ in windows))
-        self.allowance = {w: self.rate * (w + burst) for w, burst in windows}
-        self._all = [_Window(w, self.allowance[w]) for w in self.windows]
-        self._long = [x for x in self._all if x.length >= long_from]
-        self._short = [x for x in self._all if x.length < long_from]
-        self.short_max = max((x.length for x in self._short), default=0.0)
-        self.long_min = min((x.allowance for x in self._long), default=math.inf)
-
-    def _expire(self, now: float) -> None:
-        for x in self._all:
-            x.expire(now)
-
-    def in_window(self, now: float, window: float) -> float:
-        """The bytes counted in the window of ``window`` seconds ending at ``now``."""
-        self._expire(now)
-        x = self._all[self.windows.index(window)]
-        return x.sum + x.held
-
-    def wait(self, now: float, n: float, long: float | None = None) -> float:
-        """Seconds from ``now`` until ``n`` bytes fit in every short window and ``long``
-        (default ``n``) in every long one (0: now; ``inf``: not before a hold is released)."""
-        return max(self.waits(now, n, long))
-
-    def waits(self, now: float, n: float, long: float | None = None) -> tuple[float, float]:
-        """:meth:`wait` for the short windows and for the long ones, apart."""
-        self._expire(now)
-        more = n if long is None else long
-        short_until = long_until = now
-        for x in self._short:
-            if n > 0:
-                short_until = max(short_until, x.fits_at(now, n))
-        for x in self._long:
-            if more > 0:
-                long_until = max(long_until, x.fits_at(now, more))
-        return short_until - now, long_until - now
-
-    def record(
-        self,
-        now: float,
-        n: float,
-        span: float = 0.0,
-        *,
-        after: float = 0.0,
-        long: float | None = None,
-    ) -> None:
-        """Admit ``n`` bytes (``long`` in the long windows, default ``n``) at ``now``, on the
-        link over ``(now + after, now + after + span]``."""
-        self._expire(now)
-        for group, k in ((self._short, n), (self._long, n if long is None else long)):
-            if k <= 0:
-                continue
-            parts = max(1, math.ceil(k / PIECE), math.ceil(span / PIECE_S))
-            for j in range(parts):
-                end = now + after + span * (j + 1) / parts
-                for x in group:
-                    x.add(end, k / parts)
-
-    def hold(self, n: float) -> None:
-        """The long windows count ``n`` more bytes (a read's) until they are released."""
-        for x in self._long:
-            x.held += n
-
-    def release(self, now: float, n: float) -> None:
-        """``n`` held bytes have landed by ``now``: they count as a piece ending now."""
-        self._expire(now)
-        for x in self._long:
-            x.held = max(0.0, x.held - n)
-            x.add(now, n)
-
-
-def landing(now: float, n: float, lag: float, speed: float, busy: float) -> tuple[float, float]:
-    """Pure: when the link carries ``n`` bytes asked for at ``now``: after the first
-    answer's ``lag`` and after what it carries until ``busy``, at ``speed`` bytes/s."""
-    first = max(now + lag, busy)
-    return first, first + n / speed
 
 
 class LinkSpeed:
@@ -346,6 +202,7 @@ class _Ask:
     link_bytes: float
     start: bool
     paid: asyncio.Future[None]
+    seq: int | None = None  # the item a start is for (its store's predicted end is kept)
 
 
 class LinkPacer:
@@ -373,6 +230,7 @@ class LinkPacer:
         self._arrived = asyncio.Event()
         self._server: asyncio.Task[None] | None = None
         self._readers: dict[int, _Reader] = {}
+        self.ends: dict[int, float] = {}  # item seq -> predicted end of its bytes on the link
         self.taken = 0
 
     async def start(self, item: RunItem, charge: int, priority: Priority) -> None:
@@ -383,8 +241,9 @@ class LinkPacer:
         split = split_charge(size, charge)
         self.finish(item.seq)  # a retry: the earlier attempt is over
         await self.take(
-            split.lump, priority, long=split.store, held=split.read, link_bytes=charge, start=True
-        )
+            split.lump, priority, long=split.store, held=split.read, link_bytes=charge,
+            start=True, seq=item.seq,
+        )  # fmt: skip
         if split.read:
             whole = split.paced == 0
             reader = _Reader(size, split.prepaid, whole, charge, self._clock(), split.read)
@@ -441,6 +300,7 @@ class LinkPacer:
         held: float = 0.0,
         link_bytes: float = 0.0,
         start: bool = False,
+        seq: int | None = None,
     ) -> None:
         """Admit ``n`` bytes on the link (``long`` in the long windows, default ``n``, and
         ``held`` more held there), landing over the time the link takes to carry
@@ -449,24 +309,33 @@ class LinkPacer:
         long = n if long is None else long
         if n <= 0 and long <= 0 and held <= 0:
             return
-        if not self._waiters and self.window.wait(self._clock(), n, long + held) <= 0:
-            self._pay(n, long, held, link_bytes)
+        now = self._clock()
+        if (
+            not self._waiters
+            and (not start or self._queued(now) <= 0)
+            and self.window.wait(now, n, long + held) <= 0
+        ):
+            self._pay(n, long, held, link_bytes, seq)
             return
         paid: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        ask = _Ask(n, long, held, link_bytes, start, paid)
+        ask = _Ask(n, long, held, link_bytes, start, paid, seq)
         heapq.heappush(self._waiters, (priority, next(self._arrivals), ask))
         if self._server is None or self._server.done():
             self._server = asyncio.create_task(self._serve())
         self._arrived.set()
         await paid  # cancelled: the server drops it unpaid
 
-    def _pay(self, n: float, long: float, held: float, link_bytes: float) -> None:
+    def _pay(
+        self, n: float, long: float, held: float, link_bytes: float, seq: int | None = None
+    ) -> None:
         now = self._clock()
         after = span = 0.0
         if link_bytes:
             speed = self.speed.bytes_per_s
             first, last = landing(now, link_bytes, self.speed.lag, speed, self._busy)
             self._busy = last
+            if seq is not None:
+                self.ends[seq] = last
             after, span = first - now, last - first
             log.debug("link: %.0f bytes over (%.3f, %.3f] at %.3f", n, after, span, now)
         self.window.record(now, n, span, after=after, long=long)
@@ -489,10 +358,11 @@ class LinkPacer:
                 continue
             now = self._clock()
             short, long = self.window.waits(now, ask.n, ask.long + ask.held)
-            delay = max(short, long)
+            queued = self._queued(now) if ask.start else 0.0
+            delay = max(short, long, queued)
             if delay <= 0:
                 heapq.heappop(self._waiters)
-                self._pay(ask.n, ask.long, ask.held, ask.link_bytes)
+                self._pay(ask.n, ask.long, ask.held, ask.link_bytes, ask.seq)
                 ask.paid.set_result(None)
                 continue
             # It waits for the long windows at least as long as a read admitted now stays
@@ -505,8 +375,8 @@ class LinkPacer:
             held_back: Callable[[_Ask], bool] | None = None
             if self.defer_big and self._fills_long(ask):
                 held_back = self._fills_long
-            elif long >= self.window.short_max:
-                held_back = _not_read
+            elif long >= self.window.short_max or (queued > 0 and max(short, long) <= 0):
+                held_back = _not_read  # reads only: they add nothing to the link's queue
             if held_back is not None:
                 admitted, fits = self._admit_passing(now, held_back)
                 if admitted:
@@ -520,6 +390,11 @@ class LinkPacer:
             finally:
                 for task in (nap, arrival):
                     task.cancel()
+
+    def _queued(self, now: float) -> float:
+        """Seconds until a start may go: the link's predicted queue (what was admitted and
+        has not crossed it yet) is at most the first answer's lag plus ``AHEAD``."""
+        return max(0.0, self._busy - now - self.speed.lag - AHEAD)
 
     def _fills_long(self, ask: _Ask) -> bool:
         return ask.start and ask.long + ask.held > BIG * self.window.long_min
@@ -535,9 +410,11 @@ class LinkPacer:
             if held_back(ask) or ask.paid.done():
                 continue
             fits = self.window.wait(now, ask.n, ask.long + ask.held)
+            if ask.start:
+                fits = max(fits, self._queued(now))
             if fits > 0:
                 break
-            self._pay(ask.n, ask.long, ask.held, ask.link_bytes)
+            self._pay(ask.n, ask.long, ask.held, ask.link_bytes, ask.seq)
             ask.paid.set_result(None)
             admitted.append(ask)
         if admitted:
@@ -565,6 +442,13 @@ async def paid_request(
         yield
     finally:
         pacer.finish(item.seq)
+
+
+def store_end(pacer: LinkPacer | None, seq: int) -> float | None:
+    """When item ``seq``'s bytes (the mirror's background store with them) are predicted
+    to have crossed the link (``time.monotonic()``), or None: not paced. Forgotten once
+    asked."""
+    return None if pacer is None else pacer.ends.pop(seq, None)
 
 
 def paced(

@@ -91,10 +91,14 @@ def link_charge(parent_cost: int, capped: bool) -> int:
 # -- busy digests ---------------------------------------------------------------------------
 
 
-def busy_after_read(now: float, took: float, settle: float = SETTLE) -> float:
+def busy_after_read(
+    now: float, took: float, settle: float = SETTLE, store_end: float | None = None
+) -> float:
     """Until when a mirror is presumed still storing a blob we finished reading at ``now``
-    in ``took`` seconds: no request for that digest goes to it before then."""
-    return now + settle + STORE_LAG * took
+    in ``took`` seconds: no request for that digest goes to it before then. On a paced
+    link, not before the link is predicted to have carried the store (``store_end``: on a
+    saturated link the store shares it and may end well after our read)."""
+    return max(now + settle + STORE_LAG * took, (store_end or 0.0) + settle)
 
 
 def confirm_backoff(attempt: int) -> float:
