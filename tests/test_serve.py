@@ -253,9 +253,13 @@ def test_two_replicas_on_postgres_sigkill_takeover_resumes(
     assert all(
         e["ts"] >= time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(killed_at - 1)) for e in starts
     )
-    finishes = [
-        e for e in other.events() if e.get("job") == "warm:eu" and e.get("event") == "finish"
-    ]
+    # The job logs its finish after the run's state is committed: wait for the line.
+    finishes = wait_for(
+        "the survivor's finish line",
+        lambda: [e for e in other.events() if e.get("job") == "warm:eu"
+                 and e.get("event") == "finish"],
+        30, [other],
+    )  # fmt: skip
     assert any(e.get("resumed") and e.get("outcome") == "ok" for e in finishes)
     assert len(ledger.recent_runs(10, "eu")) == 1  # no second run in the same window
 
