@@ -117,7 +117,6 @@ class LinkSpeed:
     def __init__(self, floor: float = 0.0) -> None:
         self.floor = floor
         self.measured: float | None = None
-        self.observed = 0
         self._recent: deque[tuple[float, float, float]] = deque(maxlen=64)
         self._lags: deque[float] = deque(maxlen=32)
         self._speeds: deque[float] = deque(maxlen=32)
@@ -133,7 +132,6 @@ class LinkSpeed:
         if read < PROBE_MIN or ended <= started:
             return  # short transfers measure the round trip, not the link
         nested = sum(b for s, e, b in self._recent if s >= started and e <= ended)
-        self.observed += 1
         self._speeds.append(nested / (ended - started))
         speed = statistics.median(self._speeds)
         if self.measured is None or abs(speed - self.measured) > 0.05 * self.measured:
