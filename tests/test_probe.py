@@ -113,6 +113,11 @@ def test_probe_measures_central_through_its_parent(probed: Probed) -> None:
     assert got["answers_distinguishable"] == (True, "measured")
     assert got["kind"] == ("distribution", "inferred")
     assert got["expiry"] == (None, "unknown")
+    # A cold blob whose request was closed at once is stored anyway, its relay cut short.
+    assert got["cold_blobs"] == ("stored", "measured")
+    dropped = next(f for f in out["findings"] if f["name"] == "cold_blobs")
+    ratio = float(dropped["evidence"].split("served ")[1].split(" x")[0])
+    assert 1.0 <= ratio < 1.5, dropped  # relayed in full it would be 2.00
     # The token flow: distribution keeps the parent's challenge; anonymous: a ping each time.
     assert got["parent_repinged"] == (probed.auth == "none", "measured")
     recs = " ".join(out["recommendations"])
@@ -139,6 +144,7 @@ def test_probe_without_a_view_of_the_parent_infers(anonymous: Probed) -> None:
     assert got["tag_to_parent"] == (True, "measured")
     assert got["fetch_multiplicity"] == (2, "inferred")
     assert got["parent_repinged"] == (True, "inferred")  # central sends no challenge
+    assert got["cold_blobs"] == ("stored", "measured")
 
 
 @pytest.mark.timeout(180)

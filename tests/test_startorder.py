@@ -32,10 +32,11 @@ def seqs(items: list[RunItem]) -> list[int]:
     return [i.seq for i in items]
 
 
-def test_light_first_then_chains_then_largest() -> None:
-    # manifests and small blobs (round trips) first; then the digest two repositories of
-    # one mirror share (its fetches go one after the other); then largest first.
-    assert seqs(start_order(ITEMS, by_size=True)) == [2, 3, 1, 5, 0, 4, 6]
+def test_light_first_then_each_mirrors_largest_then_chains_then_largest() -> None:
+    # manifests and small blobs (round trips) first; then each mirror's largest blob (its
+    # burst goes while a paced link's windows are empty); then the digest two repositories
+    # of one mirror share (its fetches go one after the other); then largest first.
+    assert seqs(start_order(ITEMS, by_size=True)) == [2, 3, 0, 6, 1, 5, 4]
 
 
 def test_with_a_deadline_plan_order_after_light_and_chains() -> None:
@@ -55,9 +56,10 @@ def test_light_threshold() -> None:
 
 
 def test_keys_of_a_later_part_compare_with_the_earlier_part() -> None:
-    first = start_keys(ITEMS[:2], by_size=True)  # "shared" once only: no chain yet
+    first = start_keys([ITEMS[0], ITEMS[1], ITEMS[4]], by_size=True)  # no chain yet
     later = start_keys([*ITEMS, item(7, "blob", "shared", 5 * MB, repo="d")], by_size=True)
-    # With the later part, item 1 heads a chain of three: it now goes before the big blob
+    # With the later part, item 1 heads a chain of three: it now goes before the 10 MB blob
     # the first part put ahead of it, and each key still names its item.
-    assert first[1] > first[0] and later[1] < later[0]
+    assert first[1] > first[4] and later[1] < later[4]
+    assert first[0] < first[4] and later[0] < later[1]  # the largest first in both
     assert all(key[-1] == seq for seq, key in later.items())

@@ -176,6 +176,11 @@ class MirrorConfig(_Strict):
     expiry: Literal["first-fetch", "last-access", "none"] = "first-fetch"
     cache_scope: Literal["repository", "global"] = "repository"
     fetch_multiplicity: int = Field(default=2, ge=1, le=8)
+    # How a cold blob is read: "stored" asks for it, drops the copy the mirror relays and
+    # reads the one it stored (the parent link carries it once; needs kind "distribution",
+    # whose answers tell the two apart); "relay" reads the relayed copy as it streams (the
+    # parent carries it fetch_multiplicity times). Default: "stored" for "distribution".
+    cold_blobs: Literal["stored", "relay"] = "stored"
     link: LinkConfig = LinkConfig()
     replicas: list[str] = Field(default_factory=list)
     shared_storage: bool = False
@@ -190,6 +195,22 @@ class MirrorConfig(_Strict):
     @classmethod
     def _replicas(cls, v: list[str]) -> list[str]:
         return [check_http_url(u) for u in v]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cold_blobs_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "other" and "cold_blobs" not in data:
+            return {**data, "cold_blobs": "relay"}
+        return data
+
+    @model_validator(mode="after")
+    def _cold_blobs(self) -> MirrorConfig:
+        if self.kind == "other" and self.cold_blobs == "stored":
+            raise ValueError(
+                "cold_blobs = 'stored' needs kind = 'distribution' (it tells a stored "
+                "answer from a relayed one by distribution's headers)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _prefix(self) -> MirrorConfig:

@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
-import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import IO, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import IO
 
 import httpx
 
 from warmer.oci.auth import Credentials, repository_scope
+from warmer.oci.listing import RegistryListing
 from warmer.oci.manifest import (
     MANIFEST_ACCEPT,
     SCHEMA1_TYPES,
@@ -43,7 +43,6 @@ from warmer.oci.transport import (
     NotFound,
     RateLimited,
     RegistryError,
-    RegistryTransport,
     TransientError,
     Unauthorized,
     Unreachable,
@@ -58,9 +57,7 @@ from warmer.oci.validate import (
     InvalidValue,
     check_content_type,
     check_digest,
-    check_repository,
     check_size_text,
-    check_tag,
 )
 
 __all__ = [
@@ -86,7 +83,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 UPLOAD_CHUNK = 16 * 1024 * 1024  # bytes per PATCH of a streamed upload
-MAX_TAG_PAGES = 1000
 
 
 def served_from_storage(headers: httpx.Headers) -> bool:
@@ -96,7 +92,7 @@ def served_from_storage(headers: httpx.Headers) -> bool:
     return "accept-ranges" in headers or "cache-control" in headers
 
 
-class RegistryClient(RegistryTransport):
+class RegistryClient(RegistryListing):
     """The distribution API of one registry at ``base_url`` (e.g. ``http://127.0.0.1:5000``).
 
     ``RegistryClient(base_url, *, credentials=None, http=None, retries=4, timeout=60.0,
@@ -109,9 +105,6 @@ class RegistryClient(RegistryTransport):
     tags_by_head = False
 
     # --- pulling ------------------------------------------------------------------------
-
-    def _path(self, repository: str, kind: str, reference: str = "") -> str:
-        return f"/v2/{repository}/{kind}/{reference}"
 
     # --- values from the registry's headers, checked ------------------------------------
 
@@ -318,6 +311,53 @@ class RegistryClient(RegistryTransport):
         chunk_size: int = 256 * 1024,
     ) -> int:
         """Stream a blob, hashing on the fly; returns its size, or raises DigestMismatch.
+        See :meth:`_blob`."""
+        got = await self._blob(repository, digest, sink, on_bytes, on_answer, size, chunk_size)
+        assert got is not None  # a relayed answer is read unless dropped
+        return got
+
+    async def trigger_blob(self, repository: str, digest: str) -> None:
+        """Ask a pull-through mirror for a blob and close the connection at once: CNCF
+        distribution 2.8 starts its background store of a blob it does not hold and finds
+        nobody to relay it to (see :meth:`fetch_stored_blob`). Nothing is read."""
+        try:
+            check_digest(digest)
+        except (InvalidValue, ManifestFormatError) as exc:
+            raise RegistryError(f"blob {repository}@{digest}: {exc}") from None
+        url = httpx.URL(self.url + self._path(repository, "blobs", digest))
+        scopes = [repository_scope(repository, "pull")]
+        await self._retrying(lambda: self.trigger(url, scopes))
+
+    async def fetch_stored_blob(
+        self,
+        repository: str,
+        digest: str,
+        *,
+        on_bytes: Callable[[int], Awaitable[None]] | None = None,
+        on_answer: Callable[[bool], None] | None = None,
+        size: int | None = None,
+    ) -> int | None:
+        """Like :meth:`fetch_blob`, but an answer a mirror relays from its parent (not
+        served from its storage, see :func:`served_from_storage`) is dropped unread: the
+        connection is closed after its headers and ``None`` returned. CNCF distribution
+        2.8 keeps storing the blob in its background fetch (measured: the parent sent the
+        blob once and under 1.5 MB of the dropped copy), so a later call reads the stored
+        copy and the parent link carries the blob once instead of twice."""
+        return await self._blob(repository, digest, None, on_bytes, on_answer, size, drop=True)
+
+    async def _blob(
+        self,
+        repository: str,
+        digest: str,
+        sink: Callable[[bytes], None] | None,
+        on_bytes: Callable[[int], Awaitable[None]] | None,
+        on_answer: Callable[[bool], None] | None,
+        size: int | None,
+        chunk_size: int = 256 * 1024,
+        *,
+        drop: bool = False,
+    ) -> int | None:
+        """Stream a blob, hashing on the fly; returns its size, or raises DigestMismatch.
 
         With ``size`` (the descriptor's), an answer longer than that is cut off as invalid
         rather than read to its end. ``on_answer(stored)`` is called once, with whether the
@@ -336,9 +376,10 @@ class RegistryClient(RegistryTransport):
         url = httpx.URL(self.url + self._path(repository, "blobs", digest))
         scopes = [repository_scope(repository, "pull")]
         received = 0
+        dropped = False
 
         async def once() -> None:
-            nonlocal received
+            nonlocal received, dropped
             headers = {"Range": f"bytes={received}-"} if received else {}
             resp = await self._attempt("GET", url, scopes, headers, stream=True)
             try:
@@ -351,8 +392,13 @@ class RegistryClient(RegistryTransport):
                         f"{what}: unexpected answer from {self.url} ({_detail(resp)})"
                     )
                 skip = received if resp.status_code == 200 else 0
-                if on_answer is not None and not received:
-                    on_answer(served_from_storage(resp.headers))
+                if not received:
+                    stored = served_from_storage(resp.headers)
+                    if on_answer is not None:
+                        on_answer(stored)
+                    if drop and not stored:
+                        dropped = True
+                        return  # closed unread (finally below)
                 async for chunk in resp.aiter_bytes(chunk_size):
                     if on_bytes is not None:
                         await on_bytes(len(chunk))
@@ -375,81 +421,12 @@ class RegistryClient(RegistryTransport):
                 await resp.aclose()
 
         await self._retrying(once)
+        if dropped:
+            return None
         actual = f"{digest.partition(':')[0]}:{hasher.hexdigest()}"
         if actual != digest:
             raise DigestMismatch(what, digest, actual)
         return received
-
-    async def list_tags(self, repository: str, *, page_size: int | None = None) -> list[str]:
-        """All tags, following ``Link: <...>; rel="next"`` pagination (``n=page_size``)."""
-        tags: list[str] = []
-        first = self._path(repository, "tags", "list")
-        path = f"{first}?n={page_size}" if page_size else first
-        what = f"tags of {repository}"
-        async for resp in self._pages(path, [repository_scope(repository, "pull")], what):
-            tags.extend(self._tag_page(resp, what))
-        return tags
-
-    async def _pages(
-        self, path: str, scopes: list[str], what: str
-    ) -> AsyncIterator[httpx.Response]:
-        """GET ``path`` and each ``Link: <...>; rel="next"`` page after it, on this registry
-        only, at most ``MAX_TAG_PAGES`` of them."""
-        nxt: str | None = path
-        for _ in range(MAX_TAG_PAGES):
-            if nxt is None:
-                return
-            resp = await self._call("GET", nxt, scopes, what)
-            yield resp
-            link = resp.links.get("next", {}).get("url")
-            nxt = None
-            if link:
-                url = self.follow(resp, link, what)
-                if not self._same_origin(url):
-                    raise InvalidResponse(
-                        f"{what}: {self.url} sent a next page at another host ({safe_url(url)})"
-                    )
-                nxt = str(url)
-        raise RegistryError(f"{what}: more than {MAX_TAG_PAGES} pages")
-
-    def _json_page(self, resp: httpx.Response, what: str, key: str, kind: str) -> Any:
-        """One page's JSON object and its ``key`` list (None when absent), or
-        InvalidResponse naming the registry."""
-        try:
-            data = json.loads(resp.content)
-        except (ValueError, RecursionError):
-            raise InvalidResponse(f"{what}: {self.url} sent something other than JSON") from None
-        page = data.get(key) if isinstance(data, dict) else None
-        if not isinstance(data, dict) or not isinstance(page, list | None):
-            raise InvalidResponse(f"{what}: {self.url} sent something other than {kind}")
-        return data
-
-    def _tag_page(self, resp: httpx.Response, what: str) -> list[str]:
-        """The tags of one page of a tag list, each checked against the tag grammar."""
-        data = self._json_page(resp, what, "tags", "a tag list")
-        try:
-            if data.get("name") is not None:
-                check_repository(data["name"], "repository name")
-            return [check_tag(t, "tag") for t in data.get("tags") or []]
-        except InvalidValue as exc:
-            raise self.invalid(what, exc) from None
-
-    async def catalog(self, *, page_size: int = 1000) -> list[str]:
-        """The repositories the registry lists (``GET /v2/_catalog``, paged). A pull-through
-        CNCF distribution lists the repositories in its own storage (measured on 2.8): what
-        a wiped or replaced cache lost shows here without asking its parent for anything."""
-        names: list[str] = []
-        what = "repository catalog"
-        path = f"/v2/_catalog?n={page_size}"
-        async for resp in self._pages(path, ["registry:catalog:*"], what):
-            data = self._json_page(resp, what, "repositories", "a catalog")
-            try:
-                names += [
-                    check_repository(n, "repository name") for n in data.get("repositories") or []
-                ]
-            except InvalidValue as exc:
-                raise self.invalid(what, exc) from None
-        return names
 
     # --- pushing (seeding the sandbox, importing bundles) --------------------------------
 

@@ -17,6 +17,7 @@ import logging
 import re
 import ssl
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
@@ -33,6 +34,7 @@ from tenacity import (
 from warmer.oci import auth
 from warmer.oci.auth import Credentials, CredentialsError, TokenCache
 from warmer.oci.ratelimit import RateLimit, parse_ratelimit
+from warmer.oci.trigger import TriggerError, send_and_close
 from warmer.oci.validate import InvalidValue, check_url
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,11 @@ T = TypeVar("T")
 USER_AGENT = "registry-warmer/0.1"
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
+# Seconds a triggered request waits for an answer before its connection is closed: the
+# sooner, the less a pull-through mirror relays into it (measured on distribution 2.8 at
+# 100 MB/s: under 70 kB of a 42 MB blob closed at once, 1.6 MB blobs whole when closed
+# after the answer's headers under load).
+TRIGGER_READ = 0.001
 #: The largest answer body read into memory (manifests, tag lists, errors; not blobs).
 MAX_BODY = 16 * 1024 * 1024
 #: How much of an error answer's body is read for its message.
@@ -229,6 +236,25 @@ def _ssl_context(cafile: str | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cafile)
 
 
+def _proxied(url: httpx.URL) -> bool:
+    """Whether the environment sends requests to ``url`` through a proxy (as httpx does)."""
+    proxies = urllib.request.getproxies_environment()
+    if not (proxies.get(url.scheme) or proxies.get("all")):
+        return False
+    bypass = getattr(urllib.request, "proxy_bypass_environment", None)  # not in the stubs
+    return not (bypass is not None and bypass(url.host))
+
+
+def _trigger_context(verify: bool | str) -> ssl.SSLContext:
+    """The TLS context of a triggered request: the transport's verification setting."""
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    return _ssl_context(None if verify is True else verify)
+
+
 class RegistryTransport:
     """Authenticated, retried, redirect-safe requests to one registry at ``base_url``."""
 
@@ -260,6 +286,7 @@ class RegistryTransport:
         self._tokens = TokenCache()
         self._token_locks: dict[auth.TokenKey, asyncio.Lock] = {}
         self._own_http = http is None
+        self._verify = verify
         if http is None:
             ssl_verify = (
                 verify if verify is False else _ssl_context(None if verify is True else verify)
@@ -463,6 +490,40 @@ class RegistryTransport:
             f"credentials from {self.credentials.source}" if self.credentials else "no credentials"
         )
         return Unauthorized(f"unauthorized: {safe_url(url)} refused access ({who}, HTTP 401)")
+
+    async def trigger(self, url: httpx.URL, scopes: Sequence[str]) -> None:
+        """Send a GET to ``url`` and close the connection without waiting for its answer
+        (a read timeout of ``TRIGGER_READ`` seconds). With the credentials it already
+        holds (none known yet: anonymous; a 401 then starts nothing). A failure to connect
+        or send raises like any request; what the server answers is never seen."""
+        authorization = await self._authorization(scopes)
+        headers = {"User-Agent": USER_AGENT}
+        if authorization:
+            headers["Authorization"] = authorization
+        if not _proxied(url):
+            self.requests[(request_kind(url.path), "GET")] += 1
+            tls = None if url.scheme != "https" else _trigger_context(self._verify)
+            connect = self._http.timeout.connect or 10.0
+            try:
+                await send_and_close(url, headers, tls=tls, timeout=connect)
+            except TriggerError as exc:
+                raise _Retry(str(exc), safe_url(url), unreachable=True) from None
+            return
+        # Through a proxy: the client's own request, closed after TRIGGER_READ.
+        timeout = self._http.timeout.as_dict() | {"read": TRIGGER_READ}
+        request = self._http.build_request(
+            "GET", url, headers=headers, extensions={"timeout": timeout}
+        )
+        self.requests[(request_kind(url.path), "GET")] += 1
+        try:
+            resp = await self._http.send(request, stream=True, follow_redirects=False)
+        except httpx.ReadTimeout:
+            return  # sent; the connection is closed
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise _Retry(type(exc).__name__, safe_url(url), unreachable=True) from None
+        except httpx.TransportError as exc:
+            raise _Retry(type(exc).__name__, safe_url(url)) from None
+        await resp.aclose()  # answered at once (an error, or a copy from storage): unread
 
     async def _retrying(self, fn: Callable[[], Awaitable[T]]) -> T:
         retrying = AsyncRetrying(

@@ -16,7 +16,10 @@ asked for through the mirror, and what happens is measured:
 * **fetch multiplicity**: bytes the parent served per cold byte;
 * **re-pings**: does the mirror ask its parent ``GET /v2/`` before each request it sends
   there (distribution 2.8 does so for a parent that sends no token challenge), and what
-  that costs at the measured round trip.
+  that costs at the measured round trip;
+* **cold blobs**: a request for a cold blob closed at once (``trigger_blob``): does the
+  mirror store the blob anyway (then ``cold_blobs = "stored"`` reads it once from
+  storage), and what did its parent serve for it?
 
 What the parent does is only seen with a counting view of it: when the parent is the
 sandbox's front (``/_front/stats`` answers), its counters are read before and after each
@@ -50,6 +53,9 @@ from warmer.warm.resolve import mirror_client, upstream_client
 
 How = Literal["measured", "inferred", "unknown"]
 STORE_WAIT = 5.0  # seconds a background store may take before the next step reads it
+# The canary blob asked for with its connection closed at once: over the warmer's
+# STORED_MIN, like the blobs it reads that way (a smaller one may be relayed whole first).
+DROPPED_SIZE = 12 << 20
 PROBE_FILE = "probe-{mirror}.json"
 _SCHEME = re.compile(r"[a-z][a-z0-9._-]{0,31}")  # an auth scheme token
 
@@ -148,7 +154,8 @@ def load_saved(directory: Path, mirror: str) -> ProbeReport | None:
 @dataclass(frozen=True)
 class Canary:
     """Random blobs: ``shared`` (also pushed under ``other``), ``head`` (asked by HEAD while
-    cold), ``bulk`` (read cold, for the bytes ratio); two configs so the tag can move."""
+    cold), ``bulk`` (read cold, for the bytes ratio), ``dropped`` (asked for with the
+    connection closed at once); two configs so the tag can move."""
 
     repository: str
     other: str
@@ -156,6 +163,7 @@ class Canary:
     head: bytes
     bulk: bytes
     configs: tuple[bytes, bytes]
+    dropped: bytes
 
     @classmethod
     def make(cls, repository: str) -> Canary:
@@ -166,7 +174,7 @@ class Canary:
         return cls(
             repository, f"{repository}-b", secrets.token_bytes(16 * 1024),
             secrets.token_bytes(16 * 1024), secrets.token_bytes(192 * 1024),
-            (cfg[0].encode(), cfg[1].encode()),
+            (cfg[0].encode(), cfg[1].encode()), secrets.token_bytes(DROPPED_SIZE),
         )  # fmt: skip
 
     @staticmethod
@@ -184,7 +192,7 @@ class Canary:
 async def push_canary(client: RegistryClient, canary: Canary, upstream: str) -> dict[str, str]:
     """Push the canary (tag ``canary`` in both repositories); {name: digest} of its parts."""
     try:
-        for blob in (canary.shared, canary.head, canary.bulk, *canary.configs):
+        for blob in (canary.shared, canary.head, canary.bulk, canary.dropped, *canary.configs):
             await client.push_blob(canary.repository, blob)
         await client.push_blob(canary.other, canary.shared)
         await client.push_blob(canary.other, canary.configs[0])
@@ -202,6 +210,7 @@ async def push_canary(client: RegistryClient, canary: Canary, upstream: str) -> 
     return {
         "shared": sha256_digest(canary.shared), "head": sha256_digest(canary.head),
         "bulk": sha256_digest(canary.bulk), "first": sha256_digest(first),
+        "dropped": sha256_digest(canary.dropped),
         "moved": sha256_digest(moved), "moved_body": moved.decode(),
     }  # fmt: skip
 
@@ -281,6 +290,20 @@ def assess_multiplicity(parent_bytes: int | None, size: int, looks_distribution:
                        "(2.8 streams a cold blob and stores it in a second, background fetch); "
                        "the parent's bytes were not counted")  # fmt: skip
     return Finding("fetch_multiplicity", None, "unknown", "the parent's bytes could not be counted")
+
+
+def assess_dropped(stored: bool | None, parent_bytes: int | None, size: int) -> Finding:
+    """What ``cold_blobs`` the mirror allows: does it store a blob whose request was closed
+    at once (``stored`` None: its answers do not tell)?"""
+    if stored is None:
+        return Finding("cold_blobs", "relay", "inferred", "nothing tells a stored answer from "
+                       "a relayed one: cold blobs are read as relayed")  # fmt: skip
+    cost = f"; the parent served {parent_bytes / size:.2f} x its bytes" if parent_bytes else ""
+    if stored:
+        return Finding("cold_blobs", "stored", "measured", "a cold blob whose request was "
+                       "closed at once was stored anyway" + cost)  # fmt: skip
+    return Finding("cold_blobs", "relay", "measured", "a cold blob whose request was closed "
+                   f"at once was not stored within {STORE_WAIT:.0f} s" + cost)  # fmt: skip
 
 
 def assess_repings(
@@ -513,7 +536,35 @@ async def _steps(
     f = assess_concurrency(reping.value, rtt, m.link.bandwidth, m.link.concurrency)
     f.key, f.configured = f"{key}.link.concurrency", m.link.concurrency
     report.findings.append(f)
+    await _dropped(report, mc, view, parts["dropped"], path, len(canary.dropped), told, key, m)
     report.findings.append(Finding(
         "expiry", None, "unknown", "not measurable in a probe (it takes the mirror's TTL); "
         "CNCF distribution 2.8 schedules it at the first fetch", f"{key}.expiry", m.expiry,
     ))  # fmt: skip
+
+
+async def _dropped(
+    report: ProbeReport, mc: RegistryClient, view: ParentView | None, digest: str,
+    path: str, size: int, told: bool, key: str, m: Any,
+) -> None:  # fmt: skip
+    """5. A cold blob asked for with the connection closed at once: stored anyway?"""
+    stored: bool | None = None
+
+    async def trigger() -> None:
+        nonlocal stored
+        await mc.trigger_blob(path, digest)
+        if not told:
+            return
+        deadline = time.monotonic() + STORE_WAIT
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.25)  # an ask too early is relayed (and dropped): wait first
+            if await mc.fetch_stored_blob(path, digest, size=size) is not None:
+                stored = True
+                return
+        stored = False
+
+    d0, d1 = await _settled(view, trigger)
+    parent = _delta(d1, d0, _blob, digest, "bytes_served") if d0 and d1 else None
+    f = assess_dropped(stored, parent, size)
+    f.key, f.configured = f"{key}.cold_blobs", m.cold_blobs
+    report.findings.append(f)

@@ -7,8 +7,11 @@ functions of ``warmer.warm.policy``; this module does the I/O and reads the cloc
 * one :class:`Lane` per mirror instance: its client and a bounded number of requests
   (the mirror's ``link.concurrency``);
 * a pacer per mirror's parent *link* (``warmer.warm.pacing``), shared by its instances:
-  a request's ``parent_cost`` (a cold blob is pulled twice by distribution 2.8) is paid in
-  time when it starts, our read held until it has arrived (``paid_request``);
+  a request's ``parent_cost`` (a cold blob read from the relay is pulled twice by
+  distribution 2.8) is paid in time when it starts, our read held until it has arrived
+  (``paid_request``);
+* a large cold blob is read from the mirror's storage, the request that starts its store
+  closed at once (``warmer.warm.coldread``): its parent carries it once;
 * never two requests for the same digest through the same mirror instance at once, and
   none until the mirror has presumably stored the last one: CNCF distribution 2.8 stores a
   cold blob in a background fetch that may end a second after our read, and while it runs
@@ -45,9 +48,7 @@ import contextlib
 import json
 import logging
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -64,14 +65,16 @@ from warmer.store.ledger import (
     utcnow,
 )
 from warmer.store.writer import LedgerWriter
-from warmer.warm import policy
+from warmer.warm import coldread, policy
+from warmer.warm.lane import Lane, confirm_shared, lane_key, sleep_until, stored_read
 from warmer.warm.pacing import LinkPacer, paced, paid_request, store_end
-from warmer.warm.policy import CONFIRM_TRIES, SETTLE
+from warmer.warm.policy import SETTLE
 from warmer.warm.reserve import RateReserve
 from warmer.warm.resolve import Learned
 from warmer.warm.slots import Priority, PrioritySlots
 from warmer.warm.startorder import StartKey, is_light, start_keys
 from warmer.warm.stats import MovedTag, RunStats
+from warmer.warm.topology import stored_from
 
 log = logging.getLogger("warmer.warm.execute")
 
@@ -79,28 +82,6 @@ ProgressHook = Callable[[str, RunItem, int], None]
 ABORTED = "aborted at the deadline"  # the reason of an item cancelled in flight
 
 __all__ = ["SETTLE", "Executor", "Lane", "ProgressHook", "RunStats"]
-
-
-@dataclass
-class Lane:
-    """One mirror instance's side of a run: its client, its slots, and the pacer of
-    its mirror's parent link (shared with the mirror's other instances)."""
-
-    mirror: str
-    instance: str
-    client: RegistryClient
-    slots: PrioritySlots
-    light_slots: asyncio.Semaphore  # manifests and small blobs: see policy.LaneSlots
-    bulk_slots: PrioritySlots  # blobs on no chain of shared blobs
-    bucket: LinkPacer | None  # the parent link's; None when the link has no cap
-    ttl: timedelta | None
-    expiry: str  # the mirror's expiry policy (MirrorConfig.expiry)
-    scope: str
-    inflight: dict[str, asyncio.Lock] = field(default_factory=lambda: defaultdict(asyncio.Lock))
-    # digest -> monotonic time until which the mirror is presumed still storing it
-    busy_until: dict[str, float] = field(default_factory=dict)
-    # blob items fetched through this instance in this process: digest -> repositories
-    fetched: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
 
 
 class Executor:
@@ -142,7 +123,7 @@ class Executor:
         self._writer: LedgerWriter | None = None  # while ``run`` runs
 
     def _lane(self, mirror: str, instance: str) -> Lane:
-        key = _lane_key(mirror, instance)
+        key = lane_key(mirror, instance)
         lane = self._lanes.get(key)
         if lane is None:
             m = self.config.mirrors[mirror]
@@ -164,6 +145,8 @@ class Executor:
                 ttl=m.ttl,
                 expiry=m.expiry,
                 scope=m.cache_scope,
+                fetch_multiplicity=m.fetch_multiplicity,
+                stored_from=stored_from(m.cold_blobs, m.fetch_multiplicity),
             )
             self._lanes[key] = lane
         return lane
@@ -275,11 +258,11 @@ class Executor:
             for task in finished:
                 task.result()
         if not self.stats.deadline_hit:
-            await self._confirm_shared(until)
+            await confirm_shared(list(self._lanes.values()), self.stats, self.settle, until)
             # End when the mirrors have presumably stored the last blobs read, so what
             # the ledger calls warm is there for the next client (and `verify`).
             busy = [t for lane in self._lanes.values() for t in lane.busy_until.values()]
-            await _sleep_until(min(max(busy, default=0.0), until or float("inf")))
+            await sleep_until(min(max(busy, default=0.0), until or float("inf")))
 
     async def _close(self) -> None:
         for lane in self._lanes.values():
@@ -312,12 +295,12 @@ class Executor:
                 self._finish(item, "skipped", f"parent item {parent} did not complete")
                 outcome[item.seq] = "skipped"
                 return
-            await _sleep_until(max((self._busy_until(d) for d in deps), default=0.0))
+            await sleep_until(max((self._busy_until(d) for d in deps), default=0.0))
             lane = self._lane(item.mirror, item.instance)
             # The digest lock first: a task waiting for another repository's fetch of the same
             # blob must not sit on one of the mirror's slots meanwhile.
             async with lane.inflight[item.digest]:
-                await _sleep_until(lane.busy_until.get(item.digest, 0.0))
+                await sleep_until(lane.busy_until.get(item.digest, 0.0))
                 state = await self._start(item, lane, until)
             outcome[item.seq] = state
         except asyncio.CancelledError:
@@ -336,7 +319,7 @@ class Executor:
         dep = self._items.get(seq)
         if dep is None:
             return 0.0
-        lane = self._lanes.get(_lane_key(dep.mirror, dep.instance))
+        lane = self._lanes.get(lane_key(dep.mirror, dep.instance))
         return 0.0 if lane is None else lane.busy_until.get(dep.digest, 0.0)
 
     async def _start(self, item: RunItem, lane: Lane, until: float | None) -> str:
@@ -353,17 +336,20 @@ class Executor:
             charge = policy.link_charge(item.parent_cost, capped=lane.bucket is not None)
             if charge and not self._before(until, item):
                 return "pending"
+            relayed = not stored_read(item, lane)
             # Its key now: a part of the plan that joined meanwhile may have changed it.
-            async with paid_request(lane.bucket, item, charge, self._rank[item.seq]):
+            async with paid_request(lane.bucket, item, charge, self._rank[item.seq], relayed):
                 if not self._before(until, item):
                     # The link was busy until past the deadline: no blob starts after it.
                     return "pending"
                 started = time.monotonic()
                 state = await self._fetch(item, lane, until)
-            if state == "done" and item.kind == "blob":
-                now = time.monotonic()
+            end = store_end(lane.bucket, item.seq)
+            held = (item.repository, item.digest) in lane.from_storage
+            if state == "done" and item.kind == "blob" and not held:
+                now = time.monotonic()  # the mirror may still be storing it
                 lane.busy_until[item.digest] = policy.busy_after_read(
-                    now, now - started, self.settle, store_end(lane.bucket, item.seq)
+                    now, now - started, self.settle, end
                 )
             return state
 
@@ -375,55 +361,6 @@ class Executor:
         self._record(ItemUpdate(item.id, {"reason": "window ended before it started"}))
         self._progress("deadline", item)
         return False
-
-    async def _confirm_shared(self, until: float | None) -> None:
-        """HEAD each blob that several repositories of a per-repository cache asked for in
-        this run: one whose copy was lost to the mirror's in-flight race is fetched again."""
-
-        async def confirm(lane: Lane, repository: str, digest: str) -> None:
-            # Bounded: a HEAD while the mirror still stores the digest for someone else is
-            # relayed without being kept; the next one, once nothing is in flight, stores it.
-            # One digest at a time per mirror, as the items: a lost copy's HEAD has the
-            # mirror fetch it, and a second HEAD meanwhile would be relayed again.
-            lost = False
-            for attempt in range(CONFIRM_TRIES):
-                async with lane.inflight[digest]:
-                    await _sleep_until(lane.busy_until.get(digest, 0.0))
-                    if not policy.may_start(time.monotonic(), until):
-                        return
-                    asked = time.monotonic()
-                    async with lane.slots.hold(0):
-                        try:
-                            stored = await lane.client.blob_stored(repository, digest)
-                        except RegistryError as exc:
-                            log.warning(
-                                "%s: could not confirm %s@%s: %s",
-                                lane.mirror, repository, digest, exc,
-                            )  # fmt: skip
-                            return
-                    if not policy.ask_again(stored):
-                        return
-                    now = time.monotonic()
-                    lane.busy_until[digest] = policy.busy_after_relay(
-                        now, now - asked, attempt, self.settle
-                    )
-                if not lost:
-                    lost = True
-                    self.stats.restored += 1
-                    log.warning(
-                        "%s had not kept %s@%s (it was storing the same blob for another "
-                        "repository); asking again",
-                        lane.mirror,
-                        repository,
-                        digest,
-                    )
-
-        checks = [
-            confirm(lane, repository, digest)
-            for lane in self._lanes.values()
-            for repository, digest in policy.shared_copies(lane.scope, lane.fetched)
-        ]
-        await asyncio.gather(*checks)
 
     async def _fetch(self, item: RunItem, lane: Lane, until: float | None) -> str:
         """Fetch one item, waiting out a 429's Retry-After while the deadline allows."""
@@ -464,7 +401,9 @@ class Executor:
             )
         )
         self._progress("start", item)
-        stored: list[bool] = []  # whether the blob's answer came from the mirror's storage
+        # Whether each answer for the blob came from the mirror's storage (None first: a
+        # triggered store, whose answer is never seen).
+        stored: list[bool | None] = []
         try:
             if self._learned is not None and self._learned.answered(item):  # not asked again
                 n = self.stats.learned(item.size)
@@ -475,17 +414,7 @@ class Executor:
                 if manifest.digest != item.digest:
                     return self._moved(item, lane, manifest.digest, n)
             else:
-
-                async def counted(k: int) -> None:
-                    self._progress("bytes", item, k)
-
-                n = await lane.client.fetch_blob(
-                    item.repository,
-                    item.digest,
-                    on_bytes=paced(lane.bucket, item.seq, counted),
-                    on_answer=stored.append,
-                    size=item.size,
-                )
+                n = await self._read_blob(item, lane, stored)
         except DigestMismatch as exc:
             self._record(
                 IncidentRecord(
@@ -528,7 +457,7 @@ class Executor:
                 ttl=lane.ttl,
                 run_id=self.run_id,
                 expiry=lane.expiry,
-                fetched=(not stored[0]) if stored else None,
+                fetched=None if not stored or stored[0] is None else not stored[0],
             )
         )
         self._record(ItemUpdate(item.id, {"state": "done", "bytes": n, "finished_at": now}))
@@ -537,6 +466,47 @@ class Executor:
         self.stats.parent_bytes_by_mirror[item.mirror] += item.parent_cost
         self._progress("done", item, n)
         return "done"
+
+    async def _read_blob(self, item: RunItem, lane: Lane, stored: list[bool | None]) -> int:
+        """Read a blob item: its stored copy (see ``coldread``), or the one relayed."""
+
+        async def counted(k: int) -> None:
+            self._progress("bytes", item, k)
+
+        pacer = lane.bucket
+        if stored_read(item, lane):
+            stored.append(None)  # the trigger: the mirror fetched it now, or held it already
+            n = await coldread.read_stored(
+                lane.client, item, on_bytes=counted, on_answer=stored.append,
+                speed=lane.store_speed,
+                predicted=lambda: None if pacer is None else pacer.ends.get(item.seq),
+            )  # fmt: skip
+            if n is not None:
+                lane.from_storage.add((item.repository, item.digest))
+                return n
+            log.warning(
+                "%s still relayed %s@%s after %d asks: reading the relayed copy",
+                item.mirror, item.repository, item.digest, coldread.ASKS,
+            )  # fmt: skip
+            if lane.store_speed.keeps_nothing() and lane.stored_from is not None:
+                lane.stored_from = None
+                log.warning(
+                    "%s does not seem to store a blob whose relayed copy was dropped: "
+                    "reading relayed copies for the rest of the run (cold_blobs = "
+                    "\"relay\" in mirrors.%s says so for good; `warmer probe` measures it)",
+                    item.mirror, item.mirror,
+                )  # fmt: skip
+            relay = item.size * lane.fetch_multiplicity
+            self.stats.parent_bytes_by_mirror[item.mirror] += relay
+            if pacer is not None:
+                await pacer.start(item, relay, self._rank[item.seq])
+        n = await lane.client.fetch_blob(
+            item.repository, item.digest, on_bytes=paced(pacer, item.seq, counted),
+            on_answer=stored.append, size=item.size,
+        )  # fmt: skip
+        if stored and stored[-1]:
+            lane.from_storage.add((item.repository, item.digest))
+        return n
 
     def _moved(self, item: RunItem, lane: Lane, got: str, size: int) -> str:
         """A tag that resolves to ``got`` at fetch time where the plan had ``item.digest``.
@@ -568,16 +538,6 @@ class Executor:
         values = {"state": state, "reason": reason[:500], "finished_at": utcnow()}
         self._record(ItemUpdate(item.id, values))
         self._progress(state, item)
-
-
-def _lane_key(mirror: str, instance: str) -> str:
-    return f"{mirror}\0{instance}"
-
-
-async def _sleep_until(when: float) -> None:
-    delay = when - time.monotonic()
-    if delay > 0:
-        await asyncio.sleep(delay)
 
 
 async def _to_the_end(work: Awaitable[None]) -> None:

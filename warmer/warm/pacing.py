@@ -1,10 +1,13 @@
 """Pacing of a mirror's parent link: the bytes of every sliding window stay within the cap.
 
 What a request costs the parent link is modelled in *time*, not only in bytes. A cold blob
-through CNCF distribution 2.8 crosses the link twice (``parent_cost``): once in the
-mirror's background store, which starts with the request and runs at the link's full
-speed whatever we do, and once in the copy streamed to us. We choose only when each
-request starts (and how fast we read our copy); the pacer admits a start when the bytes
+read from the relay through CNCF distribution 2.8 crosses the link twice (``parent_cost``):
+once in the mirror's background store, which starts with the request and runs at the
+link's full speed whatever we do, and once in the copy streamed to us. A blob read from
+the mirror's storage (``warmer.warm.coldread``) crosses it once, all of it store: its
+``parent_cost`` is paid as one lump and nothing of our read crosses the link
+(``start(..., relayed=False)``). We choose only when each request starts (and how fast we
+read a relayed copy); the pacer admits a start when the bytes
 it will put on the link fit in every window of ``WINDOWS``, a window of ``w`` seconds
 carrying at most ``rate x (w + burst)``.
 
@@ -231,11 +234,14 @@ class LinkPacer:
         self.ends: dict[int, float] = {}  # item seq -> predicted end of its bytes on the link
         self.taken = 0
 
-    async def start(self, item: RunItem, charge: int, priority: Priority) -> None:
+    async def start(
+        self, item: RunItem, charge: int, priority: Priority, *, relayed: bool = True
+    ) -> None:
         """Pay what ``item``'s request costs the link up front (its lump; in the long
         windows its store and a hold on its read); its read is paced by :meth:`read`,
-        and :meth:`finish` releases what it did not read."""
-        size = item.size if item.kind == "blob" else 0
+        and :meth:`finish` releases what it did not read. ``relayed=False``: we read the
+        mirror's stored copy, not one streamed across the link; all of it is the store."""
+        size = item.size if item.kind == "blob" and relayed else 0
         split = split_charge(size, charge)
         self.finish(item.seq)  # a retry: the earlier attempt is over
         await self.take(
@@ -399,18 +405,25 @@ class LinkPacer:
 
     def _admit_passing(self, now: float, held_back: Callable[[_Ask], bool]) -> tuple[bool, float]:
         """Admit the waiters that fit, best first, but those ``held_back`` says may not pass
-        the best one, which waits, until one does not fit (it holds the rest back).
+        the best one, which waits (a deferred big start passes when it fits), until one
+        does not fit (it holds the rest back).
         Returns whether any went, and the seconds until the next would fit (``inf``: none
         may pass)."""
         admitted: list[_Ask] = []
         fits = math.inf
         for _, _, ask in sorted(self._waiters, key=lambda w: (w[0], w[1])):
-            if held_back(ask) or ask.paid.done():
+            if ask.paid.done():
                 continue
-            fits = self.window.wait(now, ask.n, ask.long + ask.held)
+            wait = self.window.wait(now, ask.n, ask.long + ask.held)
             if ask.start:
-                fits = max(fits, self._queued(now))
-            if fits > 0:
+                wait = max(wait, self._queued(now))
+            if held_back(ask):
+                # A deferred start fills most of a window: it goes whenever it fits (at a
+                # run's start, with the windows still empty), else lets the others pass.
+                if held_back != self._fills_long or wait > 0:
+                    continue
+            elif wait > 0:
+                fits = wait
                 break
             self._pay(ask.n, ask.long, ask.held, ask.link_bytes, ask.seq)
             ask.paid.set_result(None)
@@ -428,14 +441,14 @@ def _not_read(ask: _Ask) -> bool:
 
 @contextlib.asynccontextmanager
 async def paid_request(
-    pacer: LinkPacer | None, item: RunItem, charge: int, priority: Priority
+    pacer: LinkPacer | None, item: RunItem, charge: int, priority: Priority, relayed: bool = True
 ) -> AsyncIterator[None]:
     """Around item's request: pay its cost to ``pacer`` before it starts (nothing to pay:
     at once) and, when it ends, have the link stop holding what it did not read."""
     if pacer is None or not charge:
         yield
         return
-    await pacer.start(item, charge, priority)
+    await pacer.start(item, charge, priority, relayed=relayed)
     try:
         yield
     finally:

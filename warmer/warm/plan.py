@@ -7,9 +7,10 @@ Cost model
     instance of a mirror whose instances keep separate caches. Caches are keyed per
     (mirror, instance, repository, digest) under ``cache_scope="repository"`` (CNCF
     distribution: the same blob under two repositories is fetched twice) and per
-    (mirror, instance, digest) under ``"global"``. A cold item costs
-    ``size * fetch_multiplicity`` on the mirror's parent link (``parent_cost``; CNCF
-    distribution 2.8 fetches a cold blob twice). An image's cost is the sum of
+    (mirror, instance, digest) under ``"global"``. A cold item costs its bytes on the
+    mirror's parent link (``parent_cost``): ``size`` when its stored copy is read,
+    ``size * fetch_multiplicity`` when its relayed copy is (CNCF distribution 2.8 fetches
+    a blob twice for a relayed read: ``MirrorNode.parent_cost``). An image's cost is the sum of
     ``parent_cost`` over the items it would add across every mirror of the target chains;
     what the ledger holds or the plan already has costs nothing.
 
@@ -82,7 +83,15 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from warmer.units import format_duration, format_size
-from warmer.warm.topology import Held, Key, MirrorNode, PlanError, Slot, Topology, is_held
+from warmer.warm.topology import (
+    Held,
+    Key,
+    MirrorNode,
+    PlanError,
+    Slot,
+    Topology,
+    is_held,
+)
 
 __all__ = [
     "Blob",
@@ -279,7 +288,7 @@ class _Pool:
         planned = False  # some of it is in the earlier plan of the run
         for name in mirrors:
             repo = self.topo.scope_repo(name, want.repository)
-            mult = self.topo.by_name[name].fetch_multiplicity
+            node = self.topo.by_name[name]
             for slot in self.topo.slots(name):
                 for blob in contents:
                     key = (name, slot.instance, repo, blob.digest)
@@ -287,8 +296,8 @@ class _Pool:
                         planned = True
                     elif not is_held(self.held, key):
                         cand.needed[key] = (slot, blob)
-                        cand.cost += blob.size * mult
-                        cand.link[name] = cand.link.get(name, 0) + blob.size * mult
+                        cand.cost += node.parent_cost(blob.size)
+                        cand.link[name] = cand.link.get(name, 0) + node.parent_cost(blob.size)
         if not cand.needed and not planned:
             self.skipped[want.image] = ALREADY_WARM
             return
@@ -385,7 +394,7 @@ class _Planner:
         touched: set[int] = set()
         for key, (slot, blob) in list(cand.needed.items()):
             name = slot.node.name
-            cost = blob.size * slot.node.fetch_multiplicity
+            cost = slot.node.parent_cost(blob.size)
             if self.emit:
                 self._emit(cand.want, key, slot, blob, cost)
             self.spent += cost

@@ -22,6 +22,7 @@ from warmer.store.ledger import Ledger, as_utc
 from warmer.warm import plan as planner
 from warmer.warm.reserve import RateReserve
 from warmer.warm.resolve import Learned, Want, resolve
+from warmer.warm.topology import stored_from
 
 
 @dataclass
@@ -50,6 +51,7 @@ def mirror_nodes(config: Config) -> list[planner.MirrorNode]:
                 path_prefix=mirror.path_prefix.strip("/") if mirror.naming == "prefix" else "",
                 cache_scope=mirror.cache_scope,
                 fetch_multiplicity=mirror.fetch_multiplicity,
+                stored_from=stored_from(mirror.cold_blobs, mirror.fetch_multiplicity),
                 link_rate=mirror.link.bandwidth,
                 instances=tuple(mirror.instances()) if separate else (),
                 upstreams=(config.upstream_of(name),),

@@ -13,6 +13,7 @@ LIGHT = 256 * 1024  # bytes: below this a blob's round trips outlast its transfe
 
 
 StartKey = tuple[int, int, int, int]
+FIRST = -(1 << 30)  # the chain key of each mirror's largest blob in a run without a deadline
 
 
 def start_order(items: list[RunItem], *, by_size: bool) -> list[RunItem]:
@@ -20,7 +21,10 @@ def start_order(items: list[RunItem], *, by_size: bool) -> list[RunItem]:
 
     Light items first (on at most half the slots): manifests and blobs under ``LIGHT``
     bytes take round trips, not bandwidth (left to the end they make a tail of idle link),
-    and the child tier's manifests wait for the parent's. Then a
+    and the child tier's manifests wait for the parent's. Without a deadline, each mirror's
+    largest blob next: on a paced link the windows are still empty then, so its burst
+    (which a window may have to take whole) costs no idle time, where later it would leave
+    the link nearly idle for about a window on each side (see ``warmer.warm.pacing``). Then a
     digest shared by k repositories of a mirror is k fetches one after the other (each
     waits for the mirror to store the previous copy), the run's longest chain: those start
     next. Without a deadline the larger blobs go next (largest first finishes sooner); with
@@ -36,10 +40,19 @@ def start_keys(items: list[RunItem], *, by_size: bool) -> dict[int, StartKey]:
     earlier part's (the executor uses them as slot and bandwidth priorities). A key ends
     with the item's ``seq``, so it also names its item."""
     fanout = Counter((i.mirror, i.instance, i.digest) for i in items if i.kind == "blob")
+    largest: dict[str, RunItem] = {}
+    if by_size:
+        for item in items:
+            if item.kind == "blob" and not is_light(item):
+                best = largest.get(item.mirror)
+                if best is None or (item.size, -item.seq) > (best.size, -best.seq):
+                    largest[item.mirror] = item
 
     def key(item: RunItem) -> StartKey:
         if is_light(item):
             return (0, 0, 0, item.seq)
+        if largest.get(item.mirror) is item:
+            return (1, FIRST, -item.size, item.seq)
         k = fanout[(item.mirror, item.instance, item.digest)]
         return (1, -k if k > 1 else 0, -item.size if by_size else 0, item.seq)
 
