@@ -144,6 +144,9 @@ def config_for(base: Path, front_url: str, procs: dict[str, Proc], cap: int | No
     if os.environ.get("BENCH_NO_PACING"):  # the warmer without a cap of its own (a baseline)
         cap = None
     wan = f'bandwidth = "{cap}"' if cap else ""
+    # BENCH_COLD_BLOBS=relay: every blob read as relayed (the comparison for stored reads).
+    mode = os.environ.get("BENCH_COLD_BLOBS")
+    cold = f'cold_blobs = "{mode}"' if mode else ""
     text = f"""
 [database]
 url = "sqlite:///{base}/warmer.db"
@@ -154,17 +157,20 @@ ratelimit_reserve = 0
 [mirrors.central]
 url = "{procs["central"].url}"
 parent = "dockerhub"
+{cold}
 [mirrors.central.link]
 {wan}
 concurrency = {conc}
 [mirrors.eu]
 url = "{procs["eu"].url}"
 parent = "central"
+{cold}
 [mirrors.eu.link]
 concurrency = {conc}
 [mirrors.us]
 url = "{procs["us"].url}"
 parent = "central"
+{cold}
 [mirrors.us.link]
 concurrency = {conc}
 [regions.all]

@@ -74,6 +74,13 @@ def test_the_store_speed_guess_follows_what_the_asks_found() -> None:
     assert speed.keeps_nothing()
     speed.kept = 1  # it kept one: a lost blob is bad luck, not the mirror's way
     assert not speed.keeps_nothing()
+    # A relayed read of at least OBSERVE_MIN bytes is a floor for the guess.
+    speed.relayed(4 << 20, 0.05)
+    assert speed.bytes_per_s == (4 << 20) / 0.05
+    speed.relayed(4 << 20, 1.0)  # a slower one does not lower it
+    assert speed.bytes_per_s == (4 << 20) / 0.05
+    speed.relayed(100_000, 0.0001)  # a short read times a round trip, not the link
+    assert speed.bytes_per_s == (4 << 20) / 0.05
 
 
 def test_parent_cost_of_a_stored_read() -> None:
@@ -160,7 +167,9 @@ def link(registry_factory: RegistryFactory, tmp_path: Path) -> Iterator[Link]:
         front.stop()
 
 
-def write_config(tmp_path: Path, link: Link, mirror_url: str, cold_blobs: str) -> Path:
+def write_config(
+    tmp_path: Path, link: Link, mirror_url: str, cold_blobs: str, cap: str | None = None
+) -> Path:
     path = tmp_path / "warmer.toml"
     path.write_text(f"""
 [database]
@@ -177,6 +186,7 @@ parent = "hub"
 cold_blobs = "{cold_blobs}"
 [mirrors.central.link]
 concurrency = 4
+{f'bandwidth = "{cap}"' if cap else ""}
 [regions.r]
 mirrors = ["central"]
 """)
@@ -212,12 +222,14 @@ def served_from_mirror(url: str, repository: str, digests: dict[str, int]) -> di
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("mode", ["stored", "relay"])
+@pytest.mark.parametrize(("mode", "cap"), [("stored", None), ("stored", "8MB/s"), ("relay", None)])
 def test_a_stored_read_has_the_parent_carry_a_large_blob_once(
-    mode: str, link: Link, registry_factory: RegistryFactory, tmp_path: Path
+    mode: str, cap: str | None, link: Link, registry_factory: RegistryFactory, tmp_path: Path
 ) -> None:
+    # Paced (a cap): the asks follow the pacer's prediction of the store's end, and the
+    # waits hold no slot; unpaced: the lane's guess, the slot held throughout.
     mirror = registry_factory(f"cold-{mode}", parent_url=link.front.url)
-    config = write_config(tmp_path, link, mirror.url, mode)
+    config = write_config(tmp_path, link, mirror.url, mode, cap)
     link.control.reset()
     summary, _ = warm(config, link.image)
     assert summary["failed"] == 0 and summary["done"] >= 5

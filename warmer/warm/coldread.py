@@ -27,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Any
 
 from warmer.oci.registry import RegistryClient
 from warmer.store.ledger import RunItem
@@ -38,6 +40,7 @@ MIN_SPEED = 1e6  # bytes/s: the slowest store speed the guess goes down to
 MAX_SPEED = 2e9
 LAG = (0.02, 2.0)  # seconds: the bounds of the guessed wait before a store starts
 LOST_LIMIT = 2  # blobs never found stored before a lane reads its relays instead
+OBSERVE_MIN = 1 << 20  # bytes: the least relayed read that says how fast the link is
 
 
 @dataclass
@@ -59,6 +62,13 @@ class StoreSpeed:
         factor = 1.25 if first else 0.5
         self.bytes_per_s = min(MAX_SPEED, max(MIN_SPEED, self.bytes_per_s * factor))
         self.lag = min(LAG[1], max(LAG[0], self.lag / factor))
+
+    def relayed(self, size: int, seconds: float) -> None:
+        """A relayed copy of ``size`` bytes was read in ``seconds``: the mirror stored its
+        own copy at least that fast (both crossed the parent link at once), so the guess is
+        never slower than that (reads under ``OBSERVE_MIN`` time round trips, not bytes)."""
+        if size >= OBSERVE_MIN and seconds > 0:
+            self.bytes_per_s = min(MAX_SPEED, max(self.bytes_per_s, size / seconds))
 
     def keeps_nothing(self) -> bool:
         """Whether the mirror seems not to store a dropped blob at all (``LOST_LIMIT``
@@ -93,21 +103,27 @@ async def read_stored(
     on_answer: Callable[[bool], None],
     speed: StoreSpeed,
     predicted: Callable[[], float | None],
+    slot: Callable[[], AbstractAsyncContextManager[Any]],
 ) -> int | None:
     """Read ``item``'s blob from the mirror's storage, having it stored first: a request
     closed at once (``trigger_blob``), then asks at the predicted end of the store. Its
     size, or None: still relayed after ``ASKS`` asks (the caller reads the relay).
     ``predicted()``: when the store is predicted to have crossed the link (None: not
-    paced)."""
+    paced). Each ask holds one of the mirror's slots (``slot()``) while it runs; the
+    trigger (a request sent and closed at once, right after the pacer admitted it: a
+    later store would land after its predicted end) and the waits for the store hold
+    none."""
     asked = time.monotonic()
     await client.trigger_blob(item.repository, item.digest)
     for attempt in range(ASKS):
         now = time.monotonic()
         when = next_ask(now, asked, item.size, attempt, speed, predicted())
         await asyncio.sleep(max(0.0, when - now))
-        n = await client.fetch_stored_blob(
-            item.repository, item.digest, on_bytes=on_bytes, on_answer=on_answer, size=item.size
-        )
+        async with slot():
+            n = await client.fetch_stored_blob(
+                item.repository, item.digest, on_bytes=on_bytes, on_answer=on_answer,
+                size=item.size,
+            )  # fmt: skip
         if attempt == 0:  # was the wait long enough?
             speed.found(first=n is not None)
         if n is not None:

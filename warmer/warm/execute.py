@@ -49,6 +49,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -327,16 +328,21 @@ class Executor:
         assert item.id is not None
         key = self._rank[item.seq]
         share = policy.slot_share(is_light(item), key[1])
-        gate: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
-        if share == "light":
-            gate = lane.light_slots
-        elif share == "bulk":
-            gate = lane.bulk_slots.hold(key)
-        async with gate, lane.slots.hold(key):
+        relayed = not stored_read(item, lane)
+        gate: AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+        slot: AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+        # On a paced link a stored read's requests take a slot each and its wait for the
+        # store none (the pacer bounds the stores in flight); elsewhere the slot is the store.
+        if relayed or lane.bucket is None:
+            slot = lane.slots.hold(key)
+            if share == "light":
+                gate = lane.light_slots
+            elif share == "bulk":
+                gate = lane.bulk_slots.hold(key)
+        async with gate, slot:
             charge = policy.link_charge(item.parent_cost, capped=lane.bucket is not None)
             if charge and not self._before(until, item):
                 return "pending"
-            relayed = not stored_read(item, lane)
             # Its key now: a part of the plan that joined meanwhile may have changed it.
             async with paid_request(lane.bucket, item, charge, self._rank[item.seq], relayed):
                 if not self._before(until, item):
@@ -474,12 +480,14 @@ class Executor:
             self._progress("bytes", item, k)
 
         pacer = lane.bucket
+        slot: AbstractAsyncContextManager[Any] = contextlib.nullcontext()
         if stored_read(item, lane):
             stored.append(None)  # the trigger: the mirror fetched it now, or held it already
             n = await coldread.read_stored(
                 lane.client, item, on_bytes=counted, on_answer=stored.append,
                 speed=lane.store_speed,
                 predicted=lambda: None if pacer is None else pacer.ends.get(item.seq),
+                slot=lambda: self._request_slot(item, lane),
             )  # fmt: skip
             if n is not None:
                 lane.from_storage.add((item.repository, item.digest))
@@ -500,13 +508,24 @@ class Executor:
             self.stats.parent_bytes_by_mirror[item.mirror] += relay
             if pacer is not None:
                 await pacer.start(item, relay, self._rank[item.seq])
-        n = await lane.client.fetch_blob(
-            item.repository, item.digest, on_bytes=paced(pacer, item.seq, counted),
-            on_answer=stored.append, size=item.size,
-        )  # fmt: skip
+            slot = self._request_slot(item, lane)
+        began = time.monotonic()
+        async with slot:
+            n = await lane.client.fetch_blob(
+                item.repository, item.digest, on_bytes=paced(pacer, item.seq, counted),
+                on_answer=stored.append, size=item.size,
+            )  # fmt: skip
         if stored and stored[-1]:
             lane.from_storage.add((item.repository, item.digest))
+        elif pacer is None:  # a relayed read at the link's own pace: how fast it stores
+            lane.store_speed.relayed(n, time.monotonic() - began)
         return n
+
+    def _request_slot(self, item: RunItem, lane: Lane) -> AbstractAsyncContextManager[Any]:
+        """A slot for one request of a stored read on a paced link (see ``_start``)."""
+        if lane.bucket is None:
+            return contextlib.nullcontext()  # the read holds one throughout
+        return lane.slots.hold(self._rank[item.seq])
 
     def _moved(self, item: RunItem, lane: Lane, got: str, size: int) -> str:
         """A tag that resolves to ``got`` at fetch time where the plan had ``item.digest``.
