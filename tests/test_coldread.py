@@ -233,6 +233,11 @@ def test_a_stored_read_has_the_parent_carry_a_large_blob_once(
     link.control.reset()
     summary, _ = warm(config, link.image)
     assert summary["failed"] == 0 and summary["done"] >= 5
+    stored = summary["stored_reads"]
+    if mode == "stored":  # the two large layers, neither read from the relay
+        assert stored["read"] == 2 and stored["fallbacks"] == 0 and stored["asks"] >= 2
+    else:
+        assert stored == {"read": 0, "asks": 0, "fallbacks": 0}
     stats = link.control.stats()
     for digest, size in link.layers.items():
         served = stats["blobs"][digest]["bytes_served"]
@@ -298,6 +303,7 @@ def test_a_mirror_that_never_looks_stored_gets_its_relays_read(
         config = write_config(tmp_path, link, hiding.url, "stored")
         summary, log = warm(config, link.image)
     assert summary["failed"] == 0
+    assert summary["stored_reads"] == {"read": 0, "asks": 6, "fallbacks": 2}
     items = run_items(tmp_path)
     assert {i.state for i in items} == {"done"}  # read and verified from the relay
     assert log.count("after 3 asks: reading the relayed copy") == 2, log

@@ -396,3 +396,22 @@ def test_a_blob_is_busy_until_its_store_has_crossed_the_link() -> None:
     assert busy_after_read(10.0, 1.0, 0.4) == pytest.approx(10.0 + 0.4 + 0.25)
     assert busy_after_read(10.0, 1.0, 0.4, store_end=13.0) == pytest.approx(13.4)
     assert busy_after_read(10.0, 1.0, 0.4, store_end=9.0) == pytest.approx(10.65)
+
+
+async def test_a_stored_read_is_one_lump_and_its_end_moves_with_what_follows() -> None:
+    """A blob read from the mirror's storage (``relayed=False``): its whole charge is the
+    store, nothing of it is a read to pace or hold; its predicted end moves later by the
+    link's time for what is admitted after it (concurrent stores share the link), never
+    past the link's whole queue."""
+    p, t = pacer(10 * MB)
+    began = t.now
+    await p.start(blob(1, 8 * MB), 8 * MB, (0,), relayed=False)
+    assert p._readers == {}  # no read of it crosses the link
+    assert p.store_done(1) == pytest.approx(began + 0.8)  # at the floor speed (the cap)
+    await p.start(blob(2, 4 * MB), 4 * MB, (1,), relayed=False)
+    # Blob 2 shares the link with blob 1 from its start: blob 1 ends later by 0.4 s, and
+    # no later than everything admitted (blob 2's own predicted end).
+    assert p.store_done(1) == pytest.approx(began + 1.2, abs=0.02)
+    assert p.store_done(2) == pytest.approx(store_end(p, 2) or 0.0, abs=0.02)
+    assert p.store_done(2) is None  # forgotten once its request is over
+    assert store_end(p, 1) == pytest.approx(began + 0.8) and p.store_done(1) is None

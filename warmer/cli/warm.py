@@ -311,6 +311,11 @@ def _summary(stats: RunStats, run_id: int, console: Console) -> None:
         )
     if stats.incidents:
         console.print(f"  [red]{stats.incidents} incident(s): see `warmer status`[/red]")
+    if stats.stored_reads or stats.stored_fallbacks:
+        console.print(
+            f"  {stats.stored_reads} large blob(s) read from the mirrors' storage "
+            f"({stats.stored_asks} ask(s)); {stats.stored_fallbacks} read as relayed instead"
+        )
     if stats.restored:
         console.print(
             f"  {stats.restored} blob(s) a mirror had not kept were asked for again (see the log)"

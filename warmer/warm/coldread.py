@@ -104,21 +104,29 @@ async def read_stored(
     speed: StoreSpeed,
     predicted: Callable[[], float | None],
     slot: Callable[[], AbstractAsyncContextManager[Any]],
+    asks: list[int],
 ) -> int | None:
     """Read ``item``'s blob from the mirror's storage, having it stored first: a request
-    closed at once (``trigger_blob``), then asks at the predicted end of the store. Its
+    closed at once (``trigger_blob``), then asks from the predicted end of the store. Its
     size, or None: still relayed after ``ASKS`` asks (the caller reads the relay).
     ``predicted()``: when the store is predicted to have crossed the link (None: not
-    paced). Each ask holds one of the mirror's slots (``slot()``) while it runs; the
-    trigger (a request sent and closed at once, right after the pacer admitted it: a
-    later store would land after its predicted end) and the waits for the store hold
-    none."""
+    paced; asked again after the first wait, as it moves later while more is admitted).
+    Each ask made is appended to ``asks`` (its number, from 0) and holds one of the
+    mirror's slots (``slot()``) while it runs; the trigger (sent right after the pacer
+    admitted it: a later store would land after its predicted end) and the waits for the
+    store hold none."""
     asked = time.monotonic()
     await client.trigger_blob(item.repository, item.digest)
     for attempt in range(ASKS):
         now = time.monotonic()
         when = next_ask(now, asked, item.size, attempt, speed, predicted())
-        await asyncio.sleep(max(0.0, when - now))
+        while when > now:  # the first wait: until the store's end, which may move later
+            await asyncio.sleep(when - now)
+            now, end = time.monotonic(), predicted()
+            if attempt or end is None:
+                break
+            when = end + speed.lag
+        asks.append(attempt)
         async with slot():
             n = await client.fetch_stored_blob(
                 item.repository, item.digest, on_bytes=on_bytes, on_answer=on_answer,

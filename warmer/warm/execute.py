@@ -483,13 +483,16 @@ class Executor:
         slot: AbstractAsyncContextManager[Any] = contextlib.nullcontext()
         if stored_read(item, lane):
             stored.append(None)  # the trigger: the mirror fetched it now, or held it already
+            asks: list[int] = []
             n = await coldread.read_stored(
                 lane.client, item, on_bytes=counted, on_answer=stored.append,
                 speed=lane.store_speed,
-                predicted=lambda: None if pacer is None else pacer.ends.get(item.seq),
-                slot=lambda: self._request_slot(item, lane),
+                predicted=lambda: None if pacer is None else pacer.store_done(item.seq),
+                slot=lambda: self._request_slot(item, lane), asks=asks,
             )  # fmt: skip
+            self.stats.stored_asks += len(asks)
             if n is not None:
+                self.stats.stored_reads += 1
                 lane.from_storage.add((item.repository, item.digest))
                 return n
             log.warning(
@@ -506,6 +509,7 @@ class Executor:
                 )  # fmt: skip
             relay = item.size * lane.fetch_multiplicity
             self.stats.parent_bytes_by_mirror[item.mirror] += relay
+            self.stats.stored_fallbacks += 1
             if pacer is not None:
                 await pacer.start(item, relay, self._rank[item.seq])
             slot = self._request_slot(item, lane)

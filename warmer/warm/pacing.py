@@ -99,6 +99,7 @@ RECHECK = 0.25  # seconds: the longest nap while only reads in progress can make
 # for reads waiting behind the queue stays small (on a link no faster than the cap, a
 # start admitted early is held for its whole wait: the windows then admit less).
 AHEAD = 0.5
+AHEAD_STORED = 1.5  # the same for a start with no read of ours across the link
 READ: Priority = (1 << 30,)  # reads queue behind every start (whose keys are tuples)
 
 
@@ -232,6 +233,7 @@ class LinkPacer:
         self._server: asyncio.Task[None] | None = None
         self._readers: dict[int, _Reader] = {}
         self.ends: dict[int, float] = {}  # item seq -> predicted end of its bytes on the link
+        self._taken_at: dict[int, int] = {}  # item seq -> bytes admitted up to and with it
         self.taken = 0
 
     async def start(
@@ -316,7 +318,7 @@ class LinkPacer:
         now = self._clock()
         if (
             not self._waiters
-            and (not start or self._queued(now) <= 0)
+            and (not start or self._queued(now, held > 0) <= 0)
             and self.window.wait(now, n, long + held) <= 0
         ):
             self._pay(n, long, held, link_bytes, seq)
@@ -340,11 +342,29 @@ class LinkPacer:
             self._busy = last
             if seq is not None:
                 self.ends[seq] = last
+                self._taken_at[seq] = self.taken + int(n)
             after, span = first - now, last - first
             log.debug("link: %.0f bytes over (%.3f, %.3f] at %.3f", n, after, span, now)
         self.window.record(now, n, span, after=after, long=long)
         self.window.hold(held)
         self.taken += int(n)
+
+    def store_done(self, seq: int) -> float | None:
+        """When item ``seq``'s store is predicted to have crossed the link, as of now: the
+        prediction made at its admission (the link carrying what was admitted one after
+        the other), later by the time the link takes for what was admitted after it
+        (concurrent transfers share the link: each delays those already running), and
+        never after the link's whole predicted queue. None: not admitted, or forgotten."""
+        end = self.ends.get(seq)
+        if end is None:
+            return None
+        after = self.taken - self._taken_at.get(seq, self.taken)
+        return min(max(end, self._busy), end + after / self.speed.bytes_per_s)
+
+    def forget(self, seq: int) -> float | None:
+        """Item ``seq``'s predicted end, forgotten (its request is over)."""
+        self._taken_at.pop(seq, None)
+        return self.ends.pop(seq, None)
 
     def reprioritize(self, update: Callable[[Priority], Priority]) -> None:
         """Give every waiting start the priority ``update`` maps its own to (reads keep
@@ -362,7 +382,7 @@ class LinkPacer:
                 continue
             now = self._clock()
             short, long = self.window.waits(now, ask.n, ask.long + ask.held)
-            queued = self._queued(now) if ask.start else 0.0
+            queued = self._queued(now, ask.held > 0) if ask.start else 0.0
             delay = max(short, long, queued)
             if delay <= 0:
                 heapq.heappop(self._waiters)
@@ -395,10 +415,13 @@ class LinkPacer:
                 for task in (nap, arrival):
                     task.cancel()
 
-    def _queued(self, now: float) -> float:
+    def _queued(self, now: float, reads: bool = True) -> float:
         """Seconds until a start may go: the link's predicted queue (what was admitted and
-        has not crossed it yet) is at most the first answer's lag plus ``AHEAD``."""
-        return max(0.0, self._busy - now - self.speed.lag - AHEAD)
+        has not crossed it yet) is at most the first answer's lag plus ``AHEAD``, or
+        ``AHEAD_STORED`` for a start with no read to hold (a blob read from storage: the
+        long windows hold nothing for it while it waits in the queue)."""
+        ahead = AHEAD if reads else AHEAD_STORED
+        return max(0.0, self._busy - now - self.speed.lag - ahead)
 
     def _fills_long(self, ask: _Ask) -> bool:
         return ask.start and ask.long + ask.held > BIG * self.window.long_min
@@ -416,7 +439,7 @@ class LinkPacer:
                 continue
             wait = self.window.wait(now, ask.n, ask.long + ask.held)
             if ask.start:
-                wait = max(wait, self._queued(now))
+                wait = max(wait, self._queued(now, ask.held > 0))
             if held_back(ask):
                 # A deferred start fills most of a window: it goes whenever it fits (at a
                 # run's start, with the windows still empty), else lets the others pass.
@@ -459,7 +482,7 @@ def store_end(pacer: LinkPacer | None, seq: int) -> float | None:
     """When item ``seq``'s bytes (the mirror's background store with them) are predicted
     to have crossed the link (``time.monotonic()``), or None: not paced. Forgotten once
     asked."""
-    return None if pacer is None else pacer.ends.pop(seq, None)
+    return None if pacer is None else pacer.forget(seq)
 
 
 def paced(

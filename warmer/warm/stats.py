@@ -49,6 +49,12 @@ class RunStats:
     seconds: float = 0.0
     deadline_hit: bool = False
     restored: int = 0
+    # Large cold blobs read from the mirrors' storage (warmer.warm.coldread): how many, the
+    # asks they took (one each when the first came after the store), and the ones still
+    # relayed after every ask and read from the relay instead.
+    stored_reads: int = 0
+    stored_asks: int = 0
+    stored_fallbacks: int = 0
     moved: list[MovedTag] = field(default_factory=list)
     # Requests sent: (tier, kind, method) and (registry, kind, method); see add_requests.
     requests_by_tier: Counter[tuple[str, str, str]] = field(default_factory=Counter)
@@ -103,6 +109,11 @@ class RunStats:
             "seconds": round(self.seconds, 3),
             "deadline_hit": self.deadline_hit,
             "restored": self.restored,
+            "stored_reads": {
+                "read": self.stored_reads,
+                "asks": self.stored_asks,
+                "fallbacks": self.stored_fallbacks,
+            },
             "moved": [m.as_dict() for m in self.moved],
             "requests_by_tier": nest_requests(self.requests_by_tier),
             "requests_by_registry": nest_requests(self.requests_by_registry),
