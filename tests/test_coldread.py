@@ -30,7 +30,7 @@ from warmer.cli.main import cli
 from warmer.config import ConfigError, load
 from warmer.oci.manifest import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST
 from warmer.oci.registry import RegistryClient, served_from_storage
-from warmer.oci.trigger import TriggerError, request_bytes
+from warmer.oci.trigger import UnfitHeader, request_bytes
 from warmer.sandbox.front import FrontControl
 from warmer.sandbox.procs import Proc, free_port, spawn, wait_ready
 from warmer.store.ledger import Ledger
@@ -115,7 +115,7 @@ def test_a_triggered_request_refuses_a_header_value_that_would_split_it() -> Non
     sent = request_bytes(url, {"Authorization": "Bearer abc"})
     assert sent.startswith(b"GET /v2/lib/x/blobs/sha256:") and sent.endswith(b"\r\n\r\n")
     assert b"Host: 127.0.0.1:5000\r\n" in sent and b"Connection: close\r\n" in sent
-    with pytest.raises(TriggerError) as err:
+    with pytest.raises(UnfitHeader) as err:
         request_bytes(url, {"Authorization": "Bearer abc\r\nX-Evil: 1"})
     assert "abc" not in str(err.value)  # the message names the header, never its value
 

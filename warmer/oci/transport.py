@@ -34,7 +34,7 @@ from tenacity import (
 from warmer.oci import auth
 from warmer.oci.auth import Credentials, CredentialsError, TokenCache
 from warmer.oci.ratelimit import RateLimit, parse_ratelimit
-from warmer.oci.trigger import TriggerError, send_and_close
+from warmer.oci.trigger import TriggerError, UnfitHeader, send_and_close
 from warmer.oci.validate import InvalidValue, check_url
 
 log = logging.getLogger(__name__)
@@ -508,6 +508,8 @@ class RegistryTransport:
                 await send_and_close(url, headers, tls=tls, timeout=connect)
             except TriggerError as exc:
                 raise _Retry(str(exc), safe_url(url), unreachable=True) from None
+            except UnfitHeader as exc:  # a token server's answer, unfit for a header
+                raise InvalidResponse(f"{safe_url(url)}: {exc}") from None
             return
         # Through a proxy: the client's own request, closed after TRIGGER_READ.
         timeout = self._http.timeout.as_dict() | {"read": TRIGGER_READ}

@@ -26,7 +26,11 @@ _HEADER_NAME = re.compile(r"[A-Za-z0-9-]+")
 
 
 class TriggerError(OSError):
-    """The request could not be sent (connection, TLS or a value unfit for a header)."""
+    """The request could not be sent (connection or TLS)."""
+
+
+class UnfitHeader(ValueError):
+    """A header value that would change the request (CR, LF, NUL ...): never sent."""
 
 
 def request_bytes(url: httpx.URL, headers: Mapping[str, str]) -> bytes:
@@ -34,7 +38,7 @@ def request_bytes(url: httpx.URL, headers: Mapping[str, str]) -> bytes:
     lines = [f"GET {url.raw_path.decode('ascii')} HTTP/1.1", f"Host: {url.netloc.decode('ascii')}"]
     for name, value in headers.items():
         if not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value):
-            raise TriggerError(f"header {name!r} is not fit to send")  # never its value
+            raise UnfitHeader(f"header {name!r} is not fit to send")  # never its value
         lines.append(f"{name}: {value}")
     lines += ["Connection: close", "", ""]
     return "\r\n".join(lines).encode("ascii")
