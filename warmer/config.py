@@ -176,10 +176,11 @@ class MirrorConfig(_Strict):
     expiry: Literal["first-fetch", "last-access", "none"] = "first-fetch"
     cache_scope: Literal["repository", "global"] = "repository"
     fetch_multiplicity: int = Field(default=2, ge=1, le=8)
-    # How a cold blob is read: "stored" asks for it, drops the copy the mirror relays and
-    # reads the one it stored (the parent link carries it once; needs kind "distribution",
-    # whose answers tell the two apart); "relay" reads the relayed copy as it streams (the
-    # parent carries it fetch_multiplicity times). Default: "stored" for "distribution".
+    # How a cold blob of 8 MiB or more is read: "stored" asks for it with a request closed
+    # at once (the mirror's store runs on, its relay stops) and reads the copy it stored
+    # (the parent link carries it once; needs kind "distribution", whose answers tell the
+    # two apart; see warmer.warm.coldread); "relay" reads the relayed copy as it streams
+    # (the parent carries it fetch_multiplicity times). Default: "stored" for distribution.
     cold_blobs: Literal["stored", "relay"] = "stored"
     link: LinkConfig = LinkConfig()
     replicas: list[str] = Field(default_factory=list)
