@@ -340,9 +340,9 @@ class RegistryClient(RegistryListing):
         """Like :meth:`fetch_blob`, but an answer a mirror relays from its parent (not
         served from its storage, see :func:`served_from_storage`) is dropped unread: the
         connection is closed after its headers and ``None`` returned. CNCF distribution
-        2.8 keeps storing the blob in its background fetch (measured: the parent sent the
-        blob once and under 1.5 MB of the dropped copy), so a later call reads the stored
-        copy and the parent link carries the blob once instead of twice."""
+        2.8 keeps storing the blob in its background fetch (measured, one request alone:
+        the parent sent the blob once and under 1.5 MB of the dropped copy; more in a busy
+        run, see ``warmer.warm.coldread``), so a later call reads the stored copy."""
         return await self._blob(repository, digest, None, on_bytes, on_answer, size, drop=True)
 
     async def _blob(
