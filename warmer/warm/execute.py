@@ -349,7 +349,7 @@ class Executor:
                     # The link was busy until past the deadline: no blob starts after it.
                     return "pending"
                 started = time.monotonic()
-                state = await self._fetch(item, lane, until)
+                state = await self._fetch(item, lane, until, relayed)
             end = store_end(lane.bucket, item.seq)
             held = (item.repository, item.digest) in lane.from_storage
             if state == "done" and item.kind == "blob" and not held:
@@ -368,12 +368,14 @@ class Executor:
         self._progress("deadline", item)
         return False
 
-    async def _fetch(self, item: RunItem, lane: Lane, until: float | None) -> str:
+    async def _fetch(
+        self, item: RunItem, lane: Lane, until: float | None, relayed: bool = True
+    ) -> str:
         """Fetch one item, waiting out a 429's Retry-After while the deadline allows."""
         assert item.id is not None
         for _ in range(self.config.run.retries + 1):
             try:
-                return await self._fetch_once(item, lane)
+                return await self._fetch_once(item, lane, relayed)
             except RateLimited as exc:
                 wait = policy.retry_wait(exc.retry_after, now=time.monotonic(), until=until)
                 if wait is None:
@@ -392,7 +394,7 @@ class Executor:
         self._finish(item, "failed", "rate limited: still refused after waiting out Retry-After")
         return "failed"
 
-    async def _fetch_once(self, item: RunItem, lane: Lane) -> str:
+    async def _fetch_once(self, item: RunItem, lane: Lane, relayed: bool = True) -> str:
         assert item.id is not None
         item.attempts += 1
         self._record(
@@ -420,7 +422,7 @@ class Executor:
                 if manifest.digest != item.digest:
                     return self._moved(item, lane, manifest.digest, n)
             else:
-                n = await self._read_blob(item, lane, stored)
+                n = await self._read_blob(item, lane, stored, relayed)
         except DigestMismatch as exc:
             self._record(
                 IncidentRecord(
@@ -473,15 +475,19 @@ class Executor:
         self._progress("done", item, n)
         return "done"
 
-    async def _read_blob(self, item: RunItem, lane: Lane, stored: list[bool | None]) -> int:
-        """Read a blob item: its stored copy (see ``coldread``), or the one relayed."""
+    async def _read_blob(
+        self, item: RunItem, lane: Lane, stored: list[bool | None], relayed: bool
+    ) -> int:
+        """Read a blob item: its stored copy (see ``coldread``), or the one relayed, as
+        ``_start`` decided (and charged) it: a lane that stops dropping relays meanwhile
+        does not change an item already admitted as a stored read."""
 
         async def counted(k: int) -> None:
             self._progress("bytes", item, k)
 
         pacer = lane.bucket
         slot: AbstractAsyncContextManager[Any] = contextlib.nullcontext()
-        if stored_read(item, lane):
+        if not relayed:
             stored.append(None)  # the trigger: the mirror fetched it now, or held it already
             asks: list[int] = []
             n = await coldread.read_stored(
