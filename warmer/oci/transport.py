@@ -245,8 +245,10 @@ def _proxied(url: httpx.URL) -> bool:
     return not (bypass is not None and bypass(url.host))
 
 
+@functools.lru_cache(maxsize=16)
 def _trigger_context(verify: bool | str) -> ssl.SSLContext:
-    """The TLS context of a triggered request: the transport's verification setting."""
+    """The TLS context of a triggered request: the transport's verification setting (one
+    per setting for the process, as ``_ssl_context``)."""
     if verify is False:
         context = ssl.create_default_context()
         context.check_hostname = False
@@ -286,7 +288,10 @@ class RegistryTransport:
         self._tokens = TokenCache()
         self._token_locks: dict[auth.TokenKey, asyncio.Lock] = {}
         self._own_http = http is None
-        self._verify = verify
+        # How a triggered request goes (see ``trigger``): by hand unless the environment
+        # proxies this registry; over TLS with the transport's verification setting.
+        self._trigger_direct = not _proxied(url)
+        self._trigger_tls = _trigger_context(verify) if url.scheme == "https" else None
         if http is None:
             ssl_verify = (
                 verify if verify is False else _ssl_context(None if verify is True else verify)
@@ -500,12 +505,11 @@ class RegistryTransport:
         headers = {"User-Agent": USER_AGENT}
         if authorization:
             headers["Authorization"] = authorization
-        if not _proxied(url):
-            self.requests[(request_kind(url.path), "GET")] += 1
-            tls = None if url.scheme != "https" else _trigger_context(self._verify)
+        self.requests[(request_kind(url.path), "GET")] += 1
+        if self._trigger_direct:
             connect = self._http.timeout.connect or 10.0
             try:
-                await send_and_close(url, headers, tls=tls, timeout=connect)
+                await send_and_close(url, headers, tls=self._trigger_tls, timeout=connect)
             except TriggerError as exc:
                 raise _Retry(str(exc), safe_url(url), unreachable=True) from None
             except UnfitHeader as exc:  # a token server's answer, unfit for a header
@@ -516,7 +520,6 @@ class RegistryTransport:
         request = self._http.build_request(
             "GET", url, headers=headers, extensions={"timeout": timeout}
         )
-        self.requests[(request_kind(url.path), "GET")] += 1
         try:
             resp = await self._http.send(request, stream=True, follow_redirects=False)
         except httpx.ReadTimeout:
