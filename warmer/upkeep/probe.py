@@ -46,7 +46,7 @@ from typing import Any, Literal
 
 import httpx
 
-from warmer.config import Config
+from warmer.config import Config, MirrorConfig
 from warmer.oci.manifest import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, sha256_digest
 from warmer.oci.registry import RegistryClient, RegistryError, served_from_storage
 from warmer.warm.resolve import mirror_client, upstream_client
@@ -545,7 +545,7 @@ async def _steps(
 
 async def _dropped(
     report: ProbeReport, mc: RegistryClient, view: ParentView | None, digest: str,
-    path: str, size: int, told: bool, key: str, m: Any,
+    path: str, size: int, told: bool, key: str, m: MirrorConfig,
 ) -> None:  # fmt: skip
     """5. A cold blob asked for with the connection closed at once: stored anyway?"""
     stored: bool | None = None
