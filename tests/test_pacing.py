@@ -10,7 +10,7 @@ import random
 import pytest
 
 from warmer.store.ledger import RunItem
-from warmer.warm.linkwindows import LinkWindows, landing
+from warmer.warm.linkwindows import EMPTY, LinkWindows, landing
 from warmer.warm.pacing import (
     AHEAD,
     PROBE_MIN,
@@ -108,6 +108,19 @@ def test_a_lump_bigger_than_a_window_goes_alone() -> None:
     assert fits(w, 1.5, 1) == pytest.approx(2.0, abs=0.01)
     # ... and the 5 s window (51.5 MB) takes the rest only as it allows.
     assert fits(w, 2.0, 25 * MB) == pytest.approx(6.0, abs=0.01)  # when the 30 MB leave it
+
+
+def test_a_lump_bigger_than_a_window_is_not_starved_by_small_requests() -> None:
+    w = LinkWindows(10 * MB)
+    w.record(0.0, 2 * MB)
+    now = 0.0
+    # Manifest requests keep coming (2 kB every 50 ms): the 1 s window is never empty, but
+    # holds next to nothing once the 2 MB have left it, and the 30 MB lump goes then.
+    while w.wait(now, 30 * MB) > 0 and now < 10.0:
+        w.record(now, 2_000)
+        now += 0.05
+    assert now == pytest.approx(1.0, abs=0.06)
+    assert w.in_window(now, 1.0) <= EMPTY * w.allowance[1.0]
 
 
 def test_a_lump_spread_over_its_time_on_the_link_counts_in_every_window_it_overlaps() -> None:

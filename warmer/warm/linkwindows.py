@@ -24,6 +24,10 @@ WINDOWS: tuple[tuple[float, float], ...] = ((1.0, 1.0), (5.0, 0.15), (10.0, 0.2)
 # Windows of at least this many seconds hold a read's bytes from its start until read;
 # shorter ones pace the read (see the module).
 LONG = 2.0
+# A window holding no more than this share of its allowance is empty to a lump too big
+# for it (such a lump goes alone): bytes in flight of a few small requests (manifests, a
+# config) would otherwise keep it waiting for as long as they keep coming.
+EMPTY = 0.02
 PIECE = 1 << 20  # a lump is recorded in pieces of at most this many bytes ...
 PIECE_S = 0.05  # ... and at most this many seconds of its time on the link
 
@@ -61,8 +65,8 @@ class _Window:
     def fits_at(self, now: float, n: float) -> float:
         """When ``n`` more bytes fit (``now``: at once; ``inf``: not before a hold ends)."""
         allowed = self.allowance
-        # Too big for the window on its own: it goes alone.
-        over = self.sum + self.held + min(n, allowed) - allowed
+        # Too big for the window on its own: it goes alone (beside at most EMPTY of it).
+        over = self.sum + self.held + min(n, allowed * (1 - EMPTY)) - allowed
         if over <= 1e-6:
             return now
         if over > self.sum + 1e-6:
