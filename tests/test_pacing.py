@@ -339,6 +339,18 @@ async def test_a_start_that_fills_a_long_window_holds_no_one_back_when_deferred(
     assert went == (["s0", "s1", "s2", "s3", "big"] if defer else ["big", "s0", "s1", "s2", "s3"])
 
 
+async def test_a_start_needing_a_quarter_of_a_long_window_lets_the_others_pass() -> None:
+    t = FakeTime()
+    p = LinkPacer(10 * MB, clock=t.clock, sleep=t.sleep, defer_big=True)
+    await p.take(40 * MB)
+    # 15 MB (29 % of the 5 s window's 51.5 MB) do not fit beside the 40 MB: holding the
+    # others back, the link would idle until the window drained; they pass meanwhile.
+    asks: list[tuple[str, float, Priority]] = [("big", 15 * MB, (1,))]
+    asks += [(f"s{i}", 2 * MB, (2, i)) for i in range(3)]
+    went = [name for name, _ in await admissions(p, t, asks)]
+    assert went == ["s0", "s1", "s2", "big"]
+
+
 async def test_starts_go_before_reads_and_by_priority() -> None:
     p, _ = pacer(1 * MB)
     await p.take(3 * MB)  # fill the windows
