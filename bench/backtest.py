@@ -12,9 +12,10 @@ model's) share of the oracle and margin over the best baseline on every kind of 
 Baselines (``analytics.backtest.BASELINES``): yesterday, seasonal (the same weekday one
 week earlier), frequency, decayed mean, static. Every strategy's warm set is what the
 planner (``warmer.warm.plan``) plans from its scores: the benchmark scores the production
-decision. The planner values pulls per byte; the byte hit rate weights pulls by size, so
-``pull_hit_rate`` is the planner's own measure, and the oracle (the planner with the day's
-pulls) is no upper bound on bytes.
+decision. The planner values the bytes the predicted pulls get, as the byte hit rate
+counts them; ``pull_hit_rate`` (the share of pulls wholly warm) is reported beside it. The
+oracle (the planner with the day's pulls) is no upper bound: the greedy is no exact
+knapsack.
 
 Targets (issue 18): the ensemble's byte hit rate at or above the best baseline on every
 (region, kind of day) cell at the default budget, on the default seed and on held-out

@@ -134,5 +134,5 @@ def test_ensemble_ranking_names_its_drivers_and_keeps_the_model_columns() -> Non
     last_monday = a.usage[a.usage["day"] == now - pd.Timedelta(days=7)]
     trains = set(last_monday.nlargest(5, "pulls")["image"])
     assert set(out.head(5)["image"]) == trains
-    # A predicted total in pulls, as the model's: the planner values pulls.
+    # A predicted total in pulls, as the model's: the planner's value is pulls x bytes.
     assert out["score"].sum() > 10

@@ -145,10 +145,11 @@ def short(name: str) -> str:
 
 
 def test_shared_base_layers_make_the_next_image_cheap() -> None:
-    # Alone: a=10/1020, c=5/520 and b=6/1020, so a, c, b would be the static order. Once a
-    # is planned, b (same repository) costs only its manifest and its own layer: a, b, c.
+    # Value per byte alone: a 10, c 7, b 6 pulls (nothing shared yet), so a, c, b would be
+    # the static order. Once a is planned, b (same repository) costs only its manifest and
+    # its own layer, 20 of its 1020 bytes: a, b, c.
     wanted = [
-        image("c", {"c": 510}, score=5),
+        image("c", {"c": 510}, score=7),
         image("b", {"base": 1000, "b": 10}, score=6, repository="library/a", tag="b"),
         image("a", {"base": 1000, "a": 10}, score=10),
     ]
@@ -162,7 +163,7 @@ def test_shared_base_layers_make_the_next_image_cheap() -> None:
 
 def test_shared_layers_in_another_repository_are_not_free_under_repository_scope() -> None:
     wanted = [
-        image("c", {"c": 510}, score=5),
+        image("c", {"c": 510}, score=7),
         image("b", {"base": 1000, "b": 10}, score=6),
         image("a", {"base": 1000, "a": 10}, score=10),
     ]
@@ -598,7 +599,8 @@ def test_random_plans_keep_the_invariants(seed: int) -> None:
 
 
 def big_and_smalls(big_score: float, big_layer: int = 790) -> list[WantedImage]:
-    """big costs 10 + ``big_layer``; s1..s3 cost 200 each and are worth 3 (0.015 per byte)."""
+    """big costs 10 + ``big_layer``; s1..s3 cost 200 each and are worth 3 pulls of their
+    200 B (600 each, 3 per byte)."""
     smalls = [image(f"s{k}", {f"s{k}": 190}, score=3) for k in (1, 2, 3)]
     return [image("big", {"big": big_layer}, score=big_score), *smalls]
 
@@ -610,15 +612,16 @@ WINDOW = "window too short: 200 B more on m's parent link at 10 B/s needs 20s, 0
 @pytest.mark.parametrize(
     ("big_score", "big_layer", "budget", "planned", "skipped"),
     [
-        # Greedy takes s1..s3 (600 B, worth 9) and has 400 B left for big (800 B). Big first
-        # leaves room for s1: worth big + 3. Inside the set, s1 (0.015/B) still goes first.
-        (10, 790, Budget(1000, None), ["s1", "big"], {"s2": OVER, "s3": OVER}),
-        (8, 790, Budget(1000, None), ["s1", "big"], {"s2": OVER, "s3": OVER}),
+        # Greedy takes s1..s3 (3 per byte: 600 B, worth 1800) and has 400 B left for big
+        # (800 B, 2.5 per byte). Big first leaves room for s1: worth 2000 + 600. Inside the
+        # set, s1 (3 per byte) still goes first.
+        (2.5, 790, Budget(1000, None), ["s1", "big"], {"s2": OVER, "s3": OVER}),
+        (2, 790, Budget(1000, None), ["s1", "big"], {"s2": OVER, "s3": OVER}),
         # The same cut by the window: 100 s at 10 B/s is 1000 B on m's link.
-        (10, 790, Budget(None, timedelta(seconds=100)), ["s1", "big"], {"s2": WINDOW}),
-        # big + s1 = 9 ties the greedy's 9: the greedy is kept; 5 + 3 < 9 likewise.
-        (6, 790, Budget(1000, None), ["s1", "s2", "s3"], {"big": "over budget: needs 800 B"}),
-        (5, 790, Budget(1000, None), ["s1", "s2", "s3"], {"big": "over budget: needs 800 B"}),
+        (2.5, 790, Budget(None, timedelta(seconds=100)), ["s1", "big"], {"s2": WINDOW}),
+        # big + s1 = 1200 + 600 ties the greedy's 1800: the greedy is kept; 1000 + 600 < 1800.
+        (1.5, 790, Budget(1000, None), ["s1", "s2", "s3"], {"big": "over budget: needs 800 B"}),
+        (1.25, 790, Budget(1000, None), ["s1", "s2", "s3"], {"big": "over budget: needs 800 B"}),
         # big alone is over the budget: nothing to retry.
         (50, 1000, Budget(1000, None), ["s1", "s2", "s3"], {"big": "over budget: needs 1010 B"}),
     ],
@@ -651,16 +654,16 @@ def test_retry_takes_a_big_image_worth_more_than_the_small_ones(
 def test_retry_only_tries_the_most_valuable_left_out_images(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    wanted = big_and_smalls(10)
+    wanted = big_and_smalls(2.5)
     budget = Budget(1000, None)
     monkeypatch.setattr("warmer.warm.plan.RETRIES", 1)
     assert [short(i) for i in plan(wanted, [mirror("m")], ["m"], [], budget, NOW).images] == [
         "s1",
         "big",
     ]
-    # A left-out image worth more than big that fills the budget on its own (10.5 beats the
-    # greedy's 9, not big + s1 = 13) is tried first; with one try, big is never tried.
-    decoy = image("decoy", {"decoy": 990}, score=10.5)
+    # A left-out image worth more than big that fills the budget on its own (2200 beats
+    # the greedy's 1800, not big + s1 = 2600) is tried first; with one try, big is never tried.
+    decoy = image("decoy", {"decoy": 990}, score=2.2)
     result = plan([*wanted, decoy], [mirror("m")], ["m"], [], budget, NOW)
     assert [short(i) for i in result.images] == ["decoy"]
     monkeypatch.setattr("warmer.warm.plan.RETRIES", 2)
@@ -683,8 +686,16 @@ def test_no_binding_budget_plans_exactly_as_the_plain_greedy(
 
 
 def worth(result: Plan, wanted: list[WantedImage]) -> float:
-    scores = {w.image: w.score for w in wanted}
-    return sum(scores[i] for i in result.images)
+    """The planned images' value (the planner's "Value"): pulls times the bytes of a pull
+    served, the bytes of objects no other wanted image has counted at ``stay``."""
+    contents = {w.image: {b.digest: b.size for b in (*w.manifests, *w.blobs)} for w in wanted}
+    holders = Counter(d for c in contents.values() for d in c)
+    total = 0.0
+    for w in wanted:
+        if w.image in result.images:
+            own = sum(n for d, n in contents[w.image].items() if holders[d] == 1)
+            total += w.score * (sum(contents[w.image].values()) - own + w.stay * own)
+    return total
 
 
 def binding_case(
