@@ -46,6 +46,12 @@ class RankParams:
     # Prior odds that a weekly peak still recurs after a weekday that fell short of it;
     # the pulls of that day update them (``fade``): a peak that stopped loses its boost.
     dow_recur_odds: float = 9.0
+    # A level shift (``restart_at_shift``): the last 2-3 weekdays each this many Poisson
+    # deviations off the level of the weekdays before them, on the same side, and
+    # ``shift_z`` together; the key's history then starts at the shift.
+    shift_day_z: float = 2.0
+    shift_z: float = 4.0
+    shift_level_days: int = 10  # weekdays before the run that set the level
 
 
 def target_day(now: pd.Timestamp) -> pd.Timestamp:
@@ -74,6 +80,7 @@ def day_estimates(
     """
     ages = np.arange(daily.shape[1])
     dows = np.array([(target - int(a) * DAY).dayofweek for a in ages])
+    valid = restart_at_shift(daily, valid, dows, p)
     is_weekend = day.dayofweek >= 5
     same = ((dows >= 5) == is_weekend) & (ages >= 1)
     weights = np.where(same, 0.5 ** ((ages - 1) / p.half_life_days), 0.0)
@@ -127,6 +134,46 @@ def day_estimates(
     faded = fade(factor, daily, valid, est, np.flatnonzero(same & (dows == day.dayofweek)), p)
     train &= faded - 1.0 >= 0.5 * (factor - 1.0)  # a train that stopped is no train
     return est * faded, faded, train
+
+
+def restart_at_shift(
+    daily: np.ndarray, valid: np.ndarray, dows: np.ndarray, p: RankParams
+) -> np.ndarray:
+    """``valid`` without the days before a key's level shift.
+
+    A pipeline adopting an image, or moving off it, changes its rate from one day to the
+    next; a decayed mean with a half-life of days then trails the new level for a week
+    (80 pulls a weekday, then 139 and 152: the mean says 86). Where the last ``s`` weekdays
+    (3, else 2) each lie ``shift_day_z`` Poisson deviations off the plain mean of the
+    ``shift_level_days`` weekdays before them, on the same side, and ``shift_z`` together,
+    the key's history starts at the first of them. One day off its level (a release train,
+    an outage) is no shift; nor are two that disagree.
+    """
+    ages = np.arange(daily.shape[1])
+    weekdays = np.flatnonzero((dows < 5) & (ages >= 1))  # most recent first
+    out = valid
+    done = np.zeros(len(daily), dtype=bool)
+    for s in (3, 2):
+        if len(weekdays) < s + 3:
+            continue
+        recent, before = weekdays[:s], weekdays[s : s + p.shift_level_days]
+        x = daily[:, recent]
+        seen = valid[:, before] > 0
+        n = seen.sum(axis=1)
+        level = np.divide(
+            (daily[:, before] * seen).sum(axis=1), n, out=np.zeros(len(daily)), where=n > 0
+        )
+        sd = np.sqrt(np.maximum(level, 1.0))
+        z = (x - level[:, None]) / sd[:, None]
+        together = np.abs(x.sum(axis=1) - s * level) / (np.sqrt(s) * sd)
+        side = (z > p.shift_day_z).all(axis=1) | (z < -p.shift_day_z).all(axis=1)
+        hit = ~done & (valid[:, recent] > 0).all(axis=1) & (n >= 3) & side
+        hit &= together > p.shift_z
+        if hit.any():
+            cut = ages > recent[-1]
+            out = np.where(hit[:, None] & cut[None, :], 0.0, out)
+            done |= hit
+    return out
 
 
 def fade(
@@ -218,6 +265,7 @@ def weekend_from_weekdays(
     """
     ages = np.arange(daily.shape[1])
     dows = np.array([(target - int(a) * DAY).dayofweek for a in ages])
+    valid = restart_at_shift(daily, valid, dows, p)
     weekday = valid * ((dows < 5) & (ages >= 1))
     weekend = valid * ((dows >= 5) & (ages >= 1))
     n_groups = int(groups.max()) + 1 if len(groups) else 0

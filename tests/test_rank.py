@@ -440,3 +440,41 @@ def test_a_tag_rebuilt_every_tuesday_is_expected_to_move_on_tuesdays() -> None:
     assert tuesday.loc[NODE, "stay"] == 1.0
     wednesday = rank(frame, None, pd.Timestamp("2024-04-03")).set_index("image")
     assert wednesday.loc[PY, "stay"] == 1.0 and "moves" not in wednesday.loc[PY, "reasons"]
+
+
+def _shifted(last: list[int], level: int = 80) -> pd.DataFrame:
+    """PY pulled ``level`` times every weekday of March, then ``last`` on the last weekdays
+    (the last value on Friday 29 March); node alongside at 30, steady."""
+    weekdays = [d for d in WEEKS if d.dayofweek < 5]
+    rows = daily(PY, "3.12", pd.DatetimeIndex(weekdays[: -len(last)]), level)
+    tail = zip(weekdays[-len(last) :], last, strict=True)
+    rows += [(str(d.date()), 10, PY, "3.12", n) for d, n in tail]
+    return usage(rows + daily(NODE, "20", pd.DatetimeIndex(weekdays), 30))
+
+
+NO_SHIFTS = RankParams(shift_z=float("inf"))
+
+
+def test_a_level_shift_restarts_the_history() -> None:
+    """80 pulls a weekday for weeks, then 139 and 152: a pipeline adopted the image. The
+    decayed mean trails the new level for a week; the history restarts at the shift."""
+    frame = _shifted([139, 152])
+    score = rank(frame, None, NOW).set_index("image")["score"]
+    trailing = rank(frame, None, NOW, params=NO_SHIFTS).set_index("image")["score"]
+    assert score[PY] > 130
+    assert trailing[PY] < 115
+    # A steady image keeps its level (it moves a little with the region's weekday/all-days
+    # ratio, which the shifted image is part of).
+    assert score[NODE] == pytest.approx(30, rel=0.1)
+    # Moving off it: three weekdays of nothing predict nothing, not a fading 40.
+    gone = rank(_shifted([0, 0, 0]), None, NOW).set_index("image")["score"]
+    fading = rank(_shifted([0, 0, 0]), None, NOW, params=NO_SHIFTS).set_index("image")["score"]
+    assert gone[PY] < 5 < 20 < fading[PY]
+
+
+@pytest.mark.parametrize("last", [[80, 240], [140, 20], [95, 100]])
+def test_one_day_off_its_level_or_two_that_disagree_is_no_shift(last: list[int]) -> None:
+    """A release train's day, two days on opposite sides, a rise within Poisson noise."""
+    frame = _shifted(last)
+    score = rank(frame, None, NOW).set_index("image")["score"]
+    assert score[PY] == pytest.approx(rank(frame, None, NOW, params=NO_SHIFTS).iloc[0]["score"])
