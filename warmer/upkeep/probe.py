@@ -556,8 +556,12 @@ async def _dropped(
         if not told:
             return
         deadline = time.monotonic() + STORE_WAIT
+        pause = 0.25
         while time.monotonic() < deadline:
-            await asyncio.sleep(0.25)  # an ask too early is relayed (and dropped): wait first
+            # An ask too early is relayed (and dropped), which costs parent bytes and skews
+            # the ratio measured: wait first, and longer after each early ask.
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 2.0)
             if await mc.fetch_stored_blob(path, digest, size=size) is not None:
                 stored = True
                 return
