@@ -147,7 +147,9 @@ def restart_at_shift(
     (3, else 2) each lie ``shift_day_z`` Poisson deviations off the plain mean of the
     ``shift_level_days`` weekdays before them, on the same side, and ``shift_z`` together,
     the key's history starts at the first of them. One day off its level (a release train,
-    an outage) is no shift; nor are two that disagree.
+    an outage) is no shift; nor are two that disagree; where the weekdays before vary more
+    than Poisson noise (a weekly train and the zeros between), their own spread is the
+    deviation.
     """
     ages = np.arange(daily.shape[1])
     weekdays = np.flatnonzero((dows < 5) & (ages >= 1))  # most recent first
@@ -163,7 +165,15 @@ def restart_at_shift(
         level = np.divide(
             (daily[:, before] * seen).sum(axis=1), n, out=np.zeros(len(daily)), where=n > 0
         )
-        sd = np.sqrt(np.maximum(level, 1.0))
+        spread = np.divide(
+            (((daily[:, before] - level[:, None]) ** 2) * seen).sum(axis=1),
+            n - 1,
+            out=np.zeros(len(daily)),
+            where=n > 1,
+        )
+        # Poisson deviations, or the days' own spread where it is wider: a weekly train's
+        # zeros between trains are its usual, not a drop.
+        sd = np.sqrt(np.maximum(np.maximum(level, spread), 1.0))
         z = (x - level[:, None]) / sd[:, None]
         together = np.abs(x.sum(axis=1) - s * level) / (np.sqrt(s) * sd)
         side = (z > p.shift_day_z).all(axis=1) | (z < -p.shift_day_z).all(axis=1)
@@ -174,6 +184,17 @@ def restart_at_shift(
             out = np.where(hit[:, None] & cut[None, :], 0.0, out)
             done |= hit
     return out
+
+
+def shift_start(
+    daily: np.ndarray, valid: np.ndarray, target: pd.Timestamp, p: RankParams
+) -> np.ndarray:
+    """Per key, how many days before ``target`` its level shift began (0: no shift)."""
+    ages = np.arange(daily.shape[1])
+    dows = np.array([(target - int(a) * DAY).dayofweek for a in ages])
+    kept = restart_at_shift(daily, valid, dows, p)
+    cut = (kept != valid).any(axis=1)
+    return np.where(cut, kept.sum(axis=1) - 1, 0).astype(np.int64)
 
 
 def fade(

@@ -18,7 +18,9 @@ Pure functions over frames; ``now`` is always passed in. For every (region, imag
 * **hour-of-day** profile, for the share of a day's pulls that falls inside a window;
 * **recency**: the decay itself, plus the last pull shown in the reasons; a key's history
   starts at its first pull in the lookback, so an image adopted on Wednesday is not
-  predicted from the zeros of the weekend before it existed;
+  predicted from the zeros of the weekend before it existed, and again at a level shift
+  (``analytics.estimates.restart_at_shift``: its last weekdays all well off the level
+  before them; reason ``new level since 2d ago``);
 * **real pulls**: a use of an image already on the node (``present``) counts as
   ``present_weight`` of a pull: warming a mirror only helps the pulls that reach it, but a
   present use still says the image is in use (a fresh node will pull it);
@@ -50,6 +52,7 @@ from analytics.estimates import (
     day_estimates,
     history,
     region_groups,
+    shift_start,
     target_day,
     weekend_from_weekdays,
 )
@@ -212,7 +215,12 @@ def rank_features(
         day += DAY
     stay, move_at = _stay(info, profile, target, first_valid)
     out = info.assign(
-        score=score, window_score=window_score, dow_factor=factor, stay=stay, move_at=move_at
+        score=score,
+        window_score=window_score,
+        dow_factor=factor,
+        stay=stay,
+        move_at=move_at,
+        shift=shift_start(daily, valid, target, p),
     )
     bump_text = {r: _hours(h) for r, h in feats.bump_hours.items()}
     out["bump"] = [
@@ -391,6 +399,8 @@ def _finish(
             parts.append(f"{row.pulls_7d} pulls/7d (half-life {p.half_life_days:g}d)")
         if row.pipelines:
             parts.append(f"{row.pipelines} pipeline{'s' if row.pipelines != 1 else ''}")
+        if getattr(row, "shift", 0) > 0:
+            parts.append(f"new level since {row.shift}d ago")
         if row.peak:
             parts.append(f"{weekday} peak {row.peak}")
         if isinstance(row.bump, str) and row.bump:

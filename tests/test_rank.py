@@ -463,6 +463,9 @@ def test_a_level_shift_restarts_the_history() -> None:
     trailing = rank(frame, None, NOW, params=NO_SHIFTS).set_index("image")["score"]
     assert score[PY] > 130
     assert trailing[PY] < 115
+    reasons = rank(frame, None, NOW).set_index("image")["reasons"]
+    assert "new level since 4d ago" in reasons[PY]  # Thursday 28 March, from Monday 1 April
+    assert "new level" not in reasons[NODE]
     # A steady image keeps its level (it moves a little with the region's weekday/all-days
     # ratio, which the shifted image is part of).
     assert score[NODE] == pytest.approx(30, rel=0.1)
