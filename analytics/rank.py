@@ -391,6 +391,7 @@ def _finish(
     # Rows of the static prior and long memory have no moves of their own.
     out["stay"] = out["stay"].fillna(1.0).astype(float)
     out["move_at"] = out["move_at"].fillna(-1).astype(np.int64)
+    out["shift"] = out["shift"].fillna(0).astype(np.int64)
     reasons = []
     weekday = "weekday" if target.dayofweek < 5 else "weekend"
     for row in out.itertuples(index=False):
@@ -399,7 +400,7 @@ def _finish(
             parts.append(f"{row.pulls_7d} pulls/7d (half-life {p.half_life_days:g}d)")
         if row.pipelines:
             parts.append(f"{row.pipelines} pipeline{'s' if row.pipelines != 1 else ''}")
-        if getattr(row, "shift", 0) > 0:
+        if row.shift > 0:
             parts.append(f"new level since {row.shift}d ago")
         if row.peak:
             parts.append(f"{weekday} peak {row.peak}")

@@ -463,9 +463,11 @@ def test_a_level_shift_restarts_the_history() -> None:
     trailing = rank(frame, None, NOW, params=NO_SHIFTS).set_index("image")["score"]
     assert score[PY] > 130
     assert trailing[PY] < 115
-    reasons = rank(frame, None, NOW).set_index("image")["reasons"]
+    # A file naming an image not pulled yet adds a static-prior row beside the pulled ones.
+    files = static([("ci/Dockerfile", GO, "1.22", "2024-03-20")])
+    reasons = rank(frame, files, NOW).set_index("image")["reasons"]
     assert "new level since 4d ago" in reasons[PY]  # Thursday 28 March, from Monday 1 April
-    assert "new level" not in reasons[NODE]
+    assert "new level" not in reasons[NODE] and "new level" not in reasons[GO]
     # A steady image keeps its level (it moves a little with the region's weekday/all-days
     # ratio, which the shifted image is part of).
     assert score[NODE] == pytest.approx(30, rel=0.1)
