@@ -80,7 +80,6 @@ def day_estimates(
     """
     ages = np.arange(daily.shape[1])
     dows = np.array([(target - int(a) * DAY).dayofweek for a in ages])
-    valid = restart_at_shift(daily, valid, dows, p)
     is_weekend = day.dayofweek >= 5
     same = ((dows >= 5) == is_weekend) & (ages >= 1)
     weights = np.where(same, 0.5 ** ((ages - 1) / p.half_life_days), 0.0)
@@ -137,9 +136,10 @@ def day_estimates(
 
 
 def restart_at_shift(
-    daily: np.ndarray, valid: np.ndarray, dows: np.ndarray, p: RankParams
+    daily: np.ndarray, valid: np.ndarray, target: pd.Timestamp, p: RankParams
 ) -> np.ndarray:
-    """``valid`` without the days before a key's level shift.
+    """``valid`` without the days before a key's level shift (``daily[k, a]``: pulls ``a``
+    days before ``target``). Applied once per day estimated from, before its estimates.
 
     A pipeline adopting an image, or moving off it, changes its rate from one day to the
     next; a decayed mean with a half-life of days then trails the new level for a week
@@ -152,6 +152,7 @@ def restart_at_shift(
     deviation.
     """
     ages = np.arange(daily.shape[1])
+    dows = np.array([(target - int(a) * DAY).dayofweek for a in ages])
     weekdays = np.flatnonzero((dows < 5) & (ages >= 1))  # most recent first
     out = valid
     done = np.zeros(len(daily), dtype=bool)
@@ -186,13 +187,9 @@ def restart_at_shift(
     return out
 
 
-def shift_start(
-    daily: np.ndarray, valid: np.ndarray, target: pd.Timestamp, p: RankParams
-) -> np.ndarray:
-    """Per key, how many days before ``target`` its level shift began (0: no shift)."""
-    ages = np.arange(daily.shape[1])
-    dows = np.array([(target - int(a) * DAY).dayofweek for a in ages])
-    kept = restart_at_shift(daily, valid, dows, p)
+def shift_start(valid: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Per key, how many days before the target its level shift began (0: no shift), from
+    ``valid`` before and after ``restart_at_shift``."""
     cut = (kept != valid).any(axis=1)
     return np.where(cut, kept.sum(axis=1) - 1, 0).astype(np.int64)
 
@@ -286,7 +283,6 @@ def weekend_from_weekdays(
     """
     ages = np.arange(daily.shape[1])
     dows = np.array([(target - int(a) * DAY).dayofweek for a in ages])
-    valid = restart_at_shift(daily, valid, dows, p)
     weekday = valid * ((dows < 5) & (ages >= 1))
     weekend = valid * ((dows >= 5) & (ages >= 1))
     n_groups = int(groups.max()) + 1 if len(groups) else 0
@@ -344,7 +340,8 @@ def past_estimate(
     past), and the hour shares of the weekend estimate are the whole lookback's: the core
     of the model, as ``analytics.ensemble`` scores its track record."""
     day = target - back * DAY
-    daily, ok = feats.daily[:, back:], valid[:, back:]
+    daily = feats.daily[:, back:]
+    ok = restart_at_shift(daily, valid[:, back:], day, p)
     groups = region_groups(feats)
     weekend = weekend_from_weekdays(daily, ok, day, feats.weekday_hourly, feats.hourly, groups, p)
     est, _, _ = day_estimates(daily, ok, day, day, p, groups, weekend, None)

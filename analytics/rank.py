@@ -52,6 +52,7 @@ from analytics.estimates import (
     day_estimates,
     history,
     region_groups,
+    restart_at_shift,
     shift_start,
     target_day,
     weekend_from_weekdays,
@@ -185,6 +186,9 @@ def rank_features(
     regions = sorted(region_start) if region is None else [region]
     valid = history(feats, target, p)
     first_valid = valid.sum(axis=1).astype(np.int64) - 1
+    kept = restart_at_shift(daily, valid, target, p)
+    shift = shift_start(valid, kept)
+    valid = kept
     groups = region_groups(feats)
     weekend = weekend_from_weekdays(daily, valid, target, feats.weekday_hourly, hourly, groups, p)
     bump = feats.bump_daily if p.bumps else None
@@ -220,7 +224,7 @@ def rank_features(
         dow_factor=factor,
         stay=stay,
         move_at=move_at,
-        shift=shift_start(daily, valid, target, p),
+        shift=shift,
     )
     bump_text = {r: _hours(h) for r, h in feats.bump_hours.items()}
     out["bump"] = [
