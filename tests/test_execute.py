@@ -15,7 +15,8 @@ from test_warm import LoopbackServer, RegistryFactory, Topo, topo  # noqa: F401 
 from warmer.config import Config, load
 from warmer.store.ledger import Ledger, RunItem, utcnow
 from warmer.warm import run as warm
-from warmer.warm.resolve import wants_from_args
+from warmer.warm.execute import Executor
+from warmer.warm.resolve import mirror_client, wants_from_args
 
 
 def start(t: Topo, region: str, images: list[str]) -> tuple[Config, Ledger, int]:
@@ -192,3 +193,31 @@ def test_a_failing_feed_leaves_nothing_running_and_the_run_resumable(topo: Topo)
     assert ledger.unfinished_run("eu") is not None
     stats = asyncio.run(warm.execute(cfg, ledger, run_id, deadline=None, settle=0))
     assert stats.done == len(items) and run_state(ledger, run_id) == "done"
+
+
+def test_a_blob_is_busy_for_its_transfer_not_for_the_wait_before_it(topo: Topo) -> None:  # noqa: F811
+    """Distribution starts a cold blob's store together with our relay, once its parent
+    has answered: the time before that answer (here 0.4 s per request at the upstream
+    front: central's round trips to it) delays the store as much as our read, so it must
+    not keep the digest busy after the read. Counted from the request, central's blobs
+    stayed busy for STORE_LAG x that wait (at least 0.2 s each, with ``settle`` 0)."""
+    topo.front.configure(latency_ms=400)
+    cfg, ledger, run_id = start(topo, "eu", ["alpine:3.20"])
+    started: dict[str, float] = {}
+    done: dict[str, float] = {}
+
+    def progress(what: str, item: RunItem, n: int) -> None:
+        if item.kind == "blob" and item.mirror == "central" and what in ("start", "done"):
+            (started if what == "start" else done)[item.digest] = time.monotonic()
+
+    ex = Executor(
+        cfg, ledger, run_id, settle=0, on_progress=progress,
+        client_factory=lambda m, url: mirror_client(cfg, m, url),
+    )  # fmt: skip
+    stats = asyncio.run(ex.run())
+    assert stats.failed == 0 and done and done.keys() == started.keys()
+    (lane,) = [lane for lane in ex._lanes.values() if lane.mirror == "central"]
+    for digest, end in done.items():
+        assert end - started[digest] > 0.4  # the set-up: every read waited for its answer
+        # What is left is the transfer since the answer (a small blob: milliseconds).
+        assert lane.busy_until[digest] - end < 0.1, digest

@@ -416,6 +416,36 @@ async def test_a_start_waits_until_the_links_queue_is_short() -> None:
     assert store_end(p, 2) is None and store_end(None, 2) is None  # asked once
 
 
+async def test_a_stores_predicted_end_moves_with_its_answer() -> None:
+    """The store starts when the mirror's parent answers (with our relay): the usual lag
+    (a median of recent answers, seconds under a queue for an anonymous parent's pings)
+    predicts that start at admission, and the item's own answer corrects it, earlier or
+    later. A start set by the link's queue, not by the lag, does not move earlier."""
+    p, t = pacer(10 * MB)
+    for _ in range(5):
+        p.speed.answered(1.0)  # the usual lag: 1 s
+    began = t.now
+    await p.start(blob(1, 1 * MB), 2 * MB, (0,))  # 0.2 s on the link after the lag
+    assert p.store_done(1) == pytest.approx(began + 1.2)
+    await p.start(blob(2, 1 * MB), 2 * MB, (1,))  # after blob 1 on the link (1.2 s)
+    assert p.store_done(1) == pytest.approx(began + 1.4)  # they share the link
+    assert p.store_done(2) == pytest.approx(began + 1.4)
+    t.now = began + 0.1
+    await p.read(1, 1000)  # answered after 0.1 s, not 1 s
+    assert p.store_done(1) == pytest.approx(began + 0.5)  # 0.1 + 0.2 + blob 2's 0.2
+    await p.read(2, 1000)
+    assert p.store_done(2) == pytest.approx(began + 1.4)  # the queue set it: kept
+
+    late, t = pacer(10 * MB)
+    for _ in range(5):
+        late.speed.answered(1.0)
+    began = t.now
+    await late.start(blob(3, 1 * MB), 2 * MB, (0,))
+    t.now = began + 1.5
+    await late.read(3, 1000)  # answered half a second later than the usual lag
+    assert late.store_done(3) == pytest.approx(began + 1.7)
+
+
 def test_a_blob_is_busy_until_its_store_has_crossed_the_link() -> None:
     # The read took 1 s and ended at 10; the link carries its store until 13.
     assert busy_after_read(10.0, 1.0, 0.4) == pytest.approx(10.0 + 0.4 + 0.25)

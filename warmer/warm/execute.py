@@ -119,6 +119,7 @@ class Executor:
         self._rank: dict[int, StartKey] = {}  # seq -> start key (slot and link priority)
         self._events: dict[int, asyncio.Event] = {}  # seq -> set when the item is settled
         self._outcome: dict[int, str] = {}  # seq -> final state
+        self._answered: dict[int, float] = {}  # seq -> when its relayed blob's answer came
         self._tasks: list[asyncio.Task[None]] = []
         self._until: float | None = None  # the deadline on the monotonic clock
         self._writer: LedgerWriter | None = None  # while ``run`` runs
@@ -351,12 +352,16 @@ class Executor:
                 started = time.monotonic()
                 state = await self._fetch(item, lane, until, relayed)
             end = store_end(lane.bucket, item.seq)
+            answered = self._answered.pop(item.seq, started)
             held = (item.repository, item.digest) in lane.from_storage
             if state == "done" and item.kind == "blob" and not held:
-                now = time.monotonic()  # the mirror may still be storing it
-                lane.busy_until[item.digest] = policy.busy_after_read(
-                    now, now - started, self.settle, end
-                )
+                # The mirror may still be storing it: since its answer (see STORE_LAG).
+                now = time.monotonic()
+                busy = policy.busy_after_read(now, now - answered, self.settle, end) - now
+                lane.busy_until[item.digest] = now + busy
+                log.debug("%s %s@%s: answered in %.3fs, read in %.3fs more; busy %.3fs",
+                          item.mirror, item.repository, item.digest, answered - started,
+                          now - answered, busy)  # fmt: skip
             return state
 
     def _before(self, until: float | None, item: RunItem) -> bool:
@@ -519,11 +524,16 @@ class Executor:
             if pacer is not None:
                 await pacer.start(item, relay, self._rank[item.seq])
             slot = self._request_slot(item, lane)
+
+        def answer(from_storage: bool | None) -> None:
+            stored.append(from_storage)
+            self._answered[item.seq] = time.monotonic()
+
         began = time.monotonic()
         async with slot:
             n = await lane.client.fetch_blob(
                 item.repository, item.digest, on_bytes=paced(pacer, item.seq, counted),
-                on_answer=stored.append, size=item.size,
+                on_answer=answer, size=item.size,
             )  # fmt: skip
         if stored and stored[-1]:
             lane.from_storage.add((item.repository, item.digest))

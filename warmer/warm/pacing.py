@@ -237,6 +237,9 @@ class LinkPacer:
         self._readers: dict[int, _Reader] = {}
         self.ends: dict[int, float] = {}  # item seq -> predicted end of its bytes on the link
         self._taken_at: dict[int, int] = {}  # item seq -> bytes admitted up to and with it
+        # item seq -> predicted first bytes, and whether the link's queue (not the usual
+        # lag) set them: corrected when the answer comes (see answered)
+        self._firsts: dict[int, tuple[float, bool]] = {}
         self.taken = 0
 
     async def start(
@@ -270,6 +273,7 @@ class LinkPacer:
         now = self._clock()
         if not before:
             self.speed.answered(now - reader.started)
+            self.answered(seq, now)
         self._release(reader, now, n)
         if reader.read >= reader.size:
             del self._readers[seq]
@@ -346,11 +350,27 @@ class LinkPacer:
             if seq is not None:
                 self.ends[seq] = last
                 self._taken_at[seq] = self.taken + int(n)
+                self._firsts[seq] = (first, first > now + self.speed.lag)
             after, span = first - now, last - first
             log.debug("link: %.0f bytes over (%.3f, %.3f] at %.3f", n, after, span, now)
         self.window.record(now, n, span, after=after, long=long)
         self.window.hold(held)
         self.taken += int(n)
+
+    def answered(self, seq: int, now: float) -> None:
+        """Item ``seq``'s first bytes arrived at ``now``: its store started then too (the
+        mirror starts it with our relay once its parent answers), so its predicted end
+        moves by how far the usual lag was off, earlier or later. The usual lag is a
+        median: under load (a queue for the mirror's pings of an anonymous parent) it
+        runs to seconds that this answer may not have waited. An end set by the link's
+        queue moves only later."""
+        first = self._firsts.pop(seq, None)
+        end = self.ends.get(seq)
+        if first is None or end is None:
+            return
+        predicted, queued = first
+        began = max(now, predicted) if queued else now
+        self.ends[seq] = end + began - predicted
 
     def store_done(self, seq: int) -> float | None:
         """When item ``seq``'s store is predicted to have crossed the link, as of now: the
@@ -367,6 +387,7 @@ class LinkPacer:
     def forget(self, seq: int) -> float | None:
         """Item ``seq``'s predicted end, forgotten (its request is over)."""
         self._taken_at.pop(seq, None)
+        self._firsts.pop(seq, None)
         return self.ends.pop(seq, None)
 
     def reprioritize(self, update: Callable[[Priority], Priority]) -> None:

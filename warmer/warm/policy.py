@@ -22,7 +22,10 @@ from typing import Literal
 # A cold blob's digest stays busy for SETTLE + STORE_LAG x our read time after the read:
 # the mirror's background copy runs beside ours on the same link and ends a moment later
 # (measured lags: median ~0, rarely up to the read time; the end-of-run confirmation
-# catches those).
+# catches those). The read time is counted from the mirror's answer: distribution starts
+# its store and our relay together once its parent has answered, so a wait before that
+# (round trips to the parent, a queue behind its pings of an anonymous parent: seconds
+# under load) delays the store as much as our read.
 STORE_LAG = 0.25
 SETTLE = 0.4  # seconds: the fixed part of that busy time
 CHAIN_SLOTS = 2  # slots of a lane that blobs on no chain of shared blobs leave free
@@ -94,10 +97,11 @@ def link_charge(parent_cost: int, capped: bool) -> int:
 def busy_after_read(
     now: float, took: float, settle: float = SETTLE, store_end: float | None = None
 ) -> float:
-    """Until when a mirror is presumed still storing a blob we finished reading at ``now``
-    in ``took`` seconds: no request for that digest goes to it before then. On a paced
-    link, not before the link is predicted to have carried the store (``store_end``: on a
-    saturated link the store shares it and may end well after our read)."""
+    """Until when a mirror is presumed still storing a blob we finished reading at ``now``,
+    ``took`` seconds after its answer: no request for that digest goes to it before then.
+    On a paced link, not before the link is predicted to have carried the store
+    (``store_end``: on a saturated link the store shares it and may end well after our
+    read)."""
     return max(now + settle + STORE_LAG * took, (store_end or 0.0) + settle)
 
 
