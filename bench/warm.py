@@ -731,6 +731,8 @@ def anonymous(args: argparse.Namespace) -> None:
                 results[name]["summary_requests"] = {
                     k: LAST_SUMMARY.get(k) for k in ("requests_by_tier", "requests_by_registry")
                 }
+                # copies a mirror lost to its in-flight race and was asked for again
+                results[name]["restored"] = LAST_SUMMARY.get("restored")
     finally:
         box.stop()
         shutil.rmtree(base, ignore_errors=True)
