@@ -20,7 +20,9 @@ Pure functions over frames; ``now`` is always passed in. For every (region, imag
   starts at its first pull in the lookback, so an image adopted on Wednesday is not
   predicted from the zeros of the weekend before it existed, and again at a level shift
   (``analytics.estimates.restart_at_shift``: its last weekdays all well off the level
-  before them; reason ``new level since 2d ago``);
+  before them; reason ``new level since 2d ago``); a steady trend carries the decayed
+  mean, which lags it by about a week, to the day predicted
+  (``analytics.estimates.trend_factor``; reason ``trend +18% on the recent level``);
 * **real pulls**: a use of an image already on the node (``present``) counts as
   ``present_weight`` of a pull: warming a mirror only helps the pulls that reach it, but a
   present use still says the image is in use (a fresh node will pull it);
@@ -55,6 +57,7 @@ from analytics.estimates import (
     restart_at_shift,
     shift_start,
     target_day,
+    trend_factor,
     weekend_from_weekdays,
 )
 from analytics.frames import Features, normalise_static, static_at, usage_features, utc_naive
@@ -225,6 +228,7 @@ def rank_features(
         stay=stay,
         move_at=move_at,
         shift=shift,
+        trend=trend_factor(daily, valid, target, target, p),
     )
     bump_text = {r: _hours(h) for r, h in feats.bump_hours.items()}
     out["bump"] = [
@@ -396,6 +400,7 @@ def _finish(
     out["stay"] = out["stay"].fillna(1.0).astype(float)
     out["move_at"] = out["move_at"].fillna(-1).astype(np.int64)
     out["shift"] = out["shift"].fillna(0).astype(np.int64)
+    out["trend"] = out["trend"].fillna(1.0).astype(float)
     reasons = []
     weekday = "weekday" if target.dayofweek < 5 else "weekend"
     for row in out.itertuples(index=False):
@@ -406,6 +411,8 @@ def _finish(
             parts.append(f"{row.pipelines} pipeline{'s' if row.pipelines != 1 else ''}")
         if row.shift > 0:
             parts.append(f"new level since {row.shift}d ago")
+        if abs(row.trend - 1) >= 0.05:
+            parts.append(f"trend {row.trend - 1:+.0%} on the recent level")
         if row.peak:
             parts.append(f"{weekday} peak {row.peak}")
         if isinstance(row.bump, str) and row.bump:

@@ -6,6 +6,7 @@ import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -483,3 +484,47 @@ def test_one_day_off_its_level_or_two_that_disagree_is_no_shift(last: list[int])
     frame = _shifted(last)
     score = rank(frame, None, NOW).set_index("image")["score"]
     assert score[PY] == pytest.approx(rank(frame, None, NOW, params=NO_SHIFTS).iloc[0]["score"])
+
+
+def _trending(start: float, step: float) -> pd.DataFrame:
+    """PY pulled ``start + step * i`` times on the i-th weekday of March (a steady trend,
+    20 weekdays); node alongside at 30, steady."""
+    weekdays = [d for d in WEEKS if d.dayofweek < 5]
+    rows = [
+        (str(d.date()), 10, PY, "3.12", round(start + step * i)) for i, d in enumerate(weekdays)
+    ]
+    return usage(rows + daily(NODE, "20", pd.DatetimeIndex(weekdays), 30))
+
+
+NO_TRENDS = RankParams(trend_z=0)
+
+
+@pytest.mark.parametrize(("start", "step"), [(40, 3), (120, -3)])
+def test_a_steady_trend_is_carried_to_the_target(start: float, step: float) -> None:
+    """Three pulls more (or fewer) every weekday: the decayed mean estimates the level of
+    about a week before; the trend carries it to Monday's (the 21st weekday)."""
+    frame = _trending(start, step)
+    monday = start + step * 20
+    score = rank(frame, None, NOW).set_index("image")["score"]
+    flat = rank(frame, None, NOW, params=NO_TRENDS).set_index("image")["score"]
+    assert score[PY] == pytest.approx(monday, rel=0.05)
+    assert abs(flat[PY] - monday) > 10  # what the decayed mean alone says
+    reasons = rank(frame, None, NOW).set_index("image")["reasons"]
+    assert ("trend +" if step > 0 else "trend -") in reasons[PY]
+    assert "trend" not in reasons[NODE]
+    assert score[NODE] == pytest.approx(flat[NODE]) == pytest.approx(30, rel=0.1)
+
+
+def test_noise_and_weekly_trains_are_no_trend() -> None:
+    """A level with Poisson noise, and a weekly train (200 pulls every Tuesday, 5 on the
+    other weekdays), keep the decayed mean's estimate: neither slope stands out of its
+    scatter."""
+    rng = np.random.default_rng(3)
+    weekdays = [d for d in WEEKS if d.dayofweek < 5]
+    rows = [(str(d.date()), 10, PY, "3.12", int(rng.poisson(60))) for d in weekdays]
+    rows += [(str(d.date()), 10, GO, "1.22", 200 if d.dayofweek == 1 else 5) for d in weekdays]
+    frame = usage(rows + daily(NODE, "20", pd.DatetimeIndex(weekdays), 30))
+    score = rank(frame, None, NOW).set_index("image")["score"]
+    flat = rank(frame, None, NOW, params=NO_TRENDS).set_index("image")["score"]
+    for image in (PY, GO, NODE):
+        assert score[image] == pytest.approx(flat[image]), image
