@@ -67,7 +67,7 @@ from warmer.store.ledger import (
 )
 from warmer.store.writer import LedgerWriter
 from warmer.warm import coldread, policy
-from warmer.warm.lane import Lane, confirm_shared, lane_key, sleep_until, stored_read
+from warmer.warm.lane import Lane, confirm_shared, lane_key, read_manifest, sleep_until, stored_read
 from warmer.warm.pacing import LinkPacer, paced, paid_request, store_end
 from warmer.warm.policy import SETTLE
 from warmer.warm.reserve import RateReserve
@@ -421,11 +421,9 @@ class Executor:
             if self._learned is not None and self._learned.answered(item):  # not asked again
                 n = self.stats.learned(item.size)
             elif item.kind == "manifest":
-                known = item.digest if lane.client.tags_by_head else None  # see get_manifest
-                manifest = await lane.client.get_manifest(item.repository, item.reference, known)
-                n = len(manifest.body)
-                if manifest.digest != item.digest:
-                    return self._moved(item, lane, manifest.digest, n)
+                got, n = await read_manifest(lane, item)
+                if got != item.digest:
+                    return self._moved(item, lane, got, n)
             else:
                 n = await self._read_blob(item, lane, stored, relayed)
         except DigestMismatch as exc:

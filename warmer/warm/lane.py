@@ -48,6 +48,24 @@ class Lane:
     busy_until: dict[str, float] = field(default_factory=dict)
     # blob items fetched through this instance in this process: digest -> repositories
     fetched: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # manifests fetched through it in this process: (repository, digest) -> size
+    manifests: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+async def read_manifest(lane: Lane, item: RunItem) -> tuple[str, int]:
+    """Fetch a manifest item through ``lane``: the digest the mirror has for its reference,
+    and its size. A tag whose manifest this run already fetched through the lane (another
+    tag of it: ``latest`` beside ``12``) is asked for with a HEAD alone where tags go by
+    HEAD (see ``RegistryClient.get_manifest``): the mirror serves the manifest from its
+    storage and keeps the tag; a GET would fetch nothing new."""
+    client, key = lane.client, (item.repository, item.digest)
+    again = client.tags_by_head and key in lane.manifests and item.reference != item.digest
+    if again and (await client.head_manifest(item.repository, item.reference)).digest == key[1]:
+        return item.digest, lane.manifests[key]
+    known = item.digest if client.tags_by_head else None
+    manifest = await client.get_manifest(item.repository, item.reference, known)
+    lane.manifests[(item.repository, manifest.digest)] = len(manifest.body)
+    return manifest.digest, len(manifest.body)
 
 
 async def confirm_shared(
