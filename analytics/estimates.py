@@ -72,9 +72,10 @@ def day_estimates(
     groups: np.ndarray,
     weekend: np.ndarray | None = None,
     bump: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Expected pulls on ``day`` per key, the day-of-week factor applied, and whether that
-    factor came from the region's weekly bump hours (``bump``: ``bump_factor``).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Expected pulls on ``day`` per key, the day-of-week factor applied, whether that
+    factor came from the region's weekly bump hours (``bump``: ``bump_factor``), and the
+    trend factor applied (``trend_factor``).
 
     The decayed mean over days of the same kind (weekday or weekend) is shrunk toward the
     decayed mean over all days times the region's ratio between the two (``groups`` holds
@@ -102,7 +103,8 @@ def day_estimates(
     ratio = np.divide(num, den, out=np.ones(n_groups), where=(den > 0) & seen_kind)[groups]
     c = p.kind_shrink
     est = (denom * same_est + c * ratio * all_est) / (denom + c)
-    est = est * trend_factor(daily, valid, target, day, p)
+    trend = trend_factor(daily, valid, target, day, p)
+    est = est * trend
     if is_weekend and weekend is not None:
         c = p.weekend_shrink
         est = np.where(weekend >= 0, (denom * same_est + c * weekend) / (denom + c), est)
@@ -137,7 +139,7 @@ def day_estimates(
         factor = np.where(train, bumped, factor)
     faded = fade(factor, daily, valid, est, np.flatnonzero(same & (dows == day.dayofweek)), p)
     train &= faded - 1.0 >= 0.5 * (factor - 1.0)  # a train that stopped is no train
-    return est * faded, faded, train
+    return est * faded, faded, train, trend
 
 
 def trend_factor(
@@ -391,5 +393,5 @@ def past_estimate(
     ok = restart_at_shift(daily, valid[:, back:], day, p)
     groups = region_groups(feats)
     weekend = weekend_from_weekdays(daily, ok, day, feats.weekday_hourly, feats.hourly, groups, p)
-    est, _, _ = day_estimates(daily, ok, day, day, p, groups, weekend, None)
+    est, *_ = day_estimates(daily, ok, day, day, p, groups, weekend, None)
     return est

@@ -57,7 +57,6 @@ from analytics.estimates import (
     restart_at_shift,
     shift_start,
     target_day,
-    trend_factor,
     weekend_from_weekdays,
 )
 from analytics.frames import Features, normalise_static, static_at, usage_features, utc_naive
@@ -195,7 +194,9 @@ def rank_features(
     groups = region_groups(feats)
     weekend = weekend_from_weekdays(daily, valid, target, feats.weekday_hourly, hourly, groups, p)
     bump = feats.bump_daily if p.bumps else None
-    score, factor, train = day_estimates(daily, valid, target, target, p, groups, weekend, bump)
+    score, factor, train, trend = day_estimates(
+        daily, valid, target, target, p, groups, weekend, bump
+    )
     region_prof = pd.DataFrame(hourly).groupby(info["region"].to_numpy()).sum()
     window_score = np.zeros(len(info))
     profile = np.zeros_like(hourly)
@@ -217,7 +218,7 @@ def rank_features(
         hours[first_h:last_h] = 1.0
         # The bump hours are the target's weekday's: other days of a window go without.
         day_bump = bump if day == target else None
-        est, _, _ = day_estimates(daily, valid, target, day, p, groups, weekend, day_bump)
+        est, *_ = day_estimates(daily, valid, target, day, p, groups, weekend, day_bump)
         window_score += est * (profile @ hours)
         day += DAY
     stay, move_at = _stay(info, profile, target, first_valid)
@@ -228,7 +229,7 @@ def rank_features(
         stay=stay,
         move_at=move_at,
         shift=shift,
-        trend=trend_factor(daily, valid, target, target, p),
+        trend=trend,
     )
     bump_text = {r: _hours(h) for r, h in feats.bump_hours.items()}
     out["bump"] = [
