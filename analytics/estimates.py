@@ -56,6 +56,8 @@ class RankParams:
     # errors from flat (0: never).
     trend_z: float = 3.0
     trend_max: float = 2.0  # the most a trend multiplies (or divides) an estimate by
+    # A day's pulls count for the files still naming the key (``analytics.namedfiles``).
+    removals: bool = True
 
 
 def target_day(now: pd.Timestamp) -> pd.Timestamp:

@@ -23,6 +23,9 @@ Pure functions over frames; ``now`` is always passed in. For every (region, imag
   before them; reason ``new level since 2d ago``); a steady trend carries the decayed
   mean, which lags it by about a week, to the day predicted
   (``analytics.estimates.trend_factor``; reason ``trend +18% on the recent level``);
+* **files that stopped naming it**: each past day's pulls count for the files naming the
+  key now (``analytics.namedfiles``: files now over files that day, where fewer name it
+  now), so a pipeline moved off an image stops counting from the commit that moved it;
 * **real pulls**: a use of an image already on the node (``present``) counts as
   ``present_weight`` of a pull: warming a mirror only helps the pulls that reach it, but a
   present use still says the image is in use (a fresh node will pull it);
@@ -60,6 +63,7 @@ from analytics.estimates import (
     weekend_from_weekdays,
 )
 from analytics.frames import Features, normalise_static, static_at, usage_features, utc_naive
+from analytics.namedfiles import named_scale
 
 __all__ = ["OUTPUT_COLUMNS", "RankParams", "rank", "rank_features", "target_day"]
 _DOW = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
@@ -184,10 +188,15 @@ def rank_features(
         (utc_naive(window[0]), utc_naive(window[1])) if window else (target, target + DAY)
     )
     info, daily, hourly, region_start = feats.info, feats.daily, feats.hourly, feats.region_start
-    st = static_at(normalise_static(static), now_ts)
+    every = normalise_static(static)
+    st = static_at(every, now_ts)
     regions = sorted(region_start) if region is None else [region]
     valid = history(feats, target, p)
     first_valid = valid.sum(axis=1).astype(np.int64) - 1
+    pulled = daily
+    named = named_scale(info, every, daily.shape[1], target, now_ts)
+    if p.removals:  # each day counted with the files naming the key now
+        daily = daily * named.scale
     kept = restart_at_shift(daily, valid, target, p)
     shift = shift_start(valid, kept)
     valid = kept
@@ -235,7 +244,8 @@ def rank_features(
     out["bump"] = [
         bump_text.get(r, "") if t else "" for r, t in zip(out["region"], train, strict=True)
     ]
-    out["pulls_7d"] = daily[:, 1:8].sum(axis=1).astype(np.int64) if len(info) else 0
+    out["pulls_7d"] = pulled[:, 1:8].sum(axis=1).astype(np.int64) if len(info) else 0
+    out["named_before"] = named.before if p.removals else 0.0
     # Decayed pulls of the last days: the current split between a repository's tags.
     out["recent"] = _recent(daily) if len(info) else 0.0
     out["peak"] = [_peak(row) for row in profile]
@@ -402,6 +412,7 @@ def _finish(
     out["move_at"] = out["move_at"].fillna(-1).astype(np.int64)
     out["shift"] = out["shift"].fillna(0).astype(np.int64)
     out["trend"] = out["trend"].fillna(1.0).astype(float)
+    out["named_before"] = out["named_before"].fillna(0.0).astype(float)
     reasons = []
     weekday = "weekday" if target.dayofweek < 5 else "weekend"
     for row in out.itertuples(index=False):
@@ -431,8 +442,13 @@ def _finish(
             )
         if row.pin:
             parts.append("pinned by digest")
-        if row.files and not str(row.reasons_extra).startswith("named in"):
-            kind = "Dockerfile" if row.docker else "file"
+        kind = "Dockerfile" if row.docker else "file"
+        if row.named_before > row.files:
+            parts.append(
+                f"named in {row.files} of the {int(row.named_before)} files that named it "
+                "(its pulls before counted for those left)"
+            )
+        elif row.files and not str(row.reasons_extra).startswith("named in"):
             parts.append(f"named in {row.files} {kind}{'s' if row.files != 1 else ''}")
         if row.reasons_extra:
             parts.append(str(row.reasons_extra))
