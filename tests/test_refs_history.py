@@ -272,3 +272,31 @@ def test_a_newly_committed_from_predicts_the_adoption_before_the_first_pull(
     first = days[(days["day"] == first_pull) & (days["strategy"] == "static")].iloc[0]
     assert first["hit_pulls"] == first["pulls"] == 18
     assert os.path.isdir(repo.path / ".git")
+
+
+def test_a_committed_move_off_an_image_halves_its_prediction_before_its_pulls_fall(
+    tmp_path: Path,
+) -> None:
+    """Two services named node:20; on a Friday afternoon one moved to node:22. Ranked from
+    the store the next Monday, before any pull says so, node:20 is expected at half."""
+    repo = Repo(tmp_path / "svc")
+    start = datetime(2024, 4, 1, tzinfo=UTC)
+    repo.commit(start, {"a/Dockerfile": "FROM node:20\n", "b/Dockerfile": "FROM node:20\n"})
+    repo.commit(datetime(2024, 5, 10, 15, 0, tzinfo=UTC), {"b/Dockerfile": "FROM node:22\n"})
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    assert invoke("refs", str(repo.path), "--db", url)[0] == 0
+    static = store.static_frame(url)
+    rows = [
+        (day, 9, "eu", "docker.io/library/node", "20", "", "docker", 30, 0, 2)
+        for day in pd.date_range("2024-04-15", "2024-05-10")
+        if day.dayofweek < 5
+    ]
+    usage = pd.DataFrame(
+        rows,
+        columns=["day", "hour", "region", "image", "tag", "digest", "source", "pulls",
+                 "present", "pipelines"],
+    )  # fmt: skip
+    monday = pd.Timestamp("2024-05-13")
+    node = rank(usage, static, monday, region="eu").set_index("tag").loc["20"]
+    assert float(node["score"]) == pytest.approx(15, rel=0.05)
+    assert "named in 1 of the 2 files that named it" in node["reasons"]
