@@ -446,7 +446,7 @@ def _finish(
         if row.named_before > row.files:
             parts.append(
                 f"named in {row.files} of the {int(row.named_before)} files that named it "
-                "(its pulls before counted for those left)"
+                "(earlier pulls scaled to the files left)"
             )
         elif row.files and not str(row.reasons_extra).startswith("named in"):
             parts.append(f"named in {row.files} {kind}{'s' if row.files != 1 else ''}")
