@@ -344,8 +344,10 @@ def usage_features(
         {"k3": k3_of_k4[span.index], "t": span["max"].to_numpy(), "digest": digs[span.index]}
     )
     newest = per4.sort_values("t").drop_duplicates("k3", keep="last").set_index("k3")
+    # The newest digest a log printed: a later pull logged without one does not hide it.
+    printed = per4[per4["digest"] != ""].sort_values("t").drop_duplicates("k3", keep="last")
     info = keys.copy()
-    info["digest"] = newest["digest"].reindex(range(n)).fillna("").to_numpy()
+    info["digest"] = printed.set_index("k3")["digest"].reindex(range(n)).fillna("").to_numpy()
     info["last_seen"] = pd.to_datetime(newest["t"].reindex(range(n)).to_numpy())
     # When each later digest of a key was first pulled: the tag moved then.
     firsts = per4.assign(t=span["min"].to_numpy())

@@ -280,6 +280,17 @@ def test_tag_move_keeps_demand_on_tag_and_newest_digest() -> None:
     assert row["pulls_7d"] == 74
 
 
+def test_a_later_pull_logged_without_a_digest_keeps_the_newest_printed_one() -> None:
+    """The tag moved to D2; the last pull of the month came from a log that prints no
+    digest (a kubelet event, a GitHub job line): the ranking still names D2, not ''."""
+    before = usage(daily(NODE, "20", WEEKS[:-3], 10), digest=D1)
+    after = usage(daily(NODE, "20", WEEKS[-3:-1], 10), digest=D2)
+    last = usage(daily(NODE, "20", WEEKS[-1:], 10, hour=20))
+    row = rank(pd.concat([before, after, last]), None, NOW).iloc[0]
+    assert row["digest"] == D2
+    assert f"tag moved (2 digests), now {D2[:19]}" in row["reasons"]
+
+
 def test_tag_moved_yesterday_ranks_the_new_digest_with_the_tag_demand() -> None:
     """A rebuild moves ``node:20`` at 13:00 the day before: from the next day on every
     consumer pulls the new digest, so the ranking names it with the tag's whole demand."""
