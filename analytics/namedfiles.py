@@ -60,11 +60,10 @@ def named_counts(
 @dataclass(frozen=True)
 class Named:
     """Per key: ``scale[k, a]`` for its pulls ``a`` days before the target (1 where as many
-    files name it now as then, or none did then); ``now`` files naming it at ``now``, and
-    ``before`` the most that named it on a scaled day (0: none scaled)."""
+    files name it now as then, or none did then), and ``before`` the most files that named
+    it on a scaled day (0: none scaled)."""
 
     scale: np.ndarray
-    now: np.ndarray
     before: np.ndarray
 
 
@@ -79,6 +78,8 @@ def named_scale(
     past ``days`` days (``daily[k, a]``: ``a`` days before ``target``; column 0 unused).
     A key pinned by digest is named by no file: 1."""
     n = len(info)
+    if days < 1:
+        return Named(np.ones((n, 0)), np.zeros(n))
     keys = list(zip(info["image"].astype(str), info["tag"].astype(str), strict=True))
     times = [now] + [target - a * DAY + MIDDAY for a in range(1, days)]
     counts = named_counts(static, keys, times)
@@ -86,5 +87,5 @@ def named_scale(
     fewer = (counts[:, :1] < counts) & (info["pin"].to_numpy() == "")[:, None]
     fewer[:, 0] = False
     np.divide(counts[:, :1], counts, out=scale, where=fewer)
-    before = np.where(fewer, counts, 0.0).max(axis=1) if days else np.zeros(n)
-    return Named(scale, counts[:, 0] if days else np.zeros(n), before)
+    before = np.where(fewer, counts, 0.0).max(axis=1)
+    return Named(scale, before)

@@ -194,8 +194,8 @@ def rank_features(
     valid = history(feats, target, p)
     first_valid = valid.sum(axis=1).astype(np.int64) - 1
     pulled = daily
-    named = named_scale(info, every, daily.shape[1], target, now_ts)
-    if p.removals:  # each day counted with the files naming the key now
+    named = named_scale(info, every, daily.shape[1], target, now_ts) if p.removals else None
+    if named is not None:  # each day counted with the files naming the key now
         daily = daily * named.scale
     kept = restart_at_shift(daily, valid, target, p)
     shift = shift_start(valid, kept)
@@ -245,7 +245,7 @@ def rank_features(
         bump_text.get(r, "") if t else "" for r, t in zip(out["region"], train, strict=True)
     ]
     out["pulls_7d"] = pulled[:, 1:8].sum(axis=1).astype(np.int64) if len(info) else 0
-    out["named_before"] = named.before if p.removals else 0.0
+    out["named_before"] = named.before if named is not None else 0.0
     # Decayed pulls of the last days: the current split between a repository's tags.
     out["recent"] = _recent(daily) if len(info) else 0.0
     out["peak"] = [_peak(row) for row in profile]
