@@ -352,3 +352,35 @@ def run_tiers(items: pd.DataFrame) -> pd.DataFrame:
     counts = counts.reindex(columns=["done", "failed", "skipped"], fill_value=0)
     moved = items.groupby(["run", "tier"])["bytes"].sum().rename("bytes")
     return counts.join(moved).reset_index()
+
+
+def files_stopped_naming(usage: pd.DataFrame, static: pd.DataFrame, n: int = 4) -> pd.DataFrame:
+    """Daily pulls and files naming it, for the ``n`` pulled image tags whose files fell
+    most (as a share of the most that named them while pulled): the signal
+    ``analytics.namedfiles`` scales their past pulls by. Columns: reference, day, pulls,
+    files (files naming it at the middle of that day). Empty when no file stopped naming a
+    pulled image tag (references without git dates never do)."""
+    cols = ["reference", "day", "pulls", "files"]
+    if usage.empty or static.empty or "removed" not in static.columns:
+        return pd.DataFrame(columns=cols)
+    from analytics.frames import normalise_static
+    from analytics.namedfiles import named_counts
+
+    tagged = usage[usage["tag"] != ""]
+    daily = tagged.groupby(["image", "tag", "day"])["pulls"].sum()
+    keys = sorted({(str(i), str(t)) for i, t, _ in daily.index})
+    days = pd.date_range(tagged["day"].min(), tagged["day"].max(), freq="D")
+    counts = named_counts(normalise_static(static), keys, list(days + pd.Timedelta(hours=12)))
+    most = counts.max(axis=1)
+    drop = np.divide(most - counts[:, -1], most, out=np.zeros(len(keys)), where=most > 0)
+    chosen = [k for k in np.argsort(-drop, kind="stable")[:n] if drop[k] > 0]
+    frames = []
+    for k in chosen:
+        image, tag = keys[k]
+        pulls = daily.loc[(image, tag)].reindex(days, fill_value=0).to_numpy()
+        frames.append(
+            pd.DataFrame(
+                {"reference": f"{image}:{tag}", "day": days, "pulls": pulls, "files": counts[k]}
+            )
+        )
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)

@@ -17,6 +17,8 @@ from nbclient import NotebookClient
 from nbformat.v4 import new_code_cell
 from test_report import PARAMS, Sample, build_sample, record_drift
 
+from analytics import report
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 NAMES = ("usage", "backtest", "operations")
 
@@ -87,6 +89,9 @@ def test_notebook_runs_against_a_database_and_plots(
         top = (built.work.pulls["image"] + ":" + built.work.pulls["tag"]).value_counts()
         assert top.index[0] in tables  # the top-images table
         assert "named and pulled" in out
+        usage, static = report.load_usage(built.url), report.load_static(built.url)
+        fell = report.files_stopped_naming(usage, static, n=4)["reference"].nunique()
+        assert fell >= 1 and f"{fell} pulled image tags named by fewer files than before" in out
     elif name == "backtest":
         assert f"{7 * PARAMS.weeks - 7} days scored per budget" in out
         assert "of_oracle" in tables and "1.0 GiB" in tables

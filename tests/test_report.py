@@ -60,12 +60,31 @@ def _events(work: Workload) -> list[Event]:
     return out
 
 
-def _static(work: Workload) -> list[StaticRef]:
-    live = work.static[work.static["removed"].isna()]
-    return [
-        StaticRef(r.file, int(r.line), parse(r.reference), classify(Path(r.file)) or "", "image")
-        for r in live.itertuples(index=False)
-    ]
+@dataclass(frozen=True)
+class _Dated:
+    """A reference as ``warmer refs`` dates it (``analytics.staticrefs.history.Dated``)."""
+
+    ref: StaticRef
+    first_seen: datetime
+    last_seen: datetime
+    present: bool
+    dated_by: str
+
+
+def _static(work: Workload, scanned: datetime) -> list[_Dated]:
+    """The references named at the end, dated at ``scanned`` (as a scan outside git dates
+    them), and those the generator's history removed, with their commit dates."""
+    out = []
+    for r in work.static.itertuples(index=False):
+        ref = StaticRef(
+            r.file, int(r.line), parse(r.reference), classify(Path(r.file)) or "", "image"
+        )
+        if pd.isna(r.removed):
+            out.append(_Dated(ref, scanned, scanned, True, "scan"))
+        else:
+            first, removed = r.first_seen.to_pydatetime(), r.removed.to_pydatetime()
+            out.append(_Dated(ref, first, removed, False, "git"))
+    return out
 
 
 def _config(path: Path, url: str) -> None:
@@ -147,7 +166,8 @@ def build_sample(root: Path) -> Sample:
     url = f"sqlite:///{root / 'warmer.db'}"
     work = generate(PARAMS)
     store.add_events(url, _events(work))
-    store.add_static_refs(url, _static(work), now=PARAMS.start - timedelta(days=1))
+    scanned = PARAMS.start - timedelta(days=1)
+    store.add_dated_refs(url, _static(work, scanned), now=scanned)
     end = PARAMS.start + timedelta(weeks=PARAMS.weeks)
     usage, static = store.usage_frame(url), store.static_frame(url)
     for region in PARAMS.regions:
@@ -194,12 +214,33 @@ def test_static_against_observed_classifies_each_tag(sample: Sample) -> None:
     usage, static = report.load_usage(sample.url), report.load_static(sample.url)
     table = report.static_vs_observed(usage, static)
     assert set(table["status"]) <= {"named and pulled", "named, never pulled", "pulled, not named"}
-    named = set(zip(static["image"], static["tag"], strict=True))
+    live = static[static["removed"].isna()]  # a removed reference names nothing now
+    named = set(zip(live["image"], live["tag"], strict=True))
     pulled = set(zip(usage["image"], usage["tag"], strict=True))
     assert len(table) == len(named | pulled)
     for row in table.itertuples(index=False):
         key = (row.image, row.tag)
         assert (row.files > 0) == (key in named) and (row.pulls > 0) == (key in pulled)
+
+
+def test_files_that_stopped_naming_a_pulled_tag_are_shown_with_its_pulls(sample: Sample) -> None:
+    usage, static = report.load_usage(sample.url), report.load_static(sample.url)
+    shown = report.files_stopped_naming(usage, static, n=3)
+    assert set(shown.columns) == {"reference", "day", "pulls", "files"}
+    refs = list(dict.fromkeys(shown["reference"]))
+    assert 1 <= len(refs) <= 3
+    gen = sample.work.static
+    for ref in refs:
+        one = shown[shown["reference"] == ref]
+        assert len(one) == 7 * PARAMS.weeks  # every day of the usage, quiet ones as 0
+        assert one["files"].iloc[-1] < one["files"].max()  # fewer files name it at the end
+        image, tag = ref.rsplit(":", 1)
+        mine = gen[(gen["image"] == image) & (gen["tag"] == tag)]
+        assert mine["removed"].notna().any()  # the generator's history removed a reference
+        pulled = usage[(usage["image"] == image) & (usage["tag"] == tag)]["pulls"].sum()
+        assert one["pulls"].sum() == pulled
+    # Without dated removals (references dated by a scan only), nothing is shown.
+    assert report.files_stopped_naming(usage, static[static["removed"].isna()]).empty
 
 
 def test_missing_sqlite_database_is_named_and_not_created(tmp_path: Path) -> None:
