@@ -60,6 +60,22 @@ def test_first_ask_waits_for_the_predicted_store_then_backs_off() -> None:
     assert waits == sorted(waits) and sum(waits) > 10  # a slow store gets seconds
 
 
+def test_an_ask_answered_from_the_relay_dates_the_store_it_waits_for() -> None:
+    """The first ask at 10.5 s got a relayed answer at 10.6 s: the store (triggered at
+    10.0 s) was under way by then, and a relayed copy of this mirror was once read at
+    100 MB/s, so 20 MB are stored by 10.8 s. The next ask goes then, not after half the
+    1 s spent so far; never later than the backoff, never before FIRST_WAIT from now."""
+    guess = StoreSpeed(bytes_per_s=25e6, lag=0.25)
+    assert next_ask(11.0, 10.0, 20_000_000, 1, guess, None, relayed_at=10.6) == 11.5
+    guess.relayed(50_000_000, 0.5)  # 100 MB/s
+    assert guess.seen == 100e6
+    assert next_ask(10.62, 10.0, 20_000_000, 1, guess, None, 10.6) == pytest.approx(10.85)
+    assert next_ask(11.0, 10.0, 20_000_000, 1, guess, None, 10.6) == 11.0 + FIRST_WAIT
+    big = 500_000_000  # 5 s at 100 MB/s: the backoff comes first
+    assert next_ask(11.0, 10.0, big, 1, guess, None, 10.6) == pytest.approx(11.5)
+    assert next_ask(11.0, 10.0, 20_000_000, 1, guess, None, None) == pytest.approx(11.5)
+
+
 def test_the_store_speed_guess_follows_what_the_asks_found() -> None:
     speed = StoreSpeed(bytes_per_s=20e6, lag=0.5)
     speed.found(first=True)

@@ -57,6 +57,7 @@ class StoreSpeed:
     lag: float = 0.25
     kept: int = 0
     lost: int = 0
+    seen: float = 0.0  # the fastest relayed copy read here: the store is at least as fast
 
     def found(self, first: bool) -> None:
         factor = 1.25 if first else 0.5
@@ -68,7 +69,8 @@ class StoreSpeed:
         own copy at least that fast (both crossed the parent link at once), so the guess is
         never slower than that (reads under ``OBSERVE_MIN`` time round trips, not bytes)."""
         if size >= OBSERVE_MIN and seconds > 0:
-            self.bytes_per_s = min(MAX_SPEED, max(self.bytes_per_s, size / seconds))
+            self.seen = min(MAX_SPEED, max(self.seen, size / seconds))
+            self.bytes_per_s = max(self.bytes_per_s, self.seen)
 
     def keeps_nothing(self) -> bool:
         """Whether the mirror seems not to store a dropped blob at all (``LOST_LIMIT``
@@ -83,16 +85,24 @@ def next_ask(
     attempt: int,
     guess: StoreSpeed,
     predicted: float | None,
+    relayed_at: float | None = None,
 ) -> float:
     """Pure: when to make the ``attempt``-th ask (from 0) for a blob whose store was
     triggered at ``asked``: the first ``guess.lag`` after the predicted end of its store
     on a paced link (else after the guessed speed would have carried it), each later one
     at least twice as long after the one before (``FIRST_WAIT``, doubling) and at least
-    half the time spent so far."""
+    half the time spent so far; but no later than the store must be over when the last
+    ask's relayed answer came at ``relayed_at``: that answer's fetch from the parent
+    started after the trigger's, so the store was under way by then, and it runs at least
+    as fast as the fastest relayed copy read from this mirror (``guess.seen``)."""
     if attempt == 0:
         end = predicted if predicted is not None else asked + size / guess.bytes_per_s
         return max(end + guess.lag, now + FIRST_WAIT)
-    return now + max(FIRST_WAIT * 2.0**attempt, 0.5 * (now - asked))
+    later = now + max(FIRST_WAIT * 2.0**attempt, 0.5 * (now - asked))
+    if relayed_at is not None and guess.seen > 0:
+        over = relayed_at + size / guess.seen + FIRST_WAIT
+        later = min(later, max(over, now + FIRST_WAIT))
+    return later
 
 
 async def read_stored(
@@ -116,10 +126,17 @@ async def read_stored(
     admitted it: a later store would land after its predicted end) and the waits for the
     store hold none."""
     asked = time.monotonic()
+    answers: list[float] = []
+
+    def answer(stored: bool) -> None:
+        answers.append(time.monotonic())
+        on_answer(stored)
+
     await client.trigger_blob(item.repository, item.digest)
     for attempt in range(ASKS):
         now = time.monotonic()
-        when = next_ask(now, asked, item.size, attempt, speed, predicted())
+        relayed_at = answers[-1] if answers else None
+        when = next_ask(now, asked, item.size, attempt, speed, predicted(), relayed_at)
         while when > now:  # the first wait: until the store's end, which may move later
             await asyncio.sleep(when - now)
             now, end = time.monotonic(), predicted()
@@ -129,7 +146,7 @@ async def read_stored(
         asks.append(attempt)
         async with slot():
             n = await client.fetch_stored_blob(
-                item.repository, item.digest, on_bytes=on_bytes, on_answer=on_answer,
+                item.repository, item.digest, on_bytes=on_bytes, on_answer=answer,
                 size=item.size,
             )  # fmt: skip
         if attempt == 0:  # was the wait long enough?
