@@ -12,7 +12,9 @@ the bytes we verify are the ones the mirror keeps.
 When to ask: on a paced link at the store's predicted end (the pacer's landing
 prediction); otherwise after the lane's learnt store speed (:class:`StoreSpeed`) would
 have carried it. An ask before the store ended is relayed (dropped after its headers: a
-request through the mirror and what it relayed meanwhile); each later one waits longer.
+request through the mirror and what it relayed meanwhile); each later one waits longer,
+but no longer than the store takes from that relayed answer (it was under way by then) at
+the speed of the fastest relayed copy read from the mirror.
 After ``ASKS`` asks the relayed copy is read instead (the caller's fallback), so a mirror
 that does not store a dropped blob costs time, never the item; after ``LOST_LIMIT`` such
 blobs and none kept, the lane reads relays for the rest of the run.
