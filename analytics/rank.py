@@ -442,13 +442,13 @@ def _finish(
             )
         if row.pin:
             parts.append("pinned by digest")
-        kind = "Dockerfile" if row.docker else "file"
         if row.named_before > row.files:
             parts.append(
                 f"named in {row.files} of the {int(row.named_before)} files that named it "
                 "(earlier pulls scaled to the files left)"
             )
         elif row.files and not str(row.reasons_extra).startswith("named in"):
+            kind = "Dockerfile" if row.docker else "file"
             parts.append(f"named in {row.files} {kind}{'s' if row.files != 1 else ''}")
         if row.reasons_extra:
             parts.append(str(row.reasons_extra))

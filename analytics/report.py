@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from analytics import store
+from analytics.frames import normalise_static
+from analytics.namedfiles import named_counts
 
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
@@ -363,9 +365,6 @@ def files_stopped_naming(usage: pd.DataFrame, static: pd.DataFrame, n: int = 4) 
     cols = ["reference", "day", "pulls", "files"]
     if usage.empty or static.empty or "removed" not in static.columns:
         return pd.DataFrame(columns=cols)
-    from analytics.frames import normalise_static
-    from analytics.namedfiles import named_counts
-
     tagged = usage[usage["tag"] != ""]
     daily = tagged.groupby(["image", "tag", "day"])["pulls"].sum()
     keys = sorted({(str(i), str(t)) for i, t, _ in daily.index})
