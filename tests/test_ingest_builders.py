@@ -1,6 +1,7 @@
 """Build and runtime output beyond the basic formats: BuildKit builds cut or concatenated,
 the tty screen, bake; kaniko; podman/buildah and classic builder steps; client global
-options; GitLab executors and services; containerd and Kubernetes event JSON documents."""
+options; GitLab executors and services; containerd, CRI-O and Kubernetes event JSON
+documents."""
 
 from __future__ import annotations
 
@@ -258,3 +259,42 @@ def test_containerd_pull_with_repo_digest(tmp_path: Path) -> None:
     assert res.format == "kubelet"  # type: ignore[attr-defined]
     assert refs(evs) == [("docker.io/library/nginx:1.27", D1, True)]
     assert evs[0].timestamp == datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=UTC)
+
+
+def crio(stamp: str, msg: str, rid: str, cut: int | None = None) -> str:
+    """A CRI-O journal line (as ``journalctl -u crio`` prints it), cut to ``cut``
+    characters and ``>`` as ``journalctl`` does in a narrow pager."""
+    line = (
+        f'Oct 12 {stamp[11:19]} node-1 crio[1566]: time="{stamp}" level=info msg="{msg}" '
+        f"id={rid} name=/runtime.v1.ImageService/PullImage"
+    )
+    return (line[:cut] + ">" if cut else line) + "\n"
+
+
+def test_crio_pulls_paired_by_request_id(tmp_path: Path) -> None:
+    a, b = "9fd4db69-a648-421f-9a1e-0123456789ab", "dec01177-932e-45ff-aaf0-db38acd432fc"
+    text = (
+        # Two pulls at once: each Pulled line names the image by digest alone, qualified by
+        # the registry an unqualified name resolved to; the request id pairs them.
+        crio("2020-10-12 04:10:32.226414375Z", "Pulling image: team/api:1.4", a)
+        + crio("2020-10-12 04:10:32.300000000Z", "Pulling image: quay.io/ns/web:2", b)
+        + crio("2020-10-12 04:10:40.000000000Z", f"Pulled image: quay.io/ns/web@{D2}", b)
+        + crio("2020-10-12 04:10:42.877396612Z", f"Pulled image: docker.io/team/api@{D1}", a)
+        + crio("2020-10-12 04:10:42.878346566Z", "Checking image status: team/api:1.4", a)
+        # Cut by journalctl: the digest and the id are lost, the repository pairs them.
+        + crio("2020-10-12 04:11:00.000000000Z", "Pulling image: quay.io/ns/db:15", b, cut=150)
+        + crio("2020-10-12 04:11:05.000000000Z", f"Pulled image: quay.io/ns/db@{D2}", b, cut=130)
+        # A pull whose end is not in the file yet.
+        + crio("2020-10-12 04:12:00.000000000Z", "Pulling image: quay.io/ns/cache:7", a)
+    )
+    evs, res = scan(tmp_path, text)
+    assert res.format == "kubelet"  # type: ignore[attr-defined]
+    assert refs(evs) == [
+        ("docker.io/team/api:1.4", D1, True),
+        ("quay.io/ns/cache:7", None, None),
+        ("quay.io/ns/db:15", None, True),
+        ("quay.io/ns/web:2", D2, True),
+    ]
+    first = next(e for e in evs if e.digest == D1)  # CRI-O's time, the pull's start
+    assert first.timestamp == datetime(2020, 10, 12, 4, 10, 32, 226414, tzinfo=UTC)
+    assert res.unused.count == 0  # type: ignore[attr-defined]

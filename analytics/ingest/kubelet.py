@@ -6,7 +6,11 @@
 pull. A pull that never succeeded is emitted at the end with ``pulled`` unknown.
 containerd's ``PullImage "x"`` opens a pull that ``Pulled image "x" with image id ...,
 repo digest "name@sha256:..."`` (with the digest) or ``PullImage "x" returns image
-reference`` closes; CRI-O's ``Pulling image: x`` / ``Pulled image: name@sha256:...`` too.
+reference`` closes; CRI-O's ``Pulling image: x`` / ``Pulled image: name@sha256:...`` too,
+paired by the request's ``id=`` (the pulled line names no tag, and may name the image
+qualified by the unqualified-search registry it resolved to), else by repository; a
+``Pulled`` line cut short by ``journalctl`` (``...@sha256:6cca>``) keeps its pull, not the
+broken digest.
 Events of ``events.k8s.io/v1`` (``note``, ``regarding``) read like core ones.
 """
 
@@ -29,8 +33,13 @@ _CD_PULLED = re.compile(
     r'Pulled image \\?"([^"\\]+)\\?".*?repo digest \\?"[^"\\@]+@(sha256:[0-9a-f]{64})'
 )
 _CRIO = re.compile(r"(Pulling|Pulled) image: (\S+?)\"?(?:\s|$)")
+_CRIO_ID = re.compile(r"\bid=([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _ISO_PREFIX = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)\s")
-_LOGRUS_TIME = re.compile(r'\btime="?(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:?\d\d)?')
+# containerd writes ``time="2024-05-01T10:00:00.1Z"``, CRI-O ``time="2024-05-01 10:00:00.1Z"``.
+_LOGRUS_TIME = re.compile(
+    r'\btime="?(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:?\d\d)?'
+)
 _KLOG = re.compile(r"\b[IWE](\d\d)(\d\d) (\d\d:\d\d:\d\d\.\d+)\s")
 _OBJECT = re.compile(r'object="([^"]+)"|\bpod/(\S+)')
 _JOURNAL_HOST = re.compile(r"^(?:\S+ \S+ \S+|\S+) (\S+) (?:kubelet|containerd|crio)\[\d+\]:")
@@ -45,7 +54,18 @@ _NOT_A_USE = (
     "ImageDelete event",
     "Error: ErrImagePull",
     "Error: ImagePullBackOff",
+    # CRI-O's status checks: the kubelet asks before each container start and around each
+    # pull, so counting them would count a pull twice; its own lines say which it was.
+    "Checking image status: ",
+    "Image status: &",
 )
+
+
+def _repository(ref: str) -> str:
+    """``ref`` without its digest and tag (``host:5000/a/b:1@sha256:...`` -> ``host:5000/a/b``)."""
+    name = ref.partition("@")[0]
+    head, sep, tail = name.rpartition(":")
+    return head if sep and "/" not in tail else name
 
 
 def workload(obj: str) -> str:
@@ -80,6 +100,7 @@ class KubeletParser(LineParser):
     def __init__(self, emit: Emit, stats: ReadStats, default_time: datetime) -> None:
         super().__init__(emit, stats, default_time)
         self.pending: dict[tuple[str | None, str], tuple[datetime | None, str | None]] = {}
+        self.requests: dict[str, str] = {}  # CRI-O request id -> the image its pull names
 
     def _time(self, line: str) -> datetime | None:
         m = _ISO_PREFIX.match(line)
@@ -91,7 +112,8 @@ class KubeletParser(LineParser):
             return parse_iso(f"{year}-{k.group(1)}-{k.group(2)}T{k.group(3)}+00:00")
         t = _LOGRUS_TIME.search(line)
         if t:  # containerd / CRI-O: nanoseconds, cut to what datetime holds
-            return parse_iso(f"{t.group(1)}{(t.group(2) or '')[:7]}{t.group(3) or 'Z'}")
+            frac, zone = (t.group(3) or "")[:7], t.group(4) or "Z"
+            return parse_iso(f"{t.group(1)}T{t.group(2)}{frac}{zone}")
         return None
 
     def feed(self, line: str) -> None:
@@ -180,7 +202,7 @@ class KubeletParser(LineParser):
             self.known += 1
             self.pending.setdefault((obj, m.group(1)), (ts, host))
             return
-        if "PullImage " in text or "Pulled image" in text:
+        if "PullImage " in text or "Pulled image" in text or "Pulling image: " in text:
             self._runtime(text, ts, pipeline, host)
 
     def _runtime(
@@ -205,19 +227,40 @@ class KubeletParser(LineParser):
         c = _CRIO.search(text)
         if c:
             self.known += 1
-            image = c.group(2)
-            if c.group(1) == "Pulling":
-                self.pending.setdefault((None, image), (ts, host))
-                return
-            name, _, digest = image.partition("@")
-            for key in list(self.pending):
-                if key[0] is None and key[1].rsplit(":", 1)[0] == name:
-                    start, _ = self.pending.pop(key)
-                    self.emit(Hit(key[1], start or ts, digest or None, True, pipeline, runner=host))
-                    return
-            self.emit(Hit(image, ts, digest or None, True, pipeline, runner=host))
+            self._crio(c.group(1) == "Pulling", c.group(2), text, ts, pipeline, host)
+
+    def _crio(
+        self,
+        pulling: bool,
+        image: str,
+        text: str,
+        ts: datetime | None,
+        pipeline: str | None,
+        host: str | None,
+    ) -> None:
+        """CRI-O: ``Pulling image: x`` opens a pull, ``Pulled image: name@sha256:...``
+        closes the one of the same request id (or, the id cut off, of the same repository)."""
+        rid = _CRIO_ID.search(text)
+        if pulling:
+            self.pending.setdefault((None, image), (ts, host))
+            if rid:
+                self.requests[rid.group(1)] = image
+            return
+        name, _, digest = image.partition("@")
+        digest = digest if _DIGEST.fullmatch(digest) else ""
+        opened = self.requests.pop(rid.group(1), None) if rid else None
+        if opened is None:
+            opened = next(
+                (k[1] for k in self.pending if k[0] is None and _repository(k[1]) == name), None
+            )
+        if opened is not None and (None, opened) in self.pending:
+            start, _ = self.pending.pop((None, opened))
+            self.emit(Hit(opened, start or ts, digest or None, True, pipeline, runner=host))
+        elif digest:  # a pull by digest alone whose opening line is not in this file
+            self.emit(Hit(f"{name}@{digest}", ts, digest, True, pipeline, runner=host))
 
     def finish(self) -> None:
         for (obj, image), (ts, host) in self.pending.items():
             self.emit(Hit(image, ts, None, None, workload(obj) if obj else None, runner=host))
         self.pending.clear()
+        self.requests.clear()
