@@ -298,3 +298,43 @@ def test_crio_pulls_paired_by_request_id(tmp_path: Path) -> None:
     first = next(e for e in evs if e.digest == D1)  # CRI-O's time, the pull's start
     assert first.timestamp == datetime(2020, 10, 12, 4, 10, 32, 226414, tzinfo=UTC)
     assert res.unused.count == 0  # type: ignore[attr-defined]
+
+
+def test_circleci_containers_once_each_with_digest_and_pull(tmp_path: Path) -> None:
+    text = "\n".join(
+        [
+            "Build-agent version 1.0.187186-94b07954 (2023-06-27T15:43:38+0000)",
+            "Starting container cimg/python:3.12",
+            "cimg/python:3.12:",
+            f"  using image cimg/python@{D1}",
+            "  pull stats: download 245.9MiB in 2.703s (90.96MiB/s)",
+            "  time to create container: 2.315s",
+            "Starting container postgres:16",
+            "  Did not get image metadata for postgres:16: context deadline exceeded",
+            "WARNING: docker image postgres:16 does not specify an architecture",
+            "postgres:16:",
+            f"  using image postgres@{D2}",
+            "  pull stats: Image was already available so the image was not pulled",
+            "  time to create container: 69ms",
+            # The agent refreshes a cached image afterwards; this one had moved.
+            "  image is cached as postgres:16, but refreshing...",
+            "16: Pulling from library/postgres",
+            "Digest: sha256:" + "3" * 64,
+            "Status: Downloaded newer image for postgres:16",
+            "  CIRCLE_REPOSITORY_URL=git@github.com:team/shop.git",
+            # A step's own pull is a use of its own.
+            "docker pull redis:7",
+            "7: Pulling from library/redis",
+            "Digest: sha256:" + "4" * 64,
+            "Status: Image is up to date for redis:7",
+        ]
+    )
+    evs, res = scan(tmp_path, text + "\n")
+    assert res.format == "circleci"  # type: ignore[attr-defined]
+    assert refs(evs) == [
+        ("docker.io/cimg/python:3.12", D1, True),
+        ("docker.io/library/postgres:16", D2, True),
+        ("docker.io/library/redis:7", "sha256:" + "4" * 64, False),
+    ]
+    assert {e.pipeline for e in evs} == {"team/shop"}
+    assert res.unused.count == 0  # type: ignore[attr-defined]

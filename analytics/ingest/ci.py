@@ -1,4 +1,4 @@
-"""CI job logs: GitHub Actions, GitLab Runner, Jenkins console.
+"""CI job logs: GitHub Actions, GitLab Runner, Jenkins console, CircleCI.
 
 Each strips its own line prefix (timestamp, section markers, timestamper) and hands the
 content to ``ClientOutput`` for the docker/podman/BuildKit lines inside, adding what only
@@ -294,3 +294,137 @@ class JenkinsParser(LineParser):
     def finish(self) -> None:
         self._flush_inspect()
         self.client.finish()
+
+
+_CC_START = re.compile(r"^Starting container (\S+)$")
+_CC_USING = re.compile(r"^using image (\S+?)@(sha256:[0-9a-f]{64})$")
+_CC_FETCH = re.compile(
+    r"^(?:image cache not found on this host, downloading (\S+)"
+    r"|image is cached as (\S+), but refreshing\.\.\.)$"
+)
+# The agent's notes about a container's image: not a use of their own.
+_CC_NOT_A_USE = ("Did not get image metadata for ", "WARNING: docker image ")
+_CC_REPO_URL = re.compile(r"^CIRCLE_REPOSITORY_URL=(?:\S+?[:/])?([\w.-]+/[\w.-]+?)(?:\.git)?/?$")
+
+
+def _plain(ref: str) -> str:
+    """A Docker Hub reference as CircleCI and the docker client may each print it."""
+    for prefix in ("docker.io/", "library/"):
+        ref = ref.removeprefix(prefix)
+    return ref if "@" in ref or ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"
+
+
+def _repo(ref: str) -> str:
+    name = _plain(ref).partition("@")[0]
+    return name.rpartition(":")[0] if ":" in name.rsplit("/", 1)[-1] else name
+
+
+class CircleCIParser(LineParser):
+    """CircleCI job log (the Spin Up Environment step). Each ``Starting container X`` (the
+    job's primary image, then each service) is one use of X; ``using image X@sha256:...``
+    gives its digest, and whether it was downloaded comes from ``image cache not found on
+    this host, downloading X`` or ``pull stats: download ...`` (``Image was already
+    available so the image was not pulled`` and ``image is cached as X, but refreshing...``
+    say it was not). The docker pull output that follows a fetch or a refresh is CircleCI's
+    own pull of that container's image: it is folded into the container's use (a refresh
+    that downloads a newer image is a pull), not counted again; any other pull in the job's
+    steps is counted as in a plain docker log."""
+
+    name = "circleci"
+    keywords = (
+        *CLIENT_KEYWORDS,
+        b"Starting container ",
+        b"using image ",
+        b"pull stats:",
+        b"image cache not found",
+        b"image is cached as",
+        b"CIRCLE_REPOSITORY_URL=",
+        b"image metadata for",
+        b"WARNING: docker image",
+    )
+
+    def __init__(self, emit: Emit, stats: ReadStats, default_time: datetime) -> None:
+        super().__init__(emit, stats, default_time)
+        self.client = ClientOutput(self._client_hit, source=self.name)
+        self.containers: list[Hit] = []  # in start order; emitted at the end (pipeline)
+        self.current: Hit | None = None  # the container the pull stats describe
+        self.fetching: Hit | None = None  # whose pull the docker output that follows is
+
+    def recognized(self) -> int:
+        return self.known + self.client.recognized()
+
+    def _container(self, ref: str) -> Hit | None:
+        """The latest container started from ``ref`` (by repository when only that is
+        given: ``using image`` names none of its tag)."""
+        by_tag = "@" not in ref and ":" in ref.rsplit("/", 1)[-1]
+        for hit in reversed(self.containers):
+            if (
+                (_plain(hit.reference) == _plain(ref))
+                if by_tag
+                else (_repo(hit.reference) == _repo(ref))
+            ):
+                return hit
+        return None
+
+    def feed(self, line: str) -> None:
+        content = strip_ansi(line).strip()
+        start = _CC_START.match(content)
+        if start:
+            self.known += 1
+            self.current = Hit(start.group(1), None, None, None, source=self.name)
+            self.containers.append(self.current)
+            return
+        if content.startswith(_CC_NOT_A_USE):
+            self.known += 1
+            return
+        if content.startswith("using image "):
+            using = _CC_USING.match(content)
+            target = self._container(using.group(1)) if using else None
+            if using and target is not None:
+                self.known += 1
+                target.digest = using.group(2)
+                self.current = target  # its pull stats follow
+            return
+        if content.startswith("pull stats:"):
+            if self.current is not None:
+                self.known += 1
+                if content.startswith("pull stats: download"):
+                    self.current.pulled = True
+                elif "not pulled" in content and self.current.pulled is None:
+                    self.current.pulled = False
+            return
+        if content.startswith("image "):
+            fetch = _CC_FETCH.match(content)
+            target = self._container(fetch.group(1) or fetch.group(2)) if fetch else None
+            if fetch and target is not None:
+                self.known += 1
+                if fetch.group(1):
+                    target.pulled = True
+                elif target.pulled is None:
+                    target.pulled = False
+                self.fetching = target
+            return
+        if content.startswith("CIRCLE_REPOSITORY_URL="):
+            url = _CC_REPO_URL.match(content)
+            if url:
+                self.client.pipeline = url.group(1)
+            return
+        self.client.feed(content, None)
+
+    def _client_hit(self, hit: Hit) -> None:
+        fetching = self.fetching
+        if fetching is not None and _plain(hit.reference) == _plain(fetching.reference):
+            self.fetching = None
+            fetching.digest = fetching.digest or hit.digest
+            if hit.pulled:
+                fetching.pulled = True
+            return
+        self.emit(hit)
+
+    def finish(self) -> None:
+        self.client.finish()
+        for hit in self.containers:
+            hit.pipeline = self.client.pipeline
+            self.emit(hit)
+        self.containers.clear()
+        self.current = self.fetching = None

@@ -20,6 +20,7 @@ FORMATS = (
     "gitlab",
     "github",
     "jenkins",
+    "circleci",
     "kubelet",
     "buildkit",
     "kaniko",
@@ -38,6 +39,15 @@ _ACCESS = re.compile(
 _DISTRIBUTION = ('msg="response completed', '"http.request.uri"', '{"events":')
 _GITLAB = ("gitlab-runner", "section_start:", "Using Docker executor", "executor with image")
 _JENKINS = ("[Pipeline]", "Started by ", "Running in Durability level")
+# CircleCI's Spin Up Environment step; its container lines alone when the header is cut.
+_CIRCLECI = ("Build-agent version", "====>> Spin Up Environment")
+_CIRCLECI_START = "Starting container "
+_CIRCLECI_LINES = (
+    "  using image ",
+    "pull stats: ",
+    "image cache not found on this host",
+    "image is cached as ",
+)
 _KUBELET = (
     "kubelet[",
     '"involvedObject"',
@@ -70,6 +80,9 @@ _MARKERS = (
     *_DISTRIBUTION,
     *_GITLAB,
     *_JENKINS,
+    *_CIRCLECI,
+    _CIRCLECI_START,
+    *_CIRCLECI_LINES,
     *_KUBELET,
     *_BUILDKIT,
     *_KANIKO,
@@ -152,6 +165,8 @@ def _decide(found: set[str], text: Callable[[], str]) -> str | None:
             return "github"
     if has(_JENKINS):
         return "jenkins"
+    if has(_CIRCLECI) or (_CIRCLECI_START in found and has(_CIRCLECI_LINES)):
+        return "circleci"
     if has(_KUBELET) or ("LAST SEEN" in found and "REASON" in found):
         return "kubelet"
     if (("\n#" in found or "start#" in found) and _BK_STEP.search(text())) or has(_BUILDKIT):
