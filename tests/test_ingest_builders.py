@@ -338,3 +338,28 @@ def test_circleci_containers_once_each_with_digest_and_pull(tmp_path: Path) -> N
     ]
     assert {e.pipeline for e in evs} == {"team/shop"}
     assert res.unused.count == 0  # type: ignore[attr-defined]
+
+
+def test_compose_v1_names_the_service_image_before_the_pull(tmp_path: Path) -> None:
+    text = "\n".join(
+        [
+            "Pulling db (postgres:16)...",
+            "16: Pulling from library/postgres",
+            f"Digest: {D1}",
+            "Status: Downloaded newer image for postgres:16",
+            # `image: ghcr.io/acme/api` without a tag prints an empty one; the engine's
+            # output names the repository without its registry, and no status was printed.
+            "Pulling api (ghcr.io/acme/api:)...",
+            "latest: Pulling from acme/api",
+            "Pulling cache (redis:7)...",
+            "7: Pulling from library/redis",
+            f"Digest: {D2}",
+            "Status: Image is up to date for redis:7",
+        ]
+    )
+    evs, _ = scan(tmp_path, text + "\n")
+    assert refs(evs) == [
+        ("docker.io/library/postgres:16", D1, True),
+        ("docker.io/library/redis:7", D2, False),
+        ("ghcr.io/acme/api:latest", None, None),
+    ]

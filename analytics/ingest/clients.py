@@ -42,6 +42,7 @@ KEYWORDS: tuple[bytes, ...] = (
     b"Retrieving image",
     b"Unable to find image",
     b"Image already in cache",
+    b")...",  # docker-compose v1: "Pulling db (postgres:16)..."
 )
 
 # The tool, its global options (``--config DIR``, ``-H host``, ``--context x``, ``-D``,
@@ -57,6 +58,9 @@ _DIGEST = re.compile(r"^\s*Digest: (sha256:[0-9a-f]{64})")
 # long run of dots in it (7 s for 60 KB), and a lazy token before optional groups costs 4x.
 _TRYING = re.compile(r"Trying to pull (?:repository )?(\S+)")
 _UNABLE = re.compile(r"Unable to find image '([^'\s]+)' locally")  # docker run / create
+# docker-compose v1 names the service's image before the engine's pull output (which names
+# the repository without its registry); ``image: postgres`` prints ``(postgres:)``.
+_COMPOSE_PULL = re.compile(r"^Pulling [\w.-]+ \(([^()\s]+?):?\)\.\.\.$")
 
 
 class ClientOutput:
@@ -143,6 +147,13 @@ class ClientOutput:
                 if self.pending is None or self.pending[0] != u.group(1):
                     self._flush_pending()
                     self.pending = [u.group(1), ts, "docker", False]
+            return
+        if line.endswith(")...") and line.startswith("Pulling "):
+            c = _COMPOSE_PULL.match(line)
+            if c:
+                self.known += 1
+                self._flush_pending()
+                self.pending = [c.group(1), ts, "docker", False]
             return
         if "Status: " in line:
             m2 = _STATUS.search(line)
