@@ -120,6 +120,13 @@ def split_digest(ref: str) -> tuple[str, str | None]:
     return ref, digest or None
 
 
+def repository(ref: str) -> str:
+    """``ref`` without its digest and tag (``host:5000/a/b:1@sha256:...`` -> ``host:5000/a/b``)."""
+    name = ref.partition("@")[0]
+    head, sep, tail = name.rpartition(":")
+    return head if sep and "/" not in tail else name
+
+
 def pull_target(args: str) -> str | None:
     """The image operand of a pull command line, or None (an unexpanded variable, none)."""
     tokens = args.split()

@@ -10,7 +10,15 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from analytics.ingest.base import Emit, Hit, LineParser, from_unix, parse_iso, strip_ansi
+from analytics.ingest.base import (
+    Emit,
+    Hit,
+    LineParser,
+    from_unix,
+    parse_iso,
+    repository,
+    strip_ansi,
+)
 from analytics.ingest.clients import KEYWORDS as CLIENT_KEYWORDS
 from analytics.ingest.clients import ClientOutput
 from analytics.ingest.reader import ReadStats
@@ -314,11 +322,6 @@ def _plain(ref: str) -> str:
     return ref if "@" in ref or ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"
 
 
-def _repo(ref: str) -> str:
-    name = _plain(ref).partition("@")[0]
-    return name.rpartition(":")[0] if ":" in name.rsplit("/", 1)[-1] else name
-
-
 class CircleCIParser(LineParser):
     """CircleCI job log (the Spin Up Environment step). Each ``Starting container X`` (the
     job's primary image, then each service) is one use of X; ``using image X@sha256:...``
@@ -361,7 +364,7 @@ class CircleCIParser(LineParser):
             if (
                 (_plain(hit.reference) == _plain(ref))
                 if by_tag
-                else (_repo(hit.reference) == _repo(ref))
+                else (repository(_plain(hit.reference)) == repository(_plain(ref)))
             ):
                 return hit
         return None

@@ -21,7 +21,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from analytics.ingest.base import Emit, Hit, LineParser, parse_iso
+from analytics.ingest.base import Emit, Hit, LineParser, parse_iso, repository
 from analytics.ingest.reader import ReadStats
 
 _IMAGE = r'image \\?"([^"\\]+)\\?"'
@@ -59,13 +59,6 @@ _NOT_A_USE = (
     "Checking image status: ",
     "Image status: &",
 )
-
-
-def _repository(ref: str) -> str:
-    """``ref`` without its digest and tag (``host:5000/a/b:1@sha256:...`` -> ``host:5000/a/b``)."""
-    name = ref.partition("@")[0]
-    head, sep, tail = name.rpartition(":")
-    return head if sep and "/" not in tail else name
 
 
 def workload(obj: str) -> str:
@@ -251,7 +244,7 @@ class KubeletParser(LineParser):
         opened = self.requests.pop(rid.group(1), None) if rid else None
         if opened is None:
             opened = next(
-                (k[1] for k in self.pending if k[0] is None and _repository(k[1]) == name), None
+                (k[1] for k in self.pending if k[0] is None and repository(k[1]) == name), None
             )
         if opened is not None and (None, opened) in self.pending:
             start, _ = self.pending.pop((None, opened))
