@@ -363,3 +363,29 @@ def test_compose_v1_names_the_service_image_before_the_pull(tmp_path: Path) -> N
         ("docker.io/library/redis:7", D2, False),
         ("ghcr.io/acme/api:latest", None, None),
     ]
+
+
+def test_jib_base_image_per_build_in_maven_and_ci_logs(tmp_path: Path) -> None:
+    build = [
+        "[INFO] --- jib-maven-plugin:3.4.0:build (default-cli) @ api ---",
+        "[INFO] Containerizing application to registry.example:5000/team/api...",
+        "[WARNING] Base image 'eclipse-temurin:21-jre' does not use a specific image digest"
+        " - build may not be reproducible",
+        "[INFO] Getting manifest for base image eclipse-temurin:21-jre...",
+        f"[INFO] Using base image with digest: {D1}",
+        "[INFO] Built and pushed image as registry.example:5000/team/api",
+    ]
+    cut = ["[INFO] Getting manifest for base image gcr.io/distroless/java21:nonroot..."]
+    evs, res = scan(tmp_path, "\n".join(build + cut) + "\n")
+    assert res.format == "jib"  # type: ignore[attr-defined]
+    assert refs(evs) == [
+        ("docker.io/library/eclipse-temurin:21-jre", D1, None),
+        ("gcr.io/distroless/java21:nonroot", None, None),  # the build stopped before its digest
+    ]
+    assert res.unused.count == 0  # type: ignore[attr-defined]
+    # The same lines in a GitHub Actions job log.
+    stamped = "\n".join(f"2024-05-01T10:00:0{i}.0000000Z {line}" for i, line in enumerate(build))
+    evs, res = scan(tmp_path, stamped + "\n")
+    assert res.format == "github"  # type: ignore[attr-defined]
+    assert refs(evs) == [("docker.io/library/eclipse-temurin:21-jre", D1, None)]
+    assert evs[0].timestamp == datetime(2024, 5, 1, 10, 0, 3, tzinfo=UTC)

@@ -39,6 +39,7 @@ def brief(evs: list[Event]) -> list[tuple[str, bool | None]]:
         ("gitlab-job.log", "gitlab"),
         ("jenkins-console.log", "jenkins"),
         ("circleci-job.log", "circleci"),
+        ("jib-build.log", "jib"),
         ("kubelet-journal.log", "kubelet"),
         ("crio-journal.log", "kubelet"),
         ("kubectl-events.txt", "kubelet"),
@@ -196,6 +197,7 @@ SAMPLES = {
     "gitlab": ["gitlab-job.log"],
     "jenkins": ["jenkins-console.log"],
     "circleci": ["circleci-job.log"],
+    "jib": ["jib-build.log"],
     "kubelet": [
         "kubelet-journal.log",
         "kubectl-events.txt",

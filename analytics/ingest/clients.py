@@ -1,6 +1,6 @@
 """Container client output: docker/nerdctl/crictl/ctr pulls, podman/buildah pulls and
 builds, BuildKit progress (``analytics.ingest.buildkit``), kaniko and classic-builder steps
-(``analytics.ingest.builders``).
+(``analytics.ingest.builders``), Jib's base image (Maven, Gradle, .NET, CLI).
 
 ``ClientOutput`` is a small state machine over the lines those tools print. It is used on
 its own for a saved client log and inside the CI parsers (GitHub, GitLab, Jenkins), which
@@ -43,6 +43,9 @@ KEYWORDS: tuple[bytes, ...] = (
     b"Unable to find image",
     b"Image already in cache",
     b")...",  # docker-compose v1: "Pulling db (postgres:16)..."
+    b"ase image",  # Jib: "Getting manifest for base image X...", its digest and notes
+    b"generated image reference",  # Jib's own image: not a use
+    b"image as ",
 )
 
 # The tool, its global options (``--config DIR``, ``-H host``, ``--context x``, ``-D``,
@@ -60,6 +63,16 @@ _TRYING = re.compile(r"Trying to pull (?:repository )?(\S+)")
 _UNABLE = re.compile(r"Unable to find image '([^'\s]+)' locally")  # docker run / create
 # docker-compose v1 names the service's image before the engine's pull output (which names
 # the repository without its registry); ``image: postgres`` prints ``(postgres:)``.
+# Jib fetches its base image's manifest on every build (its layers only when its cache
+# lacks them: whether they were pulled is not said), then names the digest it used.
+_JIB_BASE = re.compile(r"Getting manifest for base image (\S+?)\.\.\.$")
+_JIB_DIGEST = re.compile(r"Using base image with digest: (sha256:[0-9a-f]{64})")
+_JIB_NOTES = ("does not use a specific image digest", "requires auth. Trying again for")
+_JIB_TARGET = (  # the image Jib builds, not one it uses
+    "Tagging image with generated image reference",
+    "Built and pushed image as ",
+    "Built image to Docker daemon as ",
+)
 _COMPOSE_PULL = re.compile(r"^Pulling [\w.-]+ \(([^()\s]+?):?\)\.\.\.$")
 
 
@@ -81,6 +94,7 @@ class ClientOutput:
         self.buildkit = BuildKit(self._split_hit)
         self.steps = StepFrom()
         self.kaniko = Kaniko()
+        self.jib: tuple[str, datetime | None] | None = None  # base image, its digest next
 
     def recognized(self) -> int:
         return self.known + self.buildkit.known
@@ -147,6 +161,12 @@ class ClientOutput:
                 if self.pending is None or self.pending[0] != u.group(1):
                     self._flush_pending()
                     self.pending = [u.group(1), ts, "docker", False]
+            return
+        if "ase image" in line:
+            self._jib(line, ts)
+            return
+        if any(target in line for target in _JIB_TARGET):
+            self.known += 1
             return
         if line.endswith(")...") and line.startswith("Pulling "):
             c = _COMPOSE_PULL.match(line)
@@ -217,6 +237,28 @@ class ClientOutput:
         if "Image already in cache" in line:  # kaniko's cache of a base already counted
             self.known += 1
 
+    def _jib(self, line: str, ts: datetime | None) -> None:
+        base = _JIB_BASE.search(line)
+        if base:
+            self.known += 1
+            self._flush_jib()
+            self.jib = (base.group(1), ts)
+            return
+        used = _JIB_DIGEST.search(line)
+        if used:
+            self.known += 1
+            if self.jib is not None:
+                self._hit(self.jib[0], self.jib[1], used.group(1), None)
+                self.jib = None
+            return
+        if any(note in line for note in _JIB_NOTES):
+            self.known += 1
+
+    def _flush_jib(self) -> None:
+        if self.jib is not None:  # no digest printed (a failed or cut build)
+            self._hit(self.jib[0], self.jib[1], None, None)
+            self.jib = None
+
     def _candidate(self, target: str) -> bool:
         """The next registry tried for the same short name, nothing copied yet (podman's
         unqualified-search registries, docker's additional registries): the same pull."""
@@ -243,6 +285,7 @@ class ClientOutput:
 
     def finish(self) -> None:
         self._flush_pending()
+        self._flush_jib()
         self.finish_buildkit()
 
 

@@ -24,6 +24,7 @@ FORMATS = (
     "kubelet",
     "buildkit",
     "kaniko",
+    "jib",
     "podman",
     "docker",
 )
@@ -63,6 +64,7 @@ _KUBELET = (
 )
 _BUILDKIT = ("[+] Building", "=> [internal]", "=> CACHED")
 _KANIKO = ("Retrieving image manifest", "Retrieving image ")
+_JIB = ("Getting manifest for base image ",)
 _PODMAN = ("Trying to pull", "Getting image source signatures", "STEP 1/", "STEP 1:")
 _DOCKER = (
     "Pulling from ",
@@ -86,6 +88,7 @@ _MARKERS = (
     *_KUBELET,
     *_BUILDKIT,
     *_KANIKO,
+    *_JIB,
     *_PODMAN,
     *_DOCKER,
     *_OTHER,
@@ -173,6 +176,8 @@ def _decide(found: set[str], text: Callable[[], str]) -> str | None:
         return "buildkit"
     if has(_KANIKO):
         return "kaniko"
+    if has(_JIB):
+        return "jib"
     if has(_PODMAN):
         return "podman"
     if has(_DOCKER):

@@ -113,7 +113,7 @@ def make_parser(
         return KubeletParser(emit, stats, when)
     if fmt == "distribution":
         return DistributionParser(emit, stats, when, upstream=opts.upstream)
-    if fmt in ("docker", "podman", "buildkit", "kaniko"):
+    if fmt in ("docker", "podman", "buildkit", "kaniko", "jib"):
         return ClientLogParser(emit, stats, when, fmt)
     raise ValueError(f"unknown log format {fmt!r} (known: {', '.join(FORMATS)})")
 
