@@ -389,3 +389,32 @@ def test_jib_base_image_per_build_in_maven_and_ci_logs(tmp_path: Path) -> None:
     assert res.format == "github"  # type: ignore[attr-defined]
     assert refs(evs) == [("docker.io/library/eclipse-temurin:21-jre", D1, None)]
     assert evs[0].timestamp == datetime(2024, 5, 1, 10, 0, 3, tzinfo=UTC)
+
+
+def test_cloud_build_step_images_pulled_or_already_there(tmp_path: Path) -> None:
+    text = "\n".join(
+        [
+            "BUILD",
+            'Starting Step #0 - "test"',
+            'Step #0 - "test": Pulling image: gcr.io/cloud-builders/npm:node-20.10.0',
+            'Step #0 - "test": node-20.10.0: Pulling from cloud-builders/npm',
+            f'Step #0 - "test": Digest: {D1}',
+            'Step #0 - "test": Status: Downloaded newer image for '
+            "gcr.io/cloud-builders/npm:node-20.10.0",
+            'Finished Step #0 - "test"',
+            "Starting Step #1",
+            f"Step #1: Already have image (with digest): gcr.io/cloud-builders/docker@{D2}",
+            "Step #1: Step 1/4 : FROM python:3.12-slim",
+            "Step #1: 3.12-slim: Pulling from library/python",
+            "Step #1: Status: Image is up to date for python:3.12-slim",
+            "Finished Step #1",
+        ]
+    )
+    evs, res = scan(tmp_path, text + "\n")
+    assert res.format == "cloudbuild"  # type: ignore[attr-defined]
+    assert refs(evs) == [
+        ("docker.io/library/python:3.12-slim", None, False),
+        ("gcr.io/cloud-builders/docker@" + D2, D2, False),
+        ("gcr.io/cloud-builders/npm:node-20.10.0", D1, True),
+    ]
+    assert res.unused.count == 0  # type: ignore[attr-defined]

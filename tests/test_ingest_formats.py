@@ -40,6 +40,7 @@ def brief(evs: list[Event]) -> list[tuple[str, bool | None]]:
         ("jenkins-console.log", "jenkins"),
         ("circleci-job.log", "circleci"),
         ("jib-build.log", "jib"),
+        ("cloudbuild.log", "cloudbuild"),
         ("kubelet-journal.log", "kubelet"),
         ("crio-journal.log", "kubelet"),
         ("kubectl-events.txt", "kubelet"),
@@ -198,6 +199,7 @@ SAMPLES = {
     "jenkins": ["jenkins-console.log"],
     "circleci": ["circleci-job.log"],
     "jib": ["jib-build.log"],
+    "cloudbuild": ["cloudbuild.log"],
     "kubelet": [
         "kubelet-journal.log",
         "kubectl-events.txt",

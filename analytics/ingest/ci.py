@@ -1,4 +1,4 @@
-"""CI job logs: GitHub Actions, GitLab Runner, Jenkins console, CircleCI.
+"""CI job logs: GitHub Actions, GitLab Runner, Jenkins console, CircleCI, Google Cloud Build.
 
 Each strips its own line prefix (timestamp, section markers, timestamper) and hands the
 content to ``ClientOutput`` for the docker/podman/BuildKit lines inside, adding what only
@@ -17,6 +17,7 @@ from analytics.ingest.base import (
     from_unix,
     parse_iso,
     repository,
+    split_digest,
     strip_ansi,
 )
 from analytics.ingest.clients import KEYWORDS as CLIENT_KEYWORDS
@@ -431,3 +432,49 @@ class CircleCIParser(LineParser):
             self.emit(hit)
         self.containers.clear()
         self.current = self.fetching = None
+
+
+_GCB_STEP = re.compile(r'^Step #\d+(?: - "[^"]*")?: ?')
+_GCB_HAVE = re.compile(r"^Already have image(?: \(with digest\))?: (\S+)$")
+
+
+class CloudBuildParser(LineParser):
+    """Google Cloud Build (``gcloud builds submit``, ``gcloud builds log``, the console's
+    raw log): each step's lines carry ``Step #N:`` (or ``Step #N - "id":``). A step's
+    builder image is ``Pulling image: X`` then the engine's pull output (closed by its
+    ``Status:`` line), or ``Already have image (with digest): X`` when the worker has it;
+    the steps' own docker output (``docker build``'s ``FROM``, ``docker pull``) follows as in
+    a docker log."""
+
+    name = "cloudbuild"
+    keywords = (*CLIENT_KEYWORDS, b"Pulling image: ", b"Already have image")
+
+    def __init__(self, emit: Emit, stats: ReadStats, default_time: datetime) -> None:
+        super().__init__(emit, stats, default_time)
+        self.client = ClientOutput(emit, source=self.name)
+
+    def recognized(self) -> int:
+        return self.known + self.client.recognized()
+
+    def feed(self, line: str) -> None:
+        content = strip_ansi(line).strip()
+        step = _GCB_STEP.match(content)
+        if step:
+            content = content[step.end() :]
+        if content.startswith("Pulling image: "):
+            image = content[len("Pulling image: ") :].strip()
+            if image and " " not in image:
+                self.known += 1
+                self.client.open_pull(image, None)
+            return
+        if content.startswith("Already have image"):
+            have = _GCB_HAVE.match(content)
+            if have:
+                self.known += 1
+                ref, digest = split_digest(have.group(1))
+                self.emit(Hit(ref, None, digest, False, source=self.name))
+            return
+        self.client.feed(content, None)
+
+    def finish(self) -> None:
+        self.client.finish()

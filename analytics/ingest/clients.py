@@ -119,6 +119,13 @@ class ClientOutput:
         )
 
     # -- docker / podman ------------------------------------------------------------
+    def open_pull(self, ref: str, ts: datetime | None) -> None:
+        """A pull named in full by the tool that runs the engine (docker-compose, a CI
+        runner) before the engine's output, which names the repository without its
+        registry: the engine's ``Status:`` line closes it."""
+        self._flush_pending()
+        self.pending = [ref, ts, "docker", False]
+
     def _flush_pending(self) -> None:
         if self.pending is not None:
             ref, ts = self.pending[0], self.pending[1]
@@ -172,8 +179,7 @@ class ClientOutput:
             c = _COMPOSE_PULL.match(line)
             if c:
                 self.known += 1
-                self._flush_pending()
-                self.pending = [c.group(1), ts, "docker", False]
+                self.open_pull(c.group(1), ts)
             return
         if "Status: " in line:
             m2 = _STATUS.search(line)

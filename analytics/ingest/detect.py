@@ -21,6 +21,7 @@ FORMATS = (
     "github",
     "jenkins",
     "circleci",
+    "cloudbuild",
     "kubelet",
     "buildkit",
     "kaniko",
@@ -43,6 +44,9 @@ _JENKINS = ("[Pipeline]", "Started by ", "Running in Durability level")
 # CircleCI's Spin Up Environment step; its container lines alone when the header is cut.
 _CIRCLECI = ("Build-agent version", "====>> Spin Up Environment")
 _CIRCLECI_START = "Starting container "
+# Google Cloud Build: its phases and step markers (a step's "Pulling image: X" alone would
+# read as CRI-O's).
+_CLOUDBUILD = ("FETCHSOURCE", "Starting Step #", "Finished Step #", "Step #0: ")
 _CIRCLECI_LINES = (
     "  using image ",
     "pull stats: ",
@@ -85,6 +89,7 @@ _MARKERS = (
     *_CIRCLECI,
     _CIRCLECI_START,
     *_CIRCLECI_LINES,
+    *_CLOUDBUILD,
     *_KUBELET,
     *_BUILDKIT,
     *_KANIKO,
@@ -170,6 +175,8 @@ def _decide(found: set[str], text: Callable[[], str]) -> str | None:
         return "jenkins"
     if has(_CIRCLECI) or (_CIRCLECI_START in found and has(_CIRCLECI_LINES)):
         return "circleci"
+    if has(_CLOUDBUILD):
+        return "cloudbuild"
     if has(_KUBELET) or ("LAST SEEN" in found and "REASON" in found):
         return "kubelet"
     if (("\n#" in found or "start#" in found) and _BK_STEP.search(text())) or has(_BUILDKIT):

@@ -19,7 +19,13 @@ from typing import BinaryIO
 
 from analytics.events import Event
 from analytics.ingest.base import Hit, LineParser
-from analytics.ingest.ci import CircleCIParser, GitHubParser, GitLabParser, JenkinsParser
+from analytics.ingest.ci import (
+    CircleCIParser,
+    CloudBuildParser,
+    GitHubParser,
+    GitLabParser,
+    JenkinsParser,
+)
 from analytics.ingest.clients import ClientLogParser
 from analytics.ingest.detect import FORMATS, detect_bytes
 from analytics.ingest.distribution import DistributionParser
@@ -109,6 +115,8 @@ def make_parser(
         return JenkinsParser(emit, stats, when)
     if fmt == "circleci":
         return CircleCIParser(emit, stats, when)
+    if fmt == "cloudbuild":
+        return CloudBuildParser(emit, stats, when)
     if fmt == "kubelet":
         return KubeletParser(emit, stats, when)
     if fmt == "distribution":
