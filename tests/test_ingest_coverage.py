@@ -70,6 +70,35 @@ def test_unusable_lines_are_counted_and_shown(tmp_path: Path) -> None:
     assert "warning: 2 line(s)" in err  # --json: the count is said on stderr too
 
 
+def test_a_file_of_no_known_format_counts_its_image_lines_as_unused(tmp_path: Path) -> None:
+    (tmp_path / "job.log").write_text(UNUSABLE)
+    # A CI system no parser knows: skipped, but what it names is not lost in silence.
+    other = tmp_path / "other-ci.log"
+    other.write_text(
+        "==> Preparing the job\nfetching image ghcr.io/acme/runner:2.1 for the job\n"
+        "pulling image node:20 for the build\nall done\n"
+    )
+    (tmp_path / "notes.txt").write_text("nothing about images here\n")
+    code, out, err = invoke("ingest", str(tmp_path), "--dry-run")
+    assert code == 0 and out.count("alpine:3.19") == 1  # the known file's pull
+    assert (
+        f"{other}: no known log format in its first lines; skipped (2 line(s) in it look like"
+        " image uses" in err
+    )
+    assert f"{tmp_path / 'notes.txt'}: no known log format in its first lines; skipped\n" in err
+    assert "4 line(s) look like an image reference but gave no event (coverage 20.0%)" in err
+    assert f"{other}:2: fetching image ghcr.io/acme/runner:2.1 for the job" in err
+    report = ingest([tmp_path], Options())
+    summary = report.as_dict()
+    assert summary["formats"]["unknown"] == {  # type: ignore[index]
+        "files": 1,
+        "events": 0,
+        "unused_lines": 2,
+        "coverage": 0.0,
+    }
+    assert summary["skipped_files"]["unknown_format"] == 2  # type: ignore[index]
+
+
 def test_coverage_gauge(tmp_path: Path) -> None:
     log = tmp_path / "job.log"
     log.write_text(UNUSABLE)

@@ -49,6 +49,9 @@ from warmer.oci.reference import Reference, try_parse
 
 log = logging.getLogger(__name__)
 DETECT_BYTES = 64 << 10
+# A file of no known format is still scanned for lines that look like an image use (so a
+# log the parsers cannot read shows in the coverage, not only as "skipped"), up to this.
+UNKNOWN_SCAN_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -269,8 +272,14 @@ def _scan(
             if damage_of(stream):  # too little could be read to tell what it is
                 _damaged(result, str(damage_of(stream)))
                 return result
-            result.warning = f"{path}: no known log format in its first lines; skipped"
             result.problem = "unknown-format"
+            _scan_unknown(stream, first, result.unused)
+            looks = result.unused.count
+            result.warning = f"{path}: no known log format in its first lines; skipped" + (
+                f" ({looks} line(s) in it look like image uses: --format can name its format)"
+                if looks
+                else ""
+            )
             return result
         prefix, start, last = first, 0, b""
         prior = resume(result.head_fp) if resume else None
@@ -313,6 +322,21 @@ def _scan(
         return result
     finally:
         stream.close()
+
+
+def _scan_unknown(stream: BinaryIO, first: bytes, unused: Unused) -> None:
+    """Count the lines of a file of no known format that look like an image use (its first
+    ``UNKNOWN_SCAN_BYTES``): nothing reads them, so each is unused."""
+    reader = BlockReader(stream, ReadStats(), prefix=first)
+    suspect = line_ends(SUSPECT_PATTERNS)
+    for block in reader:
+        missed: list[tuple[int, str]] = []
+        for end in suspect(block):
+            _check(block, end, missed)
+        if missed:
+            _count_missed(reader, block, missed, unused)
+        if reader.consumed >= UNKNOWN_SCAN_BYTES:
+            break
 
 
 def _read_scanning(

@@ -33,6 +33,7 @@ from analytics.ingest.unused import coverage
 if TYPE_CHECKING:  # the store (pandas, SQLAlchemy) is imported only when storing
     from analytics.store import Aggregate
 
+UNKNOWN = "unknown"  # the format row of files no parser could read
 BATCH_FILES = 500
 BATCH_BUCKETS = 200_000  # also flush when the batch's aggregate holds this many buckets
 
@@ -203,6 +204,11 @@ def _add(
         report.unused_by_format[result.format] += result.unused.count
         if result.problem is None and result.start > 0 and result.end == result.start:
             report.unchanged += 1
+    elif result.problem == "unknown-format" and result.unused.count:
+        # Read by no parser, with lines that look like image uses: they count against the
+        # coverage, under the format they lack.
+        report.files_by_format[UNKNOWN] += 1
+        report.unused_by_format[UNKNOWN] += result.unused.count
     if on_file:
         on_file(result)
 
