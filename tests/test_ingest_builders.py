@@ -418,3 +418,33 @@ def test_cloud_build_step_images_pulled_or_already_there(tmp_path: Path) -> None
         ("gcr.io/cloud-builders/npm:node-20.10.0", D1, True),
     ]
     assert res.unused.count == 0  # type: ignore[attr-defined]
+
+
+def test_codebuild_commands_give_their_time_to_the_output(tmp_path: Path) -> None:
+    text = "\n".join(
+        [
+            "[Container] 2025/12/02 03:40:34.299176 Running on CodeBuild On-demand",
+            "[Container] 2025/12/02 03:40:40.413190 Running command docker pull redis:7",
+            "7: Pulling from library/redis",
+            f"Digest: {D1}",
+            "Status: Image is up to date for redis:7",
+            "[Container] 2025/12/02 03:41:02.000001 Running command docker build -t app .",
+            "Step 1/3 : FROM python:3.12-slim",
+            "3.12-slim: Pulling from library/python",
+            f"Digest: {D2}",
+            "Status: Downloaded newer image for python:3.12-slim",
+        ]
+    )
+    evs, res = scan(tmp_path, text + "\n")
+    assert res.format == "codebuild"  # type: ignore[attr-defined]
+    assert refs(evs) == [
+        ("docker.io/library/python:3.12-slim", D2, True),
+        ("docker.io/library/redis:7", D1, False),
+    ]
+    times = {str(e.reference): e.timestamp for e in evs}
+    assert times["docker.io/library/redis:7"] == datetime(
+        2025, 12, 2, 3, 40, 40, 413190, tzinfo=UTC
+    )
+    assert times["docker.io/library/python:3.12-slim"] == datetime(
+        2025, 12, 2, 3, 41, 2, 1, tzinfo=UTC
+    )

@@ -41,6 +41,7 @@ def brief(evs: list[Event]) -> list[tuple[str, bool | None]]:
         ("circleci-job.log", "circleci"),
         ("jib-build.log", "jib"),
         ("cloudbuild.log", "cloudbuild"),
+        ("codebuild.log", "codebuild"),
         ("kubelet-journal.log", "kubelet"),
         ("crio-journal.log", "kubelet"),
         ("kubectl-events.txt", "kubelet"),
@@ -200,6 +201,7 @@ SAMPLES = {
     "circleci": ["circleci-job.log"],
     "jib": ["jib-build.log"],
     "cloudbuild": ["cloudbuild.log"],
+    "codebuild": ["codebuild.log"],
     "kubelet": [
         "kubelet-journal.log",
         "kubectl-events.txt",

@@ -1,4 +1,5 @@
-"""CI job logs: GitHub Actions, GitLab Runner, Jenkins console, CircleCI, Google Cloud Build.
+"""CI job logs: GitHub Actions, GitLab Runner, Jenkins console, CircleCI, Google Cloud Build,
+AWS CodeBuild.
 
 Each strips its own line prefix (timestamp, section markers, timestamper) and hands the
 content to ``ClientOutput`` for the docker/podman/BuildKit lines inside, adding what only
@@ -475,6 +476,39 @@ class CloudBuildParser(LineParser):
                 self.emit(Hit(ref, None, digest, False, source=self.name))
             return
         self.client.feed(content, None)
+
+    def finish(self) -> None:
+        self.client.finish()
+
+
+_CB_LINE = re.compile(r"^\[Container\] (\d{4})/(\d\d)/(\d\d) (\d\d:\d\d:\d\d(?:\.\d+)?) ?")
+
+
+class CodeBuildParser(LineParser):
+    """AWS CodeBuild: the agent's lines carry ``[Container] 2025/12/02 03:40:40.413190`` (UTC)
+    and name each command (``Running command docker pull X``); what the commands print has no
+    time of its own and takes that of the command that printed it."""
+
+    name = "codebuild"
+    keywords = (*CLIENT_KEYWORDS, b"[Container] ")
+
+    def __init__(self, emit: Emit, stats: ReadStats, default_time: datetime) -> None:
+        super().__init__(emit, stats, default_time)
+        self.client = ClientOutput(emit, source=self.name)
+        self.time: datetime | None = None
+
+    def recognized(self) -> int:
+        return self.known + self.client.recognized()
+
+    def feed(self, line: str) -> None:
+        content = strip_ansi(line).strip()
+        m = _CB_LINE.match(content)
+        if m:
+            self.time = parse_iso(f"{m.group(1)}-{m.group(2)}-{m.group(3)}T{m.group(4)[:15]}+00:00")
+            content = content[m.end() :]
+            if content.startswith("Running command "):
+                content = content[len("Running command ") :]
+        self.client.feed(content, self.time)
 
     def finish(self) -> None:
         self.client.finish()

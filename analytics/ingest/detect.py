@@ -22,6 +22,7 @@ FORMATS = (
     "jenkins",
     "circleci",
     "cloudbuild",
+    "codebuild",
     "kubelet",
     "buildkit",
     "kaniko",
@@ -47,6 +48,9 @@ _CIRCLECI_START = "Starting container "
 # Google Cloud Build: its phases and step markers (a step's "Pulling image: X" alone would
 # read as CRI-O's).
 _CLOUDBUILD = ("FETCHSOURCE", "Starting Step #", "Finished Step #", "Step #0: ")
+# AWS CodeBuild: the agent's "[Container] 2025/12/02 03:40:40.4 ..." lines.
+_CODEBUILD_AGENT = "[Container] "
+_CODEBUILD = ("Running on CodeBuild", "Entering phase ", "Phase complete: ", "Running command ")
 _CIRCLECI_LINES = (
     "  using image ",
     "pull stats: ",
@@ -90,6 +94,8 @@ _MARKERS = (
     _CIRCLECI_START,
     *_CIRCLECI_LINES,
     *_CLOUDBUILD,
+    _CODEBUILD_AGENT,
+    *_CODEBUILD,
     *_KUBELET,
     *_BUILDKIT,
     *_KANIKO,
@@ -177,6 +183,8 @@ def _decide(found: set[str], text: Callable[[], str]) -> str | None:
         return "circleci"
     if has(_CLOUDBUILD):
         return "cloudbuild"
+    if _CODEBUILD_AGENT in found and has(_CODEBUILD):
+        return "codebuild"
     if has(_KUBELET) or ("LAST SEEN" in found and "REASON" in found):
         return "kubelet"
     if (("\n#" in found or "start#" in found) and _BK_STEP.search(text())) or has(_BUILDKIT):

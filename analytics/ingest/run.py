@@ -22,6 +22,7 @@ from analytics.ingest.base import Hit, LineParser
 from analytics.ingest.ci import (
     CircleCIParser,
     CloudBuildParser,
+    CodeBuildParser,
     GitHubParser,
     GitLabParser,
     JenkinsParser,
@@ -120,6 +121,8 @@ def make_parser(
         return CircleCIParser(emit, stats, when)
     if fmt == "cloudbuild":
         return CloudBuildParser(emit, stats, when)
+    if fmt == "codebuild":
+        return CodeBuildParser(emit, stats, when)
     if fmt == "kubelet":
         return KubeletParser(emit, stats, when)
     if fmt == "distribution":
