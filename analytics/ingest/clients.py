@@ -61,8 +61,6 @@ _DIGEST = re.compile(r"^\s*Digest: (sha256:[0-9a-f]{64})")
 # long run of dots in it (7 s for 60 KB), and a lazy token before optional groups costs 4x.
 _TRYING = re.compile(r"Trying to pull (?:repository )?(\S+)")
 _UNABLE = re.compile(r"Unable to find image '([^'\s]+)' locally")  # docker run / create
-# docker-compose v1 names the service's image before the engine's pull output (which names
-# the repository without its registry); ``image: postgres`` prints ``(postgres:)``.
 # Jib fetches its base image's manifest on every build (its layers only when its cache
 # lacks them: whether they were pulled is not said), then names the digest it used.
 _JIB_BASE = re.compile(r"Getting manifest for base image (\S+?)\.\.\.$")
@@ -73,6 +71,8 @@ _JIB_TARGET = (  # the image Jib builds, not one it uses
     "Built and pushed image as ",
     "Built image to Docker daemon as ",
 )
+# docker-compose v1 names the service's image before the engine's pull output (which names
+# the repository without its registry); ``image: postgres`` prints ``(postgres:)``.
 _COMPOSE_PULL = re.compile(r"^Pulling [\w.-]+ \(([^()\s]+?):?\)\.\.\.$")
 
 
@@ -169,8 +169,7 @@ class ClientOutput:
                     self._flush_pending()
                     self.pending = [u.group(1), ts, "docker", False]
             return
-        if "ase image" in line:
-            self._jib(line, ts)
+        if "ase image" in line and self._jib(line, ts):
             return
         if any(target in line for target in _JIB_TARGET):
             self.known += 1
@@ -243,22 +242,26 @@ class ClientOutput:
         if "Image already in cache" in line:  # kaniko's cache of a base already counted
             self.known += 1
 
-    def _jib(self, line: str, ts: datetime | None) -> None:
+    def _jib(self, line: str, ts: datetime | None) -> bool:
+        """Jib's base image lines; False when ``line`` is none of them (it only says
+        "base image", or "release image": the other branches read it)."""
         base = _JIB_BASE.search(line)
         if base:
             self.known += 1
             self._flush_jib()
             self.jib = (base.group(1), ts)
-            return
+            return True
         used = _JIB_DIGEST.search(line)
         if used:
             self.known += 1
             if self.jib is not None:
                 self._hit(self.jib[0], self.jib[1], used.group(1), None)
                 self.jib = None
-            return
+            return True
         if any(note in line for note in _JIB_NOTES):
             self.known += 1
+            return True
+        return False
 
     def _flush_jib(self) -> None:
         if self.jib is not None:  # no digest printed (a failed or cut build)
