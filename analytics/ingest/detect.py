@@ -45,18 +45,18 @@ _JENKINS = ("[Pipeline]", "Started by ", "Running in Durability level")
 # CircleCI's Spin Up Environment step; its container lines alone when the header is cut.
 _CIRCLECI = ("Build-agent version", "====>> Spin Up Environment")
 _CIRCLECI_START = "Starting container "
-# Google Cloud Build: its phases and step markers (a step's "Pulling image: X" alone would
-# read as CRI-O's).
-_CLOUDBUILD = ("FETCHSOURCE", "Starting Step #", "Finished Step #", "Step #0: ")
-# AWS CodeBuild: the agent's "[Container] 2025/12/02 03:40:40.4 ..." lines.
-_CODEBUILD_AGENT = "[Container] "
-_CODEBUILD = ("Running on CodeBuild", "Entering phase ", "Phase complete: ", "Running command ")
 _CIRCLECI_LINES = (
     "  using image ",
     "pull stats: ",
     "image cache not found on this host",
     "image is cached as ",
 )
+# Google Cloud Build: its phases and step markers (a step's "Pulling image: X" alone would
+# read as CRI-O's).
+_CLOUDBUILD = ("FETCHSOURCE", "Starting Step #", "Finished Step #", "Step #0: ")
+# AWS CodeBuild: the agent's "[Container] 2025/12/02 03:40:40.4 ..." lines.
+_CODEBUILD_AGENT = "[Container] "
+_CODEBUILD = ("Running on CodeBuild", "Entering phase ", "Phase complete: ", "Running command ")
 _KUBELET = (
     "kubelet[",
     '"involvedObject"',
