@@ -448,3 +448,34 @@ def test_codebuild_commands_give_their_time_to_the_output(tmp_path: Path) -> Non
     assert times["docker.io/library/python:3.12-slim"] == datetime(
         2025, 12, 2, 3, 41, 2, 1, tzinfo=UTC
     )
+
+
+def test_containerd_progress_gives_digest_and_whether_layers_came(tmp_path: Path) -> None:
+    hexes = {n: str(n) * 64 for n in range(3, 8)}
+
+    def table(ref: str, top: str, layer: str) -> list[str]:
+        return [
+            f"{ref}: resolved       |++++++++++++++++++++++++++++++++++++++|",
+            f"index-sha256:{hexes[3]}:    done           |++++++++++++++++++++++++++++++++++++++|",
+            f"manifest-sha256:{top}:     done           |++++++++++++++++++++++++++++++++++++++|",
+            f"layer-sha256:{hexes[5]}:        {layer:<14} |++++++++++++++++++++++++++++++++++++++|",
+            "elapsed: 2.1 s     total:  3.2 Mi (1.5 MiB/s)",
+        ]
+
+    text = "\n".join(
+        [
+            "$ nerdctl pull docker.io/library/redis:7",
+            # Not a terminal: the table is printed again on each refresh (one pull).
+            *table("docker.io/library/redis:7", hexes[4], "downloading"),
+            *table("docker.io/library/redis:7", hexes[4], "done"),
+            # ctr without its command line in the log: all layers were there already.
+            *table("docker.io/library/nginx:1.27", hexes[6], "exists"),
+        ]
+    )
+    evs, res = scan(tmp_path, text + "\n")
+    assert res.format == "docker"  # type: ignore[attr-defined]
+    assert refs(evs) == [
+        ("docker.io/library/nginx:1.27", "sha256:" + hexes[3], False),
+        ("docker.io/library/redis:7", "sha256:" + hexes[3], True),
+    ]
+    assert res.unused.count == 0  # type: ignore[attr-defined]

@@ -46,6 +46,8 @@ KEYWORDS: tuple[bytes, ...] = (
     b"ase image",  # Jib: "Getting manifest for base image X...", its digest and notes
     b"generated image reference",  # Jib's own image: not a use
     b"image as ",
+    b"-sha256:",  # containerd's progress (ctr, nerdctl): "index-sha256:<hex>:  done  |++|"
+    b": resolved ",
 )
 
 # The tool, its global options (``--config DIR``, ``-H host``, ``--context x``, ``-D``,
@@ -61,6 +63,10 @@ _DIGEST = re.compile(r"^\s*Digest: (sha256:[0-9a-f]{64})")
 # long run of dots in it (7 s for 60 KB), and a lazy token before optional groups costs 4x.
 _TRYING = re.compile(r"Trying to pull (?:repository )?(\S+)")
 _UNABLE = re.compile(r"Unable to find image '([^'\s]+)' locally")  # docker run / create
+# containerd's pull progress (ctr, nerdctl; a table, printed again on each refresh where
+# the output is not a terminal): the reference resolved, then one row per object.
+_CTR_RESOLVED = re.compile(r"^(\S+?): +resolv(?:ed|ing) +\|")
+_CTR_ROW = re.compile(r"^(index|manifest|layer|config)-sha256:([0-9a-f]{64}): +(\w+)")
 # Jib fetches its base image's manifest on every build (its layers only when its cache
 # lacks them: whether they were pulled is not said), then names the digest it used.
 _JIB_BASE = re.compile(r"Getting manifest for base image (\S+?)\.\.\.$")
@@ -132,7 +138,10 @@ class ClientOutput:
             assert isinstance(ref, str)
             assert ts is None or isinstance(ts, datetime)
             present = self.pending[2] == "step" and not self.pending[3]
-            self._hit(ref, ts, self.digest, False if present else None)
+            pulled: bool | None = False if present else None
+            if self.pending[2] in ("ctr", "nerdctl") and (self.blobs_copied or self.blobs_skipped):
+                pulled = self.blobs_copied > 0  # containerd's layer rows said which
+            self._hit(ref, ts, self.digest, pulled)
         self._reset_pull()
 
     def _reset_pull(self) -> None:
@@ -170,6 +179,8 @@ class ClientOutput:
                     self.pending = [u.group(1), ts, "docker", False]
             return
         if "ase image" in line and self._jib(line, ts):
+            return
+        if ("-sha256:" in line or ": resolv" in line) and self._containerd(line, ts):
             return
         if any(target in line for target in _JIB_TARGET):
             self.known += 1
@@ -241,6 +252,38 @@ class ClientOutput:
             return
         if "Image already in cache" in line:  # kaniko's cache of a base already counted
             self.known += 1
+
+    def _containerd(self, line: str, ts: datetime | None) -> bool:
+        """ctr/nerdctl progress: the resolved reference opens its pull (or is the one the
+        command line opened), the first index or manifest row gives its digest, and layer
+        rows say whether anything was downloaded (``exists``: all present)."""
+        resolved = _CTR_RESOLVED.match(line)
+        if resolved:
+            self.known += 1
+            ref = resolved.group(1)
+            if (
+                self.pending is None
+                or split_digest(str(self.pending[0]))[0] != split_digest(ref)[0]
+            ):
+                self.open_pull(ref, ts)
+                assert self.pending is not None
+                self.pending[2] = "ctr"
+            return True
+        row = _CTR_ROW.match(line)
+        if row is None:
+            return False
+        self.known += 1
+        if self.pending is not None:
+            self.pending[3] = True
+            kind, status = row.group(1), row.group(3)
+            if kind in ("index", "manifest") and self.digest is None:
+                self.digest = f"sha256:{row.group(2)}"
+            elif kind == "layer":
+                if status == "exists":
+                    self.blobs_skipped += 1
+                else:
+                    self.blobs_copied += 1
+        return True
 
     def _jib(self, line: str, ts: datetime | None) -> bool:
         """Jib's base image lines; False when ``line`` is none of them (it only says

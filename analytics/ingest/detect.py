@@ -83,6 +83,8 @@ _DOCKER = (
     "Step 1/",
     "Step 1 : FROM",
     "Unable to find image '",
+    "index-sha256:",  # containerd's pull progress (ctr, nerdctl)
+    "manifest-sha256:",
 )
 _OTHER = ("go.version=", "instance.id=", " /v2/", "##[group]", "##[command]", "LAST SEEN")
 _OTHER2 = ("REASON", "\n#")
