@@ -504,7 +504,8 @@ class CodeBuildParser(LineParser):
         content = strip_ansi(line).strip()
         m = _CB_LINE.match(content)
         if m:
-            self.time = parse_iso(f"{m.group(1)}-{m.group(2)}-{m.group(3)}T{m.group(4)[:15]}+00:00")
+            clock = m.group(4)[:15]  # HH:MM:SS.ffffff: what datetime holds
+            self.time = parse_iso(f"{m.group(1)}-{m.group(2)}-{m.group(3)}T{clock}+00:00")
             content = content[m.end() :]
             if content.startswith("Running command "):
                 content = content[len("Running command ") :]
