@@ -126,3 +126,11 @@ def test_samples_are_redacted_and_cut() -> None:
     out = redact(line)
     assert "s3cr3t" not in out and "bob:pw" not in out and "abc" not in out and "\x1b" not in out
     assert len(redact("FROM x:1 " * 100)) == SAMPLE_CHARS
+
+
+def test_a_binary_file_is_skipped_without_a_scan(tmp_path: Path) -> None:
+    blob = tmp_path / "image.bin"
+    blob.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00" + b"pulling image node:20 for the build\n" * 3)
+    report = ingest([blob], Options())
+    assert [f.problem for f in report.files] == ["unknown-format"]
+    assert report.unused == 0 and "look like image uses" not in (report.files[0].warning or "")

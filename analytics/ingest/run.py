@@ -276,7 +276,8 @@ def _scan(
                 _damaged(result, str(damage_of(stream)))
                 return result
             result.problem = "unknown-format"
-            _scan_unknown(stream, first, result.unused)
+            if b"\x00" not in first:  # text: a binary file (an image, an archive) is no log
+                _scan_unknown(stream, first, result.unused)
             looks = result.unused.count
             result.warning = f"{path}: no known log format in its first lines; skipped" + (
                 f" ({looks} line(s) in it look like image uses: --format can name its format)"
