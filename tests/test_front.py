@@ -164,6 +164,12 @@ async def test_rate_limit_counts_gets_not_heads(client: httpx.AsyncClient, pushe
     assert stats["throttled"] == 1 and stats["manifest_gets_counted"] == 2
     await client.post("/_front/config", json={"ratelimit_reset": True})
     assert (await client.get(url)).status_code == 200
+    # Seeded requests count like real ones until they leave the window.
+    seeded = {"ratelimit_reset": True, "ratelimit_window": 60, "ratelimit_seed": [30, 1]}
+    await client.post("/_front/config", json=seeded)
+    assert (await client.head(url)).headers["ratelimit-remaining"] == "0;w=60"
+    await client.post("/_front/config", json={"ratelimit_window": 10})  # 30 s ago: out
+    assert (await client.head(url)).headers["ratelimit-remaining"] == "1;w=10"
 
 
 async def test_bad_control_input_is_400(client: httpx.AsyncClient) -> None:
@@ -173,6 +179,8 @@ async def test_bad_control_input_is_400(client: httpx.AsyncClient) -> None:
     assert r.status_code == 400 and "kind" in r.text
     r = await client.post("/_front/config", content=b"{nope")
     assert r.status_code == 400
+    r = await client.post("/_front/config", json={"ratelimit_seed": [1, -2]})
+    assert r.status_code == 400 and "ratelimit_seed" in r.text
 
 
 async def test_fault_status_then_clears(client: httpx.AsyncClient, pushed: Pushed) -> None:

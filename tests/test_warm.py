@@ -474,6 +474,27 @@ def test_held_back_images_are_warmed_in_a_later_pass_when_the_limit_resets(topo:
     assert topo.front.stats()["throttled"] == 0  # the limit itself was never hit
 
 
+def test_a_held_back_image_waits_until_its_whole_resolution_fits(topo: Topo) -> None:
+    """Resolving an image spends its top manifest and one per platform at once. Counted
+    requests leaving the window one by one must not end the wait at the first free one: the
+    next pass would hold the image back again and stop as stalled, the image never warmed."""
+    topo.reserve = 10
+    topo.run["ratelimit_poll"] = "1s"
+    topo.write()
+    # 3 counted requests in a 6 s window of 13: 10 left (the reserve). They leave 3 s, 5 s
+    # and 6 s from now: one request fits above the reserve after 3 s, two after 5 s.
+    topo.front.configure(
+        ratelimit_limit=13, ratelimit_window=6, ratelimit_reset=True, ratelimit_seed=[3, 1, 0]
+    )
+    deadline = (datetime.now(UTC) + timedelta(seconds=40)).isoformat()
+    result = topo.warmer("run", "--region", "eu", "python:3.12", "--deadline", deadline, "--json")
+    assert result.exit_code == 0, result.output + result.stderr
+    runs = topo.ledger().recent_runs(2)
+    warmed = [img for r in runs for img in json.loads(r.images)]
+    assert warmed == ["docker.io/library/python:3.12"], (result.stdout, result.stderr)
+    assert topo.front.stats()["throttled"] == 0
+
+
 # --- 6. a corrupted blob is an incident, never warm ------------------------------------------
 
 

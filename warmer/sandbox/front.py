@@ -43,7 +43,9 @@ the control endpoints below (all JSON):
     read / change any of ``latency_ms``, ``bandwidth`` (bytes/s, ``"40MB/s"``, or null for
     none), ``ratelimit_limit`` (int, or null for no limit and no headers),
     ``ratelimit_window`` (seconds), ``auth`` (``"none"`` or ``"token"``);
-    ``{"ratelimit_reset": true}`` empties the window.
+    ``{"ratelimit_reset": true}`` empties the window; ``{"ratelimit_seed": [3.0, 1.0]}`` adds
+    counted requests made that many seconds ago (after a reset in the same body), so a test
+    decides when each leaves the window.
 ``GET /_front/faults`` / ``POST /_front/faults`` / ``DELETE /_front/faults``
     list / add / clear faults. A fault is ``{"kind": K, "match": "substring of the path
     (a digest, /manifests/ ...)", "count": 1, "method": null}`` with K one of ``status``
@@ -60,6 +62,7 @@ import asyncio
 import json
 import signal
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -263,6 +266,10 @@ async def _config(request: web.Request) -> web.Response:
             raise web.HTTPBadRequest(text=str(exc)) from exc
         if body.get("ratelimit_reset"):
             state.window.clear()
+        if "ratelimit_seed" in body:
+            now = time.monotonic()
+            seeded = (now - float(age) for age in body["ratelimit_seed"])
+            state.window = deque(sorted([*state.window, *seeded]))
     return web.json_response(asdict(state.config))
 
 

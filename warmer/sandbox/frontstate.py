@@ -106,6 +106,13 @@ class FrontConfig:
                 if value not in AUTH_MODES:
                     raise ValueError(f"auth: one of {', '.join(AUTH_MODES)}")
                 self.auth = value
+            elif key == "ratelimit_seed":
+                if (
+                    not isinstance(value, list)
+                    or len(value) > 10_000
+                    or not all(isinstance(age, int | float) and age >= 0 for age in value)
+                ):
+                    raise ValueError("ratelimit_seed: a list of ages in seconds (>= 0)")
             elif key != "ratelimit_reset":
                 raise ValueError(f"unknown config key {key!r}")
 

@@ -352,7 +352,11 @@ async def _warm(
                 continue
             if not held or stats.deadline_hit or reserve is None or stalled:
                 break
-            if not await reserve.wait_available(monotonic_deadline(deadline)):
+            # Until one held-back image fits: its top manifest and one per platform (what
+            # resolving it spends at once; with room for one request only, the next pass
+            # would hold it back again and stop as stalled).
+            per_image = 1 + len(config.region(region).platforms)
+            if not await reserve.wait_available(monotonic_deadline(deadline), per_image):
                 break
             todo = [w for w in todo if str(w.ref) in held] + moved
             if budget_left is not None:
