@@ -108,23 +108,23 @@ class Options:
     pipeline: str | None = None  # force a pipeline name
 
 
+# The formats whose parser takes only (emit, stats, default time).
+_PARSERS: dict[str, Callable[[Callable[[Hit], None], ReadStats, datetime], LineParser]] = {
+    "github": GitHubParser,
+    "gitlab": GitLabParser,
+    "jenkins": JenkinsParser,
+    "circleci": CircleCIParser,
+    "cloudbuild": CloudBuildParser,
+    "codebuild": CodeBuildParser,
+    "kubelet": KubeletParser,
+}
+
+
 def make_parser(
     fmt: str, emit: Callable[[Hit], None], stats: ReadStats, when: datetime, opts: Options
 ) -> LineParser:
-    if fmt == "github":
-        return GitHubParser(emit, stats, when)
-    if fmt == "gitlab":
-        return GitLabParser(emit, stats, when)
-    if fmt == "jenkins":
-        return JenkinsParser(emit, stats, when)
-    if fmt == "circleci":
-        return CircleCIParser(emit, stats, when)
-    if fmt == "cloudbuild":
-        return CloudBuildParser(emit, stats, when)
-    if fmt == "codebuild":
-        return CodeBuildParser(emit, stats, when)
-    if fmt == "kubelet":
-        return KubeletParser(emit, stats, when)
+    if fmt in _PARSERS:
+        return _PARSERS[fmt](emit, stats, when)
     if fmt == "distribution":
         return DistributionParser(emit, stats, when, upstream=opts.upstream)
     if fmt in ("docker", "podman", "buildkit", "kaniko", "jib"):
