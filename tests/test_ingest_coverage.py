@@ -134,3 +134,34 @@ def test_a_binary_file_is_skipped_without_a_scan(tmp_path: Path) -> None:
     report = ingest([blob], Options())
     assert [f.problem for f in report.files] == ["unknown-format"]
     assert report.unused == 0 and "look like image uses" not in (report.files[0].warning or "")
+
+
+def test_a_file_of_no_known_format_is_scanned_once_and_then_only_its_new_lines(
+    tmp_path: Path,
+) -> None:
+    # `warmer serve` ingests a directory again and again: an unknown file's lines count
+    # against the coverage once, and a file that grows is scanned from where it stopped.
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    other = logs / "other-ci.log"
+    head = "".join(f"==> step {i}: preparing the job\n" for i in range(60))  # over a KiB
+    other.write_text(head + "fetching image ghcr.io/acme/runner:2.1 for the job\n")
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    first = ingest([logs], Options(), url=url)
+    assert first.unused == 1 and first.unchanged == 0
+    again = ingest([logs], Options(), url=url)
+    assert again.unused == 0 and again.unchanged == 1
+    assert "skipped" in (again.files[0].warning or "")  # still said: nothing reads it
+    with other.open("a") as f:
+        f.write("pulling image node:20 for the build\npulling image redis:7 too\n")
+    grown = ingest([logs], Options(), url=url)
+    assert grown.unused == 2 and grown.files[0].start > 0
+    assert "(2 new line(s) in it look like image uses" in (grown.files[0].warning or "")
+    # Named later with --format, it is read whole by that parser, not from the scan's offset.
+    named = ingest([logs], Options(format="docker"), url=url)
+    assert named.files[0].start == 0 and named.files[0].format == "docker"
+    assert named.files[0].stats.lines == 63
+    # A file rewritten under the same head is scanned from its start again.
+    other.write_text(head + "pulling image alpine:3 now\n")
+    rewritten = ingest([logs], Options(), url=url)
+    assert rewritten.files[0].start == 0 and rewritten.unused == 1

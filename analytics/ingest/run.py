@@ -53,14 +53,17 @@ DETECT_BYTES = 64 << 10
 # A file of no known format is still scanned for lines that look like an image use (so a
 # log the parsers cannot read shows in the coverage, not only as "skipped"), up to this.
 UNKNOWN_SCAN_BYTES = 64 << 20
+UNKNOWN = "unknown"  # the format recorded for such a file, and its coverage row
 
 
 @dataclass(frozen=True)
 class Resume:
-    """Where a previous ingest of this content stopped, and the hash of the KiB before it."""
+    """Where a previous ingest of this content stopped, the hash of the KiB before it, and
+    the format it was read as (``UNKNOWN``: only scanned for image-looking lines)."""
 
     offset: int
     tail_fp: str
+    format: str
 
 
 @dataclass
@@ -270,6 +273,9 @@ def _scan(
         result.head_fp = fingerprint(first[:HEAD])
         fmt = opts.format or detect_bytes(first)
         result.format = fmt
+        prior = resume(result.head_fp) if resume else None
+        if prior is not None and (prior.format == UNKNOWN) != (fmt is None):
+            prior = None  # read as the other kind last time (e.g. --format names it now)
         if fmt is None:
             result.end = -1
             if damage_of(stream):  # too little could be read to tell what it is
@@ -277,28 +283,23 @@ def _scan(
                 return result
             result.problem = "unknown-format"
             if b"\x00" not in first:  # text: a binary file (an image, an archive) is no log
-                _scan_unknown(stream, first, result.unused)
+                at = _resume_at(path, stream, first, plain, prior, result)
+                if at is None:
+                    return result
+                stream, prefix, result.start, last = at
+                _scan_unknown(stream, prefix, last, result)
             looks = result.unused.count
+            new = " new" if result.start else ""
             result.warning = f"{path}: no known log format in its first lines; skipped" + (
-                f" ({looks} line(s) in it look like image uses: --format can name its format)"
+                f" ({looks}{new} line(s) in it look like image uses: --format can name its format)"
                 if looks
                 else ""
             )
             return result
-        prefix, start, last = first, 0, b""
-        prior = resume(result.head_fp) if resume else None
-        if prior is not None and prior.offset > 0:
-            got = _seek_to(stream, first, prior.offset, plain)
-            if got is None and damage_of(stream):  # damaged before where we stopped last
-                result.end = -1  # nothing read, nothing to record
-                _damaged(result, str(damage_of(stream)))
-                return result
-            if got is not None and fingerprint(got[0]) == prior.tail_fp:
-                prefix, start, last = got[1], prior.offset, got[0]
-            else:  # same head, different content: a new file; read it all
-                stream.close()
-                stream = open_stream(path)
-                prefix = stream.read(DETECT_BYTES)
+        at = _resume_at(path, stream, first, plain, prior, result)
+        if at is None:
+            return result
+        stream, prefix, start, last = at
         result.start = start
         when = opts.default_time or datetime.fromtimestamp(mtime, UTC)
         stats = result.stats
@@ -328,19 +329,51 @@ def _scan(
         stream.close()
 
 
-def _scan_unknown(stream: BinaryIO, first: bytes, unused: Unused) -> None:
-    """Count the lines of a file of no known format that look like an image use (its first
-    ``UNKNOWN_SCAN_BYTES``): nothing reads them, so each is unused."""
-    reader = BlockReader(stream, ReadStats(), prefix=first)
+def _resume_at(
+    path: Path,
+    stream: BinaryIO,
+    first: bytes,
+    plain: bool,
+    prior: Resume | None,
+    result: FileResult,
+) -> tuple[BinaryIO, bytes, int, bytes] | None:
+    """Where to read from: (the stream, bytes already read from there, that offset, the KiB
+    before it). From where the previous ingest stopped when the KiB before that offset still
+    matches, else from 0 (the stream may be a new one). None: damaged before that offset
+    (``result`` says so)."""
+    if prior is None or prior.offset <= 0:
+        return stream, first, 0, b""
+    got = _seek_to(stream, first, prior.offset, plain)
+    if got is None and damage_of(stream):  # damaged before where we stopped last
+        result.end = -1  # nothing read, nothing to record
+        _damaged(result, str(damage_of(stream)))
+        return None
+    if got is not None and fingerprint(got[0]) == prior.tail_fp:
+        return stream, got[1], prior.offset, got[0]
+    # Same head, different content: a new file; read it all.
+    stream.close()
+    stream = open_stream(path)
+    return stream, stream.read(DETECT_BYTES), 0, b""
+
+
+def _scan_unknown(stream: BinaryIO, prefix: bytes, last: bytes, result: FileResult) -> None:
+    """Count the lines of a file of no known format that look like an image use (up to
+    ``UNKNOWN_SCAN_BYTES`` from where the last ingest stopped, so a file is not counted
+    twice): nothing reads them, so each is unused. Records how far it got in ``result``."""
+    reader = BlockReader(stream, result.stats, prefix=prefix, last=last)
     suspect = line_ends(SUSPECT_PATTERNS)
     for block in reader:
         missed: list[tuple[int, str]] = []
         for end in suspect(block):
             _check(block, end, missed)
         if missed:
-            _count_missed(reader, block, missed, unused)
+            _count_missed(reader, block, missed, result.unused)
         if reader.consumed >= UNKNOWN_SCAN_BYTES:
             break
+    if reader.damage:
+        return  # end stays -1: nothing recorded, the next ingest scans it again
+    result.end = result.start + reader.consumed
+    result.tail_fp = fingerprint(reader.last)
 
 
 def _read_scanning(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from analytics.events import Event
 from analytics.ingest.reader import HEAD, NotRegularFile, ReadStats, fingerprint, open_file
 from analytics.ingest.run import (
+    UNKNOWN,
     FileResult,
     Options,
     Resume,
@@ -33,7 +34,6 @@ from analytics.ingest.unused import coverage
 if TYPE_CHECKING:  # the store (pandas, SQLAlchemy) is imported only when storing
     from analytics.store import Aggregate
 
-UNKNOWN = "unknown"  # the format row of files no parser could read
 BATCH_FILES = 500
 BATCH_BUCKETS = 200_000  # also flush when the batch's aggregate holds this many buckets
 
@@ -204,11 +204,14 @@ def _add(
         report.unused_by_format[result.format] += result.unused.count
         if result.problem is None and result.start > 0 and result.end == result.start:
             report.unchanged += 1
-    elif result.problem == "unknown-format" and result.unused.count:
-        # Read by no parser, with lines that look like image uses: they count against the
-        # coverage, under the format they lack.
-        report.files_by_format[UNKNOWN] += 1
-        report.unused_by_format[UNKNOWN] += result.unused.count
+    elif result.problem == "unknown-format":
+        if result.start > 0 and result.end == result.start:
+            report.unchanged += 1
+        if result.unused.count:
+            # Read by no parser, with lines that look like image uses: they count against
+            # the coverage, under the format they lack.
+            report.files_by_format[UNKNOWN] += 1
+            report.unused_by_format[UNKNOWN] += result.unused.count
     if on_file:
         on_file(result)
 
@@ -288,7 +291,7 @@ class _Batch:
         def resume(head_fp: str) -> Resume | None:
             # The same path first, then the newest: a renamed (rotated) file keeps its place.
             found.extend(sorted(self.records(head_fp), key=lambda r: r.path != resolved))
-            return Resume(found[0].offset, found[0].tail_fp) if found else None
+            return Resume(found[0].offset, found[0].tail_fp, found[0].format) if found else None
 
         def add(ev: Event) -> None:
             agg.add(ev)
@@ -296,13 +299,15 @@ class _Batch:
                 on_event(ev)
 
         result = scan_file(path, opts, add, resume)
+        scanned = result.problem == "unknown-format"  # for image-looking lines only
         if (
-            result.problem not in (None, "damaged")
-            or result.format is None
+            result.problem not in (None, "damaged", "unknown-format")
+            or not (result.format or scanned)
             or not result.head_fp
             or result.end < 0
         ):
             return result  # nothing read, nothing kept
+        fmt = result.format or UNKNOWN
         # A damaged file keeps what was read before the damage, and its offset stops at the
         # last complete line: reading it again adds nothing, a repaired copy continues there.
         if found and result.start > 0:
@@ -310,7 +315,7 @@ class _Batch:
         else:  # read from the start: a record with this path and head is this file, rewritten
             rec = next((r for r in found if r.path == resolved), None)
         if rec is None:
-            rec = _Record(result.head_fp, resolved, "", 0, result.format)
+            rec = _Record(result.head_fp, resolved, "", 0, fmt)
         same_head = self.records(result.head_fp)
         if rec in same_head:
             same_head.remove(rec)
@@ -319,7 +324,7 @@ class _Batch:
             resolved,
             result.tail_fp,
             result.end,
-            result.format,
+            fmt,
         )
         rec.updated_at, rec.dirty = datetime.now(UTC), True
         _merge(self.agg, agg)
