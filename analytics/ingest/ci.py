@@ -25,6 +25,24 @@ from analytics.ingest.clients import KEYWORDS as CLIENT_KEYWORDS
 from analytics.ingest.clients import ClientOutput
 from analytics.ingest.reader import ReadStats
 
+
+class _ClientLog(LineParser):
+    """A CI log whose steps' docker/podman/BuildKit output ``self.client`` reads (its hits
+    go to ``client_emit``, else to ``emit``); the subclass reads what the CI system adds."""
+
+    def __init__(
+        self, emit: Emit, stats: ReadStats, default_time: datetime, client_emit: Emit | None = None
+    ) -> None:
+        super().__init__(emit, stats, default_time)
+        self.client = ClientOutput(client_emit or emit, source=self.name)
+
+    def recognized(self) -> int:
+        return self.known + self.client.recognized()
+
+    def finish(self) -> None:
+        self.client.finish()
+
+
 _GH_LINE = re.compile(r"^\ufeff?(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) ?(.*)$")
 _GH_RUNNER = re.compile(
     r"^(?:Runner name: '([^']+)'|Job is about to start running on the runner: (.+?) \()"
@@ -33,7 +51,7 @@ _GH_DEFINED = re.compile(r"^Job defined at: (\S+?)(?:@\S*)?$")
 _GH_STEP_TITLE = re.compile(r"(?:^|\]|Z )(?:Pull|Pulling) (?:container|down action) image '")
 
 
-class GitHubParser(LineParser):
+class GitHubParser(_ClientLog):
     """GitHub Actions job log: every line starts with an RFC 3339 UTC timestamp."""
 
     name = "github"
@@ -45,10 +63,6 @@ class GitHubParser(LineParser):
         b"container image",
         b"action image",
     )
-
-    def __init__(self, emit: Emit, stats: ReadStats, default_time: datetime) -> None:
-        super().__init__(emit, stats, default_time)
-        self.client = ClientOutput(emit, source=self.name)
 
     def feed(self, line: str) -> None:
         if (" container image '" in line or " action image '" in line) and _GH_STEP_TITLE.search(
@@ -78,12 +92,6 @@ class GitHubParser(LineParser):
             return
         self.client.feed(content, ts)
 
-    def recognized(self) -> int:
-        return self.known + self.client.recognized()
-
-    def finish(self) -> None:
-        self.client.finish()
-
 
 # GitLab: optional "2024-05-01T10:00:00.123456Z 00O+ " prefix (runner 17 timestamps) and
 # "section_start:1714557600:name[collapsed=true]\r\x1b[0K" markers that carry unix time.
@@ -108,7 +116,7 @@ _GL_GIT = re.compile(
 _GL_BUILDS_PREFIX = re.compile(r"^[0-9A-Za-z_-]{8}/\d+/")
 
 
-class GitLabParser(LineParser):
+class GitLabParser(_ClientLog):
     """GitLab Runner job log (docker executor): job image, services, pull policy."""
 
     name = "gitlab"
@@ -128,16 +136,12 @@ class GitLabParser(LineParser):
     def __init__(self, emit: Emit, stats: ReadStats, default_time: datetime) -> None:
         # The executor pulls the job and service images before it fetches the sources,
         # which name the project: hold the (few) hits until the end to attach it.
-        super().__init__(self._hold, stats, default_time)
+        super().__init__(self._hold, stats, default_time, client_emit=self._hold)
         self.out = emit
         self.held: list[Hit] = []
-        self.client = ClientOutput(self._hold, source=self.name)
         self.section_time: datetime | None = None
         self.pulling: dict[str, datetime | None] = {}
         self.announced: dict[str, datetime | None] = {}  # job and service images named
-
-    def recognized(self) -> int:
-        return self.known + self.client.recognized()
 
     def feed(self, line: str) -> None:
         ts: datetime | None = None
@@ -215,7 +219,7 @@ class GitLabParser(LineParser):
                 )  # fmt: skip
         self.pulling.clear()
         self.announced.clear()
-        self.client.finish()
+        super().finish()
         self._release()
 
     def _hold(self, hit: Hit) -> None:
@@ -236,7 +240,7 @@ _JK_INSPECT = re.compile(r"docker inspect -f \. (\S+)")
 _JK_NO_SUCH = re.compile(r"No such object: (\S+)")
 
 
-class JenkinsParser(LineParser):
+class JenkinsParser(_ClientLog):
     """Jenkins console: ``+ docker pull``, the Docker Pipeline plugin's inspect/run lines."""
 
     name = "jenkins"
@@ -251,7 +255,6 @@ class JenkinsParser(LineParser):
 
     def __init__(self, emit: Emit, stats: ReadStats, default_time: datetime) -> None:
         super().__init__(emit, stats, default_time)
-        self.client = ClientOutput(emit, source=self.name)
         self.inspect: tuple[str, datetime | None] | None = None
 
     def _flush_inspect(self) -> None:
@@ -298,12 +301,9 @@ class JenkinsParser(LineParser):
             self._flush_inspect()
         self.client.feed(content, ts)
 
-    def recognized(self) -> int:
-        return self.known + self.client.recognized()
-
     def finish(self) -> None:
         self._flush_inspect()
-        self.client.finish()
+        super().finish()
 
 
 _CC_START = re.compile(r"^Starting container (\S+)$")
@@ -324,7 +324,7 @@ def _plain(ref: str) -> str:
     return ref if "@" in ref or ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"
 
 
-class CircleCIParser(LineParser):
+class CircleCIParser(_ClientLog):
     """CircleCI job log (the Spin Up Environment step). Each ``Starting container X`` (the
     job's primary image, then each service) is one use of X; ``using image X@sha256:...``
     gives its digest, and whether it was downloaded comes from ``image cache not found on
@@ -349,14 +349,10 @@ class CircleCIParser(LineParser):
     )
 
     def __init__(self, emit: Emit, stats: ReadStats, default_time: datetime) -> None:
-        super().__init__(emit, stats, default_time)
-        self.client = ClientOutput(self._client_hit, source=self.name)
+        super().__init__(emit, stats, default_time, client_emit=self._client_hit)
         self.containers: list[Hit] = []  # in start order; emitted at the end (pipeline)
         self.current: Hit | None = None  # the container the pull stats describe
         self.fetching: Hit | None = None  # whose pull the docker output that follows is
-
-    def recognized(self) -> int:
-        return self.known + self.client.recognized()
 
     def _container(self, ref: str) -> Hit | None:
         """The latest container started from ``ref`` (by repository when only that is
@@ -427,7 +423,7 @@ class CircleCIParser(LineParser):
         self.emit(hit)
 
     def finish(self) -> None:
-        self.client.finish()
+        super().finish()
         for hit in self.containers:
             hit.pipeline = self.client.pipeline
             self.emit(hit)
@@ -439,7 +435,7 @@ _GCB_STEP = re.compile(r'^Step #\d+(?: - "[^"]*")?: ?')
 _GCB_HAVE = re.compile(r"^Already have image(?: \(with digest\))?: (\S+)$")
 
 
-class CloudBuildParser(LineParser):
+class CloudBuildParser(_ClientLog):
     """Google Cloud Build (``gcloud builds submit``, ``gcloud builds log``, the console's
     raw log): each step's lines carry ``Step #N:`` (or ``Step #N - "id":``). A step's
     builder image is ``Pulling image: X`` then the engine's pull output (closed by its
@@ -449,13 +445,6 @@ class CloudBuildParser(LineParser):
 
     name = "cloudbuild"
     keywords = (*CLIENT_KEYWORDS, b"Pulling image: ", b"Already have image")
-
-    def __init__(self, emit: Emit, stats: ReadStats, default_time: datetime) -> None:
-        super().__init__(emit, stats, default_time)
-        self.client = ClientOutput(emit, source=self.name)
-
-    def recognized(self) -> int:
-        return self.known + self.client.recognized()
 
     def feed(self, line: str) -> None:
         content = strip_ansi(line).strip()
@@ -477,14 +466,11 @@ class CloudBuildParser(LineParser):
             return
         self.client.feed(content, None)
 
-    def finish(self) -> None:
-        self.client.finish()
-
 
 _CB_LINE = re.compile(r"^\[Container\] (\d{4})/(\d\d)/(\d\d) (\d\d:\d\d:\d\d(?:\.\d+)?) ?")
 
 
-class CodeBuildParser(LineParser):
+class CodeBuildParser(_ClientLog):
     """AWS CodeBuild: the agent's lines carry ``[Container] 2025/12/02 03:40:40.413190`` (UTC)
     and name each command (``Running command docker pull X``); what the commands print has no
     time of its own and takes that of the command that printed it."""
@@ -494,11 +480,7 @@ class CodeBuildParser(LineParser):
 
     def __init__(self, emit: Emit, stats: ReadStats, default_time: datetime) -> None:
         super().__init__(emit, stats, default_time)
-        self.client = ClientOutput(emit, source=self.name)
         self.time: datetime | None = None
-
-    def recognized(self) -> int:
-        return self.known + self.client.recognized()
 
     def feed(self, line: str) -> None:
         content = strip_ansi(line).strip()
@@ -510,6 +492,3 @@ class CodeBuildParser(LineParser):
             if content.startswith("Running command "):
                 content = content[len("Running command ") :]
         self.client.feed(content, self.time)
-
-    def finish(self) -> None:
-        self.client.finish()
