@@ -1,11 +1,12 @@
 """Ingest benchmark: `warmer ingest --dry-run` over generated mixed logs, against grep.
 
     .venv/bin/python bench/ingest.py [--size 1GB] [--seed 1] [--repeat 3] [--keep DIR [--reuse]]
-                                     [--concat-buildkit]
+                                     [--concat-buildkit] [--no-variants]
 
-Generates about ``--size`` of log text in all eight formats (the workload generator with
+Generates about ``--size`` of log text in eleven formats (the workload generator with
 enough weeks and build output per pull to reach the size; plain files so grep reads the
-same bytes), then times, in the same run, each ``--repeat`` times (median; the machine may
+same bytes; every third GitHub, Jenkins and docker pipeline written as a CircleCI, Cloud
+Build or CodeBuild log unless ``--no-variants``), then times, in the same run, each ``--repeat`` times (median; the machine may
 be shared, so the 1-minute load average is printed too):
 
 * ``grep -rcE`` with the parsers' trigger phrases over the same files: the reference;
@@ -49,11 +50,14 @@ WARMER = str(Path(sys.executable).with_name("warmer"))
 PATTERN = (
     r"Pulling from |Digest: sha256|Status: (Downloaded|Image is up to date)|Trying to pull|"
     r"load metadata for|\] FROM |Pulling docker image|Using docker image|docker (pull|inspect)|"
-    r"Pulling image|already present on machine|/manifests/"
+    r"Pulling image|already present on machine|/manifests/|Starting container |using image |"
+    r"Already have image|Running command docker"
 )
 
 
-def make_logs(out: Path, size: int, seed: int, concat: bool = False) -> dict[str, object]:
+def make_logs(
+    out: Path, size: int, seed: int, concat: bool = False, variants: bool = True
+) -> dict[str, object]:
     """Scale the default workload (weeks, then build output per pull) to about ``size``."""
     probe = generate(Params(weeks=1, seed=seed, pipelines_per_region=10))
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,7 +69,9 @@ def make_logs(out: Path, size: int, seed: int, concat: bool = False) -> dict[str
     work = generate(Params(weeks=weeks, seed=seed))
     noise = max(0, int((size / len(work.pulls) - per_pull) / per_line))
     t0 = time.perf_counter()
-    written = write_logs(work, out, noise=noise, gzip_every=0, concat_buildkit=concat)
+    written = write_logs(
+        work, out, noise=noise, gzip_every=0, concat_buildkit=concat, variants=variants
+    )
     return {
         "weeks": weeks,
         "pulls": len(work.pulls),
@@ -73,6 +79,7 @@ def make_logs(out: Path, size: int, seed: int, concat: bool = False) -> dict[str
         "files": written.files,
         "bytes": written.bytes,
         "bytes_per_source": written.per_source,
+        "pulls_per_format": written.pulls,
         "generate_seconds": round(time.perf_counter() - t0, 1),
     }
 
@@ -122,6 +129,11 @@ def main() -> None:
         action="store_true",
         help="Write a day's BuildKit builds of a pipeline into one log, without headers.",
     )
+    ap.add_argument(
+        "--no-variants",
+        action="store_true",
+        help="Only the eight formats the workload draws (no CircleCI, Cloud Build, CodeBuild).",
+    )
     args = ap.parse_args()
     size = parse_size(args.size)
     out = args.keep or Path(tempfile.mkdtemp(prefix="bench-ingest-"))
@@ -134,7 +146,7 @@ def main() -> None:
                 "reused": str(out),
             }
         else:
-            gen = make_logs(out, size, args.seed, args.concat_buildkit)
+            gen = make_logs(out, size, args.seed, args.concat_buildkit, not args.no_variants)
         mb = int(gen["bytes"]) / 1e6  # type: ignore[call-overload]
         logs = str(out / "logs")
         db = out / "bench.db"

@@ -3,14 +3,17 @@ back through the project's own ingest and static-reference scanners."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
 from analytics.events import Event
 from analytics.generate.catalogue import Catalogue
+from analytics.generate.variants import variant
 from analytics.generate.workload import Params, Workload, generate
 from analytics.generate.write import load_labels, write_logs, write_meta, write_repos
 from analytics.ingest import Options, scan_file, walk
@@ -87,6 +90,69 @@ def test_logs_parse_back_to_the_ground_truth(small: Workload, tmp_path: Path) ->
     digests = {(f"{r.image}:{r.tag}", r.digest) for r in small.pulls.itertuples()}
     printed = {(f"{e.reference.name}:{e.reference.tag}", e.digest) for e in events if e.digest}
     assert printed and printed <= digests
+
+
+def test_variant_formats_parse_back_to_the_ground_truth(small: Workload, tmp_path: Path) -> None:
+    # The same runs, every third pipeline of GitHub, Jenkins and docker written as a
+    # CircleCI, Cloud Build or CodeBuild log: each pull read back once, with its hour,
+    # whether it was pulled and its digest.
+    written = write_logs(small, tmp_path, noise=3, variants=True)
+    assert {"circleci", "cloudbuild", "codebuild"} <= set(written.pulls)
+    assert sum(written.pulls.values()) == len(small.pulls)
+    events: list[Event] = []
+    formats: Counter[str | None] = Counter()
+    for path in walk([tmp_path / "logs"]):
+        result = scan_file(path, Options(), events.append)
+        assert result.warning is None and result.unused.count == 0
+        formats[result.format] += 1
+    assert formats["circleci"] and formats["cloudbuild"] and formats["codebuild"]
+
+    def fmt(r: Any) -> str:
+        return variant(str(r.source), str(r.pipeline))
+
+    got = Counter(
+        (
+            e.source,
+            e.reference.name + ":" + str(e.reference.tag),
+            e.timestamp.strftime("%Y-%m-%d %H"),
+            e.pulled,
+        )
+        for e in events
+    )
+    want = Counter(
+        (fmt(r), f"{r.image}:{r.tag}", r.timestamp.strftime("%Y-%m-%d %H"), r.pulled)
+        for r in small.pulls.itertuples()
+    )
+    assert got == want
+    digests = Counter(
+        (fmt(r), f"{r.image}:{r.tag}", r.digest)
+        for r in small.pulls.itertuples()
+        if fmt(r) in ("circleci", "codebuild") or (fmt(r) == "cloudbuild" and r.pulled)
+    )
+    printed = Counter(
+        (e.source, f"{e.reference.name}:{e.reference.tag}", e.digest)
+        for e in events
+        if e.source in ("circleci", "cloudbuild", "codebuild")
+    )
+    assert printed == digests + Counter(  # Cloud Build prints no digest for what it has
+        (fmt(r), f"{r.image}:{r.tag}", None)
+        for r in small.pulls.itertuples()
+        if fmt(r) == "cloudbuild" and not r.pulled
+    )
+
+
+def test_cli_generate_writes_the_variants(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from warmer.cli.main import cli
+
+    args = ["generate", "--out", str(tmp_path), "--weeks", "1", "--pipelines", "12", "--noise", "0"]
+    done = CliRunner().invoke(cli, [*args, "--variants", "--json"])
+    assert done.exit_code == 0, done.output
+    result = json.loads(done.output)
+    assert {"circleci", "cloudbuild", "codebuild"} <= set(result["pulls_per_format"])
+    assert sum(result["pulls_per_format"].values()) == result["pulls"]
+    assert any((tmp_path / "logs" / "eu" / "circleci").rglob("*.log"))
 
 
 def test_repositories_name_the_live_images(small: Workload, tmp_path: Path) -> None:

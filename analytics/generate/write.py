@@ -32,6 +32,8 @@ from pathlib import Path
 import pandas as pd
 
 from analytics.generate.logs import UNTIMED, WRITERS, Pull, Run, buildkit_concatenated
+from analytics.generate.variants import UNTIMED_VARIANTS, variant
+from analytics.generate.variants import WRITERS as VARIANT_WRITERS
 from analytics.generate.workload import Pipeline, Use, Workload
 from analytics.staticrefs.gitlog import git_env
 from warmer.oci.reference import parse
@@ -50,15 +52,16 @@ class Written:
     files: int = 0
     bytes: int = 0
     runs: int = 0
-    per_source: dict[str, int] = field(default_factory=dict)
+    per_source: dict[str, int] = field(default_factory=dict)  # bytes per format written
+    pulls: dict[str, int] = field(default_factory=dict)  # pulls per format written
 
 
 def _slug(pipeline: str) -> str:
     return pipeline.replace("/", "-") or "adhoc"
 
 
-def _runs(w: Workload, noise: int) -> dict[tuple[str, str, str, str], list[Run]]:
-    """Runs grouped by (region, source, day, file key)."""
+def _runs(w: Workload, noise: int, variants: bool) -> dict[tuple[str, str, str, str], list[Run]]:
+    """Runs grouped by (region, format written, day, file key)."""
     out: dict[tuple[str, str, str, str], list[Run]] = defaultdict(list)
     p = w.pulls
     for (run_id, source), g in p.groupby(["run", "source"], sort=False):
@@ -83,7 +86,8 @@ def _runs(w: Workload, noise: int) -> dict[tuple[str, str, str, str], list[Run]]
             pl_pull.role = roles.get(pl_pull.ref, "job")
         run = Run(t, pipeline, region, runner, pulls, noise, int(run_id))
         day = t.strftime("%Y-%m-%d")
-        if source in UNTIMED:
+        source = variant(str(source), pipeline) if variants else source
+        if source in UNTIMED or source in UNTIMED_VARIANTS:
             key = f"{_slug(pipeline)}-{t:%H%M%S}-{run_id}"
         elif source == "distribution":
             key = "access"
@@ -96,9 +100,18 @@ def _runs(w: Workload, noise: int) -> dict[tuple[str, str, str, str], list[Run]]
 
 
 def write_logs(
-    w: Workload, out: Path, noise: int = 12, gzip_every: int = 3, concat_buildkit: bool = False
+    w: Workload,
+    out: Path,
+    noise: int = 12,
+    gzip_every: int = 3,
+    concat_buildkit: bool = False,
+    variants: bool = False,
 ) -> Written:
     """Write every run's log text; timed formats gzipped every ``gzip_every`` days (0: never).
+
+    ``variants``: every third pipeline of GitHub, Jenkins and docker runs is written as a
+    CircleCI, Cloud Build or CodeBuild log instead (``analytics.generate.variants``); the
+    workload is the same, ``Written.pulls`` counts the pulls written per format.
 
     ``concat_buildkit``: a pipeline's BuildKit builds of a day go to one file
     (``<pipeline>.log``), consecutive builds without the header that separates them and
@@ -107,7 +120,7 @@ def write_logs(
     stats = Written()
     start_day = pd.Timestamp(w.params.start).tz_convert("UTC").tz_localize(None)
     groups: dict[tuple[str, str, str, str], list[Run]] = {}
-    for (region, source, day, key), runs in _runs(w, noise).items():
+    for (region, source, day, key), runs in _runs(w, noise, variants).items():
         if concat_buildkit and source == "buildkit":
             key = _slug(runs[0].pipeline)
         groups.setdefault((region, source, day, key), []).extend(runs)
@@ -115,16 +128,17 @@ def write_logs(
         runs.sort(key=lambda r: r.t)
         folder = out / "logs" / region / source / day
         folder.mkdir(parents=True, exist_ok=True)
+        untimed = source in UNTIMED or source in UNTIMED_VARIANTS
         gz = (
             gzip_every > 0
-            and source not in UNTIMED
+            and not untimed
             and (pd.Timestamp(day) - start_day).days % gzip_every == gzip_every - 1
         )
         path = folder / (key + (".log.gz" if gz else ".log"))
         if concat_buildkit and source == "buildkit":
             text = "\n".join(buildkit_concatenated(runs)) + "\n"
         else:
-            writer = WRITERS[source]
+            writer = WRITERS.get(source) or VARIANT_WRITERS[source]
             text = "\n".join(line for run in runs for line in writer(run)) + "\n"
         data = text.encode()
         if gz:
@@ -132,11 +146,12 @@ def write_logs(
         else:
             path.write_bytes(data)
         last = runs[-1].t.timestamp()
-        os.utime(path, (last, runs[0].t.timestamp() if source in UNTIMED else last))
+        os.utime(path, (last, runs[0].t.timestamp() if untimed else last))
         stats.files += 1
         stats.bytes += len(data)
         stats.runs += len(runs)
         stats.per_source[source] = stats.per_source.get(source, 0) + len(data)
+        stats.pulls[source] = stats.pulls.get(source, 0) + sum(len(r.pulls) for r in runs)
     return stats
 
 

@@ -258,9 +258,15 @@ def _result(
 @click.option(
     "--noise", default=12, show_default=True, type=click.IntRange(0, 1000), help="Lines per pull."
 )
+@click.option(
+    "--variants",
+    is_flag=True,
+    help="Write every third GitHub, Jenkins and docker pipeline as a CircleCI, Cloud Build or "
+    "CodeBuild log instead (the same pulls).",
+)
 @json_option
 def generate_command(
-    out: Path, weeks: int, seed: int, pipelines: int, noise: int, as_json: bool
+    out: Path, weeks: int, seed: int, pipelines: int, noise: int, variants: bool, as_json: bool
 ) -> None:
     """Write a synthetic CI workload: logs in every format, repositories, catalogue.json.
 
@@ -272,7 +278,7 @@ def generate_command(
     from analytics.generate.write import write_logs, write_meta, write_repos
 
     work = generate(Params(weeks=weeks, seed=seed, pipelines_per_region=pipelines))
-    written = write_logs(work, out, noise=noise)
+    written = write_logs(work, out, noise=noise, variants=variants)
     files = write_repos(work, out)
     write_meta(work, out)
     result = {
@@ -282,6 +288,7 @@ def generate_command(
         "log_bytes": written.bytes,
         "repo_files": files,
         "bytes_per_source": written.per_source,
+        "pulls_per_format": written.pulls,
     }
     if as_json:
         emit_json(result)
