@@ -172,6 +172,15 @@ def test_link_speed_from_whole_reads() -> None:
     assert t.bytes_per_s == 10 * MB
 
 
+def test_the_link_speed_log_says_what_pacing_uses(caplog: pytest.LogCaptureFixture) -> None:
+    # A read beside others measures less than the link: the log must not read as "the
+    # link is slow" when pacing goes on predicting bursts at the cap.
+    t = LinkSpeed(floor=40e6)
+    with caplog.at_level("INFO", logger="warmer.warm.pacing"):
+        t.finished(0.0, 2.0, 12e6)
+    assert "reads measured at 6.0 MB/s; bursts predicted at 40.0 MB/s" in caplog.text
+
+
 def test_landing_queues_behind_what_the_link_carries() -> None:
     # An idle link: after the first answer, at the link's speed.
     assert landing(10.0, 50 * MB, 0.1, 100 * MB, busy=0.0) == pytest.approx((10.1, 10.6))

@@ -142,7 +142,12 @@ class LinkSpeed:
         self._speeds.append(nested / (ended - started))
         speed = statistics.median(self._speeds)
         if self.measured is None or abs(speed - self.measured) > 0.05 * self.measured:
-            log.info("parent link: measured %.1f MB/s", speed / 1e6)
+            # A lower bound of the link's speed (see above); what pacing uses is said too.
+            log.info(
+                "parent link: reads measured at %.1f MB/s; bursts predicted at %.1f MB/s",
+                speed / 1e6,
+                max(speed, self.floor) / 1e6,
+            )
         self.measured = speed
 
     def answered(self, seconds: float) -> None:
