@@ -479,3 +479,74 @@ def test_containerd_progress_gives_digest_and_whether_layers_came(tmp_path: Path
         ("docker.io/library/redis:7", "sha256:" + hexes[3], True),
     ]
     assert res.unused.count == 0  # type: ignore[attr-defined]
+
+
+def bk(ms: int, text: str) -> str:
+    """A Buildkite raw log line: ``ESC _bk;t=<epoch ms> BEL`` then the text."""
+    return f"\x1b_bk;t={ms}\x07{text}\n"
+
+
+def test_buildkite_raw_log_times_and_the_docker_plugin_runs(tmp_path: Path) -> None:
+    # Before: every line of a raw Buildkite log was dropped as binary (its BEL), so the
+    # whole job counted nothing, and said nothing.
+    t0 = 1745322209921  # 2025-04-22T11:43:29.921Z
+    slug = "--label com.buildkite.pipeline_slug=acme-web --label com.buildkite.build_number=7"
+    text = "".join(
+        [
+            bk(t0, "~~~ Running global environment hook"),
+            bk(t0 + 10, "\x1b[90m$\x1b[0m /buildkite/agent/hooks/environment"),
+            # always-pull: the plugin's pull, then its run of the same image (one use)
+            bk(t0 + 1000, "--- :docker: Pulling node:20"),
+            bk(t0 + 1100, "20: Pulling from library/node"),
+            bk(t0 + 1200, f"Digest: {D1}"),
+            bk(t0 + 1300, "Status: Downloaded newer image for node:20"),
+            bk(t0 + 1400, "docker.io/library/node:20"),
+            bk(t0 + 1500, "--- :docker: Running command in node:20"),
+            bk(t0 + 1510, f"\x1b[90m$\x1b[0m docker run -t -i --rm --init {slug} node:20 npm"),
+            # docker run pulls an absent image itself: one use, pulled
+            bk(t0 + 60_000, "--- :docker: Running command in python:3.12"),
+            bk(t0 + 60_010, "\x1b[90m$\x1b[0m docker run -t -i --rm python:3.12 make"),
+            bk(t0 + 60_100, "Unable to find image 'python:3.12' locally"),
+            bk(t0 + 60_200, "3.12: Pulling from library/python"),
+            bk(t0 + 60_300, f"Digest: {D2}"),
+            bk(t0 + 60_400, "Status: Downloaded newer image for python:3.12"),
+            # no pull printed: the image was on the agent
+            bk(t0 + 120_000, "--- :docker: Running command in postgres:16"),
+            bk(t0 + 120_010, "\x1b[90m$\x1b[0m docker run -t -i --rm postgres:16 true"),
+            bk(t0 + 180_000, "~~~ Running global pre-exit hook"),
+        ]
+    )
+    evs, res = scan(tmp_path, text)
+    assert res.format == "buildkite"  # type: ignore[attr-defined]
+    assert res.stats.skipped == 0 and res.unused.count == 0  # type: ignore[attr-defined]
+    got = sorted(
+        (str(e.reference), e.digest, e.pulled, e.timestamp.isoformat(), e.pipeline) for e in evs
+    )
+    assert got == [
+        ("docker.io/library/node:20", D1, True, "2025-04-22T11:43:30.921000+00:00", "acme-web"),
+        ("docker.io/library/postgres:16", None, False, "2025-04-22T11:45:29.921000+00:00", "acme-web"),
+        ("docker.io/library/python:3.12", D2, True, "2025-04-22T11:44:29.921000+00:00", "acme-web"),
+    ]  # fmt: skip
+
+
+def test_apc_and_bel_do_not_make_a_line_binary(tmp_path: Path) -> None:
+    # The same markers in a log read as docker output: stripped like colours, not dropped.
+    text = bk(1745322209921, "$ docker pull alpine:3.19") + bk(
+        1745322209999, "Status: Image is up to date for alpine:3.19"
+    )
+    evs, res = scan(tmp_path, text, "docker")
+    assert refs(evs) == [("docker.io/library/alpine:3.19", None, False)]
+    assert res.stats.skipped == 0  # type: ignore[attr-defined]
+
+
+def test_buildkite_log_saved_without_its_times(tmp_path: Path) -> None:
+    # The agent's hook headers name the format; the uses are the same, at the file's time.
+    raw = (Path(__file__).parent / "data" / "logs" / "buildkite-job.log").read_text()
+    plain = "".join(line.split("\x07", 1)[-1] + "\n" for line in raw.splitlines())
+    evs, res = scan(tmp_path, plain)
+    assert res.format == "buildkite"  # type: ignore[attr-defined]
+    assert refs(evs) == [
+        ("docker.io/library/node:20", "sha256:" + "7ce8b205d15e30fd395e5fa4000bcdf595fcff3f434fe75822e54e82a5f5cf82", True),
+        ("docker.io/library/postgres:16", "sha256:" + "4aea012537edfad80f98d870a36e6b90b4c09b27be7f4b4759d72db863baeebb", True),
+    ]  # fmt: skip
+    assert {e.timestamp for e in evs} == {AT} and res.unused.count == 0  # type: ignore[attr-defined]

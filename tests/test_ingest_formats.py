@@ -42,6 +42,7 @@ def brief(evs: list[Event]) -> list[tuple[str, bool | None]]:
         ("jib-build.log", "jib"),
         ("cloudbuild.log", "cloudbuild"),
         ("codebuild.log", "codebuild"),
+        ("buildkite-job.log", "buildkite"),
         ("kubelet-journal.log", "kubelet"),
         ("crio-journal.log", "kubelet"),
         ("kubectl-events.txt", "kubelet"),
@@ -202,6 +203,7 @@ SAMPLES = {
     "jib": ["jib-build.log"],
     "cloudbuild": ["cloudbuild.log"],
     "codebuild": ["codebuild.log"],
+    "buildkite": ["buildkite-job.log"],
     "kubelet": [
         "kubelet-journal.log",
         "kubectl-events.txt",

@@ -60,7 +60,8 @@ class LineParser:
         """Flush state held across lines (a pull whose outcome was never printed)."""
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+# CSI (colours), OSC (titles, links) and APC (Buildkite's ``ESC _bk;t=MS BEL`` times) sequences.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[\]_][^\x07\x1b]*(?:\x07|\x1b\\)")
 
 
 def strip_ansi(line: str) -> str:

@@ -20,6 +20,7 @@ FORMATS = (
     "gitlab",
     "github",
     "jenkins",
+    "buildkite",
     "circleci",
     "cloudbuild",
     "codebuild",
@@ -42,6 +43,13 @@ _ACCESS = re.compile(
 _DISTRIBUTION = ('msg="response completed', '"http.request.uri"', '{"events":')
 _GITLAB = ("gitlab-runner", "section_start:", "Using Docker executor", "executor with image")
 _JENKINS = ("[Pipeline]", "Started by ", "Running in Durability level")
+# Buildkite: the agent's raw log starts each line with ESC _bk;t=<epoch ms> BEL; a log saved
+# without those times still has the agent's hook headers.
+_BUILDKITE = (
+    "\x1b_bk;t=",
+    "~~~ Running global environment hook",
+    "~~~ Running global pre-checkout hook",
+)
 # CircleCI's Spin Up Environment step; its container lines alone when the header is cut.
 _CIRCLECI = ("Build-agent version", "====>> Spin Up Environment")
 _CIRCLECI_START = "Starting container "
@@ -92,6 +100,7 @@ _MARKERS = (
     *_DISTRIBUTION,
     *_GITLAB,
     *_JENKINS,
+    *_BUILDKITE,
     *_CIRCLECI,
     _CIRCLECI_START,
     *_CIRCLECI_LINES,
@@ -162,6 +171,8 @@ def _decide(found: set[str], text: Callable[[], str]) -> str | None:
     def has(markers: tuple[str, ...]) -> bool:
         return any(m in found for m in markers)
 
+    if has(_BUILDKITE):  # before the others: its lines carry any tool's output
+        return "buildkite"
     if (
         has(_DISTRIBUTION)
         or ("go.version=" in found and "instance.id=" in found)

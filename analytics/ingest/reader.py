@@ -26,9 +26,10 @@ HEAD = 1024  # bytes hashed to fingerprint a file (see analytics.store bookkeepi
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-# Bytes allowed in a text line: printable ASCII, tab, CR, VT, FF, ESC (ANSI colours) and
+# Bytes allowed in a text line: printable ASCII, tab, CR, VT, FF, ESC and BEL (ANSI colours;
+# BEL ends the OSC and APC sequences terminals read, such as Buildkite's per-line time) and
 # every byte >= 0x80 (UTF-8 validity is checked separately).
-_ALLOWED = bytes([9, 10, 11, 12, 13, 27, *range(32, 127), *range(128, 256)])
+_ALLOWED = bytes([7, 9, 10, 11, 12, 13, 27, *range(32, 127), *range(128, 256)])
 
 
 @dataclass

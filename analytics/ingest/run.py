@@ -20,6 +20,7 @@ from typing import BinaryIO
 from analytics.events import Event
 from analytics.ingest.base import Hit, LineParser
 from analytics.ingest.ci import (
+    BuildkiteParser,
     CircleCIParser,
     CloudBuildParser,
     CodeBuildParser,
@@ -119,6 +120,7 @@ _PARSERS: dict[str, Callable[[Callable[[Hit], None], ReadStats, datetime], LineP
     "circleci": CircleCIParser,
     "cloudbuild": CloudBuildParser,
     "codebuild": CodeBuildParser,
+    "buildkite": BuildkiteParser,
     "kubelet": KubeletParser,
 }
 
