@@ -3,10 +3,10 @@
     .venv/bin/python bench/ingest.py [--size 1GB] [--seed 1] [--repeat 3] [--keep DIR [--reuse]]
                                      [--concat-buildkit] [--no-variants]
 
-Generates about ``--size`` of log text in eleven formats (the workload generator with
+Generates about ``--size`` of log text in twelve formats (the workload generator with
 enough weeks and build output per pull to reach the size; plain files so grep reads the
-same bytes; every third GitHub, Jenkins and docker pipeline written as a CircleCI, Cloud
-Build or CodeBuild log unless ``--no-variants``), then times, in the same run, each ``--repeat`` times (median; the machine may
+same bytes; a third of GitHub, Jenkins and docker pipelines written as CircleCI, Cloud
+Build, CodeBuild or Buildkite logs unless ``--no-variants``), then times, in the same run, each ``--repeat`` times (median; the machine may
 be shared, so the 1-minute load average is printed too):
 
 * ``grep -rcE`` with the parsers' trigger phrases over the same files: the reference;
@@ -132,7 +132,8 @@ def main() -> None:
     ap.add_argument(
         "--no-variants",
         action="store_true",
-        help="Only the eight formats the workload draws (no CircleCI, Cloud Build, CodeBuild).",
+        help="Only the eight formats the workload draws (no CircleCI, Cloud Build, CodeBuild, "
+        "Buildkite).",
     )
     args = ap.parse_args()
     size = parse_size(args.size)

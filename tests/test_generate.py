@@ -92,12 +92,13 @@ def test_logs_parse_back_to_the_ground_truth(small: Workload, tmp_path: Path) ->
     assert printed and printed <= digests
 
 
-def test_variant_formats_parse_back_to_the_ground_truth(small: Workload, tmp_path: Path) -> None:
-    # The same runs, every third pipeline of GitHub, Jenkins and docker written as a
-    # CircleCI, Cloud Build or CodeBuild log: each pull read back once, with its hour,
+def test_variant_formats_parse_back_to_the_ground_truth(tmp_path: Path) -> None:
+    # The same runs, a third of GitHub, Jenkins and docker pipelines written as a CircleCI,
+    # Cloud Build, CodeBuild or Buildkite log: each pull read back once, with its hour,
     # whether it was pulled and its digest.
+    small = generate(Params(weeks=1, seed=5, pipelines_per_region=20))  # every variant
     written = write_logs(small, tmp_path, noise=3, variants=True)
-    assert {"circleci", "cloudbuild", "codebuild"} <= set(written.pulls)
+    assert {"circleci", "cloudbuild", "codebuild", "buildkite"} <= set(written.pulls)
     assert sum(written.pulls.values()) == len(small.pulls)
     events: list[Event] = []
     formats: Counter[str | None] = Counter()
@@ -106,6 +107,7 @@ def test_variant_formats_parse_back_to_the_ground_truth(small: Workload, tmp_pat
         assert result.warning is None and result.unused.count == 0
         formats[result.format] += 1
     assert formats["circleci"] and formats["cloudbuild"] and formats["codebuild"]
+    assert formats["buildkite"]
 
     def fmt(r: Any) -> str:
         return variant(str(r.source), str(r.pipeline))
@@ -127,17 +129,18 @@ def test_variant_formats_parse_back_to_the_ground_truth(small: Workload, tmp_pat
     digests = Counter(
         (fmt(r), f"{r.image}:{r.tag}", r.digest)
         for r in small.pulls.itertuples()
-        if fmt(r) in ("circleci", "codebuild") or (fmt(r) == "cloudbuild" and r.pulled)
+        if fmt(r) in ("circleci", "codebuild")
+        or (fmt(r) in ("cloudbuild", "buildkite") and r.pulled)
     )
     printed = Counter(
         (e.source, f"{e.reference.name}:{e.reference.tag}", e.digest)
         for e in events
-        if e.source in ("circleci", "cloudbuild", "codebuild")
+        if e.source in ("circleci", "cloudbuild", "codebuild", "buildkite")
     )
-    assert printed == digests + Counter(  # Cloud Build prints no digest for what it has
-        (fmt(r), f"{r.image}:{r.tag}", None)
+    assert printed == digests + Counter(  # Cloud Build and Buildkite print no digest of
+        (fmt(r), f"{r.image}:{r.tag}", None)  # what they have
         for r in small.pulls.itertuples()
-        if fmt(r) == "cloudbuild" and not r.pulled
+        if fmt(r) in ("cloudbuild", "buildkite") and not r.pulled
     )
 
 

@@ -48,7 +48,7 @@ def test_concatenated_buildkit_logs_are_counted(tmp_path: Path) -> None:
     report = ingest([tmp_path / "logs"], Options(), on_event=lambda e: got.update([e.source]))
     want = written.pulls  # per format written: CircleCI, Cloud Build, CodeBuild among them
     assert sum(want.values()) == sum(logged_pulls(work).values())
-    assert {"circleci", "cloudbuild", "codebuild"} <= set(got)
+    assert {"circleci", "cloudbuild", "codebuild", "buildkite"} <= set(got)
     assert all(got[f] >= 0.99 * n for f, n in want.items())
     assert sum(got.values()) >= 0.99 * sum(want.values())
     assert report.unused == 0 and report.coverage == 1.0

@@ -1,15 +1,17 @@
 """More CI systems' renderings of the generated runs: CircleCI, Google Cloud Build, AWS
-CodeBuild (an option of ``write_logs``).
+CodeBuild, Buildkite (an option of ``write_logs``).
 
 The workload stays what it is: a run drawn for one source is only *written* in a sibling
-format, for every ``SHARE``-th pipeline of that source (chosen by a hash of its name, not by
-the workload's random draw, so the workload, the backtest and the expected demand do not
-change). Each writer prints what that system prints, after the real logs quoted in
-``tests/data/corpus``: CircleCI's container start-up (``Starting container``, the agent's
-cache and ``pull stats`` lines, ``using image NAME@DIGEST``), Cloud Build's ``Step #N:``
-prefix and its builder image lines, CodeBuild's ``[Container]`` agent stamps. CircleCI and
-Cloud Build lines carry no time, so those runs go to one file per run whose modification
-time is the run's time, as docker output does.
+format, for a ``SHARE``-th of that source's pipelines per variant (chosen by a hash of the
+pipeline's name, not by the workload's random draw, so the workload, the backtest and the
+expected demand do not change). Each writer prints what that system prints: CircleCI's
+container start-up (``Starting container``, the agent's cache and ``pull stats`` lines,
+``using image NAME@DIGEST``), Cloud Build's ``Step #N:`` prefix and its builder image lines,
+CodeBuild's ``[Container]`` agent stamps (the three after the real logs quoted in
+``tests/data/corpus``), Buildkite's ``ESC _bk;t=MS BEL`` line times and its docker plugin's
+lines (after the agent's log parser and the plugin's source). CircleCI and Cloud Build
+lines carry no time, so those runs go to one file per run whose modification time is the
+run's time, as docker output does.
 """
 
 from __future__ import annotations
@@ -20,20 +22,22 @@ from datetime import UTC, timedelta
 
 from analytics.generate.logs import Pull, Run, _noise, docker_pull_output
 
-# The source whose runs a variant rewrites.
-VARIANT_OF = {"github": "circleci", "jenkins": "cloudbuild", "docker": "codebuild"}
-SHARE = 3  # every third pipeline of such a source is written in its variant
+# The variants a source's runs may be written in.
+VARIANT_OF = {
+    "github": ("circleci",),
+    "jenkins": ("cloudbuild",),
+    "docker": ("codebuild", "buildkite"),
+}
+SHARE = 3  # each variant takes every third pipeline of its source
 UNTIMED_VARIANTS = ("circleci", "cloudbuild")
 
 
 def variant(source: str, pipeline: str) -> str:
-    """The format a pipeline's runs of ``source`` are written in (``source`` itself, or
-    its variant for every ``SHARE``-th pipeline)."""
-    other = VARIANT_OF.get(source)
-    if other is None:
-        return source
-    h = int.from_bytes(hashlib.sha256(pipeline.encode()).digest()[:4], "big")
-    return other if h % SHARE == 0 else source
+    """The format a pipeline's runs of ``source`` are written in: ``source`` itself, or one
+    of its variants (each for a ``SHARE``-th of its pipelines)."""
+    others = VARIANT_OF.get(source, ())
+    h = int.from_bytes(hashlib.sha256(pipeline.encode()).digest()[:4], "big") % SHARE
+    return others[h] if h < len(others) else source
 
 
 def _short(p: Pull) -> str:
@@ -108,8 +112,37 @@ def codebuild(run: Run) -> Iterator[str]:
     yield stamp("Phase complete: PRE_BUILD State: SUCCEEDED")
 
 
+def buildkite(run: Run) -> Iterator[str]:
+    """A Buildkite job running each image with the docker plugin: pulled ones with
+    ``always-pull``, present ones found by ``docker run`` on the agent."""
+    t = run.t.astimezone(UTC)
+
+    def line(text: str) -> str:
+        return f"\x1b_bk;t={int(t.timestamp() * 1000)}\x07{text}"
+
+    yield line("~~~ Running global environment hook")
+    yield line("\x1b[90m$\x1b[0m /buildkite/agent/hooks/environment")
+    yield line(run.banner())
+    slug = (run.pipeline or "adhoc").replace("/", "-")
+    for i, p in enumerate(run.pulls):
+        t += timedelta(seconds=2)
+        if p.pulled:
+            yield line(f"--- :docker: Pulling {p.familiar}")
+            for out in docker_pull_output(p):
+                yield line(out)
+        yield line(f"--- :docker: Running command in {p.familiar}")
+        yield line(
+            "\x1b[90m$\x1b[0m docker run -t -i --rm --init "
+            f"--label com.buildkite.pipeline_slug={slug} {p.familiar} /bin/sh -e -c make"
+        )
+        for out in _noise(run, i):
+            yield line(out)
+    yield line("~~~ Running global pre-exit hook")
+
+
 WRITERS: dict[str, Callable[[Run], Iterator[str]]] = {
     "circleci": circleci,
     "cloudbuild": cloudbuild,
     "codebuild": codebuild,
+    "buildkite": buildkite,
 }

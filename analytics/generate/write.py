@@ -109,8 +109,8 @@ def write_logs(
 ) -> Written:
     """Write every run's log text; timed formats gzipped every ``gzip_every`` days (0: never).
 
-    ``variants``: every third pipeline of GitHub, Jenkins and docker runs is written as a
-    CircleCI, Cloud Build or CodeBuild log instead (``analytics.generate.variants``); the
+    ``variants``: a third of GitHub, Jenkins and docker pipelines are written as CircleCI,
+    Cloud Build, CodeBuild or Buildkite logs instead (``analytics.generate.variants``); the
     workload is the same, ``Written.pulls`` counts the pulls written per format.
 
     ``concat_buildkit``: a pipeline's BuildKit builds of a day go to one file

@@ -261,8 +261,8 @@ def _result(
 @click.option(
     "--variants",
     is_flag=True,
-    help="Write every third GitHub, Jenkins and docker pipeline as a CircleCI, Cloud Build or "
-    "CodeBuild log instead (the same pulls).",
+    help="Write a third of GitHub, Jenkins and docker pipelines as a CircleCI, Cloud Build, "
+    "CodeBuild or Buildkite log instead (the same pulls).",
 )
 @json_option
 def generate_command(
