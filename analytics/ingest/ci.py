@@ -1,5 +1,5 @@
 """CI job logs: GitHub Actions, GitLab Runner, Jenkins console, CircleCI, Google Cloud Build,
-AWS CodeBuild, Buildkite.
+AWS CodeBuild (Buildkite: ``analytics.ingest.buildkite_job``).
 
 Each strips its own line prefix (timestamp, section markers, timestamper) and hands the
 content to ``ClientOutput`` for the docker/podman/BuildKit lines inside, adding what only
@@ -9,39 +9,20 @@ the CI system prints: runner name, pipeline identity, job and service containers
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 
 from analytics.ingest.base import (
     Emit,
     Hit,
-    LineParser,
     from_unix,
     parse_iso,
     repository,
     split_digest,
     strip_ansi,
 )
+from analytics.ingest.cilog import ClientLog, HeldLog, plain_ref
 from analytics.ingest.clients import KEYWORDS as CLIENT_KEYWORDS
-from analytics.ingest.clients import ClientOutput
 from analytics.ingest.reader import ReadStats
-
-
-class _ClientLog(LineParser):
-    """A CI log whose steps' docker/podman/BuildKit output ``self.client`` reads (its hits
-    go to ``client_emit``, else to ``emit``); the subclass reads what the CI system adds."""
-
-    def __init__(
-        self, emit: Emit, stats: ReadStats, default_time: datetime, client_emit: Emit | None = None
-    ) -> None:
-        super().__init__(emit, stats, default_time)
-        self.client = ClientOutput(client_emit or emit, source=self.name)
-
-    def recognized(self) -> int:
-        return self.known + self.client.recognized()
-
-    def finish(self) -> None:
-        self.client.finish()
-
 
 _GH_LINE = re.compile(r"^\ufeff?(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) ?(.*)$")
 _GH_RUNNER = re.compile(
@@ -51,7 +32,7 @@ _GH_DEFINED = re.compile(r"^Job defined at: (\S+?)(?:@\S*)?$")
 _GH_STEP_TITLE = re.compile(r"(?:^|\]|Z )(?:Pull|Pulling) (?:container|down action) image '")
 
 
-class GitHubParser(_ClientLog):
+class GitHubParser(ClientLog):
     """GitHub Actions job log: every line starts with an RFC 3339 UTC timestamp."""
 
     name = "github"
@@ -116,7 +97,7 @@ _GL_GIT = re.compile(
 _GL_BUILDS_PREFIX = re.compile(r"^[0-9A-Za-z_-]{8}/\d+/")
 
 
-class GitLabParser(_ClientLog):
+class GitLabParser(HeldLog):
     """GitLab Runner job log (docker executor): job image, services, pull policy."""
 
     name = "gitlab"
@@ -136,9 +117,7 @@ class GitLabParser(_ClientLog):
     def __init__(self, emit: Emit, stats: ReadStats, default_time: datetime) -> None:
         # The executor pulls the job and service images before it fetches the sources,
         # which name the project: hold the (few) hits until the end to attach it.
-        super().__init__(self._hold, stats, default_time, client_emit=self._hold)
-        self.out = emit
-        self.held: list[Hit] = []
+        super().__init__(emit, stats, default_time)
         self.section_time: datetime | None = None
         self.pulling: dict[str, datetime | None] = {}
         self.announced: dict[str, datetime | None] = {}  # job and service images named
@@ -179,7 +158,7 @@ class GitLabParser(_ClientLog):
                 start = self.pulling.pop(image, None) or self.announced.pop(image, None) or ts
                 self.announced.pop(image, None)
                 digest = (u.group(3) or "").rpartition("@")[2] or None
-                self.emit(
+                self._hold(
                     Hit(
                         image,
                         start,
@@ -206,12 +185,12 @@ class GitLabParser(_ClientLog):
 
     def finish(self) -> None:
         for image, ts in self.pulling.items():  # a pull with no outcome printed
-            self.emit(
+            self._hold(
                 Hit(image, ts, None, None, pipeline=self.client.pipeline, runner=self.client.runner)
             )
         for image, ts in self.announced.items():  # named, no pull line (Kubernetes, cut)
             if image not in self.pulling:
-                self.emit(
+                self._hold(
                     Hit(
                         image, ts, None, None, pipeline=self.client.pipeline,
                         runner=self.client.runner,
@@ -222,17 +201,6 @@ class GitLabParser(_ClientLog):
         super().finish()
         self._release()
 
-    def _hold(self, hit: Hit) -> None:
-        self.held.append(hit)
-        if len(self.held) >= 1000:
-            self._release()
-
-    def _release(self) -> None:
-        for hit in self.held:
-            hit.pipeline = hit.pipeline or self.client.pipeline
-            self.out(hit)
-        self.held.clear()
-
 
 _JK_TS = re.compile(r"^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)\] ")
 _JK_RUNNING = re.compile(r"^Running on (.+?) in (\S+)")
@@ -240,7 +208,7 @@ _JK_INSPECT = re.compile(r"docker inspect -f \. (\S+)")
 _JK_NO_SUCH = re.compile(r"No such object: (\S+)")
 
 
-class JenkinsParser(_ClientLog):
+class JenkinsParser(ClientLog):
     """Jenkins console: ``+ docker pull``, the Docker Pipeline plugin's inspect/run lines."""
 
     name = "jenkins"
@@ -317,14 +285,7 @@ _CC_NOT_A_USE = ("Did not get image metadata for ", "WARNING: docker image ")
 _CC_REPO_URL = re.compile(r"^CIRCLE_REPOSITORY_URL=(?:\S+?[:/])?([\w.-]+/[\w.-]+?)(?:\.git)?/?$")
 
 
-def _plain(ref: str) -> str:
-    """A Docker Hub reference as CircleCI and the docker client may each print it."""
-    for prefix in ("docker.io/", "library/"):
-        ref = ref.removeprefix(prefix)
-    return ref if "@" in ref or ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"
-
-
-class CircleCIParser(_ClientLog):
+class CircleCIParser(ClientLog):
     """CircleCI job log (the Spin Up Environment step). Each ``Starting container X`` (the
     job's primary image, then each service) is one use of X; ``using image X@sha256:...``
     gives its digest, and whether it was downloaded comes from ``image cache not found on
@@ -360,9 +321,9 @@ class CircleCIParser(_ClientLog):
         by_tag = "@" not in ref and ":" in ref.rsplit("/", 1)[-1]
         for hit in reversed(self.containers):
             if (
-                (_plain(hit.reference) == _plain(ref))
+                (plain_ref(hit.reference) == plain_ref(ref))
                 if by_tag
-                else (repository(_plain(hit.reference)) == repository(_plain(ref)))
+                else (repository(plain_ref(hit.reference)) == repository(plain_ref(ref)))
             ):
                 return hit
         return None
@@ -414,7 +375,7 @@ class CircleCIParser(_ClientLog):
 
     def _client_hit(self, hit: Hit) -> None:
         fetching = self.fetching
-        if fetching is not None and _plain(hit.reference) == _plain(fetching.reference):
+        if fetching is not None and plain_ref(hit.reference) == plain_ref(fetching.reference):
             self.fetching = None
             fetching.digest = fetching.digest or hit.digest
             if hit.pulled:
@@ -435,7 +396,7 @@ _GCB_STEP = re.compile(r'^Step #\d+(?: - "[^"]*")?: ?')
 _GCB_HAVE = re.compile(r"^Already have image(?: \(with digest\))?: (\S+)$")
 
 
-class CloudBuildParser(_ClientLog):
+class CloudBuildParser(ClientLog):
     """Google Cloud Build (``gcloud builds submit``, ``gcloud builds log``, the console's
     raw log): each step's lines carry ``Step #N:`` (or ``Step #N - "id":``). A step's
     builder image is ``Pulling image: X`` then the engine's pull output (closed by its
@@ -470,7 +431,7 @@ class CloudBuildParser(_ClientLog):
 _CB_LINE = re.compile(r"^\[Container\] (\d{4})/(\d\d)/(\d\d) (\d\d:\d\d:\d\d(?:\.\d+)?) ?")
 
 
-class CodeBuildParser(_ClientLog):
+class CodeBuildParser(ClientLog):
     """AWS CodeBuild: the agent's lines carry ``[Container] 2025/12/02 03:40:40.413190`` (UTC)
     and name each command (``Running command docker pull X``); what the commands print has no
     time of its own and takes that of the command that printed it."""
@@ -492,98 +453,3 @@ class CodeBuildParser(_ClientLog):
             if content.startswith("Running command "):
                 content = content[len("Running command ") :]
         self.client.feed(content, self.time)
-
-
-_BK_STAMP = re.compile(r"\x1b_bk;t=(\d{1,15})\x07")
-_BK_PLUGIN = re.compile(r"^[-~+]{3} :docker: (Pulling|Running command in) (\S+)$")
-_BK_SECTION = ("--- ", "~~~ ", "+++ ")
-_BK_SLUG = re.compile(r"com\.buildkite\.pipeline_slug=([\w.-]+)")
-
-
-class BuildkiteParser(_ClientLog):
-    """Buildkite job log as the agent uploads it (the raw log of the API, ``bk job log``):
-    each line starts with ``ESC _bk;t=<epoch ms> BEL``, its time. The docker plugin prints
-    ``--- :docker: Pulling IMAGE`` before the engine's pull (``always-pull``) and
-    ``--- :docker: Running command in IMAGE`` before ``docker run``, which pulls an absent
-    image itself (``Unable to find image``). So a run is one use of its image: the pull
-    before it, the pull ``docker run`` printed, or else an image already present. The
-    ``docker run`` line's ``com.buildkite.pipeline_slug`` label names the pipeline. Other
-    steps' docker, podman and BuildKit output reads as in their own logs."""
-
-    name = "buildkite"
-    keywords = (
-        *CLIENT_KEYWORDS,
-        b":docker: ",
-        b"\x07--- ",
-        b"\x07~~~ ",
-        b"\x07+++ ",
-        b"pipeline_slug=",
-    )
-
-    def __init__(self, emit: Emit, stats: ReadStats, default_time: datetime) -> None:
-        super().__init__(emit, stats, default_time, client_emit=self._client_hit)
-        self.plugin_pulls: set[str] = set()  # pulled by the plugin since its last run
-        self.running: Hit | None = None  # the plugin's container, until its pull or the end
-        # Held to the end (at most 1000 at a time): the pipeline is named after the pulls.
-        self.held: list[Hit] = []
-
-    def feed(self, line: str) -> None:
-        ts: datetime | None = None
-        stamp = _BK_STAMP.search(line)
-        if stamp:
-            try:
-                ts = datetime.fromtimestamp(int(stamp.group(1)) / 1000, tz=UTC)
-            except (ValueError, OverflowError, OSError):
-                ts = None
-        content = strip_ansi(line).strip()
-        if content.startswith(_BK_SECTION):
-            self._close_run()
-            plugin = _BK_PLUGIN.match(content) if ":docker: " in content else None
-            if plugin:
-                self.known += 1
-                image = plugin.group(2)
-                if plugin.group(1) == "Pulling":
-                    self.plugin_pulls.add(_plain(image))
-                    self.client.open_pull(image, ts)
-                elif _plain(image) in self.plugin_pulls:
-                    self.plugin_pulls.discard(_plain(image))  # that pull was this run's use
-                else:
-                    self.running = Hit(image, ts, None, False, source=self.name)
-            return
-        if content.startswith("$ "):
-            content = content[2:]
-            if content.startswith("docker run ") and "com.buildkite.pipeline_slug=" in content:
-                slug = _BK_SLUG.search(content)
-                if slug:
-                    self.client.pipeline = slug.group(1)
-        self.client.feed(content, ts)
-
-    def _client_hit(self, hit: Hit) -> None:
-        running = self.running
-        if running is not None and _plain(hit.reference) == _plain(running.reference):
-            self.running = None  # docker run pulled the image it runs: that is the use
-            running.digest, running.pulled = hit.digest, hit.pulled
-            hit = running
-        self._hold(hit)
-
-    def _close_run(self) -> None:
-        if self.running is not None:
-            hit, self.running = self.running, None
-            self._hold(hit)
-
-    def _hold(self, hit: Hit) -> None:
-        self.held.append(hit)
-        if len(self.held) >= 1000:
-            self._release()
-
-    def _release(self) -> None:
-        for hit in self.held:
-            hit.pipeline = hit.pipeline or self.client.pipeline
-            self.emit(hit)
-        self.held.clear()
-
-    def finish(self) -> None:
-        super().finish()
-        self._close_run()
-        self._release()
-        self.plugin_pulls.clear()

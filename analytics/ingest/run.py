@@ -19,8 +19,8 @@ from typing import BinaryIO
 
 from analytics.events import Event
 from analytics.ingest.base import Hit, LineParser
+from analytics.ingest.buildkite_job import BuildkiteParser
 from analytics.ingest.ci import (
-    BuildkiteParser,
     CircleCIParser,
     CloudBuildParser,
     CodeBuildParser,
