@@ -31,6 +31,14 @@ def test_every_command_has_help(argv: list[str]) -> None:
     assert len(body) > 40
 
 
+def test_ingest_help_names_every_format() -> None:
+    from analytics.ingest.detect import FORMATS
+
+    text = " ".join(CliRunner().invoke(cli, ["ingest", "--help"]).output.split())
+    described = text.split("Formats are detected per file:", 1)[1].split("warmer ingest")[0]
+    assert [f for f in FORMATS if f not in described] == []
+
+
 def test_unknown_command_is_usage_error() -> None:
     result = CliRunner().invoke(cli, ["no-such-command"])
     assert result.exit_code == 2

@@ -86,13 +86,15 @@ def ingest_command(
     """Read CI, kubelet and registry logs into hourly usage counts.
 
     \b
-    Formats are detected per file: docker, podman (and buildah), buildkit, kaniko, github,
-    gitlab, jenkins, kubelet (and containerd, CRI-O, Kubernetes events as tables or JSON),
-    distribution (access logs and notification events). Plain, .gz and .zst files;
-    directories are walked. Re-ingesting a file adds nothing; a grown log is read from
-    where the last ingest stopped. Unreadable lines are skipped and counted. Lines that
-    look like an image reference but gave no event are counted per format (coverage =
-    events / (events + unused)) and the first are shown with file:line.
+    Formats are detected per file: CI job logs (github, gitlab, jenkins, buildkite,
+    circleci, cloudbuild, codebuild), docker (and nerdctl, ctr, compose), podman (and
+    buildah), buildkit, kaniko, jib, kubelet (and containerd, CRI-O, Kubernetes events as
+    tables or JSON), distribution (access logs and notification events). Plain, .gz and
+    .zst files; directories are walked. Re-ingesting a file adds nothing; a grown log is
+    read from where the last ingest stopped. Unreadable lines are skipped and counted.
+    Lines that look like an image reference but gave no event are counted per format
+    (coverage = events / (events + unused)) and the first are shown with file:line; a file
+    of no known format is scanned for them too (format "unknown").
     \b
       warmer ingest logs/ --dry-run --json     one event per line, nothing stored
       warmer ingest ci/ --rule runner:us-*=us  store, counts per format
