@@ -550,3 +550,65 @@ def test_buildkite_log_saved_without_its_times(tmp_path: Path) -> None:
         ("docker.io/library/postgres:16", "sha256:" + "4aea012537edfad80f98d870a36e6b90b4c09b27be7f4b4759d72db863baeebb", True),
     ]  # fmt: skip
     assert {e.timestamp for e in evs} == {AT} and res.unused.count == 0  # type: ignore[attr-defined]
+
+
+def test_docker_run_is_a_use_present_unless_it_pulls(tmp_path: Path) -> None:
+    # Before: a `docker run` of an image already present gave no event, and was not even
+    # counted as unused: those uses were lost in silence.
+    text = "\n".join(
+        [
+            "$ docker run --rm -v /src:/src -e CI=true node:20 npm test",  # present
+            "ok",
+            "+ docker run -it --name db python:3.12 make",  # absent: docker run pulls it
+            "Unable to find image 'python:3.12' locally",
+            "3.12: Pulling from library/python",
+            f"Digest: {D1}",
+            "Status: Downloaded newer image for python:3.12",
+            "$ docker pull alpine:3.19",  # a pull then a run of it: one use
+            "3.19: Pulling from library/alpine",
+            f"Digest: {D2}",
+            "Status: Image is up to date for alpine:3.19",
+            "$ docker run --rm alpine:3.19 echo hi",
+            "$ docker run --rm redis:7 true",  # present, then another image's pull output
+            "7.2: Pulling from library/golang",
+            "Status: Downloaded newer image for golang:7.2",
+            "$ docker run --rm $IMAGE make",  # a variable: no use
+            "$ docker run --some-new-option x alpine:3.19 true",  # an option we cannot place
+            "$ docker run --rm -d -p 80:80 --network=host nginx:1.25",
+        ]
+    )
+    evs, res = scan(tmp_path, text + "\n", "docker")
+    assert refs(evs) == [
+        ("docker.io/library/alpine:3.19", D2, False),
+        ("docker.io/library/golang:7.2", None, True),
+        ("docker.io/library/nginx:1.25", None, False),
+        ("docker.io/library/node:20", None, False),
+        ("docker.io/library/python:3.12", D1, True),
+        ("docker.io/library/redis:7", None, False),
+    ]
+    assert res.unused.count == 0  # type: ignore[attr-defined]
+
+
+def test_docker_run_in_ci_logs_counts_once(tmp_path: Path) -> None:
+    # GitLab echoes the script's commands; Jenkins' docker plugin counts its container by
+    # `docker inspect` and its `docker run` is not a second use.
+    gitlab = "\n".join(
+        [
+            "Running with gitlab-runner 17.0.0 (44feccdf)",
+            "section_start:1714557600:step_script\r\x1b[0K\x1b[0K\x1b[36;1mExecuting step\x1b[0m",
+            "$ docker run --rm postgres:16 pg_isready",
+            "$ docker run --rm postgres:16 pg_isready",  # a retried command: two uses
+        ]
+    )
+    evs, _ = scan(tmp_path, gitlab + "\n", "gitlab")
+    assert refs(evs) == [("docker.io/library/postgres:16", None, False)] * 2
+    jenkins = "\n".join(
+        [
+            "[Pipeline] withDockerContainer",
+            "+ docker inspect -f . node:20",
+            ".",
+            "+ docker run -t -d -u 1000:1000 -w /ws node:20 cat",
+        ]
+    )
+    evs, _ = scan(tmp_path, jenkins + "\n", "jenkins")
+    assert refs(evs) == [("docker.io/library/node:20", None, False)]

@@ -144,3 +144,61 @@ def pull_target(args: str) -> str | None:
             return None
         return tok.rstrip(";")
     return None
+
+
+# Options of `docker|podman|nerdctl run` that take a separate value (the rest are flags;
+# `--opt=value` is one token either way). After the docker CLI's reference for `run`.
+_RUN_VALUE_OPTS = frozenset(
+    {
+        *("-a", "--attach", "-c", "--cpu-shares", "-e", "--env", "-h", "--hostname"),
+        *("-l", "--label", "-m", "--memory", "-p", "--publish", "-u", "--user"),
+        *("-v", "--volume", "-w", "--workdir", "--add-host", "--annotation"),
+        *("--blkio-weight", "--blkio-weight-device", "--cap-add", "--cap-drop"),
+        *("--cgroup-parent", "--cgroupns", "--cidfile", "--cpu-period", "--cpu-quota"),
+        *("--cpu-rt-period", "--cpu-rt-runtime", "--cpus", "--cpuset-cpus", "--cpuset-mems"),
+        *("--detach-keys", "--device", "--device-cgroup-rule", "--device-read-bps"),
+        *("--device-read-iops", "--device-write-bps", "--device-write-iops", "--dns"),
+        *("--dns-option", "--dns-search", "--domainname", "--entrypoint", "--env-file"),
+        *("--expose", "--gpus", "--group-add", "--health-cmd", "--health-interval"),
+        *("--health-retries", "--health-start-interval", "--health-start-period"),
+        *("--health-timeout", "--ip", "--ip6", "--ipc", "--isolation", "--kernel-memory"),
+        *("--label-file", "--link", "--link-local-ip", "--log-driver", "--log-opt"),
+        *("--mac-address", "--memory-reservation", "--memory-swap", "--memory-swappiness"),
+        *("--mount", "--name", "--network", "--net", "--network-alias", "--oom-score-adj"),
+        *("--pid", "--pids-limit", "--platform", "--pull", "--restart", "--runtime"),
+        *("--security-opt", "--shm-size", "--stop-signal", "--stop-timeout"),
+        *("--storage-opt", "--sysctl", "--tmpfs", "--ulimit", "--userns", "--uts"),
+        *("--volume-driver", "--volumes-from"),
+    }
+)
+
+
+def run_target(args: str) -> str | None:
+    """The image operand of a ``run`` command line (what follows ``run``), or None: an
+    unexpanded variable, an option this table does not know the arity of, nothing."""
+    tokens = args.split()
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i].strip("'\"")
+        if tok in _RUN_VALUE_OPTS:
+            i += 2
+            continue
+        if tok.startswith("--") and "=" not in tok and tok not in _RUN_FLAGS:
+            return None  # an option we cannot place: better no use than a wrong image
+        if tok.startswith("-"):
+            i += 1
+            continue
+        if "$" in tok or not tok or tok in {"&&", "||", ";", "|", "\\"}:
+            return None
+        return tok.rstrip(";")
+    return None
+
+
+# Long flags of `run` (no value); short flags may be combined (`-it`, `-dit`).
+_RUN_FLAGS = frozenset(
+    {
+        *("--detach", "--interactive", "--tty", "--rm", "--init", "--privileged"),
+        *("--publish-all", "--read-only", "--sig-proxy", "--no-healthcheck"),
+        *("--oom-kill-disable", "--disable-content-trust", "--quiet", "--help", "--use-api-socket"),
+    }
+)

@@ -100,6 +100,7 @@ _GL_BUILDS_PREFIX = re.compile(r"^[0-9A-Za-z_-]{8}/\d+/")
 class GitLabParser(HeldLog):
     """GitLab Runner job log (docker executor): job image, services, pull policy."""
 
+    RUNS = True  # its log echoes the commands it runs
     name = "gitlab"
     keywords = (
         *CLIENT_KEYWORDS,
@@ -436,6 +437,7 @@ class CodeBuildParser(ClientLog):
     and name each command (``Running command docker pull X``); what the commands print has no
     time of its own and takes that of the command that printed it."""
 
+    RUNS = True  # its log echoes the commands it runs
     name = "codebuild"
     keywords = (*CLIENT_KEYWORDS, b"[Container] ")
 

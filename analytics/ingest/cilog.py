@@ -14,11 +14,13 @@ class ClientLog(LineParser):
     """A CI log whose steps' docker/podman/BuildKit output ``self.client`` reads (its hits
     go to ``client_emit``, else to ``emit``); the subclass reads what the CI system adds."""
 
+    RUNS = False  # read `docker run IMAGE` as a use (see ClientOutput.runs)
+
     def __init__(
         self, emit: Emit, stats: ReadStats, default_time: datetime, client_emit: Emit | None = None
     ) -> None:
         super().__init__(emit, stats, default_time)
-        self.client = ClientOutput(client_emit or emit, source=self.name)
+        self.client = ClientOutput(client_emit or emit, source=self.name, runs=self.RUNS)
 
     def recognized(self) -> int:
         return self.known + self.client.recognized()

@@ -14,7 +14,15 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from analytics.ingest.base import Emit, Hit, LineParser, pull_target, split_digest, strip_ansi
+from analytics.ingest.base import (
+    Emit,
+    Hit,
+    LineParser,
+    pull_target,
+    run_target,
+    split_digest,
+    strip_ansi,
+)
 from analytics.ingest.builders import Kaniko, StepFrom
 from analytics.ingest.buildkit import BuildKit
 from analytics.ingest.reader import ReadStats
@@ -48,6 +56,10 @@ KEYWORDS: tuple[bytes, ...] = (
     b"image as ",
     b"-sha256:",  # containerd's progress (ctr, nerdctl): "index-sha256:<hex>:  done  |++|"
     b": resolved ",
+    b"docker run ",  # a container started: a use of its image (present unless pulled)
+    b"podman run ",
+    b"nerdctl run ",
+    b"container run ",
 )
 
 # The tool, its global options (``--config DIR``, ``-H host``, ``--context x``, ``-D``,
@@ -58,6 +70,13 @@ _PULL_CMD = re.compile(
     r"(?:\s+(?:image|images|i))?\s+pull\s+(.*)$"
 )
 _STATUS = re.compile(r"Status: (Downloaded newer image|Image is up to date) for (\S+)")
+# The same shape for ``run`` (global options, ``container run``); runs are read only where
+# the log shows the commands it ran and no other parser counts the same container.
+_RUN_CMD = re.compile(
+    r"(?:^|[\s/'\"$+>])(docker|podman|nerdctl)"
+    r"((?:\s+-[^\s=]+(?:=\S*)?(?:\s+(?!-|run\b|container\b)[^\s]+)?)*)"
+    r"(?:\s+container)?\s+run\s+(.*)$"
+)
 _DIGEST = re.compile(r"^\s*Digest: (sha256:[0-9a-f]{64})")
 # Greedy, the dots cut in code: a lazy token before `\.*$` is quadratic on a line with a
 # long run of dots in it (7 s for 60 KB), and a lazy token before optional groups costs 4x.
@@ -85,9 +104,14 @@ _COMPOSE_PULL = re.compile(r"^Pulling [\w.-]+ \(([^()\s]+?):?\)\.\.\.$")
 class ClientOutput:
     """Folds client output lines into hits. ``feed(content, ts)`` with the prefix removed."""
 
-    def __init__(self, emit: Emit, source: str | None = None) -> None:
+    def __init__(self, emit: Emit, source: str | None = None, runs: bool = False) -> None:
         self.emit = emit
         self.source = source
+        # ``docker run IMAGE`` is a use of IMAGE (present unless its pull follows); off where
+        # the wrapping parser counts that container itself (Jenkins' inspect, a CI agent's
+        # own container start) or echoes commands it does not run (GitHub's step titles).
+        self.runs = runs
+        self.pulled: set[str] = set()  # pulled since the last run: a run of one is that use
         self.pipeline: str | None = None
         self.runner: str | None = None
         self.known = 0  # lines understood (see analytics.ingest.base)
@@ -110,7 +134,27 @@ class ClientOutput:
     ) -> None:
         self._hit(ref, ts, digest, pulled)
 
-    def _hit(self, ref: str, ts: datetime | None, digest: str | None, pulled: bool | None) -> None:
+    def _run(self, target: str | None, ts: datetime | None) -> None:
+        """``docker run TARGET``: a use of TARGET, unless it was just pulled (that pull was
+        the use). Each run line is a run: a command run twice is two uses."""
+        if target is None:
+            return
+        self._flush_pending()
+        if _plain(target) in self.pulled:
+            self.pulled.discard(_plain(target))
+            return
+        self.pending = [target, ts, "run", False]
+
+    def _hit(
+        self,
+        ref: str,
+        ts: datetime | None,
+        digest: str | None,
+        pulled: bool | None,
+        run: bool = False,
+    ) -> None:
+        if self.runs and not run:  # a pull (or a build's base): a run of it next is this use
+            self.pulled.add(_plain(ref))
         name, pinned = split_digest(ref)
         self.emit(
             Hit(
@@ -137,11 +181,11 @@ class ClientOutput:
             ref, ts = self.pending[0], self.pending[1]
             assert isinstance(ref, str)
             assert ts is None or isinstance(ts, datetime)
-            present = self.pending[2] == "step" and not self.pending[3]
+            present = self.pending[2] in ("step", "run") and not self.pending[3]
             pulled: bool | None = False if present else None
             if self.pending[2] in ("ctr", "nerdctl") and (self.blobs_copied or self.blobs_skipped):
                 pulled = self.blobs_copied > 0  # containerd's layer rows said which
-            self._hit(ref, ts, self.digest, pulled)
+            self._hit(ref, ts, self.digest, pulled, run=self.pending[2] == "run")
         self._reset_pull()
 
     def _reset_pull(self) -> None:
@@ -170,13 +214,21 @@ class ClientOutput:
                     self._flush_pending()
                 self.pending = [target, ts, m.group(1), False]
                 return
+        if self.runs and " run " in f" {line}":
+            r = _RUN_CMD.search(line)
+            if r:
+                self.known += 1
+                self._run(run_target(r.group(3)), ts)
+                return
         if "Unable to find image" in line:
             u = _UNABLE.search(line)
             if u:  # `docker run` pulls what it cannot find: the pull output follows
                 self.known += 1
-                if self.pending is None or self.pending[0] != u.group(1):
+                if self.pending is None or _plain(str(self.pending[0])) != _plain(u.group(1)):
                     self._flush_pending()
                     self.pending = [u.group(1), ts, "docker", False]
+                else:
+                    self.pending[3] = True  # the run's image was absent: it is pulled
             return
         if "ase image" in line and self._jib(line, ts):
             return
@@ -195,6 +247,8 @@ class ClientOutput:
             m2 = _STATUS.search(line)
             if m2:
                 self.known += 1
+                if self.pending is not None and self.pending[2] == "run" and not self.pending[3]:
+                    self._flush_pending()  # a run that pulled nothing; this is another pull
                 pulled = m2.group(1).startswith("Downloaded")
                 start = ts if self.pending is None else self.pending[1]
                 assert start is None or isinstance(start, datetime)
@@ -211,7 +265,14 @@ class ClientOutput:
         if "Pulling from" in line:
             self.known += 1
             if self.pending is not None:
-                self.pending[3] = True
+                if (
+                    self.pending[2] == "run"
+                    and not self.pending[3]
+                    and not _pulls(line, str(self.pending[0]))
+                ):
+                    self._flush_pending()  # a run that pulled nothing; this is another pull
+                else:
+                    self.pending[3] = True
             return
         if "Trying to pull" in line:
             m4 = _TRYING.search(line)
@@ -341,6 +402,25 @@ class ClientOutput:
         self.finish_buildkit()
 
 
+def _pulls(line: str, ref: str) -> bool:
+    """Whether ``TAG: Pulling from REPO`` (the repository without its registry) pulls
+    ``ref``."""
+    repo = _plain(line.split("Pulling from", 1)[1].strip()).rsplit(":", 1)[0]
+    path = _plain(ref).rsplit(":", 1)[0]
+    first, _, rest = path.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        path = rest  # the registry is not printed
+    return repo == path
+
+
+def _plain(ref: str) -> str:
+    """A reference as the docker client may print it (``docker.io/library/x`` = ``x``)."""
+    for prefix in ("docker.io/", "library/"):
+        ref = ref.removeprefix(prefix)
+    ref = ref.split("@", 1)[0]
+    return ref if ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"
+
+
 class ClientLogParser(LineParser):
     """A saved docker / podman / BuildKit log: no line timestamps, the file's time is used."""
 
@@ -349,7 +429,7 @@ class ClientLogParser(LineParser):
     def __init__(self, emit: Emit, stats: ReadStats, default_time: datetime, name: str) -> None:
         super().__init__(emit, stats, default_time)
         self.name = name
-        self.client = ClientOutput(emit, source=name)
+        self.client = ClientOutput(emit, source=name, runs=name == "docker")
 
     def feed(self, line: str) -> None:
         self.client.feed(strip_ansi(line).strip(), None)
