@@ -575,6 +575,8 @@ def test_docker_run_is_a_use_present_unless_it_pulls(tmp_path: Path) -> None:
             "$ docker run --rm $IMAGE make",  # a variable: no use
             "$ docker run --some-new-option x alpine:3.19 true",  # an option we cannot place
             "$ docker run --rm -d -p 80:80 --network=host nginx:1.25",
+            "Use docker run to start a container",  # prose, not a command
+            "See 'docker run --help'.",
         ]
     )
     evs, res = scan(tmp_path, text + "\n", "docker")

@@ -70,10 +70,12 @@ _PULL_CMD = re.compile(
     r"(?:\s+(?:image|images|i))?\s+pull\s+(.*)$"
 )
 _STATUS = re.compile(r"Status: (Downloaded newer image|Image is up to date) for (\S+)")
-# The same shape for ``run`` (global options, ``container run``); runs are read only where
+# The same shape for ``run`` (global options, ``container run``), but only as a command: at
+# the start of the line, after a shell prompt or trace (``$ ``, ``+ ``, ``user@host:~$ ``),
+# ``sudo`` or a path, so prose ("use docker run to ...") is no use. Runs are read only where
 # the log shows the commands it ran and no other parser counts the same container.
 _RUN_CMD = re.compile(
-    r"(?:^|[\s/'\"$+>])(docker|podman|nerdctl)"
+    r"^(?:\S*[$#>+]\s*)?(?:sudo\s+)?(?:\S*/)?(docker|podman|nerdctl)"
     r"((?:\s+-[^\s=]+(?:=\S*)?(?:\s+(?!-|run\b|container\b)[^\s]+)?)*)"
     r"(?:\s+container)?\s+run\s+(.*)$"
 )
