@@ -128,22 +128,16 @@ def repository(ref: str) -> str:
     return head if sep and "/" not in tail else name
 
 
+def plain_ref(ref: str) -> str:
+    """A Docker Hub reference as CircleCI and the docker client may each print it."""
+    for prefix in ("docker.io/", "library/"):
+        ref = ref.removeprefix(prefix)
+    return ref if "@" in ref or ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"
+
+
 def pull_target(args: str) -> str | None:
     """The image operand of a pull command line, or None (an unexpanded variable, none)."""
-    tokens = args.split()
-    i = 0
-    while i < len(tokens):
-        tok = tokens[i].strip("'\"")
-        if tok in _PULL_VALUE_OPTS:
-            i += 2
-            continue
-        if tok.startswith("-"):
-            i += 1
-            continue
-        if "$" in tok or not tok or tok in {"&&", "||", ";", "|"}:
-            return None
-        return tok.rstrip(";")
-    return None
+    return _operand(args, _PULL_VALUE_OPTS)
 
 
 # Options of `docker|podman|nerdctl run` that take a separate value (the rest are flags;
@@ -176,19 +170,37 @@ _RUN_VALUE_OPTS = frozenset(
 def run_target(args: str) -> str | None:
     """The image operand of a ``run`` command line (what follows ``run``), or None: an
     unexpanded variable, an option this table does not know the arity of, nothing."""
+    return _operand(args, _RUN_VALUE_OPTS, _RUN_FLAGS, stops=("\\",))
+
+
+def _operand(
+    args: str,
+    value_opts: frozenset[str],
+    long_flags: frozenset[str] | None = None,
+    stops: tuple[str, ...] = (),
+) -> str | None:
+    """The first operand after a command's options: those in ``value_opts`` take the next
+    token, other ``-`` tokens none. With ``long_flags``, a ``--long`` option in neither set
+    (and without ``=value``) gives None: better no use than a wrong image. None too for an
+    unexpanded variable, a shell operator or one of ``stops``."""
     tokens = args.split()
     i = 0
     while i < len(tokens):
         tok = tokens[i].strip("'\"")
-        if tok in _RUN_VALUE_OPTS:
+        if tok in value_opts:
             i += 2
             continue
-        if tok.startswith("--") and "=" not in tok and tok not in _RUN_FLAGS:
-            return None  # an option we cannot place: better no use than a wrong image
+        if (
+            long_flags is not None
+            and tok.startswith("--")
+            and "=" not in tok
+            and tok not in long_flags
+        ):
+            return None
         if tok.startswith("-"):
             i += 1
             continue
-        if "$" in tok or not tok or tok in {"&&", "||", ";", "|", "\\"}:
+        if "$" in tok or not tok or tok in {"&&", "||", ";", "|", *stops}:
             return None
         return tok.rstrip(";")
     return None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from analytics.ingest.base import Emit, Hit, strip_ansi
-from analytics.ingest.cilog import HeldLog, plain_ref
+from analytics.ingest.base import Emit, Hit, plain_ref, strip_ansi
+from analytics.ingest.cilog import HeldLog
 from analytics.ingest.clients import KEYWORDS as CLIENT_KEYWORDS
 from analytics.ingest.reader import ReadStats
 

@@ -16,11 +16,12 @@ from analytics.ingest.base import (
     Hit,
     from_unix,
     parse_iso,
+    plain_ref,
     repository,
     split_digest,
     strip_ansi,
 )
-from analytics.ingest.cilog import ClientLog, HeldLog, plain_ref
+from analytics.ingest.cilog import ClientLog, HeldLog
 from analytics.ingest.clients import KEYWORDS as CLIENT_KEYWORDS
 from analytics.ingest.reader import ReadStats
 

@@ -1,5 +1,5 @@
 """What the CI log parsers share: the client output they wrap, hits held until the log
-names its pipeline, and Docker Hub references as CI systems print them."""
+names its pipeline."""
 
 from __future__ import annotations
 
@@ -51,10 +51,3 @@ class HeldLog(ClientLog):
             hit.pipeline = hit.pipeline or self.client.pipeline
             self.emit(hit)
         self.held.clear()
-
-
-def plain_ref(ref: str) -> str:
-    """A Docker Hub reference as CircleCI and the docker client may each print it."""
-    for prefix in ("docker.io/", "library/"):
-        ref = ref.removeprefix(prefix)
-    return ref if "@" in ref or ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"

@@ -18,6 +18,7 @@ from analytics.ingest.base import (
     Emit,
     Hit,
     LineParser,
+    plain_ref,
     pull_target,
     run_target,
     split_digest,
@@ -416,11 +417,8 @@ def _pulls(line: str, ref: str) -> bool:
 
 
 def _plain(ref: str) -> str:
-    """A reference as the docker client may print it (``docker.io/library/x`` = ``x``)."""
-    for prefix in ("docker.io/", "library/"):
-        ref = ref.removeprefix(prefix)
-    ref = ref.split("@", 1)[0]
-    return ref if ":" in ref.rsplit("/", 1)[-1] else f"{ref}:latest"
+    """A reference as the docker client may print it, its digest dropped."""
+    return plain_ref(ref.partition("@")[0])
 
 
 class ClientLogParser(LineParser):
