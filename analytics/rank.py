@@ -274,20 +274,22 @@ def _static_adjust(
     # A tag first named anywhere recently: a migration in progress toward it.
     recent = earliest[earliest >= now - p.migration_days * DAY]
     window_frac = min(1.0, (w_end - w_start) / DAY)
-    migrating = set(recent.index.get_level_values(0))
+    new_tags: dict[str, set[str]] = {}  # image -> its tags first named recently
+    for image, tag in recent.index:
+        new_tags.setdefault(image, set()).add(tag)
     extra: list[dict[str, object]] = []
     for reg in regions:
         mine = out["region"] == reg
         used = out[mine & (out["pin"] == "")]
         per_pipe = (used["score"] / used["pipelines"].clip(lower=1)).replace(0, np.nan).median()
         prior_rate = float(per_pipe) if per_pipe == per_pipe else 1.0
-        for image, tags in used[used["image"].isin(migrating)].groupby("image").groups.items():
-            named_all = files.loc[image]
-            for variant in {_variant(t) for t in named_all.index if (image, t) in recent.index}:
-                named = named_all[[_variant(t) == variant for t in named_all.index]]
+        moving = used[used["image"].isin(new_tags.keys())]
+        for image, tags in moving.groupby("image").groups.items():
+            fresh = new_tags[str(image)]
+            for variant in {_variant(t) for t in fresh}:
                 rows = [i for i in tags if _variant(out.at[i, "tag"]) == variant]
                 if rows:
-                    _migrate(out, extra, reg, str(image), rows, named, recent)
+                    _migrate(out, rows, {t for t in fresh if _variant(t) == variant})
         have_keys = set(zip(out.loc[mine, "image"], out.loc[mine, "tag"], strict=True))
         have_keys |= {(str(e["image"]), str(e["tag"])) for e in extra if e["region"] == reg}
         for (image, tag), n in files.items():
@@ -361,15 +363,7 @@ def _variant(tag: str) -> str:
     return re.sub(r"[0-9.]+", "", tag)
 
 
-def _migrate(
-    out: pd.DataFrame,
-    extra: list[dict[str, object]],
-    reg: str,
-    image: str,
-    rows: list[int],
-    named: pd.Series,
-    recent: pd.Series,
-) -> None:
+def _migrate(out: pd.DataFrame, rows: list[int], new_tags: set[str]) -> None:
     """Split a migrating repository's demand by the tags' pulls on the latest days.
 
     Triggered by a tag of the repository named in files for the first time recently. The
@@ -380,7 +374,6 @@ def _migrate(
     """
     total, wtotal = out.loc[rows, "score"].sum(), out.loc[rows, "window_score"].sum()
     latest = out.loc[rows, "recent"].astype(float)
-    new_tags = {t for t in named.index if (image, t) in recent.index}
     if total <= 0 or latest.sum() <= 0 or not any(out.at[i, "tag"] in new_tags for i in rows):
         return  # the new tag is not pulled here yet: the static prior covers it
     shares = latest / latest.sum()
