@@ -27,7 +27,7 @@ from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
 import pandas as pd
-from sqlalchemy import Table, and_, delete, func, select
+from sqlalchemy import String, Table, and_, cast, delete, func, select
 from sqlalchemy.engine import Connection
 
 from analytics.events import Event
@@ -271,29 +271,45 @@ def usage_frame(
     ``pipelines`` is the number of distinct pipelines in the row's own bucket; for exact
     distinct counts over other groupings use ``pipelines_frame``.
     """
+    with db.engine_for(url).connect() as conn:
+        q = _filter(_usage_query(conn.dialect.name), usage, region, since, until)
+        rows = conn.execute(q.order_by(usage.c.day, usage.c.hour)).all()
+    frame = pd.DataFrame.from_records(rows, columns=USAGE_COLUMNS, nrows=len(rows))
+    # The day as ISO text, parsed in one vectorised pass (not a date object per row).
+    frame["day"] = pd.to_datetime(frame["day"], format="ISO8601").astype("datetime64[ns]")
+    for col in ("hour", "pulls", "present", "pipelines"):
+        frame[col] = frame[col].astype("int64")
+    for col in ("region", "image", "tag", "digest", "source"):
+        frame[col] = frame[col].astype(object)
+    return frame
+
+
+def _usage_query(dialect: str) -> Any:
+    """The usage rows with each bucket's distinct pipelines. SQLite counts them per row
+    through the pipelines table's primary key: its plan for joining the grouped table
+    costs four times as long (8 s for 400k rows); PostgreSQL's hash join is the faster
+    of the two there."""
     p = usage_pipelines
+    # ISO text whatever the server's DateStyle (PostgreSQL's cast follows it).
+    iso = (
+        cast(usage.c.day, String)
+        if dialect == "sqlite"
+        else func.to_char(usage.c.day, "YYYY-MM-DD")
+    )
+    day = iso.label("day")
+    values = [day, *[usage.c[k] for k in _KEY[1:]], usage.c.pulls, usage.c.present]
+    if dialect == "sqlite":
+        match = and_(*[p.c[k] == usage.c[k] for k in _KEY])
+        count = select(func.count()).where(match).scalar_subquery()
+        return select(*values, count.label("pipelines"))
     counts = (
         select(*[p.c[k] for k in _KEY], func.count().label("pipelines"))
         .group_by(*[p.c[k] for k in _KEY])
         .subquery()
     )
     joined = usage.outerjoin(counts, and_(*[usage.c[k] == counts.c[k] for k in _KEY]))
-    q = select(
-        *[usage.c[k] for k in _KEY],
-        usage.c.pulls,
-        usage.c.present,
-        func.coalesce(counts.c.pipelines, 0).label("pipelines"),
-    ).select_from(joined)
-    q = _filter(q, usage, region, since, until)
-    with db.engine_for(url).connect() as conn:
-        rows = conn.execute(q.order_by(usage.c.day, usage.c.hour)).all()
-    frame = pd.DataFrame([tuple(r) for r in rows], columns=USAGE_COLUMNS)
-    frame["day"] = pd.to_datetime(frame["day"]).astype("datetime64[ns]")
-    for col in ("hour", "pulls", "present", "pipelines"):
-        frame[col] = frame[col].astype("int64")
-    for col in ("region", "image", "tag", "digest", "source"):
-        frame[col] = frame[col].astype(object)
-    return frame
+    pipes = func.coalesce(counts.c.pipelines, 0).label("pipelines")
+    return select(*values, pipes).select_from(joined)
 
 
 def pipelines_frame(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
+
 from analytics import store
 from analytics.events import Event
 from warmer.oci.reference import parse
@@ -57,3 +59,5 @@ def test_analytics_store_on_postgres(pg_url: str) -> None:
     row = frame[frame["image"] == "docker.io/library/python"].iloc[0]
     assert int(row["pulls"]) == 3
     assert int(row["present"]) == 1
+    assert int(row["pipelines"]) == 2  # p1 twice, p2: distinct ones (the join's count)
+    assert (row["day"], int(row["hour"])) == (pd.Timestamp("2026-01-05"), 9)
