@@ -29,6 +29,7 @@ from warmer.sandbox.topology import Sandbox
 from warmer.units import format_size
 
 REGIONS = ("eu", "us")
+SHOWN_LINES = 25  # of each command's own output; the rest is summarised
 
 
 class DemoError(RuntimeError):
@@ -72,7 +73,11 @@ class Demo:
             return [json.loads(ln) for ln in lines]
         out = proc.stdout.rstrip()
         if out:
-            self.echo("\n".join(out.splitlines()[:25]))
+            lines = out.splitlines()
+            more = len(lines) - SHOWN_LINES
+            self.echo("\n".join(lines[:SHOWN_LINES]))
+            if more > 0:
+                self.echo(f"  ... ({more} more line{'s' if more > 1 else ''})")
         return out
 
     def run(self) -> dict[str, Any]:

@@ -554,6 +554,8 @@ def status_command(ctx: click.Context, region: str | None, limit: int, as_json: 
     for mirror, n in sorted(artifacts.items()):
         console.print(f"  {mirror}: {n} artifact manifest(s) by tag (signatures, SBOMs...)")
     for e in expiring:
+        if not e.objects:
+            continue  # nothing to say (the JSON lists every mirror)
         console.print(
             f"  {e.mirror}: {e.objects} object(s), {format_size(e.bytes)} expire before the "
             f"next window ({e.next_window:%F %H:%M}Z); on a first-fetch mirror they are warmed "
