@@ -21,11 +21,12 @@ default, PostgreSQL too):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import String, Table, and_, cast, delete, func, select
 from sqlalchemy.engine import Connection
@@ -271,16 +272,43 @@ def usage_frame(
     ``pipelines`` is the number of distinct pipelines in the row's own bucket; for exact
     distinct counts over other groupings use ``pipelines_frame``.
     """
+    seen: dict[str, dict[str, str]] = {c: {} for c in _TEXT_COLUMNS}
+    parts: list[pd.DataFrame] = []
     with db.engine_for(url).connect() as conn:
         q = _filter(_usage_query(conn.dialect.name), usage, region, since, until)
-        rows = conn.execute(q.order_by(usage.c.day, usage.c.hour)).all()
+        q = q.order_by(usage.c.day, usage.c.hour)
+        # In chunks (a server-side cursor on PostgreSQL): only one chunk's rows and
+        # strings are alive at a time.
+        result = conn.execution_options(yield_per=LOAD_CHUNK).execute(q)
+        for rows in result.partitions():
+            parts.append(_usage_part(rows, seen))
+    if not parts:
+        return _usage_part([], seen)
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+# Rows per fetch: the driver's fresh row objects and strings for this many are alive at once.
+LOAD_CHUNK = 100_000
+_TEXT_COLUMNS = ("region", "image", "tag", "digest", "source")
+
+
+def _usage_part(rows: Sequence[Any], seen: dict[str, dict[str, str]]) -> pd.DataFrame:
+    """One chunk of usage rows as a frame. The driver makes a new string for every cell
+    (about 400 bytes a row over the five text columns); each distinct value is kept
+    once instead (``seen``, per column), so the frame holds a pointer per cell."""
     frame = pd.DataFrame.from_records(rows, columns=USAGE_COLUMNS, nrows=len(rows))
     # The day as ISO text, parsed in one vectorised pass (not a date object per row).
     frame["day"] = pd.to_datetime(frame["day"], format="ISO8601").astype("datetime64[ns]")
     for col in ("hour", "pulls", "present", "pipelines"):
         frame[col] = frame[col].astype("int64")
-    for col in ("region", "image", "tag", "digest", "source"):
-        frame[col] = frame[col].astype(object)
+    for col in _TEXT_COLUMNS:
+        values = frame[col].to_numpy(dtype=object)
+        codes, uniques = pd.factorize(values)
+        if len(values) and codes.min() >= 0:  # key columns: never NULL
+            kept = seen[col]
+            shared = np.array([kept.setdefault(u, u) for u in uniques.tolist()], dtype=object)
+            values = shared[codes]
+        frame[col] = values
     return frame
 
 

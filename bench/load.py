@@ -9,8 +9,9 @@ images, moved tags, 35 days of hours, two regions, five sources; one to three pi
 per bucket) into a temporary SQLite file, then times ``usage_frame`` against the floor in
 the same run: the plain ``sqlite3`` module fetching the usage table and the pipelines
 table grouped by bucket (what any reader of these rows has to read), without SQLAlchemy
-or pandas. Each is timed twice, alternating, and the best is reported. Prints one JSON
-object.
+or pandas. Each runs in a process of its own, twice, alternating, and the best is
+reported, with the process's peak resident memory over what its imports took. Prints one
+JSON object.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -94,28 +96,53 @@ def floor(path: Path) -> int:
     return len(got)
 
 
+def measure(what: str, path: Path) -> dict[str, float]:
+    """In this process (a fresh one): load the rows one way, and say how long it took and
+    how much memory it added at its peak."""
+    base = peak_rss()
+    t0 = time.perf_counter()
+    rows = len(store.usage_frame(f"sqlite:///{path}")) if what == "usage_frame" else floor(path)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "rss_added": peak_rss() - base, "rows": rows}
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (Linux: ``VmHWM``; ``ru_maxrss`` would
+    count the parent's memory at the fork too)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def in_process(what: str, path: Path) -> dict[str, float]:
+    argv = [sys.executable, __file__, "--measure", what, "--store", str(path)]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=3600)
+    got: dict[str, float] = json.loads(out.stdout)
+    return got
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=400_000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--measure", choices=["usage_frame", "floor"], help=argparse.SUPPRESS)
+    ap.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.measure:  # the child process of in_process
+        print(json.dumps(measure(args.measure, args.store)))
+        return
     with tempfile.TemporaryDirectory(prefix="warmer-load-") as tmp:
         path = Path(tmp) / "store.db"
         t0 = time.perf_counter()
         buckets, pipelines = build(path, args.rows, args.seed)
         built = time.perf_counter() - t0
-        url = f"sqlite:///{path}"
-        times: dict[str, list[float]] = {"usage_frame": [], "floor": []}
-        frame_rows = floor_rows = 0
+        runs: dict[str, list[dict[str, float]]] = {"usage_frame": [], "floor": []}
         for _ in range(2):
-            t0 = time.perf_counter()
-            frame_rows = len(store.usage_frame(url))
-            times["usage_frame"].append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            floor_rows = floor(path)
-            times["floor"].append(time.perf_counter() - t0)
-        db.dispose_all()
-    best = {k: min(v) for k, v in times.items()}
+            for what in runs:
+                runs[what].append(in_process(what, path))
+    best = {k: min(r["seconds"] for r in v) for k, v in runs.items()}
+    rss = {k: min(r["rss_added"] for r in v) for k, v in runs.items()}
     print(
         json.dumps(
             {
@@ -126,10 +153,12 @@ def main() -> None:
                 "usage_frame_seconds": round(best["usage_frame"], 2),
                 "floor_seconds": round(best["floor"], 2),
                 "ratio_to_floor": round(best["usage_frame"] / best["floor"], 2),
-                "rows_per_second": int(frame_rows / best["usage_frame"]),
-                "runs_seconds": {k: [round(t, 2) for t in v] for k, v in times.items()},
-                "rows_read": frame_rows,
-                "floor_rows": floor_rows,
+                "rows_per_second": int(buckets / best["usage_frame"]),
+                "usage_frame_rss_added_bytes": int(rss["usage_frame"]),
+                "floor_rss_added_bytes": int(rss["floor"]),
+                "rss_bytes_per_row": round(rss["usage_frame"] / max(buckets, 1)),
+                "runs_seconds": {k: [round(r["seconds"], 2) for r in v] for k, v in runs.items()},
+                "rows_read": {k: int(v[0]["rows"]) for k, v in runs.items()},
             },
             indent=1,
         )
