@@ -5,7 +5,9 @@ Tables (SQLAlchemy Core, declared and migrated in ``warmer.store.schema``; SQLit
 default, PostgreSQL too):
 
 - ``analytics_usage``: pulls and already-present uses per (day, hour, region, image, tag,
-  digest, source); an ingest adds to the counts with a dialect upsert.
+  digest, source); an ingest adds to the counts with a dialect upsert. ``pipelines`` is the
+  bucket's row count in the next table, kept by a trigger on it (a ranking reads it with
+  the usage rows instead of counting).
 - ``analytics_usage_pipelines``: one row per distinct pipeline (a short hash of its name)
   per usage bucket, so distinct counts stay exact however often counts are added.
 - ``analytics_static_refs``: references named in Dockerfiles, compose, Kubernetes and CI
@@ -28,7 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import String, Table, and_, cast, delete, func, select
+from sqlalchemy import String, Table, cast, delete, func, select
 from sqlalchemy.engine import Connection
 
 from analytics.events import Event
@@ -267,40 +269,48 @@ def _day(value: Any) -> date | None:
 def usage_frame(
     url: str, region: str | None = None, since: Any = None, until: Any = None
 ) -> pd.DataFrame:
-    """Hourly usage rows; ``since`` inclusive, ``until`` exclusive (days, dates or datetimes).
+    """Hourly usage rows, in no particular order; ``since`` inclusive, ``until`` exclusive
+    (days, dates or datetimes).
 
     ``pipelines`` is the number of distinct pipelines in the row's own bucket; for exact
     distinct counts over other groupings use ``pipelines_frame``.
     """
     seen: dict[str, dict[str, str]] = {c: {} for c in _TEXT_COLUMNS}
-    parts: list[pd.DataFrame] = []
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in USAGE_COLUMNS}
     with db.engine_for(url).connect() as conn:
+        # No ORDER BY: SQLite would read the rows through the key's index, at two and a half
+        # times the time of reading the table as it lies.
         q = _filter(_usage_query(conn.dialect.name), usage, region, since, until)
-        q = q.order_by(usage.c.day, usage.c.hour)
         # In chunks (a server-side cursor on PostgreSQL): only one chunk's rows and
         # strings are alive at a time.
         result = conn.execution_options(yield_per=LOAD_CHUNK).execute(q)
         for rows in result.partitions():
-            parts.append(_usage_part(rows, seen))
-    if not parts:
-        return _usage_part([], seen)
-    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+            for col, values in _usage_columns(rows, seen).items():
+                parts[col].append(values)
+    columns: dict[str, np.ndarray] = {}
+    for col in USAGE_COLUMNS:  # one column's chunks joined at a time, then let go
+        chunks = parts.pop(col)
+        columns[col] = np.concatenate(chunks) if chunks else _usage_columns([], seen)[col]
+        chunks.clear()
+    return pd.DataFrame(columns, copy=False)
 
 
 # Rows per fetch: the driver's fresh row objects and strings for this many are alive at once.
-LOAD_CHUNK = 100_000
+LOAD_CHUNK = 20_000
 _TEXT_COLUMNS = ("region", "image", "tag", "digest", "source")
 
 
-def _usage_part(rows: Sequence[Any], seen: dict[str, dict[str, str]]) -> pd.DataFrame:
-    """One chunk of usage rows as a frame. The driver makes a new string for every cell
-    (about 400 bytes a row over the five text columns); each distinct value is kept
+def _usage_columns(rows: Sequence[Any], seen: dict[str, dict[str, str]]) -> dict[str, np.ndarray]:
+    """One chunk of usage rows as column arrays. The driver makes a new string for every
+    cell (about 400 bytes a row over the five text columns); each distinct value is kept
     once instead (``seen``, per column), so the frame holds a pointer per cell."""
     frame = pd.DataFrame.from_records(rows, columns=USAGE_COLUMNS, nrows=len(rows))
+    out: dict[str, np.ndarray] = {}
     # The day as ISO text, parsed in one vectorised pass (not a date object per row).
-    frame["day"] = pd.to_datetime(frame["day"], format="ISO8601").astype("datetime64[ns]")
+    day = pd.to_datetime(frame["day"], format="ISO8601")
+    out["day"] = day.to_numpy(dtype="datetime64[ns]")
     for col in ("hour", "pulls", "present", "pipelines"):
-        frame[col] = frame[col].astype("int64")
+        out[col] = frame[col].to_numpy(dtype=np.int64)
     for col in _TEXT_COLUMNS:
         values = frame[col].to_numpy(dtype=object)
         codes, uniques = pd.factorize(values)
@@ -308,36 +318,18 @@ def _usage_part(rows: Sequence[Any], seen: dict[str, dict[str, str]]) -> pd.Data
             kept = seen[col]
             shared = np.array([kept.setdefault(u, u) for u in uniques.tolist()], dtype=object)
             values = shared[codes]
-        frame[col] = values
-    return frame
+        out[col] = values
+    return {col: out[col] for col in USAGE_COLUMNS}
 
 
 def _usage_query(dialect: str) -> Any:
-    """The usage rows with each bucket's distinct pipelines. SQLite counts them per row
-    through the pipelines table's primary key: its plan for joining the grouped table
-    costs four times as long (8 s for 400k rows); PostgreSQL's hash join is the faster
-    of the two there."""
-    p = usage_pipelines
-    # ISO text whatever the server's DateStyle (PostgreSQL's cast follows it).
-    iso = (
-        cast(usage.c.day, String)
-        if dialect == "sqlite"
-        else func.to_char(usage.c.day, "YYYY-MM-DD")
-    )
-    day = iso.label("day")
-    values = [day, *[usage.c[k] for k in _KEY[1:]], usage.c.pulls, usage.c.present]
-    if dialect == "sqlite":
-        match = and_(*[p.c[k] == usage.c[k] for k in _KEY])
-        count = select(func.count()).where(match).scalar_subquery()
-        return select(*values, count.label("pipelines"))
-    counts = (
-        select(*[p.c[k] for k in _KEY], func.count().label("pipelines"))
-        .group_by(*[p.c[k] for k in _KEY])
-        .subquery()
-    )
-    joined = usage.outerjoin(counts, and_(*[usage.c[k] == counts.c[k] for k in _KEY]))
-    pipes = func.coalesce(counts.c.pipelines, 0).label("pipelines")
-    return select(*values, pipes).select_from(joined)
+    """The usage rows, the day as ISO text whatever the server's DateStyle (PostgreSQL's
+    cast follows it)."""
+    iso: Any = cast(usage.c.day, String)
+    if dialect != "sqlite":
+        iso = func.to_char(usage.c.day, "YYYY-MM-DD")
+    columns = [usage.c[k] for k in _KEY[1:]]
+    return select(iso.label("day"), *columns, usage.c.pulls, usage.c.present, usage.c.pipelines)
 
 
 def pipelines_frame(

@@ -99,6 +99,58 @@ def test_distinct_pipelines_are_exact_across_ingests(tmp_path: Path) -> None:
     assert len(store.pipelines_frame(url)) == 2
 
 
+def test_a_store_from_before_the_pipelines_column_is_counted_and_kept_counted(
+    tmp_path: Path,
+) -> None:
+    """A database whose analytics tables are the first schema's (no ``pipelines`` column on
+    the usage rows) gets the column counted from the pipelines table when it is opened,
+    and later ingests keep the count through the trigger."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    key = "day DATE, hour INTEGER, region VARCHAR(128), image VARCHAR(512), tag VARCHAR(128),"
+    key += " digest VARCHAR(160), source VARCHAR(32)"
+    pk = "day, hour, region, image, tag, digest, source"
+    p1, p2, p3 = (store.pipeline_hash(name) for name in ("p1", "p2", "p3"))
+    con = sqlite3.connect(path)
+    con.executescript(
+        f"""
+        CREATE TABLE analytics_usage ({key}, pulls BIGINT NOT NULL, present BIGINT NOT NULL,
+            PRIMARY KEY ({pk}));
+        CREATE TABLE analytics_usage_pipelines ({key}, pipeline VARCHAR(16),
+            PRIMARY KEY ({pk}, pipeline));
+        CREATE TABLE schema_migrations (component VARCHAR(64) NOT NULL,
+            version INTEGER NOT NULL, PRIMARY KEY (component, version));
+        INSERT INTO schema_migrations VALUES ('analytics', 1);
+        INSERT INTO analytics_usage VALUES
+            ('2024-05-06', 9, 'eu', 'docker.io/library/python', '3.12', '', 'github', 5, 0),
+            ('2024-05-06', 10, 'eu', 'docker.io/library/python', '3.12', '', 'github', 1, 0);
+        INSERT INTO analytics_usage_pipelines VALUES
+            ('2024-05-06', 9, 'eu', 'docker.io/library/python', '3.12', '', 'github', '{p1}'),
+            ('2024-05-06', 9, 'eu', 'docker.io/library/python', '3.12', '', 'github', '{p2}'),
+            ('2024-05-06', 9, 'eu', 'docker.io/library/python', '3.12', '', 'github', '{p3}');
+        """
+    )
+    con.commit()
+    con.close()
+    url = f"sqlite:///{path}"
+
+    def counts() -> dict[int, tuple[int, int]]:
+        f = store.usage_frame(url)
+        return {int(r.hour): (int(r.pulls), int(r.pipelines)) for r in f.itertuples()}
+
+    assert counts() == {9: (5, 3), 10: (1, 0)}
+    ref = parse("python:3.12")
+    at = datetime(2024, 5, 6, 9, 30, tzinfo=UTC)
+    events = [Event(at, ref, None, "github", name, "eu", True) for name in ("p1", "p4")]
+    events.append(Event(at.replace(hour=10), ref, None, "github", "p1", "eu", True))
+    store.add_events(url, events)
+    # p1 was there already; p4 is new in hour 9, p1 new in hour 10.
+    assert counts() == {9: (7, 4), 10: (2, 1)}
+    want = store.pipelines_frame(url).groupby("hour").size().to_dict()
+    assert {h: c[1] for h, c in counts().items()} == want
+
+
 def test_static_refs_keep_first_seen_and_drop_removed(tmp_path: Path) -> None:
     url = url_for(tmp_path)
     t0, t1 = datetime(2024, 5, 1, tzinfo=UTC), datetime(2024, 6, 1, tzinfo=UTC)

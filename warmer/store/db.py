@@ -46,6 +46,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
                 raise
             time.sleep(0.1)
     cur.execute("PRAGMA synchronous=NORMAL")
+    # A 32 MiB page cache instead of 2 MiB: an ingest updates usage rows all over the table
+    # (the pipelines trigger), and with the default it wrote 100k buckets half again slower.
+    cur.execute("PRAGMA cache_size=-32768")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
