@@ -109,9 +109,13 @@ class Aggregate:
 
 
 def write_aggregate(conn: Connection, agg: Aggregate, chunk: int = 5000) -> None:
+    """Add ``agg`` to the store. Buckets and pipelines go in key order: two writers sharing
+    buckets (on PostgreSQL) then take the rows' locks in the same order and wait for each
+    other instead of deadlocking; the pipelines trigger updates rows this transaction has
+    locked already."""
     rows = [
         {**dict(zip(_KEY, key, strict=True)), "pulls": c[0], "present": c[1]}
-        for key, c in agg.counts.items()
+        for key, c in sorted(agg.counts.items())
     ]
     for i in range(0, len(rows), chunk):
         stmt = _insert(conn, usage)
@@ -123,7 +127,9 @@ def write_aggregate(conn: Connection, agg: Aggregate, chunk: int = 5000) -> None
             },
         )
         conn.execute(stmt, rows[i : i + chunk])
-    prow = [{**dict(zip(_KEY, key, strict=True)), "pipeline": p} for key, p in agg.pipelines]
+    prow = [
+        {**dict(zip(_KEY, key, strict=True)), "pipeline": p} for key, p in sorted(agg.pipelines)
+    ]
     for i in range(0, len(prow), chunk):
         pstmt = _insert(conn, usage_pipelines).on_conflict_do_nothing()
         conn.execute(pstmt, prow[i : i + chunk])
