@@ -187,6 +187,9 @@ def add_static_refs(
     return len(add_dated_refs(url, [_ScanDated(r, now, now) for r in refs], files, now))
 
 
+_STATIC_REFS_LOCK = 74657202  # PostgreSQL advisory lock key (migrations use 74657201)
+
+
 def add_dated_refs(
     url: str,
     dated: Iterable[_Dated],
@@ -208,6 +211,11 @@ def add_dated_refs(
     if not scanned:
         return {}
     with db.engine_for(url).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # One writer of references at a time: two scans of the same files each deleted
+            # the rows they saw, and the second's insert then hit the first's new rows
+            # (unique violation; SQLite's write lock serialises writers by itself).
+            conn.execute(select(func.pg_advisory_xact_lock(_STATIC_REFS_LOCK)))
         first: dict[tuple[str, str], datetime] = {}
         names = sorted(scanned)
         s = static_refs
