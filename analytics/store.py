@@ -34,7 +34,7 @@ from sqlalchemy import String, Table, cast, delete, func, select
 from sqlalchemy.engine import Connection
 
 from analytics.events import Event
-from analytics.frames import USAGE_COLUMNS
+from analytics.frames import USAGE_COLUMNS, empty_usage
 from warmer.store import db
 from warmer.store.schema import USAGE_KEY as _KEY
 from warmer.store.schema import ingested_files, static_refs, usage, usage_pipelines
@@ -301,10 +301,12 @@ def usage_frame(
         for rows in result.partitions():
             for col, values in _usage_columns(rows, seen).items():
                 parts[col].append(values)
+    if not parts["day"]:
+        return empty_usage()
     columns: dict[str, np.ndarray] = {}
     for col in USAGE_COLUMNS:  # one column's chunks joined at a time, then let go
         chunks = parts.pop(col)
-        columns[col] = np.concatenate(chunks) if chunks else _usage_columns([], seen)[col]
+        columns[col] = np.concatenate(chunks)
         chunks.clear()
     return pd.DataFrame(columns, copy=False)
 
@@ -333,7 +335,7 @@ def _usage_columns(rows: Sequence[Any], seen: dict[str, dict[str, str]]) -> dict
             shared = np.array([kept.setdefault(u, u) for u in uniques.tolist()], dtype=object)
             values = shared[codes]
         out[col] = values
-    return {col: out[col] for col in USAGE_COLUMNS}
+    return out
 
 
 def _usage_query(dialect: str) -> Any:
