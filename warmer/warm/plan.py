@@ -33,12 +33,8 @@ Value
     Bytes, not pulls: a cold pull costs time and parent bytes in proportion to its size (a
     2 GB image missed costs minutes, a 5 MB one a second), so the plan maximises the bytes
     pulled warm. Per new byte, an image that shares nothing is then worth its pulls,
-    whatever its size. Valuing pulls per byte instead favours small images: in the backtest
-    (``bench/backtest.py``) a predictor that knows the workload's true rates then fell below
-    a simple baseline's byte hit rate on 28 of 48 (seed, region, kind of day) cells, and on
-    7 of 48 with bytes valued. Valuing an image by its own pulls alone (a shared layer
-    worth something only to the images planned) left the production ranking below the best
-    baseline on 19 of those cells; valuing every object by all the pulls it serves, on 9.
+    whatever its size. Valuing pulls per byte, or each image by its own pulls alone, measured
+    worse in the backtest (``bench/backtest.py``; docs/benchmarks.md, sessions 28 and 35).
 
 Order
     Greedy by value per new byte: at each step the image with the highest
