@@ -17,17 +17,17 @@ others by their record on the region's recent days), ``model`` (``analytics.rank
 ``yesterday`` (the set pulled the day before), ``seasonal`` (the set pulled on the same
 weekday one week before: seasonal-naive), ``frequency`` (all-time top by pulls), ``decayed``
 (pulls weighted by half-life ``RankParams.half_life_days``), ``static`` (images named in
-files, by file count) and ``oracle`` (that day's actual pulls). The ensemble is given the
-day's budget and each image's bytes, as the planner has them. All go through the selection
-production runs, the planner (``warmer.warm.plan``: greedy by value per new byte, retried
-with each valuable image it left out taken first; see ``choose``), so differences come from
-the predictions alone and the backtest scores the decision the warmer makes. The model's
+files, by file count) and ``oracle`` (that day's actual pulls). The ensemble is the ranking
+exactly as ``warmer rank`` computes it (it knows neither budget nor layers). All go through
+the selection production runs, the planner (``warmer.warm.plan``: greedy by value per new
+byte, retried with each valuable image it left out taken first; see ``choose``), so
+differences come from the predictions alone and the backtest scores the decision the warmer
+makes. The model's
 predictions include ``stay`` (the share of a tag's pulls before its expected weekly move),
 which the planner's value uses (see its "Value"). The planner's value is the bytes the
 predicted pulls get, as the byte hit rate counts them. The oracle is the planner with
-perfect knowledge, not an upper bound: the greedy is no exact knapsack (a shared base layer
-is valued through the first image that brings it), so a choice at the budget edge can lose
-to another strategy's on a day.
+perfect knowledge, not an upper bound: the greedy is no exact knapsack, so a choice at the
+budget edge can lose to another strategy's on a day.
 
 With ``expected`` (a day's expected demand, known for a generated workload: see
 ``analytics.generate.expected``), every warm set is also scored against that expectation
@@ -52,7 +52,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from analytics.ensemble import EnsembleParams, Planner, rank_ensemble
+from analytics.ensemble import EnsembleParams, rank_ensemble
 from analytics.frames import normalise_static, normalise_usage, static_at, utc_naive
 from analytics.rank import RankParams, rank
 from warmer.warm.plan import Blob, Budget, WantedImage, plan
@@ -250,29 +250,14 @@ def _decayed(half_life: float) -> Strategy:
     return run
 
 
-def _ensemble(params: RankParams, ensemble: EnsembleParams, sizes: Sizes, budget: int) -> Strategy:
+def _ensemble(params: RankParams, ensemble: EnsembleParams) -> Strategy:
+    """The production ranking as ``warmer rank`` computes it."""
     memo: dict[tuple[str, pd.Timestamp], list[float]] = {}  # a day's losses, once over
 
     def run(
         before: pd.DataFrame, static: pd.DataFrame, day: pd.Timestamp, actual: pd.DataFrame
     ) -> pd.DataFrame:
-        at = day.to_pydatetime()
-
-        def layers(image: str, tag: str) -> list[Layer]:
-            return sizes(image, tag, "", at)
-
-        def warm(candidates: pd.DataFrame) -> set[str]:
-            return choose(candidates, sizes, at, budget)
-
-        ranked = rank_ensemble(
-            before,
-            static,
-            day,
-            params=params,
-            ensemble=ensemble,
-            planner=Planner(layers, warm),
-            memo=memo,
-        )
+        ranked = rank_ensemble(before, static, day, params=params, ensemble=ensemble, memo=memo)
         return ranked[["image", "tag", "digest", "score", "stay"]]
 
     return run
@@ -395,7 +380,7 @@ def backtest(
     derived = derive_kinds(u, region, days)
     p = params or RankParams()
     strategies: dict[str, Strategy] = {
-        "ensemble": _ensemble(p, ensemble or EnsembleParams(), sizes, budget),
+        "ensemble": _ensemble(p, ensemble or EnsembleParams()),
         "model": _model(p),
         "yesterday": _yesterday,
         "seasonal": _seasonal,

@@ -17,18 +17,18 @@ comparable; the ensemble's score is the weighted mix of shares times the model's
 total, so it stays in pulls for the planner. A predictor with nothing to say in a region
 (no static reference, no pull yesterday) drops out and the others' weights are renormalised.
 
-**The loss is the backtest's, measured on the region's recent days.** For each of the last
+**The loss is measured on the region's recent days.** For each of the last
 ``window_days`` days before the target (a rolling origin, every day predicted from the days
-before it only), each predictor's loss is one minus the byte hit rate of what the planner
-warms from its scores on that day's real pulls, as ``analytics.backtest`` scores it, when
-the planner's layers and budget are at hand (``Planner``: the backtest passes them; a day's
-losses are fixed once it is over, so ``memo`` keeps them). ``warmer rank`` knows neither:
-there the loss is the share of the day's real pulls held by the predictor's top images, at
-the numbers of images at which the day's own pulls, best first, hold 50, 80 and 95 % of them
-(``cutoffs``), as a share of what those hold: the head of the ranking, at a budget of any
-size. The model's past days are its core estimate (``analytics.estimates.past_estimate``)
-from the days before each, so its record costs no extra pass over the rows (the static
-prior, migrations and bump hours are left out of its record, not of its ranking).
+before it only), each predictor's loss is the share of the day's real pulls its top images
+miss, at the numbers of images at which the day's own pulls, best first, hold 50, 80 and
+95 % of them (``cutoffs``), as a share of what those hold: the head of the ranking, at a
+budget of any size. It needs neither the budget nor the images' layers, which the ranking
+does not know; a loss that ran the planner at the budget on each predictor's scores
+measured no better in the backtest (docs/benchmarks.md, session 35). A day's losses are
+fixed once the day is over (``memo`` keeps them). The model's past days are its core
+estimate (``analytics.estimates.past_estimate``) from the days before each, so its record
+costs no extra pass over the rows (the static prior, migrations and bump hours are left
+out of its record, not of its ranking).
 
 **Weights: Hedge (exponentially weighted average forecaster) on the window.** Weight
 ``w_i`` is proportional to ``prior_i * exp(-eta * L_i)``, ``L_i`` the predictor's summed loss
@@ -52,7 +52,6 @@ the ranking is the model's.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -72,16 +71,6 @@ LABELS = {
     "seasonal": "same weekday last week",
     "static": "static references",
 }
-Warm = Callable[[pd.DataFrame], set[str]]  # candidates -> layer digests the planner warms
-
-
-@dataclass
-class Planner:
-    """What the planner knows when it plans a region's day: each image's ``layers``
-    ((image, tag) -> (digest, bytes)) and its selection at the budget (``warm``)."""
-
-    layers: Callable[[str, str], list[tuple[str, int]]]
-    warm: Warm
 
 
 @dataclass(frozen=True)
@@ -128,7 +117,7 @@ def hedge(losses: np.ndarray, ep: EnsembleParams, days: np.ndarray | None = None
 def capture_loss(
     score: np.ndarray, actual: np.ndarray, cutoffs: tuple[float, ...] = (0.5, 0.8, 0.95)
 ) -> float:
-    """Without layers (``warmer rank``): one minus the share of ``actual`` (real pulls per
+    """A day's loss: one minus the share of ``actual`` (real pulls per
     key) held by the top keys of positive ``score``, at each budget (a number of images) at
     which the day's own pulls, best first, hold a ``cutoffs`` share of them, as a share of
     what those hold; averaged over the cutoffs."""
@@ -143,34 +132,6 @@ def capture_loss(
         n = min(int(np.searchsorted(best, q * total - 1e-9)), len(best) - 1) + 1
         shares.append((float(held[min(n, len(held)) - 1]) if len(held) else 0.0) / best[n - 1])
     return 1.0 - float(np.mean(shares))
-
-
-def planned_loss(
-    score: np.ndarray,
-    actual: np.ndarray,
-    keys: list[tuple[str, str]],
-    layers: list[list[tuple[str, int]]],
-    warm: Warm,
-) -> float:
-    """With the planner (``warm``: candidates -> the layer digests it warms, at the budget)
-    and each key's ``layers``: one minus the byte hit rate of the warm set on ``actual``,
-    as ``analytics.backtest.score_day`` counts it (a pull's bytes served by warm layers)."""
-    total_bytes = np.array([sum(n for _, n in held) for held in layers], dtype=np.float64)
-    total = float(actual @ total_bytes)
-    if total <= 0:
-        return 0.0
-    pick = np.flatnonzero(score > 0)
-    cands = pd.DataFrame(
-        {
-            "image": [keys[k][0] for k in pick],
-            "tag": [keys[k][1] for k in pick],
-            "digest": "",
-            "score": score[pick],
-        }
-    )
-    hot = warm(cands) if len(cands) else set()
-    served = np.array([sum(n for d, n in held if d in hot) for held in layers], dtype=np.float64)
-    return 1.0 - float(actual @ served) / total
 
 
 def _decayed(daily: np.ndarray, back: int, half_life: float) -> np.ndarray:
@@ -206,15 +167,12 @@ def learn(
     target: pd.Timestamp,
     p: RankParams,
     ep: EnsembleParams,
-    planner: Planner | None = None,
     memo: dict[tuple[str, pd.Timestamp], list[float]] | None = None,
 ) -> dict[str, Learned]:
     """Per region: each predictor's loss on each of the last ``window_days`` days that has
     ``min_history_days`` of history before it and real pulls, and the Hedge weights.
 
-    With a ``planner`` (layers per image and the planner's selection at the budget), the
-    loss is the byte hit rate of what the planner warms (``planned_loss``); else the
-    budget-free ``capture_loss``. A day's losses are fixed once the day is over: ``memo``
+    The loss is ``capture_loss``. A day's losses are fixed once the day is over: ``memo``
     keeps them between calls (per (region, day)), as a service would store them, so a
     rolling run scores each predictor once per day."""
     info = feats.info
@@ -251,17 +209,13 @@ def learn(
                 if b not in model_past:  # all regions at once, once per day
                     model_past[b] = past_estimate(feats, valid, target, b, p)
                 scores["model"] = model_past[b][mine]
-                held = [planner.layers(i, t) for i, t in every] if planner else []
                 loss = []
                 for name in PREDICTORS:
                     if name == "static":
                         s = np.array([float(named.get(k, 0)) for k in every])
                     else:
                         s = np.concatenate([scores[name], np.zeros(len(extra))])
-                    if planner is not None:
-                        loss.append(planned_loss(s, actual, every, held, planner.warm))
-                    else:
-                        loss.append(capture_loss(s, actual, ep.cutoffs))
+                    loss.append(capture_loss(s, actual, ep.cutoffs))
                 memo[(region, day)] = loss
             rows.append(memo[(region, day)])
             used.append(day)
@@ -284,7 +238,6 @@ def rank_ensemble(
     region: str | None = None,
     params: RankParams | None = None,
     ensemble: EnsembleParams | None = None,
-    planner: Planner | None = None,
     memo: dict[tuple[str, pd.Timestamp], list[float]] | None = None,
 ) -> pd.DataFrame:
     """The production ranking at ``now``: ``analytics.rank``'s rows and columns, scored by
@@ -297,7 +250,7 @@ def rank_ensemble(
     target = target_day(now_ts)
     feats = usage_features(usage, now_ts, target, p.lookback_days, region, p.present_weight)
     ranked = rank_features(feats, static, now_ts, window, region, p)
-    learned = learn(feats, normalise_static(static), target, p, ep, planner, memo)
+    learned = learn(feats, normalise_static(static), target, p, ep, memo)
     out = blend(ranked, feats, learned, ep)
     out.attrs["weights"] = {r: v.weights for r, v in learned.items()}
     out.attrs["losses"] = {r: v.losses for r, v in learned.items()}

@@ -19,7 +19,6 @@ from analytics.ensemble import (
     capture_loss,
     hedge,
     learning_rate,
-    planned_loss,
     rank_ensemble,
     weights_over_time,
 )
@@ -83,26 +82,7 @@ def test_hedge_starts_at_the_prior_and_moves_by_the_summed_advantage() -> None:
     assert hedge(noisy, ep) == pytest.approx(start)
 
 
-def test_the_loss_is_the_byte_hit_rate_of_what_the_planner_warms() -> None:
-    actual = np.array([10.0, 5.0, 0.0, 1.0])
-    keys = [("a", "1"), ("b", "1"), ("c", "1"), ("d", "1")]
-    # Key 1 is two layers, one shared with key 3; each layer is one byte.
-    layers = [[("a", 1)], [("b", 1), ("s", 1)], [("c", 1)], [("s", 1)]]
-    asked: list[pd.DataFrame] = []
-
-    def warm(cands: pd.DataFrame) -> set[str]:
-        asked.append(cands)
-        return {"a", "s"}  # what a planner warmed: key 0 and the layer keys 1 and 3 share
-
-    score = np.array([4.0, 2.0, 0.0, 1.0])
-    loss = planned_loss(score, actual, keys, layers, warm)
-    # 10 + 16 bytes pulled (and 1 for d, 0 for c); served: 10 (a), 5 of b's 10, d's 1.
-    assert loss == pytest.approx(1 - (10 + 5 + 1) / (10 + 10 + 1))
-    # Only positive scores are candidates, as the backtest's planner is given them.
-    assert list(asked[0]["image"]) == ["a", "b", "d"]
-
-
-def test_without_a_planner_the_loss_is_the_head_of_the_ranking() -> None:
+def test_the_loss_is_the_head_of_the_ranking() -> None:
     actual = np.array([10.0, 5.0, 0.0, 1.0])
     assert capture_loss(actual, actual, (0.5, 0.9)) == pytest.approx(0.0)
     # Half of the 16 pulls: the day's best image holds 10; the reverse order's first, 1.
