@@ -22,12 +22,11 @@ exactly as ``warmer rank`` computes it (it knows neither budget nor layers). All
 the selection production runs, the planner (``warmer.warm.plan``: greedy by value per new
 byte, retried with each valuable image it left out taken first; see ``choose``), so
 differences come from the predictions alone and the backtest scores the decision the warmer
-makes. The model's
-predictions include ``stay`` (the share of a tag's pulls before its expected weekly move),
-which the planner's value uses (see its "Value"). The planner's value is the bytes the
-predicted pulls get, as the byte hit rate counts them. The oracle is the planner with
-perfect knowledge, not an upper bound: the greedy is no exact knapsack, so a choice at the
-budget edge can lose to another strategy's on a day.
+makes. The model's predictions include ``stay`` (the share of a tag's pulls before its
+expected weekly move), which the planner's value uses (see its "Value"). The planner's value
+is the bytes the predicted pulls get, as the byte hit rate counts them. The oracle is the
+planner with perfect knowledge, not an upper bound: the greedy is no exact knapsack, so a
+choice at the budget edge can lose to another strategy's on a day.
 
 With ``expected`` (a day's expected demand, known for a generated workload: see
 ``analytics.generate.expected``), every warm set is also scored against that expectation
