@@ -1,7 +1,8 @@
 """Rolling-origin backtest of the ranking against baselines and the oracle.
 
 For each day of the history after a warm-up, every strategy ranks with what was known
-before midnight (usage strictly before the day, static references named before it), a warm
+before midnight (usage strictly before the day, static references named before it; the
+model and the ensemble read its last ``RANKING_DAYS`` days, as ``warmer rank`` does), a warm
 set is chosen under a byte budget in distinct layer bytes (a layer shared by images is
 counted once), and the set is scored against that day's actual pulls:
 
@@ -51,7 +52,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from analytics.ensemble import EnsembleParams, rank_ensemble
+from analytics.ensemble import RANKING_DAYS, EnsembleParams, rank_ensemble
 from analytics.frames import normalise_static, normalise_usage, static_at, utc_naive
 from analytics.rank import RankParams, rank
 from warmer.warm.plan import Blob, Budget, WantedImage, plan
@@ -211,11 +212,16 @@ def _by_tag(frame: pd.DataFrame, weight: str = "pulls") -> pd.DataFrame:
 Strategy = Callable[[pd.DataFrame, pd.DataFrame, pd.Timestamp, pd.DataFrame], pd.DataFrame]
 
 
+def _read(before: pd.DataFrame, day: pd.Timestamp) -> pd.DataFrame:
+    """The usage a production ranking on ``day`` reads: its last ``RANKING_DAYS`` days."""
+    return before[before["day"] >= day - RANKING_DAYS * DAY]
+
+
 def _model(params: RankParams) -> Strategy:
     def run(
         before: pd.DataFrame, static: pd.DataFrame, day: pd.Timestamp, actual: pd.DataFrame
     ) -> pd.DataFrame:
-        ranked = rank(before, static, day, params=params)
+        ranked = rank(_read(before, day), static, day, params=params)
         return ranked[["image", "tag", "digest", "score", "stay"]]
 
     return run
@@ -256,7 +262,9 @@ def _ensemble(params: RankParams, ensemble: EnsembleParams) -> Strategy:
     def run(
         before: pd.DataFrame, static: pd.DataFrame, day: pd.Timestamp, actual: pd.DataFrame
     ) -> pd.DataFrame:
-        ranked = rank_ensemble(before, static, day, params=params, ensemble=ensemble, memo=memo)
+        ranked = rank_ensemble(
+            _read(before, day), static, day, params=params, ensemble=ensemble, memo=memo
+        )
         return ranked[["image", "tag", "digest", "score", "stay"]]
 
     return run

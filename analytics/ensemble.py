@@ -62,6 +62,9 @@ from analytics.estimates import DAY, RankParams, history, past_estimate, target_
 from analytics.frames import Features, normalise_static, static_at, usage_features, utc_naive
 from analytics.rank import rank_features
 
+# Days of usage a production ranking reads (``warmer rank``, the service's rank job): the
+# model's lookback and its long memory; the backtest ranks from the same window.
+RANKING_DAYS = 35
 PREDICTORS = ("model", "yesterday", "frequency", "decayed", "seasonal", "static")
 LABELS = {
     "model": "model",

@@ -271,11 +271,12 @@ async def rank(ctx: Context) -> Summary:
         import pandas as pd
 
         from analytics import store
+        from analytics.ensemble import RANKING_DAYS
         from analytics.ensemble import rank_ensemble as rank_frame
         from warmer.store.rankings import save_ranking
 
         now = utcnow()
-        since = (pd.Timestamp(now) - pd.Timedelta(days=35)).date()
+        since = (pd.Timestamp(now) - pd.Timedelta(days=RANKING_DAYS)).date()
         static = store.static_frame(ctx.url)
         rows: dict[str, int] = {}
         for region in ctx.regions:
