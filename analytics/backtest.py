@@ -52,7 +52,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from analytics.ensemble import RANKING_DAYS, EnsembleParams, rank_ensemble
+from analytics.ensemble import EnsembleParams, rank_ensemble, ranking_since
 from analytics.frames import normalise_static, normalise_usage, static_at, utc_naive
 from analytics.rank import RankParams, rank
 from warmer.warm.plan import Blob, Budget, WantedImage, plan
@@ -214,7 +214,7 @@ Strategy = Callable[[pd.DataFrame, pd.DataFrame, pd.Timestamp, pd.DataFrame], pd
 
 def _read(before: pd.DataFrame, day: pd.Timestamp) -> pd.DataFrame:
     """The usage a production ranking on ``day`` reads: its last ``RANKING_DAYS`` days."""
-    return before[before["day"] >= day - RANKING_DAYS * DAY]
+    return before[before["day"] >= pd.Timestamp(ranking_since(day))]
 
 
 def _model(params: RankParams) -> Strategy:

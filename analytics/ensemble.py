@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 import numpy as np
 import pandas as pd
@@ -65,6 +65,14 @@ from analytics.rank import rank_features
 # Days of usage a production ranking reads (``warmer rank``, the service's rank job): the
 # model's lookback and its long memory; the backtest ranks from the same window.
 RANKING_DAYS = 35
+
+
+def ranking_since(now: datetime | pd.Timestamp) -> date:
+    """The first day of usage a ranking at ``now`` reads (``since`` for ``usage_frame``)."""
+    start: date = (pd.Timestamp(now) - pd.Timedelta(days=RANKING_DAYS)).date()
+    return start
+
+
 PREDICTORS = ("model", "yesterday", "frequency", "decayed", "seasonal", "static")
 LABELS = {
     "model": "model",

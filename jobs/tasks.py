@@ -268,15 +268,14 @@ async def rank(ctx: Context) -> Summary:
     it for the planner."""
 
     def work() -> dict[str, int]:
-        import pandas as pd
 
         from analytics import store
-        from analytics.ensemble import RANKING_DAYS
         from analytics.ensemble import rank_ensemble as rank_frame
+        from analytics.ensemble import ranking_since
         from warmer.store.rankings import save_ranking
 
         now = utcnow()
-        since = (pd.Timestamp(now) - pd.Timedelta(days=RANKING_DAYS)).date()
+        since = ranking_since(now)
         static = store.static_frame(ctx.url)
         rows: dict[str, int] = {}
         for region in ctx.regions:

@@ -109,7 +109,7 @@ def rank_command(
     did on the region's last 14 days; each row's reasons name the predictors behind it.
     """
     from analytics import store
-    from analytics.ensemble import LABELS, RANKING_DAYS, rank_ensemble
+    from analytics.ensemble import LABELS, rank_ensemble, ranking_since
     from analytics.rank import RankParams, rank
     from warmer.store.rankings import save_ranking
 
@@ -123,8 +123,7 @@ def rank_command(
         win = (_time(window[0], "--window"), _time(window[1], "--window"))
         if win[1] <= win[0]:
             raise BadInput(f"--window {window[0]} {window[1]}: the end must be after the start")
-    since = (pd.Timestamp(now) - pd.Timedelta(days=RANKING_DAYS)).date()
-    usage = store.usage_frame(url, region=region, since=since)
+    usage = store.usage_frame(url, region=region, since=ranking_since(now))
     params = RankParams(half_life_days=half_life)
     ranker = rank if model_only else rank_ensemble
     ranking = ranker(usage, store.static_frame(url), now, window=win, region=region, params=params)
